@@ -1,0 +1,104 @@
+//! Types shared by gleak's eBPF probes (`gleak-ebpf`) and its user side.
+//!
+//! Everything here is `#[repr(C)]` plain data: the kernel writes it into maps and the
+//! ring buffer, the user side reads the same bytes back.
+#![no_std]
+
+/// What a [`GoroutineEvent`] reports.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventKind {
+    /// `runtime.newproc1` returned a new goroutine.
+    Create = 1,
+    /// A goroutine died (`runtime.gdestroy`, or `runtime.goexit0` before Go 1.22).
+    Exit = 2,
+    /// A goroutine is about to block (`runtime.gopark`); only with park tracing on.
+    Park = 3,
+}
+
+impl EventKind {
+    pub fn from_u32(raw: u32) -> Option<Self> {
+        match raw {
+            1 => Some(Self::Create),
+            2 => Some(Self::Exit),
+            3 => Some(Self::Park),
+            _ => None,
+        }
+    }
+}
+
+/// One goroutine lifecycle event, as streamed through the ring buffer.
+///
+/// A single fixed layout for every kind keeps the probes branch-free and the
+/// user side allocation-free: unused fields are zero.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GoroutineEvent {
+    /// An [`EventKind`] as `u32`.
+    pub kind: u32,
+    /// Thread-group id (the process id) the event came from.
+    pub pid: u32,
+    /// `bpf_ktime_get_ns()`: CLOCK_MONOTONIC, the clock Go's `nanotime` reads too.
+    pub ts_ns: u64,
+    pub goid: u64,
+    /// Address of the goroutine's `runtime.g`.
+    pub g_addr: u64,
+    /// Create: goid of the goroutine that ran the `go` statement (0 if none).
+    pub parent_goid: u64,
+    /// Create: return address of the `go` statement's call to `runtime.newproc`.
+    pub gopc: u64,
+    /// Create: entry PC of the goroutine's function.
+    pub startpc: u64,
+    /// Create: id in the `STACKS` map of the user stack at creation, or negative.
+    pub stack_id: i64,
+    /// Park: the `waitReason` byte passed to `gopark`.
+    pub wait_reason: u32,
+    pub _pad: u32,
+}
+
+impl GoroutineEvent {
+    pub const SIZE: usize = core::mem::size_of::<Self>();
+}
+
+/// Where to find things in one target's `runtime.g` and `runtime.m`, in bytes.
+/// Filled per process by the user side from the binary's DWARF.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TargetConfig {
+    pub g_goid: u32,
+    pub g_gopc: u32,
+    pub g_startpc: u32,
+    /// `g.m`: pointer to the `runtime.m` running the goroutine.
+    pub g_m: u32,
+    /// `m.curg`: the user goroutine an M runs (the creator while on g0 in newproc1).
+    pub m_curg: u32,
+    /// [`CONFIG_CAPTURE_STACKS`] and friends.
+    pub flags: u32,
+}
+
+/// Take the user stack at each goroutine creation.
+pub const CONFIG_CAPTURE_STACKS: u32 = 1;
+
+/// Indices into the per-CPU `COUNTERS` array.
+pub mod counter {
+    /// Events dropped because the ring buffer was full.
+    pub const RINGBUF_FULL: u32 = 0;
+    /// Probe hits whose target memory could not be read.
+    pub const READ_FAILED: u32 = 1;
+    /// Probe hits from a process with no `TargetConfig` (should not happen).
+    pub const NO_CONFIG: u32 = 2;
+    /// Creation stacks that could not be recorded (map full, unwinding failed).
+    pub const STACK_FAILED: u32 = 3;
+    pub const COUNT: u32 = 4;
+}
+
+/// Deepest creation stack recorded (kernel `PERF_MAX_STACK_DEPTH`).
+pub const MAX_STACK_DEPTH: usize = 127;
+
+#[cfg(feature = "user")]
+mod user {
+    // SAFETY: both are plain `#[repr(C)]` integers with no padding holes that
+    // matter for reading and writing through BPF maps.
+    unsafe impl aya::Pod for super::GoroutineEvent {}
+    unsafe impl aya::Pod for super::TargetConfig {}
+}

@@ -1,0 +1,63 @@
+//! Goroutine creation: a uprobe on each RET of `runtime.newproc1`.
+//!
+//! At the RET the new g is in RAX with `goid`, `gopc` and `startpc` already set, and
+//! we are still on g0 (R14), whose `m.curg` is the goroutine running the `go`
+//! statement. The user stack taken here crosses `systemstack` into the creator's
+//! frames, so one hit gives the whole creation path.
+
+use aya_ebpf::{
+    bindings::BPF_F_USER_STACK,
+    macros::uprobe,
+    programs::{tracing::StackIdContext, ProbeContext},
+};
+use gleak_common::{counter, EventKind, CONFIG_CAPTURE_STACKS};
+
+use crate::maps::{bump, current_pid, emit, read_u64, target_config, STACKS};
+
+#[uprobe]
+pub fn goroutine_create(ctx: ProbeContext) -> u32 {
+    let pid = current_pid();
+    let Some(cfg) = target_config(pid) else {
+        return 0;
+    };
+    let regs = unsafe { &*ctx.regs };
+    let newg = regs.rax;
+    let Some(goid) = read_u64(newg, cfg.g_goid) else {
+        return 0;
+    };
+    let gopc = read_u64(newg, cfg.g_gopc).unwrap_or(0);
+    let startpc = read_u64(newg, cfg.g_startpc).unwrap_or(0);
+    let parent_goid = creator_goid(regs.r14, &cfg).unwrap_or(0);
+    let stack_id = if cfg.flags & CONFIG_CAPTURE_STACKS != 0 {
+        match ctx.get_stackid(&STACKS, BPF_F_USER_STACK as u64) {
+            Ok(id) => id,
+            Err(_) => {
+                bump(counter::STACK_FAILED);
+                -1
+            }
+        }
+    } else {
+        -1
+    };
+    emit(EventKind::Create, pid, goid, newg, |e| {
+        e.parent_goid = parent_goid;
+        e.gopc = gopc;
+        e.startpc = startpc;
+        e.stack_id = stack_id;
+    });
+    0
+}
+
+/// `g0.m.curg.goid`; `None` when no user goroutine runs (the main goroutine's birth).
+#[inline(always)]
+fn creator_goid(g0: u64, cfg: &gleak_common::TargetConfig) -> Option<u64> {
+    let m = read_u64(g0, cfg.g_m)?;
+    if m == 0 {
+        return None;
+    }
+    let curg = read_u64(m, cfg.m_curg)?;
+    if curg == 0 {
+        return None;
+    }
+    read_u64(curg, cfg.g_goid)
+}

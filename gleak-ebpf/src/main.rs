@@ -1,0 +1,27 @@
+//! gleak's kernel side: plain uprobes on the Go runtime's goroutine lifecycle.
+//!
+//! No uretprobe anywhere: Go moves goroutine stacks, and a uretprobe's hijacked
+//! return address crashes the target. "Return" probes are plain uprobes placed on
+//! each RET instruction, found by the user side.
+//!
+//! One file per probe family:
+//! - [`create`]: the RET of `runtime.newproc1` (new g in RAX);
+//! - [`exit`]: `runtime.gdestroy` (Go ≥ 1.22) or `runtime.goexit0` (exiting g in RAX);
+//! - [`park`]: `runtime.gopark` (parking g in R14, wait reason in CL), opt-in.
+#![no_std]
+#![no_main]
+
+mod create;
+mod exit;
+mod maps;
+mod park;
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";

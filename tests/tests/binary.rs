@@ -1,0 +1,130 @@
+//! Reading real Go binaries, one per toolchain: RET finding, DWARF offsets,
+//! wait-reason tables and symbolization, checked against the Go sources of that
+//! toolchain and the runtime facts in the project's reference notes.
+
+use std::path::Path;
+
+use gleak::{
+    binary::{ret::ret_offsets, GoBinary},
+    debuginfo::RuntimeInfo,
+};
+use gleak_tests::{build_fixture, go_toolchains, GoToolchain};
+
+fn load(tc: &GoToolchain) -> (GoBinary, RuntimeInfo) {
+    let bin = build_fixture(tc, "chan_send");
+    let binary = GoBinary::open(&bin, &bin).expect("fixture is a Go binary");
+    let info = RuntimeInfo::load(&binary).expect("DWARF readable");
+    (binary, info)
+}
+
+fn minor(tc: &GoToolchain) -> u32 {
+    tc.version.split('.').nth(1).unwrap().parse().unwrap()
+}
+
+#[test]
+fn go_version_from_buildinfo() {
+    for tc in go_toolchains() {
+        let (binary, _) = load(&tc);
+        assert!(
+            tc.matches_go_version(&binary.go_version.raw),
+            "{tc}: read {}",
+            binary.go_version
+        );
+        assert_eq!(binary.go_version.minor, minor(&tc));
+    }
+}
+
+/// `runtime.newproc1` has exactly one RET in every release 1.19–1.27, and it must
+/// be a real C3 at an instruction boundary.
+#[test]
+fn finds_the_ret_of_newproc1() {
+    for tc in go_toolchains() {
+        let (binary, _) = load(&tc);
+        let (sym, code) = binary.function_code("runtime.newproc1").unwrap();
+        let rets = ret_offsets(code, sym.addr);
+        assert_eq!(rets.len(), 1, "{tc}: RETs at {rets:x?}");
+        assert_eq!(code[rets[0] as usize], 0xc3, "{tc}");
+        assert!(rets[0] > 16, "{tc}: RET too close to the entry");
+    }
+}
+
+/// Offsets read from DWARF agree with the per-version layout table of the
+/// reference notes (go_runtime.md §4), which was established independently.
+#[test]
+fn runtime_g_offsets_from_dwarf() {
+    for tc in go_toolchains() {
+        let (_, info) = load(&tc);
+        let l = info.layout;
+        let (goid, gopc, startpc, waitreason, status, curg, parent) = match minor(&tc) {
+            19 | 20 => (0x98, 0x128, 0x138, 0xb0, 0x90, 0xc0, None),
+            21 | 22 => (0x98, 0x118, 0x128, 0xb0, 0x90, 0xc0, Some(0x110)),
+            23 | 24 => (0xa0, 0x120, 0x130, 0xb8, 0x98, 0xc0, Some(0x118)),
+            25 => (0x98, 0x118, 0x128, 0xb0, 0x90, 0xb8, Some(0x110)),
+            _ => (0x98, 0x120, 0x130, 0xb0, 0x90, 0xb8, Some(0x118)),
+        };
+        assert_eq!(
+            (
+                l.g_goid,
+                l.g_gopc,
+                l.g_startpc,
+                l.g_waitreason,
+                l.g_status,
+                l.m_curg,
+                l.g_parent_goid
+            ),
+            (goid, gopc, startpc, waitreason, status, curg, parent),
+            "{tc}: {l:?}"
+        );
+        assert_eq!((l.g_stack_lo, l.g_stack_hi, l.g_m), (0, 8, 0x30), "{tc}");
+    }
+}
+
+/// Wait-reason names come from the binary; Go 1.26 renumbered them.
+#[test]
+fn wait_reason_names_from_the_binary() {
+    for tc in go_toolchains() {
+        let (binary, info) = load(&tc);
+        let strings = binary
+            .wait_reason_strings()
+            .expect("runtime.waitReasonStrings");
+        let (chan_send, select, semacquire) = match minor(&tc) {
+            m if m >= 26 => (20, 18, 13),
+            25 => (15, 9, 19),
+            _ => (15, 9, 18),
+        };
+        assert_eq!(strings[chan_send], "chan send", "{tc}");
+        assert_eq!(info.wait_reasons.name(chan_send as u8), "chan send", "{tc}");
+        assert_eq!(info.wait_reasons.name(select as u8), "select", "{tc}");
+        assert_eq!(
+            info.wait_reasons.name(semacquire as u8),
+            "semacquire",
+            "{tc}"
+        );
+    }
+}
+
+/// The entry of `runtime.newproc1` symbolizes to its declaration line in the
+/// toolchain's own `runtime/proc.go`.
+#[test]
+fn symbolizes_through_dwarf_line_tables() {
+    for tc in go_toolchains() {
+        let (binary, info) = load(&tc);
+        let sym = binary.require_symbol("runtime.newproc1").unwrap();
+        let frames = info.symbolizer.frames(sym.addr);
+        let frame = frames.first().unwrap_or_else(|| panic!("{tc}: no frame"));
+        assert_eq!(frame.function, "runtime.newproc1", "{tc}");
+        assert!(
+            frame.file.ends_with("runtime/proc.go"),
+            "{tc}: {}",
+            frame.file
+        );
+        let proc_go = std::fs::read_to_string(tc.goroot().join("src/runtime/proc.go")).unwrap();
+        let decl = proc_go
+            .lines()
+            .position(|l| l.starts_with("func newproc1("))
+            .unwrap() as u32
+            + 1;
+        assert_eq!(frame.line, decl, "{tc}");
+        assert!(Path::new(&frame.file).is_absolute(), "{tc}");
+    }
+}

