@@ -14,6 +14,9 @@ pub enum EventKind {
     Exit = 2,
     /// A goroutine is about to block (`runtime.gopark`); only with park tracing on.
     Park = 3,
+    /// The process called `runtime.exit` and was stopped (SIGSTOP) so that its
+    /// goroutines can be read; only under `gleak run`. `wait_reason` = exit code.
+    ProcessExit = 4,
 }
 
 impl EventKind {
@@ -22,6 +25,7 @@ impl EventKind {
             1 => Some(Self::Create),
             2 => Some(Self::Exit),
             3 => Some(Self::Park),
+            4 => Some(Self::ProcessExit),
             _ => None,
         }
     }
@@ -51,7 +55,7 @@ pub struct GoroutineEvent {
     pub startpc: u64,
     /// Create: id in the `STACKS` map of the user stack at creation, or negative.
     pub stack_id: i64,
-    /// Park: the `waitReason` byte passed to `gopark`.
+    /// Park: the `waitReason` byte passed to `gopark`; ProcessExit: the exit code.
     pub wait_reason: u32,
     pub _pad: u32,
 }

@@ -7,7 +7,9 @@
 //! One file per probe family:
 //! - [`create`]: the RET of `runtime.newproc1` (new g in RAX);
 //! - [`exit`]: `runtime.gdestroy` (Go ≥ 1.22) or `runtime.goexit0` (exiting g in RAX);
-//! - [`park`]: `runtime.gopark` (parking g in R14, wait reason in CL), opt-in.
+//! - [`park`]: `runtime.gopark` (parking g in R14, wait reason in CL), opt-in;
+//! - [`process`]: `runtime.exit`, under `gleak run` only: stops the process so its
+//!   goroutines can be read before it is gone.
 #![no_std]
 #![no_main]
 
@@ -15,6 +17,7 @@ mod create;
 mod exit;
 mod maps;
 mod park;
+mod process;
 
 #[cfg(not(test))]
 #[panic_handler]

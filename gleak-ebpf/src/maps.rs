@@ -92,7 +92,8 @@ pub fn emit(
     // Waking the reader per event would cost the target a cross-CPU wakeup each time:
     // the reader polls on a short timer instead, and is woken only once the buffer
     // fills past a quarter.
-    let flags = if EVENTS.query(BPF_RB_AVAIL_DATA as u64) > WAKEUP_THRESHOLD {
+    let urgent = matches!(kind, EventKind::ProcessExit);
+    let flags = if urgent || EVENTS.query(BPF_RB_AVAIL_DATA as u64) > WAKEUP_THRESHOLD {
         BPF_RB_FORCE_WAKEUP
     } else {
         BPF_RB_NO_WAKEUP

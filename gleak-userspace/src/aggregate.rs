@@ -1,37 +1,63 @@
 //! Per-target bookkeeping of goroutine lifecycles, grouped by creation site.
 //!
 //! Fed one event at a time from the ring buffer; no allocation per event beyond
-//! amortised hash-map growth.
+//! amortised hash-map growth. Goroutines that existed before attach are adopted
+//! from a memory snapshot of the goroutine table.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 
 use gleak_common::{EventKind, GoroutineEvent};
 use hdrhistogram::Histogram;
 
+use crate::{layout::gstatus, snapshot::GRecord};
+
 /// A creation site is the `go` statement: the return address of its call to
-/// `runtime.newproc` (`g.gopc`).
+/// `runtime.newproc` (`g.gopc`), as a runtime address.
 pub type SiteKey = u64;
 
-/// A goroutine created while tracing and not yet seen to exit.
+/// At most this many per-site samples are kept (one a second: ten minutes).
+const HISTORY: usize = 600;
+
+/// A goroutine believed alive.
 #[derive(Clone, Copy, Debug)]
 pub struct LiveGoroutine {
     pub site: SiteKey,
     pub g_addr: u64,
-    pub created_ns: u64,
+    /// `None` for a goroutine that existed before attach: its age is unknown.
+    pub created_ns: Option<u64>,
     pub parent_goid: u64,
     pub stack_id: i64,
     /// Last `gopark` seen (reason, time), with park tracing on.
     pub parked: Option<(u8, u64)>,
+    /// `g.waitsince` at the last observation, to notice that it ran in between.
+    pub seen_wait_since: u64,
+    /// Seen running, runnable or woken since attach.
+    pub ran: bool,
+}
+
+/// Counts of one site at one instant.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Sample {
+    pub t_ns: u64,
+    pub live: u64,
+    pub created: u64,
+    pub exited: u64,
 }
 
 pub struct SiteStats {
     pub startpc: u64,
     pub created: u64,
     pub exited: u64,
+    /// Goroutines adopted from the snapshot at attach.
+    pub preexisting: u64,
+    pub live: u64,
     /// Lifetimes of the site's goroutines that exited, in microseconds.
     pub lifetimes_us: Histogram<u64>,
-    /// Creation stacks seen for this site and how often.
+    /// Creation stacks seen for this site and how many goroutines each created.
     pub stacks: HashMap<i64, u64>,
+    /// Creation sites of the goroutines that ran this `go` statement.
+    pub parents: HashMap<SiteKey, u64>,
+    pub history: VecDeque<Sample>,
 }
 
 impl SiteStats {
@@ -40,9 +66,21 @@ impl SiteStats {
             startpc,
             created: 0,
             exited: 0,
+            preexisting: 0,
+            live: 0,
             lifetimes_us: Histogram::new(3).expect("3 significant figures is valid"),
             stacks: HashMap::new(),
+            parents: HashMap::new(),
+            history: VecDeque::new(),
         }
+    }
+
+    /// The sample closest to `window_ns` ago (the oldest one if the history is shorter).
+    pub fn sample_at_or_after(&self, t_ns: u64) -> Option<&Sample> {
+        self.history
+            .iter()
+            .find(|s| s.t_ns >= t_ns)
+            .or(self.history.back())
     }
 }
 
@@ -50,11 +88,13 @@ impl SiteStats {
 pub struct Aggregator {
     pub live: HashMap<u64, LiveGoroutine>,
     pub sites: HashMap<SiteKey, SiteStats>,
-    /// Exits of goroutines that existed before tracing began.
+    /// Exits of goroutines that were not tracked (born before attach, not adopted).
     pub exits_of_untracked: u64,
     /// Goroutines found dead in memory whose exit event never arrived.
     pub reconciled_exits: u64,
     pub events: u64,
+    /// Set when the process called `runtime.exit` (and was stopped): its exit code.
+    pub exit_code: Option<u32>,
 }
 
 impl Aggregator {
@@ -67,33 +107,93 @@ impl Aggregator {
             }
             Some(EventKind::Park) => {
                 if let Some(g) = self.live.get_mut(&ev.goid) {
+                    if g.parked.is_some() {
+                        g.ran = true; // it woke up since its last park
+                    }
                     g.parked = Some((ev.wait_reason as u8, ev.ts_ns));
                 }
             }
+            Some(EventKind::ProcessExit) => self.exit_code = Some(ev.wait_reason),
             None => {}
         }
     }
 
     fn on_create(&mut self, ev: &GoroutineEvent) {
+        // The creator is running the `go` statement, so if tracked it is live now.
+        let parent_site = self.live.get(&ev.parent_goid).map(|p| p.site);
+        // Seen in the attach snapshot and then reported by the probe: keep one.
+        if let Some(old) = self.live.remove(&ev.goid) {
+            if let Some(site) = self.sites.get_mut(&old.site) {
+                site.live -= 1;
+                site.preexisting = site.preexisting.saturating_sub(1);
+            }
+        }
         let site = self
             .sites
             .entry(ev.gopc)
             .or_insert_with(|| SiteStats::new(ev.startpc));
         site.created += 1;
+        site.live += 1;
         if ev.stack_id >= 0 {
             *site.stacks.entry(ev.stack_id).or_default() += 1;
+        }
+        if let Some(p) = parent_site {
+            *site.parents.entry(p).or_default() += 1;
         }
         self.live.insert(
             ev.goid,
             LiveGoroutine {
                 site: ev.gopc,
                 g_addr: ev.g_addr,
-                created_ns: ev.ts_ns,
+                created_ns: Some(ev.ts_ns),
                 parent_goid: ev.parent_goid,
                 stack_id: ev.stack_id,
                 parked: None,
+                seen_wait_since: 0,
+                ran: false,
             },
         );
+    }
+
+    /// Adopts a goroutine found in the target's goroutine table at attach.
+    pub fn adopt(&mut self, g_addr: u64, rec: &GRecord) {
+        if self.live.contains_key(&rec.goid) {
+            return;
+        }
+        let site = self
+            .sites
+            .entry(rec.gopc)
+            .or_insert_with(|| SiteStats::new(rec.startpc));
+        site.preexisting += 1;
+        site.live += 1;
+        self.live.insert(
+            rec.goid,
+            LiveGoroutine {
+                site: rec.gopc,
+                g_addr,
+                created_ns: None,
+                parent_goid: rec.parent_goid,
+                stack_id: -1,
+                parked: None,
+                seen_wait_since: rec.wait_since_ns,
+                ran: false,
+            },
+        );
+    }
+
+    /// Links adopted goroutines to their creators' sites (Go ≥ 1.21 records `parentGoid`).
+    pub fn link_adopted_parents(&mut self) {
+        let links: Vec<(SiteKey, SiteKey)> = self
+            .live
+            .values()
+            .filter(|g| g.created_ns.is_none() && g.parent_goid != 0)
+            .filter_map(|g| self.live.get(&g.parent_goid).map(|p| (g.site, p.site)))
+            .collect();
+        for (site, parent) in links {
+            if let Some(s) = self.sites.get_mut(&site) {
+                *s.parents.entry(parent).or_default() += 1;
+            }
+        }
     }
 
     /// Records an exit; `false` if the goroutine was not being tracked.
@@ -104,21 +204,51 @@ impl Aggregator {
         };
         if let Some(site) = self.sites.get_mut(&g.site) {
             site.exited += 1;
-            let us = ts_ns.saturating_sub(g.created_ns) / 1000;
-            site.lifetimes_us.saturating_record(us.max(1));
+            site.live -= 1;
+            if let Some(created) = g.created_ns {
+                let us = ts_ns.saturating_sub(created) / 1000;
+                site.lifetimes_us.record(us.max(1)).ok();
+            }
         }
         true
     }
 
-    /// Marks goroutines that memory shows dead (their exit event was lost) as exited.
-    pub fn reconcile_dead(&mut self, dead: &[u64], now_ns: u64) {
-        for &goid in dead {
+    /// Applies what memory says about a live goroutine: it died unseen (lost exit
+    /// event, or its `g` was reused), or whether it ran since the last look.
+    /// Returns `false` if it is gone.
+    pub fn observe(&mut self, goid: u64, rec: Option<&GRecord>, now_ns: u64) -> bool {
+        let Some(rec) = rec else { return true };
+        if rec.goid != goid || rec.is_dead() {
             if self.on_exit(goid, now_ns) {
                 self.reconciled_exits += 1;
             }
+            return false;
+        }
+        if let Some(g) = self.live.get_mut(&goid) {
+            let woke = rec.status != gstatus::WAITING
+                || (g.seen_wait_since != 0 && rec.wait_since_ns != g.seen_wait_since);
+            g.ran |= woke;
+            g.seen_wait_since = rec.wait_since_ns;
+        }
+        true
+    }
+
+    /// Appends one sample per site (call about once a second).
+    pub fn sample(&mut self, now_ns: u64) {
+        for site in self.sites.values_mut() {
+            if site.history.len() == HISTORY {
+                site.history.pop_front();
+            }
+            site.history.push_back(Sample {
+                t_ns: now_ns,
+                live: site.live,
+                created: site.created,
+                exited: site.exited,
+            });
         }
     }
 
+    /// Goroutines (created, exited) while tracing, over all sites.
     pub fn totals(&self) -> (u64, u64) {
         self.sites
             .values()
@@ -138,6 +268,7 @@ mod tests {
             startpc: 0x1000,
             ts_ns: ts,
             stack_id: 7,
+            parent_goid: 1,
             ..Default::default()
         }
     }
@@ -151,6 +282,19 @@ mod tests {
         }
     }
 
+    fn record(goid: u64, gopc: u64, status: u32) -> GRecord {
+        GRecord {
+            goid,
+            status,
+            wait_reason: 0,
+            wait_since_ns: 0,
+            gopc,
+            startpc: 0x2000,
+            parent_goid: 0,
+            stack_bytes: 8192,
+        }
+    }
+
     #[test]
     fn counts_live_and_exited_per_site() {
         let mut agg = Aggregator::default();
@@ -160,7 +304,7 @@ mod tests {
         agg.on_event(&exit(11, 5_000_000));
         agg.on_event(&exit(99, 6_000)); // existed before tracing
         let a = &agg.sites[&0xa];
-        assert_eq!((a.created, a.exited), (2, 1));
+        assert_eq!((a.created, a.exited, a.live), (2, 1, 1));
         assert_eq!(a.lifetimes_us.len(), 1);
         assert_eq!(a.stacks[&7], 2);
         assert_eq!(agg.live.len(), 2);
@@ -169,12 +313,51 @@ mod tests {
     }
 
     #[test]
-    fn reconciling_counts_only_tracked_goroutines() {
+    fn adopted_goroutines_count_as_preexisting_and_link_parents() {
+        let mut agg = Aggregator::default();
+        agg.adopt(0x100, &record(1, 0x1, gstatus::WAITING));
+        let mut child = record(5, 0xc, gstatus::WAITING);
+        child.parent_goid = 1;
+        agg.adopt(0x200, &child);
+        agg.link_adopted_parents();
+        assert_eq!(agg.sites[&0xc].preexisting, 1);
+        assert_eq!(agg.sites[&0xc].parents[&0x1], 1);
+        // A creation under goid 1 records goid 1's site as the parent site.
+        agg.on_event(&create(20, 0xd, 5));
+        assert_eq!(agg.sites[&0xd].parents[&0x1], 1);
+        // The probe reporting an adopted goroutine again does not double count.
+        agg.on_event(&create(5, 0xc, 6));
+        assert_eq!(agg.sites[&0xc].live, 1);
+        assert_eq!(agg.totals(), (2, 0));
+    }
+
+    #[test]
+    fn observing_retires_dead_and_notices_running() {
         let mut agg = Aggregator::default();
         agg.on_event(&create(10, 0xa, 1_000));
-        agg.reconcile_dead(&[10, 77], 9_000);
+        agg.on_event(&create(11, 0xa, 1_000));
+        let mut rec = record(10, 0xa, gstatus::WAITING);
+        rec.wait_since_ns = 50;
+        assert!(agg.observe(10, Some(&rec), 100));
+        assert!(!agg.live[&10].ran);
+        rec.wait_since_ns = 70; // woke and blocked again
+        agg.observe(10, Some(&rec), 200);
+        assert!(agg.live[&10].ran);
+        // g reused by another goroutine: the exit was lost.
+        assert!(!agg.observe(11, Some(&record(42, 0xa, gstatus::WAITING)), 300));
         assert_eq!(agg.reconciled_exits, 1);
-        assert!(agg.live.is_empty());
-        assert_eq!(agg.sites[&0xa].exited, 1);
+        assert_eq!(agg.sites[&0xa].live, 1);
+    }
+
+    #[test]
+    fn history_windows() {
+        let mut agg = Aggregator::default();
+        agg.on_event(&create(10, 0xa, 0));
+        agg.sample(1_000_000_000);
+        agg.on_event(&create(11, 0xa, 0));
+        agg.sample(2_000_000_000);
+        let s = &agg.sites[&0xa];
+        assert_eq!(s.sample_at_or_after(1_500_000_000).unwrap().live, 2);
+        assert_eq!(s.sample_at_or_after(0).unwrap().live, 1);
     }
 }

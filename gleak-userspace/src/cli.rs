@@ -1,17 +1,31 @@
-//! Argument parsing and the `attach` session loop.
+//! Argument parsing and the session loops of `gleak attach` and `gleak run`.
 
-use std::time::Duration;
+use std::{
+    ffi::OsString,
+    io::IsTerminal,
+    path::PathBuf,
+    process::{Child, ExitStatus},
+    time::Duration,
+};
 
 use anyhow::{bail, Context, Result};
-use clap::{Parser, Subcommand};
-use gleak::{AttachOptions, Report, Tracer};
+use clap::{Parser, Subcommand, ValueEnum};
+use gleak::{
+    gate::{judge_at_exit, Ending},
+    launch,
+    pprof::{write_goroutine_profile, ProfileSample},
+    verdict::Verdict,
+    AttachOptions, Report, Tracer,
+};
 
 const EXAMPLES: &str = "\
 EXAMPLES:
     gleak attach -p 4242                    # trace until Ctrl-C, report every 10s
     gleak attach -p 4242 --duration 30s     # trace 30 seconds, then the final report
     gleak attach -p 4242 --json -i 5s       # one JSON report per line, every 5s
-    gleak attach -p 4242 --trace-parks      # exact blocked times (probes runtime.gopark)";
+    gleak attach -p 4242 --pprof leaks.pb.gz  # also a goroutine profile for `go tool pprof`
+    gleak run -- ./server.test -test.run TestAPI   # CI gate: exit 1 if the tests leak goroutines
+    gleak run --duration 60s -- ./server    # bound a command that does not end by itself";
 
 /// Find goroutine leaks in a running Go program, from the kernel side with eBPF.
 #[derive(Parser, Debug)]
@@ -25,27 +39,47 @@ struct Cli {
 enum Command {
     /// Attach to a running Go process and report the `go` statements whose goroutines never exit.
     #[command(after_help = EXAMPLES)]
-    Attach(AttachArgs),
+    Attach {
+        /// PID of the Go process.
+        #[arg(short, long)]
+        pid: u32,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Start a command, trace it from its first goroutine, and fail if goroutines it
+    /// created are still alive when it exits (the CI leak gate).
+    #[command(after_help = EXAMPLES)]
+    Run {
+        /// Which verdict fails the gate.
+        #[arg(long, value_enum, default_value_t = FailOn::Leak)]
+        fail_on: FailOn,
+        #[command(flatten)]
+        common: Common,
+        /// The command and its arguments.
+        #[arg(required = true, last = true)]
+        command: Vec<OsString>,
+    },
 }
 
 #[derive(Parser, Debug)]
-struct AttachArgs {
-    /// PID of the Go process.
-    #[arg(short, long)]
-    pid: u32,
-    /// Stop after this long (e.g. 30s, 5m); default: until Ctrl-C or the target exits.
+struct Common {
+    /// Stop after this long (e.g. 30s, 5m); `run` stops the command then.
     #[arg(short, long, value_parser = parse_duration)]
     duration: Option<Duration>,
-    /// Print a report this often.
-    #[arg(short, long, value_parser = parse_duration, default_value = "10s")]
-    interval: Duration,
-    /// One JSON document per report, one per line, on stdout.
+    /// Print a report this often (`attach`; `run` prints only the final one unless given).
+    #[arg(short, long, value_parser = parse_duration)]
+    interval: Option<Duration>,
+    /// One JSON document per report, one per line, on stdout (schema: docs/report.schema.json).
     #[arg(long)]
     json: bool,
+    /// Also write the leak and suspect goroutines of the final report as a goroutine
+    /// profile that `go tool pprof` reads.
+    #[arg(long, value_name = "FILE")]
+    pprof: Option<PathBuf>,
     /// Show at most this many creation sites.
     #[arg(long, default_value_t = 20)]
     top: usize,
-    /// Print the creation stacks of this many leading sites.
+    /// Explain (creation stacks, reasons) this many leak or suspect sites.
     #[arg(long, default_value_t = 3)]
     stacks: usize,
     /// Do not record creation stacks (saves one stack walk per `go` statement).
@@ -55,92 +89,274 @@ struct AttachArgs {
     /// probe hit per blocking operation.
     #[arg(long)]
     trace_parks: bool,
+    /// Colour: auto (when stdout is a terminal), always, never.
+    #[arg(long, value_enum, default_value_t = ColorChoice::Auto)]
+    color: ColorChoice,
 }
 
-pub fn main() -> Result<()> {
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum FailOn {
+    Leak,
+    Suspect,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum ColorChoice {
+    Auto,
+    Always,
+    Never,
+}
+
+pub fn main() -> Result<i32> {
     let cli = Cli::parse();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
-    match cli.command {
-        Command::Attach(args) => attach(args),
-    }
-}
-
-fn attach(args: AttachArgs) -> Result<()> {
     check_root()?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    runtime.block_on(attach_session(args))
+    match cli.command {
+        Command::Attach { pid, common } => runtime.block_on(attach(pid, common)).map(|()| 0),
+        Command::Run {
+            fail_on,
+            common,
+            command,
+        } => runtime.block_on(run(fail_on, common, command)),
+    }
 }
 
-async fn attach_session(args: AttachArgs) -> Result<()> {
-    let mut tracer = Tracer::new()?;
-    let opts = AttachOptions {
-        capture_stacks: !args.no_stacks,
-        trace_parks: args.trace_parks,
-    };
-    let pid = args.pid;
-    let traced = tracer
-        .attach(pid, opts)
-        .with_context(|| format!("cannot trace PID {pid}"))?;
-    let mut probes: Vec<String> = Vec::new();
-    for p in &traced.probes {
-        if !probes.contains(&p.location) {
-            probes.push(p.location.clone());
+impl Common {
+    fn options(&self, stop_at_exit: bool) -> AttachOptions {
+        AttachOptions {
+            capture_stacks: !self.no_stacks,
+            trace_parks: self.trace_parks,
+            stop_at_exit,
+        }
+    }
+
+    fn print(&self, report: &Report) {
+        if self.json {
+            println!("{}", report.to_json_line());
+        } else {
+            let color = match self.color {
+                ColorChoice::Always => true,
+                ColorChoice::Never => false,
+                ColorChoice::Auto => {
+                    std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none()
+                }
+            };
+            print!("{}", report.render(self.top, self.stacks, color));
+        }
+    }
+
+    fn write_pprof(&self, report: &Report) -> Result<()> {
+        let Some(path) = &self.pprof else {
+            return Ok(());
+        };
+        let samples: Vec<ProfileSample> = report
+            .sites
+            .iter()
+            .filter(|s| matches!(s.verdict, Verdict::Leak | Verdict::Suspect))
+            .flat_map(|s| {
+                s.paths
+                    .iter()
+                    .filter(|p| p.live > 0)
+                    .map(move |p| ProfileSample {
+                        locations: p.locations.clone(),
+                        count: p.live,
+                        labels: vec![
+                            ("verdict".into(), s.verdict.as_str().into()),
+                            (
+                                "wait_reason".into(),
+                                s.top_wait_reason.clone().unwrap_or_default(),
+                            ),
+                            ("go_func".into(), s.go_func.clone()),
+                        ],
+                    })
+            })
+            .collect();
+        write_goroutine_profile(path, &samples)
+            .with_context(|| format!("writing {}", path.display()))?;
+        eprintln!(
+            "gleak: wrote {} goroutines in {} stacks to {} (go tool pprof -traces {})",
+            samples.iter().map(|s| s.count).sum::<u64>(),
+            samples.len(),
+            path.display(),
+            path.display()
+        );
+        Ok(())
+    }
+}
+
+fn banner(tracer: &Tracer, pid: u32, what: &str) {
+    let Some(t) = tracer.target(pid) else { return };
+    let mut probes: Vec<&str> = Vec::new();
+    for p in &t.probes {
+        if !probes.contains(&p.location.as_str()) {
+            probes.push(&p.location);
         }
     }
     eprintln!(
-        "gleak: tracing PID {pid} {} ({}) · probes: {} · report every {}s{}",
-        traced.target.exe.display(),
-        traced.target.binary.go_version,
+        "gleak: tracing PID {pid} {} ({}) · probes: {} · {} goroutines already running · {what}",
+        t.target.exe.display(),
+        t.target.binary.go_version,
         probes.join(", "),
-        args.interval.as_secs_f64(),
-        match args.duration {
-            Some(d) => format!(" for {}s", d.as_secs_f64()),
-            None => " until Ctrl-C".to_string(),
-        }
+        t.agg.live.len(),
     );
+}
 
-    let deadline = args.duration.map(|d| tokio::time::Instant::now() + d);
-    let mut report_tick =
-        tokio::time::interval_at(tokio::time::Instant::now() + args.interval, args.interval);
-    let mut liveness = tokio::time::interval(Duration::from_millis(250));
+async fn attach(pid: u32, common: Common) -> Result<()> {
+    let mut tracer = Tracer::new()?;
+    tracer
+        .attach(pid, common.options(false))
+        .with_context(|| format!("cannot trace PID {pid}"))?;
+    let interval = common.interval.unwrap_or(Duration::from_secs(10));
+    banner(
+        &tracer,
+        pid,
+        &format!(
+            "report every {}{}",
+            gleak::verdict::secs(interval.as_secs_f64()),
+            match common.duration {
+                Some(d) => format!(" for {}", gleak::verdict::secs(d.as_secs_f64())),
+                None => " until Ctrl-C".to_string(),
+            }
+        ),
+    );
+    trace_loop(&mut tracer, pid, &common, Some(interval), None).await?;
+    let report = tracer.report(pid, true).context("target vanished")?;
+    tracer.detach(pid);
+    common.print(&report);
+    common.write_pprof(&report)?;
+    Ok(())
+}
+
+/// Why a trace loop ended.
+#[derive(Debug, PartialEq, Eq)]
+enum LoopEnd {
+    Deadline,
+    Interrupted,
+    TargetExited,
+    /// `gleak run`: the process called `runtime.exit` and is stopped.
+    ExitStop,
+}
+
+async fn trace_loop(
+    tracer: &mut Tracer,
+    pid: u32,
+    common: &Common,
+    interval: Option<Duration>,
+    mut child: Option<&mut Child>,
+) -> Result<LoopEnd> {
+    let deadline = common.duration.map(|d| tokio::time::Instant::now() + d);
+    let period = interval.unwrap_or(Duration::from_secs(3600 * 24 * 365));
+    let mut report_tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    let mut sample_tick = tokio::time::interval(Duration::from_secs(1));
+    let mut liveness = tokio::time::interval(Duration::from_millis(100));
     let ctrl_c = tokio::signal::ctrl_c();
     tokio::pin!(ctrl_c);
     loop {
         tokio::select! {
             r = tracer.pump() => { r.context("reading events")?; }
-            _ = report_tick.tick() => {
+            _ = sample_tick.tick() => tracer.sample(),
+            _ = report_tick.tick(), if interval.is_some() => {
                 tracer.flush_logs();
                 if let Some(report) = tracer.report(pid, false) {
-                    print_report(&report, &args);
+                    common.print(&report);
                 }
             }
             _ = liveness.tick() => {
-                if !gleak::target::process_alive(pid) { break; }
+                if tracer.target(pid).is_some_and(|t| t.agg.exit_code.is_some()) {
+                    return Ok(LoopEnd::ExitStop);
+                }
+                let gone = match child.as_deref_mut() {
+                    Some(c) => c.try_wait().ok().flatten().is_some(),
+                    None => !gleak::target::process_alive(pid),
+                };
+                if gone {
+                    return Ok(LoopEnd::TargetExited);
+                }
             }
-            _ = &mut ctrl_c => break,
-            _ = sleep_until(deadline) => break,
+            _ = &mut ctrl_c => return Ok(LoopEnd::Interrupted),
+            _ = sleep_until(deadline) => return Ok(LoopEnd::Deadline),
         }
     }
-    let report = tracer.report(pid, true).context("target vanished")?;
+}
+
+async fn run(fail_on: FailOn, common: Common, command: Vec<OsString>) -> Result<i32> {
+    let (program, args) = command.split_first().context("no command given")?;
+    let mut tracer = Tracer::new()?;
+    let mut child = launch::spawn_stopped(program, args)
+        .with_context(|| format!("cannot start {}", program.to_string_lossy()))?;
+    let pid = child.id();
+    if let Err(e) = tracer.attach(pid, common.options(true)) {
+        let _ = child.kill();
+        let _ = child.wait();
+        return Err(
+            anyhow::Error::new(e).context(format!("cannot trace {}", program.to_string_lossy()))
+        );
+    }
+    banner(&tracer, pid, "running it");
+    launch::release(&child).context("releasing the command")?;
+
+    let end = trace_loop(&mut tracer, pid, &common, common.interval, Some(&mut child)).await?;
+    let stopped_at_deadline = matches!(end, LoopEnd::Deadline | LoopEnd::Interrupted);
+    if stopped_at_deadline {
+        // Freeze it, read what is alive, then end it: the same judgment as an exit.
+        launch::signal(pid, libc::SIGSTOP);
+    }
+    if end != LoopEnd::TargetExited {
+        wait_stopped(pid).await;
+    }
+    let mut report = tracer.report(pid, true).context("command vanished")?;
     tracer.detach(pid);
-    print_report(&report, &args);
-    Ok(())
+    let status = if stopped_at_deadline {
+        launch::signal(pid, libc::SIGKILL);
+        launch::signal(pid, libc::SIGCONT);
+        let _ = child.wait();
+        None
+    } else {
+        launch::signal(pid, libc::SIGCONT);
+        Some(exit_code(child.wait().context("waiting for the command")?))
+    };
+    let fail_on = match fail_on {
+        FailOn::Leak => Verdict::Leak,
+        FailOn::Suspect => Verdict::Suspect,
+    };
+    judge_at_exit(
+        &mut report,
+        fail_on,
+        Ending {
+            command_status: status,
+            stopped_at_deadline,
+        },
+    );
+    common.print(&report);
+    common.write_pprof(&report)?;
+    Ok(report.gate.map_or(0, |g| g.exit_code))
+}
+
+/// Waits (briefly) until SIGSTOP has stopped every thread of `pid`.
+async fn wait_stopped(pid: u32) {
+    for _ in 0..200 {
+        if launch::is_stopped(pid) || !gleak::target::process_alive(pid) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    log::warn!("PID {pid} did not stop; reading its goroutines while it runs");
+}
+
+fn exit_code(status: ExitStatus) -> i32 {
+    use std::os::unix::process::ExitStatusExt;
+    status
+        .code()
+        .unwrap_or_else(|| 128 + status.signal().unwrap_or(0))
 }
 
 async fn sleep_until(deadline: Option<tokio::time::Instant>) {
     match deadline {
         Some(d) => tokio::time::sleep_until(d).await,
         None => std::future::pending().await,
-    }
-}
-
-fn print_report(report: &Report, args: &AttachArgs) {
-    if args.json {
-        println!("{}", report.to_json_line());
-    } else {
-        print!("{}", report.render(args.top, args.stacks));
     }
 }
 
@@ -192,5 +408,17 @@ mod tests {
         assert!(parse_duration("abc").is_err());
         assert!(parse_duration("5y").is_err());
         assert!(parse_duration("0s").is_err());
+    }
+
+    #[test]
+    fn cli_parses() {
+        Cli::command_for_test();
+    }
+
+    impl Cli {
+        fn command_for_test() {
+            use clap::CommandFactory;
+            Cli::command().debug_assert();
+        }
     }
 }

@@ -14,7 +14,10 @@ pub mod aggregate;
 pub mod binary;
 pub mod debuginfo;
 pub mod error;
+pub mod gate;
+pub mod launch;
 pub mod layout;
+pub mod pprof;
 pub mod probes;
 pub mod procmem;
 pub mod report;
@@ -22,6 +25,7 @@ pub mod snapshot;
 pub mod symbolize;
 pub mod target;
 pub mod tracer;
+pub mod verdict;
 pub mod waitreason;
 
 pub use error::{Error, Result};

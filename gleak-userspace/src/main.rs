@@ -3,12 +3,15 @@
 mod cli;
 
 fn main() {
-    if let Err(err) = cli::main() {
-        // No backtrace: say what failed and why, one cause per line.
-        eprintln!("gleak: {err}");
-        for cause in err.chain().skip(1) {
-            eprintln!("  because: {cause}");
+    match cli::main() {
+        Ok(code) => std::process::exit(code),
+        Err(err) => {
+            // No backtrace: say what failed and why, one cause per line.
+            eprintln!("gleak: {err}");
+            for cause in err.chain().skip(1) {
+                eprintln!("  because: {cause}");
+            }
+            std::process::exit(2);
         }
-        std::process::exit(2);
     }
 }

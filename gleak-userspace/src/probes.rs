@@ -31,6 +31,7 @@ static OBJECT: &[u8] = &[];
 pub const PROBE_CREATE: &str = "goroutine_create";
 pub const PROBE_EXIT: &str = "goroutine_exit";
 pub const PROBE_PARK: &str = "goroutine_park";
+pub const PROBE_PROCESS_EXIT: &str = "process_exit";
 
 /// What to attach to a target.
 #[derive(Clone, Copy, Debug)]
@@ -39,6 +40,9 @@ pub struct AttachOptions {
     pub capture_stacks: bool,
     /// Probe `runtime.gopark` too: exact block times, one more hit per blocking op.
     pub trace_parks: bool,
+    /// Stop the process (SIGSTOP) when it calls `runtime.exit`, so its goroutines can
+    /// be read before it is gone. Only for a child gleak started (`gleak run`).
+    pub stop_at_exit: bool,
 }
 
 impl Default for AttachOptions {
@@ -46,6 +50,7 @@ impl Default for AttachOptions {
         Self {
             capture_stacks: true,
             trace_parks: false,
+            stop_at_exit: false,
         }
     }
 }
@@ -76,7 +81,7 @@ impl Probes {
         // The probes log only on paths that should never run; keep the logger alive
         // so its map stays valid, and drop its output into `log`.
         let logger = aya_log::EbpfLogger::init(&mut ebpf).ok();
-        for name in [PROBE_CREATE, PROBE_EXIT, PROBE_PARK] {
+        for name in [PROBE_CREATE, PROBE_EXIT, PROBE_PARK, PROBE_PROCESS_EXIT] {
             let prog: &mut UProbe = program(&mut ebpf, name)?;
             prog.load()
                 .map_err(|e| Error::Load(format!("{name}: {e}")))?;
@@ -135,6 +140,10 @@ impl Probes {
         if opts.trace_parks {
             let park = bin.require_symbol("runtime.gopark")?;
             plan.push((PROBE_PARK, "runtime.gopark".to_string(), park.addr));
+        }
+        if opts.stop_at_exit {
+            let exit = bin.require_symbol("runtime.exit.abi0")?;
+            plan.push((PROBE_PROCESS_EXIT, "runtime.exit".to_string(), exit.addr));
         }
         let (newproc1, code) = bin.function_code("runtime.newproc1")?;
         let rets = ret_offsets(code, newproc1.addr);

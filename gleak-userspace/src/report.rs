@@ -1,17 +1,22 @@
 //! What a report says, and how it is printed: a `top`-like table for people and
-//! one JSON document per line for machines.
+//! one JSON document per line for machines (schema: docs/report.schema.json).
 
 use std::{collections::BTreeMap, fmt::Write as _};
 
 use serde::Serialize;
 
-use crate::symbolize::Frame;
+use crate::{
+    symbolize::Frame,
+    verdict::{secs, Verdict},
+};
 
 #[derive(Clone, Debug, Serialize)]
 pub struct Report {
     pub pid: u32,
     pub binary: String,
     pub go_version: String,
+    /// `attach` or `run`.
+    pub mode: &'static str,
     pub elapsed_s: f64,
     /// The last report of the session.
     #[serde(rename = "final")]
@@ -20,9 +25,12 @@ pub struct Report {
     pub totals: Totals,
     /// Events the kernel could not deliver (ring buffer full) plus failed reads.
     pub lost_events: u64,
-    /// Goroutines found dead in memory whose exit event was lost (already counted as exited).
+    /// Goroutines found dead in memory whose exit event was lost (counted as exited).
     pub reconciled_exits: u64,
     pub sites: Vec<SiteReport>,
+    /// `gleak run` only: the CI gate's decision.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gate: Option<Gate>,
 }
 
 #[derive(Clone, Copy, Debug, Default, Serialize)]
@@ -30,10 +38,58 @@ pub struct Totals {
     pub created: u64,
     pub exited: u64,
     pub live: u64,
+    /// Live goroutines that existed before attach.
+    pub preexisting: u64,
 }
 
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Serialize)]
+pub struct Gate {
+    pub fail_on: Verdict,
+    pub failed: bool,
+    pub leaked_goroutines: u64,
+    /// The command's exit code, if it exited by itself.
+    pub command_status: Option<i32>,
+    /// What gleak exits with.
+    pub exit_code: i32,
+    pub stopped_at_deadline: bool,
+}
+
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+pub struct Percentiles {
+    pub p50: f64,
+    pub p90: f64,
+    pub p99: f64,
+    pub max: f64,
+}
+
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+pub struct Trend {
+    pub window_s: f64,
+    pub live_start: u64,
+    pub live_end: u64,
+    pub live_per_s: f64,
+}
+
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+pub struct Rates {
+    pub created_per_s: f64,
+    pub exited_per_s: f64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct PathReport {
+    pub live: u64,
+    pub created: u64,
+    pub stack: Vec<Frame>,
+    /// The same stack by return address (as linked), for profiles.
+    #[serde(skip)]
+    pub locations: Vec<(u64, Vec<Frame>)>,
+}
+
+#[derive(Clone, Debug, Serialize)]
 pub struct SiteReport {
+    pub verdict: Verdict,
+    pub verdict_reason: String,
     /// The function containing the `go` statement.
     pub function: String,
     pub file: String,
@@ -45,16 +101,30 @@ pub struct SiteReport {
     pub live: u64,
     pub created: u64,
     pub exited: u64,
+    pub preexisting: u64,
+    pub trend: Trend,
+    pub rates: Rates,
     pub oldest_age_s: Option<f64>,
-    /// Most common wait reason among the site's blocked live goroutines.
+    /// Ages of live goroutines created while tracing.
+    pub age_s: Option<Percentiles>,
+    /// Live goroutines blocked (`_Gwaiting`) now.
+    pub blocked: u64,
+    /// How long they have been blocked (lower bounds unless parks are traced).
+    pub blocked_s: Option<Percentiles>,
     pub top_wait_reason: Option<String>,
     pub wait_reasons: BTreeMap<String, u64>,
     /// Live goroutines by runtime status (`waiting`, `runnable`, `running`, `syscall`…).
     pub states: BTreeMap<String, u64>,
+    /// Stack memory held by the live goroutines.
+    pub stack_bytes: u64,
     /// Median lifetime of the site's goroutines that exited.
     pub lifetime_p50_ms: Option<f64>,
     /// The creation stack seen most often, innermost (`go` statement) first.
     pub stack: Vec<Frame>,
+    /// Every distinct creation path.
+    pub paths: Vec<PathReport>,
+    /// Where the creating goroutine was created, and so on up.
+    pub parent_chain: Vec<Frame>,
 }
 
 impl Report {
@@ -62,54 +132,93 @@ impl Report {
         serde_json::to_string(self).expect("report serializes")
     }
 
-    /// The human table, with at most `top` sites.
-    pub fn render(&self, top: usize, stacks: usize) -> String {
+    /// The human table with at most `top` sites, then the stacks of the first
+    /// `stacks` leak or suspect sites. `color`: ANSI colours (for a tty).
+    pub fn render(&self, top: usize, stacks: usize, color: bool) -> String {
+        let paint = |code: &str, s: &str| {
+            if color {
+                format!("\x1b[{code}m{s}\x1b[0m")
+            } else {
+                s.to_string()
+            }
+        };
         let mut out = String::new();
         let t = &self.totals;
         let _ = writeln!(
             out,
-            "\n{} pid {} {} ({}) · {:.1}s · goroutines created {} · exited {} · live {}{}{}",
-            if self.is_final { "== final ==" } else { "--" },
+            "\n{} pid {} {} ({}) · {} · goroutines: {} live ({} from before attach) · {} created · {} exited{}{}",
+            paint("1", if self.is_final { "== final ==" } else { "--" }),
             self.pid,
             self.binary,
             self.go_version,
-            self.elapsed_s,
+            secs(self.elapsed_s),
+            t.live,
+            t.preexisting,
             t.created,
             t.exited,
-            t.live,
-            if self.lost_events > 0 {
-                format!(" · LOST EVENTS {}", self.lost_events)
-            } else {
-                String::new()
-            },
-            if self.target_exited {
-                " · target exited"
-            } else {
-                ""
-            },
+            if self.lost_events > 0 { paint("31", &format!(" · LOST EVENTS {}", self.lost_events)) } else { String::new() },
+            if self.target_exited { " · target exited" } else { "" },
         );
         if self.sites.is_empty() {
-            let _ = writeln!(out, "no goroutine created since attach");
+            let _ = writeln!(out, "no goroutines");
             return out;
         }
         let _ = writeln!(
             out,
-            "{:>7} {:>8} {:>8} {:>8}  {:<24} GO STATEMENT",
-            "LIVE", "CREATED", "EXITED", "OLDEST", "WAITING ON"
+            "{}",
+            paint(
+                "7",
+                &format!(
+                    "{:<8} {:>7} {:>8} {:>8} {:>8} {:>7} {:>8} {:<22} {:>7}  GO STATEMENT",
+                    "VERDICT",
+                    "LIVE",
+                    "Δ LIVE",
+                    "CREATED",
+                    "EXITED",
+                    "OLDEST",
+                    "BLOCKED",
+                    "WAITING ON",
+                    "STACKS"
+                )
+            )
         );
         for s in self.sites.iter().take(top) {
             let wait = match &s.top_wait_reason {
                 Some(r) => format!("{} ({})", r, s.wait_reasons.get(r).copied().unwrap_or(0)),
                 None => "-".to_string(),
             };
+            let verdict = format!("{:<8}", s.verdict.as_str());
+            let verdict = match s.verdict {
+                Verdict::Leak => paint("1;31", &verdict),
+                Verdict::Suspect => paint("33", &verdict),
+                Verdict::Stable => paint("36", &verdict),
+                Verdict::Ok => paint("32", &verdict),
+            };
+            let delta = s.trend.live_end as i64 - s.trend.live_start as i64;
             let _ = writeln!(
                 out,
-                "{:>7} {:>8} {:>8} {:>8}  {:<24} {} ({}:{})",
+                "{} {:>7} {:>8} {:>8} {:>8} {:>7} {:>8} {:<22} {:>7}  {} ({}:{})",
+                verdict,
                 s.live,
+                if delta == 0 {
+                    "0".to_string()
+                } else {
+                    format!("{delta:+}")
+                },
                 s.created,
                 s.exited,
-                s.oldest_age_s.map(fmt_secs).unwrap_or_else(|| "-".into()),
-                truncate(&wait, 24),
+                s.oldest_age_s
+                    .map(secs)
+                    .unwrap_or_else(|| if s.preexisting > 0 {
+                        "<attach".into()
+                    } else {
+                        "-".into()
+                    }),
+                s.blocked_s
+                    .map(|b| secs(b.p50))
+                    .unwrap_or_else(|| "-".into()),
+                truncate(&wait, 22),
+                bytes(s.stack_bytes),
                 s.function,
                 short_path(&s.file),
                 s.line
@@ -118,32 +227,85 @@ impl Report {
         if self.sites.len() > top {
             let _ = writeln!(out, "… {} more sites (--top)", self.sites.len() - top);
         }
-        for s in self
+        let explained = self
             .sites
             .iter()
-            .filter(|s| s.live > 0 && !s.stack.is_empty())
-            .take(stacks)
-        {
+            .filter(|s| matches!(s.verdict, Verdict::Leak | Verdict::Suspect))
+            .take(stacks);
+        for s in explained {
             let _ = writeln!(
                 out,
-                "\n{} live goroutines running {}, created by:",
-                s.live, s.go_func
+                "\n{} {} ({}:{}) running {}",
+                paint(
+                    if s.verdict == Verdict::Leak {
+                        "1;31"
+                    } else {
+                        "33"
+                    },
+                    s.verdict.as_str()
+                ),
+                s.function,
+                s.file,
+                s.line,
+                s.go_func
             );
-            for f in &s.stack {
-                let _ = writeln!(out, "    {} ({}:{})", f.function, f.file, f.line);
+            let _ = writeln!(out, "  why: {}", s.verdict_reason);
+            let paths: Vec<&PathReport> = s.paths.iter().take(4).collect();
+            if paths.is_empty() && !s.stack.is_empty() {
+                let _ = writeln!(out, "  created at:");
+                write_frames(&mut out, &s.stack);
             }
+            for (i, p) in paths.iter().enumerate() {
+                let _ = writeln!(
+                    out,
+                    "  path {} of {}: {} live, {} created",
+                    i + 1,
+                    s.paths.len(),
+                    p.live,
+                    p.created
+                );
+                write_frames(&mut out, &p.stack);
+            }
+            if !s.parent_chain.is_empty() {
+                let _ = writeln!(out, "  creator was created at:");
+                write_frames(&mut out, &s.parent_chain);
+            }
+        }
+        if let Some(g) = &self.gate {
+            let _ = writeln!(
+                out,
+                "\n{}: {} leaked goroutines (fail on {}){}; exit code {}",
+                if g.failed {
+                    paint("1;31", "LEAK GATE FAILED")
+                } else {
+                    paint("32", "leak gate passed")
+                },
+                g.leaked_goroutines,
+                g.fail_on.as_str(),
+                if g.stopped_at_deadline {
+                    ", command stopped at the deadline"
+                } else {
+                    ""
+                },
+                g.exit_code
+            );
         }
         out
     }
 }
 
-fn fmt_secs(s: f64) -> String {
-    if s >= 3600.0 {
-        format!("{:.1}h", s / 3600.0)
-    } else if s >= 60.0 {
-        format!("{:.1}m", s / 60.0)
-    } else {
-        format!("{s:.1}s")
+fn write_frames(out: &mut String, frames: &[Frame]) {
+    for f in frames {
+        let _ = writeln!(out, "    {} ({}:{})", f.function, f.file, f.line);
+    }
+}
+
+fn bytes(b: u64) -> String {
+    match b {
+        0 => "-".into(),
+        b if b >= 1 << 30 => format!("{:.1}G", b as f64 / (1u64 << 30) as f64),
+        b if b >= 1 << 20 => format!("{:.1}M", b as f64 / (1u64 << 20) as f64),
+        b => format!("{}K", b.div_ceil(1024)),
     }
 }
 
@@ -175,8 +337,8 @@ mod tests {
     fn formats() {
         assert_eq!(short_path("/a/b/c/d/e.go"), "c/d/e.go");
         assert_eq!(short_path("e.go"), "e.go");
-        assert_eq!(fmt_secs(5.0), "5.0s");
-        assert_eq!(fmt_secs(120.0), "2.0m");
         assert_eq!(truncate("abcdef", 4), "abc…");
+        assert_eq!(bytes(8192), "8K");
+        assert_eq!(bytes(3 << 20), "3.0M");
     }
 }

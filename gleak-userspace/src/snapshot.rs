@@ -1,52 +1,65 @@
-//! Reading the current state of traced goroutines straight from the target's
-//! `runtime.g` structures: status, wait reason, and whether it is still the same
-//! goroutine. Costs no probe hit; the runtime already keeps this state.
+//! Reading goroutines straight from the target's `runtime.g` structures, without
+//! stopping it: status, wait reason, creation site, stack size. Costs no probe
+//! hit; the runtime already keeps this state.
 
-use crate::{layout::gstatus, layout::RuntimeLayout, procmem::ProcessMemory};
+use crate::{
+    binary::GoBinary,
+    layout::{gstatus, RuntimeLayout},
+    procmem::ProcessMemory,
+};
 
 /// What memory says about one goroutine right now.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct GState {
+pub struct GRecord {
+    pub goid: u64,
     /// `_G*` status without the scan bit.
     pub status: u32,
     pub wait_reason: u8,
-    /// `g.waitsince` (CLOCK_MONOTONIC ns); set by the GC for goroutines it finds blocked, else 0.
-    pub wait_since_ns: i64,
+    /// `g.waitsince` (CLOCK_MONOTONIC ns). `execute` clears it whenever the goroutine
+    /// runs and the GC sets it for goroutines it finds blocked, so a non-zero value
+    /// means "blocked continuously since at least then".
+    pub wait_since_ns: u64,
+    pub gopc: u64,
+    pub startpc: u64,
+    pub parent_goid: u64,
+    /// `stack.hi - stack.lo`: what the goroutine's stack costs.
+    pub stack_bytes: u64,
 }
 
-/// The result for one goroutine.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Observed {
-    Alive(GState),
-    /// Dead, or the `g` now belongs to another goroutine: its exit event was lost.
-    Gone,
-    /// Memory could not be read (process exiting).
-    Unknown,
+impl GRecord {
+    pub fn is_dead(&self) -> bool {
+        matches!(
+            self.status,
+            gstatus::DEAD | gstatus::DEAD_EXTRA | gstatus::IDLE
+        )
+    }
 }
 
-/// Reads `(goid, g address)` pairs in one batch.
-pub fn observe(
+/// Reads the records of the `g`s at `addrs`; `None` where memory was unreadable.
+pub fn read_records(
     mem: &ProcessMemory,
     layout: &RuntimeLayout,
-    goroutines: &[(u64, u64)],
-) -> Vec<Observed> {
-    let fields = [
+    addrs: &[u64],
+) -> Vec<Option<GRecord>> {
+    let mut fields = vec![
+        layout.g_stack_lo,
+        layout.g_stack_hi,
         layout.g_status,
         layout.g_goid,
         layout.g_waitsince,
         layout.g_waitreason,
+        layout.g_gopc,
+        layout.g_startpc,
     ];
+    fields.extend(layout.g_parent_goid);
     let lo = *fields.iter().min().unwrap();
-    let hi = *fields.iter().max().unwrap() + 8;
-    let len = (hi - lo) as usize;
-    let addrs: Vec<u64> = goroutines.iter().map(|&(_, g)| g + lo as u64).collect();
-    let (buf, ok) = mem.read_many(&addrs, len);
-    goroutines
-        .iter()
-        .enumerate()
-        .map(|(i, &(goid, _))| {
+    let len = (*fields.iter().max().unwrap() + 8 - lo) as usize;
+    let starts: Vec<u64> = addrs.iter().map(|&g| g + lo as u64).collect();
+    let (buf, ok) = mem.read_many(&starts, len);
+    (0..addrs.len())
+        .map(|i| {
             if !ok[i] {
-                return Observed::Unknown;
+                return None;
             }
             let chunk = &buf[i * len..(i + 1) * len];
             let at = |off: u32| (off - lo) as usize;
@@ -56,16 +69,60 @@ pub fn observe(
                 chunk[at(layout.g_status)..at(layout.g_status) + 4]
                     .try_into()
                     .unwrap(),
-            ) & !gstatus::SCAN;
-            let mem_goid = u64_at(layout.g_goid);
-            if mem_goid != goid || matches!(status, gstatus::DEAD | gstatus::DEAD_EXTRA) {
-                return Observed::Gone;
-            }
-            Observed::Alive(GState {
-                status,
+            );
+            Some(GRecord {
+                goid: u64_at(layout.g_goid),
+                status: status & !gstatus::SCAN,
                 wait_reason: chunk[at(layout.g_waitreason)],
-                wait_since_ns: u64_at(layout.g_waitsince) as i64,
+                wait_since_ns: u64_at(layout.g_waitsince),
+                gopc: u64_at(layout.g_gopc),
+                startpc: u64_at(layout.g_startpc),
+                parent_goid: layout.g_parent_goid.map(u64_at).unwrap_or(0),
+                stack_bytes: u64_at(layout.g_stack_hi).saturating_sub(u64_at(layout.g_stack_lo)),
             })
         })
         .collect()
+}
+
+/// Every goroutine in the target's `runtime.allgs` (dead ones filtered out), with
+/// its `g` address. `allgs` is append-only, so reading its length first and then
+/// its array (as the runtime's own readers do) is safe while the process runs.
+pub fn all_goroutines(
+    mem: &ProcessMemory,
+    binary: &GoBinary,
+    layout: &RuntimeLayout,
+    bias: u64,
+) -> std::io::Result<Vec<(u64, GRecord)>> {
+    let missing = |what: &str| {
+        std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            format!("symbol {what} not found"),
+        )
+    };
+    let allgs = binary
+        .symbol("runtime.allgs")
+        .ok_or_else(|| missing("runtime.allgs"))?;
+    let allglen = binary
+        .symbol("runtime.allglen")
+        .ok_or_else(|| missing("runtime.allglen"))?;
+    let len = mem.read_u64(allglen.addr + bias)?;
+    let ptr = mem.read_u64(allgs.addr + bias)?;
+    if len == 0 || ptr == 0 {
+        return Ok(Vec::new());
+    }
+    // A sanity bound: a corrupt read must not make us allocate gigabytes.
+    let len = len.min(16 << 20) as usize;
+    let mut raw = vec![0u8; len * 8];
+    mem.read(ptr, &mut raw)?;
+    let addrs: Vec<u64> = raw
+        .chunks_exact(8)
+        .map(|c| u64::from_le_bytes(c.try_into().unwrap()))
+        .filter(|&a| a != 0)
+        .collect();
+    let records = read_records(mem, layout, &addrs);
+    Ok(addrs
+        .into_iter()
+        .zip(records)
+        .filter_map(|(addr, rec)| rec.filter(|r| !r.is_dead()).map(|r| (addr, r)))
+        .collect())
 }

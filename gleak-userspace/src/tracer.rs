@@ -2,23 +2,28 @@
 //! event stream. The CLI is a thin shell over this; `gleak audit` will hold many
 //! targets in one long-running process.
 
-use std::{collections::HashMap, io, time::Instant};
+use std::{
+    collections::{BTreeMap, HashMap},
+    io,
+};
 
 use aya::maps::{MapData, RingBuf};
 use gleak_common::{counter, GoroutineEvent, CONFIG_CAPTURE_STACKS};
+use hdrhistogram::Histogram;
 use tokio::io::unix::AsyncFd;
 
 use crate::{
-    aggregate::{Aggregator, SiteKey},
+    aggregate::{Aggregator, Sample, SiteKey},
     debuginfo::RuntimeInfo,
     error::Result,
     layout::gstatus,
     probes::{AttachOptions, AttachedProbe, Probes},
     procmem::ProcessMemory,
-    report::{Report, SiteReport, Totals},
-    snapshot::{observe, Observed},
+    report::{PathReport, Percentiles, Rates, Report, SiteReport, Totals, Trend},
+    snapshot::{all_goroutines, read_records},
     symbolize::Frame,
     target::Target,
+    verdict::{judge, never_wakes, SiteFacts},
 };
 
 /// How often the ring buffer is drained when no wakeup came.
@@ -31,15 +36,19 @@ pub struct TracedTarget {
     pub probes: Vec<AttachedProbe>,
     pub agg: Aggregator,
     mem: ProcessMemory,
-    attached_at: Instant,
-    sites: HashMap<SiteKey, SiteLabel>,
-    stacks: HashMap<i64, Vec<Frame>>,
+    /// CLOCK_MONOTONIC at attach.
+    attached_ns: u64,
+    labels: SiteLabels,
+    stacks: StackCache,
 }
 
 /// A creation site, symbolized once.
 #[derive(Clone)]
 struct SiteLabel {
+    /// The `go` statement (innermost frame at its PC).
     at: Frame,
+    /// Every frame at the `go` statement's PC, innermost first (inlining expanded).
+    inlined: Vec<Frame>,
     go_func: String,
 }
 
@@ -80,15 +89,32 @@ impl Tracer {
         let probes = self
             .probes
             .attach(&target, info.layout.target_config(flags), opts)?;
+        let mem = ProcessMemory::new(pid);
+        let mut agg = Aggregator::default();
+        // Probes first, then the goroutine table: a goroutine born in between shows
+        // up in both and is kept once; none falls between the two.
+        match all_goroutines(&mem, &target.binary, &info.layout, target.load_bias) {
+            Ok(existing) => {
+                for (g_addr, rec) in &existing {
+                    agg.adopt(*g_addr, rec);
+                }
+                agg.link_adopted_parents();
+            }
+            Err(e) => log::warn!(
+                "PID {pid}: cannot read the goroutine table ({e}); goroutines from before attach are not counted"
+            ),
+        }
+        let attached_ns = monotonic_ns();
+        agg.sample(attached_ns);
         let traced = TracedTarget {
-            mem: ProcessMemory::new(pid),
+            mem,
             target,
             info,
             probes,
-            agg: Aggregator::default(),
-            attached_at: Instant::now(),
-            sites: HashMap::new(),
-            stacks: HashMap::new(),
+            agg,
+            attached_ns,
+            labels: SiteLabels::default(),
+            stacks: StackCache::default(),
         };
         self.targets.insert(pid, traced);
         Ok(&self.targets[&pid])
@@ -140,110 +166,217 @@ impl Tracer {
         c[counter::RINGBUF_FULL as usize] + c[counter::READ_FAILED as usize]
     }
 
+    /// Takes a per-site sample of every target (call about once a second).
+    pub fn sample(&mut self) {
+        self.drain_now();
+        let now = monotonic_ns();
+        for t in self.targets.values_mut() {
+            t.agg.sample(now);
+        }
+    }
+
     /// Builds a report for `pid`: reads the live goroutines' state from memory,
-    /// retires the ones that died unseen, and groups by creation site.
+    /// retires the ones that died unseen, groups by creation site and judges each.
     pub fn report(&mut self, pid: u32, is_final: bool) -> Option<Report> {
         self.drain_now();
         let lost_events = self.lost_events();
-        let t = self.targets.get_mut(&pid)?;
+        let Tracer {
+            probes, targets, ..
+        } = self;
+        let t = targets.get_mut(&pid)?;
         let target_exited = !t.target.is_alive();
         let now = monotonic_ns();
+        let traced_s = now.saturating_sub(t.attached_ns) as f64 / 1e9;
 
+        // 1. What memory says about every goroutine we believe alive.
         let live: Vec<(u64, u64)> = t
             .agg
             .live
             .iter()
             .map(|(&goid, g)| (goid, g.g_addr))
             .collect();
-        let observed = if target_exited {
-            vec![Observed::Unknown; live.len()]
+        let records = if target_exited {
+            vec![None; live.len()]
         } else {
-            observe(&t.mem, &t.info.layout, &live)
+            let addrs: Vec<u64> = live.iter().map(|&(_, g)| g).collect();
+            read_records(&t.mem, &t.info.layout, &addrs)
         };
-        let dead: Vec<u64> = live
-            .iter()
-            .zip(&observed)
-            .filter(|(_, o)| **o == Observed::Gone)
-            .map(|((goid, _), _)| *goid)
-            .collect();
-        t.agg.reconcile_dead(&dead, now);
+        let mut by_goid = HashMap::with_capacity(live.len());
+        for ((goid, _), rec) in live.iter().zip(records) {
+            if t.agg.observe(*goid, rec.as_ref(), now) {
+                by_goid.insert(*goid, rec);
+            }
+        }
 
-        let mut per_site: HashMap<SiteKey, SiteReport> = HashMap::new();
-        for ((goid, _), obs) in live.iter().zip(&observed) {
-            let Some(g) = t.agg.live.get(goid) else {
+        // 2. Per-site summaries of the live goroutines.
+        let mut acc: HashMap<SiteKey, LiveSummary> = HashMap::new();
+        for (goid, g) in &t.agg.live {
+            let a = acc.entry(g.site).or_default();
+            a.live += 1;
+            match g.created_ns {
+                Some(created) => {
+                    let age_us = now.saturating_sub(created) / 1000;
+                    a.ages_us.record(age_us.max(1)).ok();
+                }
+                None => a.preexisting += 1,
+            }
+            a.ran += g.ran as u64;
+            *a.per_stack.entry(g.stack_id).or_default() += 1;
+            let Some(Some(rec)) = by_goid.get(goid) else {
                 continue;
             };
-            let site = per_site.entry(g.site).or_default();
-            site.live += 1;
-            let age = now.saturating_sub(g.created_ns) as f64 / 1e9;
-            site.oldest_age_s = Some(site.oldest_age_s.map_or(age, |a: f64| a.max(age)));
-            if let Observed::Alive(state) = obs {
-                *site
-                    .states
-                    .entry(gstatus::name(state.status).to_string())
-                    .or_default() += 1;
-                if state.status == gstatus::WAITING {
-                    let reason = t.info.wait_reasons.name(state.wait_reason);
-                    *site.wait_reasons.entry(reason).or_default() += 1;
+            a.stack_bytes += rec.stack_bytes;
+            *a.states.entry(gstatus::name(rec.status)).or_default() += 1;
+            if rec.status == gstatus::WAITING {
+                let reason = t.info.wait_reasons.name(rec.wait_reason);
+                if never_wakes(&reason) {
+                    a.never_wake += 1;
+                }
+                *a.reasons.entry(reason).or_default() += 1;
+                let since = match g.parked {
+                    Some((_, ts)) => Some(ts),
+                    None => (rec.wait_since_ns != 0).then_some(rec.wait_since_ns),
+                };
+                if let Some(since) = since {
+                    a.blocked_us
+                        .record((now.saturating_sub(since) / 1000).max(1))
+                        .ok();
                 }
             }
         }
 
+        // 3. One report row per site, judged.
         let bias = t.target.load_bias;
+        let window_start = now.saturating_sub(TREND_WINDOW_NS);
         let mut sites = Vec::with_capacity(t.agg.sites.len());
-        for (&key, stats) in &t.agg.sites {
-            let label = t
-                .sites
-                .entry(key)
-                .or_insert_with(|| {
-                    let sym = &t.info.symbolizer;
-                    let at = sym
-                        .call_site(key.wrapping_sub(bias))
-                        .unwrap_or_else(|| unknown_frame(key));
-                    let go_func = sym
-                        .function_at(stats.startpc.wrapping_sub(bias))
-                        .unwrap_or_else(|| format!("{:#x}", stats.startpc));
-                    SiteLabel { at, go_func }
-                })
-                .clone();
-            let mut s = per_site.remove(&key).unwrap_or_default();
-            s.function = label.at.function;
-            s.file = label.at.file;
-            s.line = label.at.line;
-            s.go_func = label.go_func;
-            s.pc = format!("{:#x}", key.wrapping_sub(bias));
-            s.created = stats.created;
-            s.exited = stats.exited;
-            s.top_wait_reason = s
-                .wait_reasons
+        let keys: Vec<SiteKey> = t.agg.sites.keys().copied().collect();
+        for key in keys {
+            let stats = &t.agg.sites[&key];
+            let a = acc.remove(&key).unwrap_or_default();
+            let label = t.labels.get(key, stats.startpc, bias, &t.info);
+            let start = stats
+                .sample_at_or_after(window_start)
+                .copied()
+                .unwrap_or(Sample {
+                    t_ns: t.attached_ns,
+                    live: 0,
+                    created: 0,
+                    exited: 0,
+                });
+            let window_s = (now.saturating_sub(start.t_ns) as f64 / 1e9).max(1e-3);
+            let top_wait_reason = a
+                .reasons
                 .iter()
-                .max_by_key(|(name, n)| (**n, std::cmp::Reverse(name.to_string())))
+                .max_by_key(|(name, n)| (**n, std::cmp::Reverse(*name)))
                 .map(|(r, _)| r.clone());
-            s.lifetime_p50_ms = (!stats.lifetimes_us.is_empty())
-                .then(|| stats.lifetimes_us.value_at_quantile(0.5) as f64 / 1000.0);
-            if let Some((&stack_id, _)) = stats
+            let blocked = a.reasons.values().sum();
+            let lifetime = |q: f64| {
+                (!stats.lifetimes_us.is_empty())
+                    .then(|| stats.lifetimes_us.value_at_quantile(q) as f64 / 1e6)
+            };
+            let facts = SiteFacts {
+                live: stats.live,
+                created: stats.created,
+                window_s,
+                live_start: start.live,
+                created_in_window: stats.created - start.created,
+                exited_in_window: stats.exited - start.exited,
+                blocked,
+                top_reason: top_wait_reason.clone(),
+                never_wake: a.never_wake,
+                age_p50_s: (!a.ages_us.is_empty())
+                    .then(|| a.ages_us.value_at_quantile(0.5) as f64 / 1e6),
+                oldest_s: (!a.ages_us.is_empty()).then(|| a.ages_us.max() as f64 / 1e6),
+                lifetime_p99_s: lifetime(0.99),
+                lifetime_p50_s: lifetime(0.5),
+                preexisting: a.preexisting,
+                ran: a.ran,
+                blocked_p50_s: (!a.blocked_us.is_empty())
+                    .then(|| a.blocked_us.value_at_quantile(0.5) as f64 / 1e6),
+                traced_s,
+            };
+            let (verdict, verdict_reason) = judge(&facts);
+
+            let mut paths: Vec<PathReport> = stats
                 .stacks
                 .iter()
-                .max_by_key(|(id, n)| (**n, std::cmp::Reverse(**id)))
-            {
-                s.stack = match t.stacks.get(&stack_id) {
-                    Some(frames) => frames.clone(),
-                    None => {
-                        let frames = self
-                            .probes
-                            .stack(stack_id)
-                            .map(|ips| creation_stack(&ips, key, bias, t.info.symbolizer.as_ref()))
-                            .unwrap_or_default();
-                        t.stacks.insert(stack_id, frames.clone());
-                        frames
+                .map(|(&id, &created)| {
+                    let locations = t.stacks.get(probes, id, key, bias, &t.info).to_vec();
+                    PathReport {
+                        live: a.per_stack.get(&id).copied().unwrap_or(0),
+                        created,
+                        stack: locations
+                            .iter()
+                            .flat_map(|(_, f)| f.iter().cloned())
+                            .collect(),
+                        locations,
                     }
-                };
+                })
+                .filter(|p| !p.stack.is_empty())
+                .collect();
+            paths.sort_by(|x, y| {
+                (y.live, y.created)
+                    .cmp(&(x.live, x.created))
+                    .then(x.stack.len().cmp(&y.stack.len()))
+            });
+            let stack = paths
+                .first()
+                .map(|p| p.stack.clone())
+                .unwrap_or_else(|| label.inlined.clone());
+            // Goroutines from before attach have no recorded stack: their `go` statement stands in.
+            if a.per_stack.get(&-1).copied().unwrap_or(0) > 0 && !label.inlined.is_empty() {
+                paths.push(PathReport {
+                    live: a.per_stack[&-1],
+                    created: 0,
+                    stack: label.inlined.clone(),
+                    locations: vec![(key.wrapping_sub(bias), label.inlined.clone())],
+                });
             }
-            sites.push(s);
+
+            sites.push(SiteReport {
+                verdict,
+                verdict_reason,
+                function: label.at.function.clone(),
+                file: label.at.file.clone(),
+                line: label.at.line,
+                go_func: label.go_func.clone(),
+                pc: format!("{:#x}", key.wrapping_sub(bias)),
+                live: stats.live,
+                created: stats.created,
+                exited: stats.exited,
+                preexisting: a.preexisting,
+                trend: Trend {
+                    window_s,
+                    live_start: start.live,
+                    live_end: stats.live,
+                    live_per_s: (stats.live as f64 - start.live as f64) / window_s,
+                },
+                rates: Rates {
+                    created_per_s: (stats.created - start.created) as f64 / window_s,
+                    exited_per_s: (stats.exited - start.exited) as f64 / window_s,
+                },
+                oldest_age_s: facts.oldest_s,
+                age_s: percentiles(&a.ages_us),
+                blocked,
+                blocked_s: percentiles(&a.blocked_us),
+                top_wait_reason,
+                wait_reasons: a.reasons,
+                states: a
+                    .states
+                    .into_iter()
+                    .map(|(k, v)| (k.to_string(), v))
+                    .collect(),
+                stack_bytes: a.stack_bytes,
+                lifetime_p50_ms: facts.lifetime_p50_s.map(|s| s * 1e3),
+                stack,
+                paths,
+                parent_chain: parent_chain(&t.agg, key, &mut t.labels, bias, &t.info),
+            });
         }
         sites.sort_by(|a, b| {
             b.live
                 .cmp(&a.live)
+                .then(a.verdict.cmp(&b.verdict))
                 .then(b.created.cmp(&a.created))
                 .then(a.file.cmp(&b.file))
                 .then(a.line.cmp(&b.line))
@@ -254,17 +387,154 @@ impl Tracer {
             pid,
             binary: t.target.exe.display().to_string(),
             go_version: t.target.binary.go_version.raw.clone(),
-            elapsed_s: t.attached_at.elapsed().as_secs_f64(),
+            mode: "attach",
+            elapsed_s: traced_s,
             is_final,
             target_exited,
             totals: Totals {
                 created,
                 exited,
                 live: t.agg.live.len() as u64,
+                preexisting: t
+                    .agg
+                    .live
+                    .values()
+                    .filter(|g| g.created_ns.is_none())
+                    .count() as u64,
             },
             lost_events,
             reconciled_exits: t.agg.reconciled_exits,
             sites,
+            gate: None,
+        })
+    }
+}
+
+/// The trend window: the seed's "diff two snapshots 30 s apart", built in.
+pub const TREND_WINDOW_NS: u64 = 30_000_000_000;
+
+/// Live goroutines of one site, summarised at report time.
+struct LiveSummary {
+    live: u64,
+    preexisting: u64,
+    ran: u64,
+    never_wake: u64,
+    stack_bytes: u64,
+    ages_us: Histogram<u64>,
+    blocked_us: Histogram<u64>,
+    states: BTreeMap<&'static str, u64>,
+    reasons: BTreeMap<String, u64>,
+    per_stack: HashMap<i64, u64>,
+}
+
+impl Default for LiveSummary {
+    fn default() -> Self {
+        Self {
+            live: 0,
+            preexisting: 0,
+            ran: 0,
+            never_wake: 0,
+            stack_bytes: 0,
+            ages_us: Histogram::new(3).expect("valid precision"),
+            blocked_us: Histogram::new(3).expect("valid precision"),
+            states: BTreeMap::new(),
+            reasons: BTreeMap::new(),
+            per_stack: HashMap::new(),
+        }
+    }
+}
+
+fn percentiles(h: &Histogram<u64>) -> Option<Percentiles> {
+    (!h.is_empty()).then(|| Percentiles {
+        p50: h.value_at_quantile(0.5) as f64 / 1e6,
+        p90: h.value_at_quantile(0.9) as f64 / 1e6,
+        p99: h.value_at_quantile(0.99) as f64 / 1e6,
+        max: h.max() as f64 / 1e6,
+    })
+}
+
+/// The creation site of each site's most common creator, then of its creator… (cycles cut).
+fn parent_chain(
+    agg: &Aggregator,
+    site: SiteKey,
+    labels: &mut SiteLabels,
+    bias: u64,
+    info: &RuntimeInfo,
+) -> Vec<Frame> {
+    let mut chain = Vec::new();
+    let mut seen = vec![site];
+    let mut key = site;
+    while let Some(stats) = agg.sites.get(&key) {
+        let Some((&parent, _)) = stats
+            .parents
+            .iter()
+            .max_by_key(|(k, n)| (**n, std::cmp::Reverse(**k)))
+        else {
+            break;
+        };
+        if seen.contains(&parent) || chain.len() >= 16 {
+            break;
+        }
+        let startpc = agg.sites.get(&parent).map_or(0, |s| s.startpc);
+        chain.push(labels.get(parent, startpc, bias, info).at.clone());
+        seen.push(parent);
+        key = parent;
+    }
+    chain
+}
+
+/// Symbolized creation sites, computed once.
+#[derive(Default)]
+struct SiteLabels(HashMap<SiteKey, SiteLabel>);
+
+impl SiteLabels {
+    fn get(&mut self, key: SiteKey, startpc: u64, bias: u64, info: &RuntimeInfo) -> &SiteLabel {
+        self.0.entry(key).or_insert_with(|| {
+            let sym = &info.symbolizer;
+            let inlined = sym.frames(key.wrapping_sub(bias).saturating_sub(1));
+            let mut at = inlined
+                .first()
+                .cloned()
+                .unwrap_or_else(|| unknown_frame(key));
+            // The main goroutine is started by the runtime's assembly through the
+            // `runtime.newproc` ABI wrapper: name it for what it is.
+            if at.function == "runtime.newproc" && at.file.contains("autogenerated") {
+                at = Frame {
+                    function: "main goroutine".into(),
+                    file: "(started by the runtime)".into(),
+                    line: 0,
+                };
+            }
+            let go_func = sym
+                .function_at(startpc.wrapping_sub(bias))
+                .unwrap_or_else(|| format!("{startpc:#x}"));
+            SiteLabel {
+                at,
+                go_func,
+                inlined,
+            }
+        })
+    }
+}
+
+/// Symbolized creation stacks, computed once per stack id.
+#[derive(Default)]
+struct StackCache(HashMap<i64, Vec<Location>>);
+
+impl StackCache {
+    fn get(
+        &mut self,
+        probes: &Probes,
+        stack_id: i64,
+        gopc: u64,
+        bias: u64,
+        info: &RuntimeInfo,
+    ) -> &[Location] {
+        self.0.entry(stack_id).or_insert_with(|| {
+            probes
+                .stack(stack_id)
+                .map(|ips| creation_stack(&ips, gopc, bias, info.symbolizer.as_ref()))
+                .unwrap_or_default()
         })
     }
 }
@@ -285,25 +555,32 @@ fn drain(ring: &mut RingBuf<MapData>, targets: &mut HashMap<u32, TracedTarget>) 
     n
 }
 
+/// One return address of a creation stack with its source frames (inlining expanded).
+pub type Location = (u64, Vec<Frame>);
+
 /// Symbolizes a creation stack captured at `newproc1`'s RET: drops the runtime
 /// frames above the `go` statement (newproc1, systemstack, newproc) and `goexit`.
+/// Addresses are returned as linked (load bias removed).
 pub fn creation_stack(
     ips: &[u64],
     gopc: u64,
     bias: u64,
     sym: &(dyn crate::symbolize::Symbolizer + Send),
-) -> Vec<Frame> {
+) -> Vec<Location> {
     let start = ips.iter().position(|&ip| ip == gopc).unwrap_or(0);
-    let mut frames = Vec::new();
-    for &ip in &ips[start..] {
-        for f in sym.frames(ip.wrapping_sub(bias).saturating_sub(1)) {
-            if f.function == "runtime.goexit" {
-                continue;
-            }
-            frames.push(f);
-        }
-    }
-    frames
+    ips[start..]
+        .iter()
+        .map(|&ip| {
+            let pc = ip.wrapping_sub(bias);
+            let frames: Vec<Frame> = sym
+                .frames(pc.saturating_sub(1))
+                .into_iter()
+                .filter(|f| f.function != "runtime.goexit")
+                .collect();
+            (pc, frames)
+        })
+        .filter(|(_, frames)| !frames.is_empty())
+        .collect()
 }
 
 fn unknown_frame(pc: u64) -> Frame {

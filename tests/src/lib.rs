@@ -1,7 +1,9 @@
 //! Harness for gleak's end-to-end tests: builds the Go fixtures in
-//! `tests/fixtures/` (and the demo in `examples/demo/`) with every Go toolchain
-//! on the machine, runs them, attaches the real `gleak` binary and parses its
-//! newline-delimited JSON reports.
+//! `tests/fixtures/` (and the demo in `examples/demo/`, and the `go test -c`
+//! package `tests/fixtures/gotest/`) with every Go toolchain on the machine,
+//! runs them, attaches the real `gleak` binary (or has `gleak run` start them)
+//! and parses its newline-delimited JSON reports, which it can validate
+//! against `docs/report.schema.json` ([`validate_report`]).
 //!
 //! Environment:
 //! - `GLEAK_CACHE`: cache root (default `$HOME/.cache/gleak`). Go toolchains are
@@ -318,17 +320,77 @@ pub fn go_command(tc: &GoToolchain) -> Command {
 pub fn build_go_program(tc: &GoToolchain, src: &Path, name: &str) -> PathBuf {
     assert!(src.is_file(), "Go source {} does not exist", src.display());
     let out_dir = gleak_cache().join("fixtures").join(&tc.version);
+    build_cached(tc, &[src.to_path_buf()], name, |cmd, tmp| {
+        cmd.arg("build")
+            .arg("-o")
+            .arg(tmp)
+            .arg(src)
+            .current_dir(&out_dir);
+    })
+}
+
+/// Builds the Go test package in directory `dir` (its `*.go` files, GOPATH
+/// mode, no go.mod needed) with `go test -c` into
+/// `$GLEAK_CACHE/fixtures/<version>/<name>` and returns the test binary's path.
+/// Same caching and locking as [`build_go_program`]; vet is off (the fixtures
+/// leak on purpose).
+pub fn build_go_test_binary(tc: &GoToolchain, dir: &Path, name: &str) -> PathBuf {
+    assert!(dir.is_dir(), "Go package {} does not exist", dir.display());
+    let mut sources: Vec<PathBuf> = fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("read {}: {e}", dir.display()))
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "go"))
+        .collect();
+    sources.sort();
+    assert!(
+        sources
+            .iter()
+            .any(|p| p.to_string_lossy().ends_with("_test.go")),
+        "{} holds no *_test.go file",
+        dir.display()
+    );
+    build_cached(tc, &sources, name, |cmd, tmp| {
+        cmd.arg("test")
+            .arg("-c")
+            .arg("-vet=off")
+            .arg("-o")
+            .arg(tmp)
+            .current_dir(dir);
+    })
+}
+
+/// Builds `name` into `$GLEAK_CACHE/fixtures/<version>/<name>` unless an
+/// up-to-date binary built from the same `sources` by the same toolchain is
+/// already there. `args(cmd, tmp)` makes the `go` command `cmd` write the
+/// binary to `tmp`.
+fn build_cached(
+    tc: &GoToolchain,
+    sources: &[PathBuf],
+    name: &str,
+    args: impl FnOnce(&mut Command, &Path),
+) -> PathBuf {
+    let out_dir = gleak_cache().join("fixtures").join(&tc.version);
     fs::create_dir_all(&out_dir)
         .unwrap_or_else(|e| panic!("cannot create {}: {e}", out_dir.display()));
     let out = out_dir.join(name);
     let _lock = FileLock::acquire(&out_dir.join(format!(".{name}.lock")));
 
-    let source = fs::read(src).unwrap_or_else(|e| panic!("read {}: {e}", src.display()));
-    let mut stamp = source;
+    // The stamp is the source text (file names too when there are several)
+    // and the toolchain: a change of either rebuilds.
+    let mut stamp = Vec::new();
+    for src in sources {
+        if sources.len() > 1 {
+            stamp.extend_from_slice(format!("// file {}\n", src.display()).as_bytes());
+        }
+        stamp.extend(fs::read(src).unwrap_or_else(|e| panic!("read {}: {e}", src.display())));
+    }
     stamp.extend_from_slice(format!("\n// built by {}\n", tc.go.display()).as_bytes());
     let stamp_path = out_dir.join(format!(".{name}.stamp"));
-    let fresh = match (mtime(&out), mtime(src), mtime(&tc.go)) {
-        (Some(bin), Some(s), Some(go)) => bin >= s && bin >= go,
+    let fresh = match (mtime(&out), mtime(&tc.go)) {
+        (Some(bin), Some(go)) => {
+            bin >= go && sources.iter().all(|s| mtime(s).is_some_and(|s| bin >= s))
+        }
         _ => false,
     };
     if fresh && fs::read(&stamp_path).is_ok_and(|old| old == stamp) {
@@ -338,22 +400,16 @@ pub fn build_go_program(tc: &GoToolchain, src: &Path, name: &str) -> PathBuf {
     // Build next to the target and rename over it: atomic for other readers,
     // and works while an older copy of the binary is still running.
     let tmp = out_dir.join(format!(".{name}.tmp.{}", std::process::id()));
-    let output = go_command(tc)
-        .arg("build")
-        .arg("-o")
-        .arg(&tmp)
-        .arg(src)
-        .current_dir(&out_dir)
+    let mut cmd = go_command(tc);
+    args(&mut cmd, &tmp);
+    let output = cmd
         .stdin(Stdio::null())
         .output()
         .unwrap_or_else(|e| panic!("cannot run {}: {e}", tc.go.display()));
     if !output.status.success() {
         let _ = fs::remove_file(&tmp);
         panic!(
-            "`{} build -o {} {}` failed ({}):\n{}{}",
-            tc.go.display(),
-            tmp.display(),
-            src.display(),
+            "`{cmd:?}` failed ({}):\n{}{}",
             output.status,
             String::from_utf8_lossy(&output.stdout),
             String::from_utf8_lossy(&output.stderr)
@@ -629,6 +685,21 @@ impl Fixture {
         }
     }
 
+    /// Builds the Go test package `tests/fixtures/<dir>/` with `go test -c`
+    /// (binary `<dir>.test`); `test_file` is the file whose markers the test
+    /// looks up. Test binaries print no ready line: run them under
+    /// `gleak run` ([`run_gleak_run`]), not with [`Fixture::start`].
+    pub fn go_test(tc: &GoToolchain, dir: &str, test_file: &str) -> Fixture {
+        let pkg = fixtures_dir().join(dir);
+        Fixture {
+            name: format!("{dir}.test"),
+            toolchain: tc.clone(),
+            source: pkg.join(test_file),
+            binary: build_go_test_binary(tc, &pkg, &format!("{dir}.test")),
+            ready_prefix: String::new(),
+        }
+    }
+
     /// Starts the program and waits for its ready line.
     pub fn start(&self) -> RunningGo {
         self.start_with_args(&[])
@@ -704,6 +775,13 @@ pub struct GleakRun {
     pub stdout: String,
     /// Everything printed on stderr.
     pub stderr: String,
+}
+
+impl GleakRun {
+    /// gleak's exit code (`None` if a signal ended it).
+    pub fn code(&self) -> Option<i32> {
+        self.status.code()
+    }
 }
 
 impl fmt::Display for GleakRun {
@@ -829,6 +907,126 @@ pub fn run_gleak_attach(pid: u32, args: &[&str]) -> Vec<Value> {
     parse_json_lines(&run.stdout).unwrap_or_else(|e| panic!("{e}\n{run}"))
 }
 
+/// Runs `gleak run <opts> -- <program> <program_args>` to completion and
+/// returns what it printed and its exit status, whatever that is (the tests
+/// check it). Panics if gleak overruns `--duration` in `opts` by more than
+/// [`GLEAK_GRACE`] (120 s without `--duration`).
+pub fn run_gleak_run(opts: &[&str], program: &Path, program_args: &[&str]) -> GleakRun {
+    let program = program.to_string_lossy();
+    let mut full = vec!["run"];
+    full.extend_from_slice(opts);
+    full.push("--");
+    full.push(&program);
+    full.extend_from_slice(program_args);
+    let timeout = duration_arg(opts).map_or(Duration::from_secs(120), |d| d + GLEAK_GRACE);
+    run_gleak(&full, timeout)
+}
+
+/// The JSON reports on gleak's stdout: every line starting with `{`, each of
+/// which must be one JSON document. Other lines are ignored: under `gleak run`
+/// they may be the command's own output (a Go test binary prints `PASS`).
+pub fn json_reports(run: &GleakRun) -> Vec<Value> {
+    run.stdout
+        .lines()
+        .filter(|l| l.trim_start().starts_with('{'))
+        .map(|l| {
+            serde_json::from_str(l.trim()).unwrap_or_else(|e| {
+                panic!("stdout line is not one JSON document ({e}): {l}\n{run}")
+            })
+        })
+        .collect()
+}
+
+// ---------------------------------------------------------------------------
+// Report schema (docs/report.schema.json)
+// ---------------------------------------------------------------------------
+
+/// `docs/report.schema.json`: the JSON Schema (draft 2020-12) of a report.
+pub fn report_schema_path() -> PathBuf {
+    workspace_root().join("docs/report.schema.json")
+}
+
+fn report_validator() -> &'static jsonschema::Validator {
+    static VALIDATOR: OnceLock<jsonschema::Validator> = OnceLock::new();
+    VALIDATOR.get_or_init(|| {
+        let path = report_schema_path();
+        let text =
+            fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+        let schema: Value = serde_json::from_str(&text)
+            .unwrap_or_else(|e| panic!("{} is not JSON: {e}", path.display()));
+        jsonschema::draft202012::new(&schema)
+            .unwrap_or_else(|e| panic!("{} is not a valid JSON Schema: {e}", path.display()))
+    })
+}
+
+/// Validates one report against `docs/report.schema.json`. The error lists
+/// every violation (instance path: message), at most 20.
+pub fn validate_report(report: &Value) -> Result<(), String> {
+    let errors: Vec<String> = report_validator()
+        .iter_errors(report)
+        .map(|e| {
+            let at = e.instance_path().to_string();
+            format!("{}: {e}", if at.is_empty() { "/" } else { &at })
+        })
+        .collect();
+    if errors.is_empty() {
+        return Ok(());
+    }
+    let n = errors.len();
+    let mut msg = errors.into_iter().take(20).collect::<Vec<_>>().join("\n  ");
+    if n > 20 {
+        msg.push_str(&format!("\n  ... {} more", n - 20));
+    }
+    Err(format!("{n} schema violation(s):\n  {msg}"))
+}
+
+/// Panics unless every report validates against `docs/report.schema.json`.
+pub fn check_reports_schema(reports: &[Value]) {
+    for (i, r) in reports.iter().enumerate() {
+        if let Err(e) = validate_report(r) {
+            panic!(
+                "report {i} of {} does not match {}: {e}\n{r}",
+                reports.len(),
+                report_schema_path().display()
+            );
+        }
+    }
+}
+
+/// Checks the reports of one `gleak run --json`: at least one, each valid
+/// against the schema with `mode` "run", one `pid` throughout, `elapsed_s`
+/// non-decreasing, `final` on exactly the last, which carries the `gate`.
+pub fn check_run_reports(reports: &[Value], run: &GleakRun) {
+    assert!(
+        !reports.is_empty(),
+        "gleak run --json printed no report\n{run}"
+    );
+    check_reports_schema(reports);
+    let pid = &reports[0]["pid"];
+    let mut prev = 0.0;
+    for (i, r) in reports.iter().enumerate() {
+        let is_last = i + 1 == reports.len();
+        assert_eq!(r["mode"], "run", "report {i}: `mode`\n{r}");
+        assert_eq!(&r["pid"], pid, "report {i}: `pid` changed\n{r}");
+        assert_eq!(
+            r["final"].as_bool(),
+            Some(is_last),
+            "report {i}: `final`\n{r}"
+        );
+        let elapsed = r["elapsed_s"].as_f64().unwrap_or(-1.0);
+        assert!(
+            elapsed >= prev,
+            "report {i}: `elapsed_s` went backwards\n{r}"
+        );
+        prev = elapsed;
+    }
+    let last = &reports[reports.len() - 1];
+    assert!(
+        last["gate"].is_object(),
+        "the final report has no `gate`\n{last}"
+    );
+}
+
 // ---------------------------------------------------------------------------
 // Reading reports
 // ---------------------------------------------------------------------------
@@ -859,6 +1057,29 @@ pub fn site_live(report: &Value, file_suffix: &str, line: u32) -> u64 {
     find_site(report, file_suffix, line).map_or(0, |s| count(s, "live"))
 }
 
+/// The site of `fx`'s `// <marker>` in `report`, if reported.
+pub fn marker_site<'a>(report: &'a Value, fx: &Fixture, marker: &str) -> Option<&'a Value> {
+    find_site(report, &fx.file_suffix(), fx.marker_line(marker))
+}
+
+/// A site's `verdict` ("" when missing).
+pub fn verdict(site: &Value) -> &str {
+    site["verdict"].as_str().unwrap_or_default()
+}
+
+/// The functions of a stack (`[Frame]`), innermost first.
+pub fn stack_functions(stack: &Value) -> Vec<&str> {
+    stack
+        .as_array()
+        .map(|frames| {
+            frames
+                .iter()
+                .map(|f| f["function"].as_str().unwrap_or("?"))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// One line per site (the first `max`), for failure messages.
 pub fn describe_sites(report: &Value, max: usize) -> String {
     let all = sites(report);
@@ -866,7 +1087,7 @@ pub fn describe_sites(report: &Value, max: usize) -> String {
         .iter()
         .take(max)
         .map(|s| {
-            format!(
+            let mut line = format!(
                 "  {}:{} {} live={} created={} exited={} top_wait_reason={}",
                 s["file"].as_str().unwrap_or("?"),
                 s["line"],
@@ -875,7 +1096,18 @@ pub fn describe_sites(report: &Value, max: usize) -> String {
                 s["created"],
                 s["exited"],
                 s["top_wait_reason"]
-            )
+            );
+            if !s["verdict"].is_null() {
+                line.push_str(&format!(
+                    " preexisting={} blocked={} trend={} verdict={} ({})",
+                    s["preexisting"],
+                    s["blocked"],
+                    s["trend"],
+                    s["verdict"],
+                    s["verdict_reason"].as_str().unwrap_or("?")
+                ));
+            }
+            line
         })
         .collect();
     if all.len() > max {
@@ -1049,6 +1281,7 @@ pub fn check_reports_target(reports: &[Value], fixture: &Fixture) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::process::ExitStatusExt;
 
     #[test]
     fn durations() {
@@ -1099,6 +1332,29 @@ mod tests {
                 assert!(marker_line(name, m) > 1, "{name} {m}");
             }
         }
+        for (name, markers) in [
+            ("preattach", &["LEAK:preattach"][..]),
+            (
+                "pool",
+                &["STABLE:pool", "STABLE:ticker", "STABLE:select_loop"][..],
+            ),
+            ("slowleak", &["STABLE:population", "LEAK:slow"][..]),
+            ("twopaths", &["LEAK:twopaths"][..]),
+            ("nilchan", &["LEAK:nilchan", "LEAK:selectnone"][..]),
+            ("gate_leaky", &["LEAK:gate"][..]),
+            ("gate_clean", &["OK:gate_clean"][..]),
+            ("gate_exit3", &["OK:gate_exit3"][..]),
+            ("gate_forever", &["LEAK:forever", "OK:forever_churn"][..]),
+            ("gate_forever_clean", &["OK:forever_clean"][..]),
+        ] {
+            for m in markers {
+                assert!(marker_line(name, m) > 1, "{name} {m}");
+            }
+        }
+        let gotest = fixtures_dir().join("gotest/leaky_test.go");
+        for m in ["LEAK:gotest", "OK:gotest_clean"] {
+            assert!(marker_line_in(&gotest, m) > 1, "gotest {m}");
+        }
         for m in [
             "LEAK:pricing",
             "OK:cache_pool",
@@ -1137,5 +1393,142 @@ mod tests {
         assert!(tc.matches_go_version("go1.19.8"));
         assert!(tc.matches_go_version("go1.19"));
         assert!(!tc.matches_go_version("go1.190"));
+    }
+
+    fn frame(function: &str, line: u64) -> Value {
+        serde_json::json!({"function": function, "file": "/a/tests/fixtures/x.go", "line": line})
+    }
+
+    /// A complete v2 site, every field present.
+    fn v2_site() -> Value {
+        serde_json::json!({
+            "verdict": "leak", "verdict_reason": "growing 10/s, blocked in chan send for 5s",
+            "function": "main.f", "file": "/a/tests/fixtures/x.go", "line": 34,
+            "go_func": "main.f.func1", "pc": "0x4b5e9e",
+            "live": 2, "created": 3, "exited": 1, "preexisting": 0,
+            "trend": {"window_s": 6.0, "live_start": 0, "live_end": 2, "live_per_s": 0.33},
+            "rates": {"created_per_s": 0.5, "exited_per_s": 0.16},
+            "oldest_age_s": 5.5,
+            "age_s": {"p50": 3.0, "p90": 5.0, "p99": 5.5, "max": 5.5},
+            "blocked": 2,
+            "blocked_s": {"p50": 2.9, "p90": 4.9, "p99": 5.4, "max": 5.4},
+            "top_wait_reason": "chan send", "wait_reasons": {"chan send": 2},
+            "states": {"waiting": 2}, "stack_bytes": 16384, "lifetime_p50_ms": 1.5,
+            "stack": [frame("main.f", 34), frame("main.main", 50)],
+            "paths": [{"live": 2, "created": 3, "stack": [frame("main.f", 34), frame("main.main", 50)]}],
+            "parent_chain": [frame("runtime.main", 250)]
+        })
+    }
+
+    fn v2_report(mode: &str) -> Value {
+        let mut r = serde_json::json!({
+            "pid": 7, "binary": "/x", "go_version": "go1.26.6", "mode": mode,
+            "elapsed_s": 6.0, "final": true, "target_exited": false,
+            "totals": {"created": 3, "exited": 1, "live": 2, "preexisting": 0},
+            "lost_events": 0, "reconciled_exits": 0,
+            "sites": [v2_site()],
+            "some_future_field": {"ignored": true}
+        });
+        if mode == "run" {
+            r["gate"] = serde_json::json!({
+                "fail_on": "leak", "failed": true, "leaked_goroutines": 2,
+                "command_status": 0, "exit_code": 1, "stopped_at_deadline": false
+            });
+        }
+        r
+    }
+
+    #[test]
+    fn report_schema_accepts_v2() {
+        for mode in ["attach", "run"] {
+            let r = v2_report(mode);
+            validate_report(&r).unwrap_or_else(|e| panic!("{mode}: {e}"));
+            check_report_stream(std::slice::from_ref(&r), 7);
+        }
+        // Nullable fields.
+        let mut r = v2_report("run");
+        let site = &mut r["sites"][0];
+        for k in [
+            "oldest_age_s",
+            "age_s",
+            "blocked_s",
+            "top_wait_reason",
+            "lifetime_p50_ms",
+        ] {
+            site[k] = Value::Null;
+        }
+        site["wait_reasons"] = serde_json::json!({});
+        site["parent_chain"] = serde_json::json!([]);
+        r["gate"]["command_status"] = Value::Null;
+        validate_report(&r).unwrap();
+        // A non-final run report need not carry the gate yet.
+        let mut r = v2_report("run");
+        r["final"] = Value::Bool(false);
+        r.as_object_mut().unwrap().remove("gate");
+        validate_report(&r).unwrap();
+    }
+
+    #[test]
+    fn report_schema_rejects() {
+        let bad = |what: &str, f: &dyn Fn(&mut Value)| {
+            let mut r = v2_report("run");
+            f(&mut r);
+            assert!(validate_report(&r).is_err(), "accepted: {what}\n{r}");
+        };
+        bad("unknown verdict", &|r| {
+            r["sites"][0]["verdict"] = "maybe".into()
+        });
+        bad("empty verdict_reason", &|r| {
+            r["sites"][0]["verdict_reason"] = "".into()
+        });
+        bad("missing preexisting", &|r| {
+            r["sites"][0].as_object_mut().unwrap().remove("preexisting");
+        });
+        bad("negative live", &|r| r["sites"][0]["live"] = (-1).into());
+        bad("pc not hex", &|r| r["sites"][0]["pc"] = "4b5e9e".into());
+        bad("unknown mode", &|r| r["mode"] = "watch".into());
+        bad("frame without line", &|r| {
+            r["sites"][0]["paths"][0]["stack"][0]
+                .as_object_mut()
+                .unwrap()
+                .remove("line");
+        });
+        bad("incomplete percentiles", &|r| {
+            r["sites"][0]["blocked_s"] = serde_json::json!({"max": 1.0})
+        });
+        bad("final run report without gate", &|r| {
+            r.as_object_mut().unwrap().remove("gate");
+        });
+        bad("fail_on ok", &|r| r["gate"]["fail_on"] = "ok".into());
+        bad("totals without preexisting", &|r| {
+            r["totals"].as_object_mut().unwrap().remove("preexisting");
+        });
+        // A v1 report (gleak before verdicts) is not a v2 report.
+        let v1: Value = serde_json::from_str(
+            r#"{"pid": 7, "binary": "/x", "go_version": "go1.23.9", "elapsed_s": 1.0, "final": true,
+                "totals": {"created": 3, "exited": 1, "live": 2}, "lost_events": 0, "sites": []}"#,
+        )
+        .unwrap();
+        let err = validate_report(&v1).unwrap_err();
+        assert!(err.contains("mode"), "{err}");
+    }
+
+    #[test]
+    fn reports_among_program_output() {
+        let run = GleakRun {
+            args: vec![],
+            status: ExitStatus::from_raw(1 << 8),
+            stdout: format!("PASS\n{}\n", v2_report("run")),
+            stderr: String::new(),
+        };
+        assert_eq!(run.code(), Some(1));
+        let reports = json_reports(&run);
+        assert_eq!(reports.len(), 1);
+        check_run_reports(&reports, &run);
+        assert_eq!(verdict(&sites(&reports[0])[0]), "leak");
+        assert_eq!(
+            stack_functions(&sites(&reports[0])[0]["stack"]),
+            ["main.f", "main.main"]
+        );
     }
 }

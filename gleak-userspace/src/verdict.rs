@@ -1,0 +1,304 @@
+//! Telling a leak from a healthy long-lived goroutine, with the reason in words.
+//!
+//! A leak is a population that grows while its goroutines sit blocked and outlive
+//! their siblings; a worker pool is long-lived too, but constant in number.
+
+use serde::Serialize;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Verdict {
+    Leak,
+    Suspect,
+    Stable,
+    Ok,
+}
+
+impl Verdict {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Leak => "leak",
+            Verdict::Suspect => "suspect",
+            Verdict::Stable => "stable",
+            Verdict::Ok => "ok",
+        }
+    }
+}
+
+/// Wait reasons nothing can end: a nil channel, `select {}`.
+pub fn never_wakes(reason: &str) -> bool {
+    matches!(
+        reason,
+        "chan receive (nil chan)" | "chan send (nil chan)" | "select (no cases)"
+    )
+}
+
+/// What is known about one creation site at report time.
+#[derive(Clone, Debug, Default)]
+pub struct SiteFacts {
+    pub live: u64,
+    pub created: u64,
+    /// Length of the trend window and the live count at its start.
+    pub window_s: f64,
+    pub live_start: u64,
+    pub created_in_window: u64,
+    pub exited_in_window: u64,
+    /// Live goroutines in `_Gwaiting` now.
+    pub blocked: u64,
+    pub top_reason: Option<String>,
+    /// Blocked on something that can never wake them.
+    pub never_wake: u64,
+    /// Median and maximum age of live goroutines created while tracing.
+    pub age_p50_s: Option<f64>,
+    pub oldest_s: Option<f64>,
+    /// 99th percentile lifetime of the site's goroutines that exited.
+    pub lifetime_p99_s: Option<f64>,
+    pub lifetime_p50_s: Option<f64>,
+    /// Live goroutines that existed before attach (age unknown: older than the trace).
+    pub preexisting: u64,
+    /// Live goroutines seen running or woken since attach.
+    pub ran: u64,
+    pub blocked_p50_s: Option<f64>,
+    /// How long the target has been traced.
+    pub traced_s: f64,
+}
+
+/// Minimum growth, in goroutines, that counts as a trend.
+const MIN_GROWTH: u64 = 3;
+
+pub fn judge(f: &SiteFacts) -> (Verdict, String) {
+    let reason = f.top_reason.as_deref().unwrap_or("?");
+    if f.live == 0 {
+        let life = f
+            .lifetime_p50_s
+            .map(|s| format!(", median lifetime {}", secs(s)))
+            .unwrap_or_default();
+        return (
+            Verdict::Ok,
+            format!("no live goroutines: all {} created exited{life}", f.created),
+        );
+    }
+    if f.never_wake > 0 {
+        return (
+            Verdict::Leak,
+            format!(
+                "{} goroutines blocked on {reason}: nothing can ever wake them",
+                f.never_wake
+            ),
+        );
+    }
+    let growth = f.live.saturating_sub(f.live_start);
+    let growing = f.window_s >= 1.0
+        && growth >= MIN_GROWTH.max(f.live_start / 20)
+        && f.created_in_window > f.exited_in_window;
+    let blocked_pct = 100 * f.blocked / f.live;
+    // Old: the live ones outlive what this site's goroutines normally live.
+    let normal_life = f.lifetime_p99_s.map_or(0.5, |p99| (3.0 * p99).max(0.5));
+    let all_preexisting = f.preexisting == f.live;
+    let old = all_preexisting || f.age_p50_s.is_some_and(|a| a > normal_life);
+    let exited_note = match f.lifetime_p99_s {
+        Some(p99) => format!("; the ones that exited lived ≤ {}", secs(p99)),
+        None => "; none exited".to_string(),
+    };
+    let age = f
+        .age_p50_s
+        .map(|a| format!("median age {}", secs(a)))
+        .unwrap_or_else(|| "older than the trace".into());
+    let trend = format!(
+        "live grew {}→{} in {} (+{:.1}/s)",
+        f.live_start,
+        f.live,
+        secs(f.window_s),
+        growth as f64 / f.window_s.max(1e-9)
+    );
+
+    if growing {
+        if blocked_pct >= 50 && old {
+            return (
+                Verdict::Leak,
+                format!("{trend}; {blocked_pct}% blocked on {reason}, {age}{exited_note}"),
+            );
+        }
+        if blocked_pct < 50 {
+            return (
+                Verdict::Suspect,
+                format!("{trend} but only {blocked_pct}% are blocked: busy or slow rather than stuck, so far"),
+            );
+        }
+        return (
+            Verdict::Suspect,
+            format!("{trend}, {blocked_pct}% blocked on {reason}, but young ({age}): they may still finish"),
+        );
+    }
+
+    let young = f.preexisting == 0 && f.oldest_s.is_some_and(|o| o < normal_life.max(1.0));
+    if young {
+        return (
+            Verdict::Ok,
+            format!(
+                "short-lived: the oldest live goroutine is {}",
+                secs(f.oldest_s.unwrap_or(0.0))
+            ),
+        );
+    }
+    let steady = format!(
+        "count steady ({}→{} over {})",
+        f.live_start,
+        f.live,
+        secs(f.window_s)
+    );
+    let stuck = blocked_pct >= 90 && f.ran == 0 && f.traced_s >= 2.0 && old;
+    if stuck && f.live >= 10 && reason == "chan send" {
+        return (
+            Verdict::Suspect,
+            format!(
+                "{} goroutines blocked on chan send, none ran during the {} trace, {steady}: a send nobody receives (leaked before the trace?)",
+                f.live,
+                secs(f.traced_s)
+            ),
+        );
+    }
+    if stuck && f.live >= 100 {
+        return (
+            Verdict::Suspect,
+            format!(
+                "{} goroutines blocked on {reason}, none ran during the {} trace, {steady}: leaked earlier, or an oversized idle pool",
+                f.live,
+                secs(f.traced_s)
+            ),
+        );
+    }
+    let ran = if f.ran > 0 {
+        format!(", {} ran during the trace", f.ran)
+    } else {
+        String::new()
+    };
+    (
+        Verdict::Stable,
+        format!(
+            "{} long-lived goroutines, {steady}{ran}: a worker pool or background loop",
+            f.live
+        ),
+    )
+}
+
+pub fn secs(s: f64) -> String {
+    if s >= 3600.0 {
+        format!("{:.1}h", s / 3600.0)
+    } else if s >= 60.0 {
+        format!("{:.1}m", s / 60.0)
+    } else if s >= 1.0 {
+        format!("{s:.1}s")
+    } else {
+        format!("{:.0}ms", s * 1000.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn base() -> SiteFacts {
+        SiteFacts {
+            window_s: 10.0,
+            traced_s: 10.0,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn growing_blocked_old_is_a_leak() {
+        let f = SiteFacts {
+            live: 500,
+            created: 500,
+            live_start: 0,
+            created_in_window: 500,
+            blocked: 500,
+            top_reason: Some("chan send".into()),
+            age_p50_s: Some(5.0),
+            oldest_s: Some(10.0),
+            ..base()
+        };
+        let (v, why) = judge(&f);
+        assert_eq!(v, Verdict::Leak, "{why}");
+        assert!(why.contains("chan send") && why.contains("0→500"), "{why}");
+    }
+
+    #[test]
+    fn a_fixed_pool_is_stable() {
+        let f = SiteFacts {
+            live: 8,
+            created: 8,
+            live_start: 8,
+            blocked: 8,
+            top_reason: Some("chan receive".into()),
+            age_p50_s: Some(10.0),
+            oldest_s: Some(10.0),
+            ran: 8,
+            ..base()
+        };
+        assert_eq!(judge(&f).0, Verdict::Stable);
+        // Even an idle one that never ran during the trace.
+        assert_eq!(judge(&SiteFacts { ran: 0, ..f }).0, Verdict::Stable);
+    }
+
+    #[test]
+    fn short_lived_churn_is_ok() {
+        let f = SiteFacts {
+            live: 2,
+            created: 5000,
+            live_start: 3,
+            created_in_window: 5000,
+            exited_in_window: 5001,
+            oldest_s: Some(0.001),
+            age_p50_s: Some(0.0005),
+            lifetime_p99_s: Some(0.002),
+            ..base()
+        };
+        assert_eq!(judge(&f).0, Verdict::Ok);
+        assert_eq!(judge(&SiteFacts { live: 0, ..f }).0, Verdict::Ok);
+    }
+
+    #[test]
+    fn nil_channel_waits_are_leaks_even_when_flat() {
+        let f = SiteFacts {
+            live: 1,
+            live_start: 1,
+            blocked: 1,
+            never_wake: 1,
+            top_reason: Some("select (no cases)".into()),
+            ..base()
+        };
+        assert_eq!(judge(&f).0, Verdict::Leak);
+        assert!(never_wakes("chan receive (nil chan)"));
+        assert!(!never_wakes("chan receive"));
+    }
+
+    #[test]
+    fn flat_preexisting_send_blocked_population_is_suspect() {
+        let f = SiteFacts {
+            live: 500,
+            live_start: 500,
+            blocked: 500,
+            preexisting: 500,
+            top_reason: Some("chan send".into()),
+            ..base()
+        };
+        assert_eq!(judge(&f).0, Verdict::Suspect);
+    }
+
+    #[test]
+    fn growing_but_running_is_suspect() {
+        let f = SiteFacts {
+            live: 50,
+            live_start: 10,
+            created_in_window: 60,
+            exited_in_window: 20,
+            blocked: 5,
+            age_p50_s: Some(3.0),
+            oldest_s: Some(9.0),
+            ..base()
+        };
+        assert_eq!(judge(&f).0, Verdict::Suspect);
+    }
+}
