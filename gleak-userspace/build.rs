@@ -24,12 +24,7 @@ fn main() {
     println!("cargo::rustc-check-cfg=cfg(gleak_no_ebpf)");
     println!("cargo::rerun-if-env-changed=GLEAK_EBPF_OBJECT");
     println!("cargo::rerun-if-env-changed=PATH");
-    for dir in [
-        "../gleak-ebpf/src",
-        "../gleak-ebpf/Cargo.toml",
-        "../gleak-ebpf/Cargo.lock",
-        "../gleak-common/src",
-    ] {
+    for dir in ["../gleak-ebpf/src", "../gleak-ebpf/Cargo.toml", "../gleak-ebpf/Cargo.lock", "../gleak-common/src"] {
         println!("cargo::rerun-if-changed={dir}");
     }
 
@@ -51,13 +46,7 @@ fn main() {
     let target_dir = out_dir.join("ebpf-target");
     let mut cmd = route.command();
     cmd.current_dir(&ebpf_dir)
-        .args([
-            "build",
-            "--release",
-            "--target",
-            "bpfel-unknown-none",
-            "--target-dir",
-        ])
+        .args(["build", "--release", "--target", "bpfel-unknown-none", "--target-dir"])
         .arg(&target_dir);
     // The outer build's settings must not leak into the nested one.
     for (key, _) in env::vars_os() {
@@ -79,23 +68,12 @@ fn main() {
         cmd.env("PATH", env::join_paths(dirs).unwrap());
     }
     // Same flags aya-build passes: BTF for the loader, the arch whose pt_regs we read.
-    let rustflags = [
-        "--cfg",
-        "bpf_target_arch=\"x86_64\"",
-        "-Cdebuginfo=2",
-        "-Clink-arg=--btf",
-    ]
-    .join("\x1f");
+    let rustflags = ["--cfg", "bpf_target_arch=\"x86_64\"", "-Cdebuginfo=2", "-Clink-arg=--btf"].join("\x1f");
     cmd.env("CARGO_ENCODED_RUSTFLAGS", rustflags);
 
-    let status = cmd
-        .status()
-        .unwrap_or_else(|e| panic!("failed to run cargo for gleak-ebpf ({}): {e}", route.name()));
+    let status = cmd.status().unwrap_or_else(|e| panic!("failed to run cargo for gleak-ebpf ({}): {e}", route.name()));
     if !status.success() {
-        panic!(
-            "building gleak-ebpf with the {} route failed ({status}); see the output above",
-            route.name()
-        );
+        panic!("building gleak-ebpf with the {} route failed ({status}); see the output above", route.name());
     }
     let built = target_dir.join("bpfel-unknown-none/release/gleak");
     std::fs::copy(&built, &dest).unwrap_or_else(|e| panic!("copy {}: {e}", built.display()));
@@ -113,12 +91,8 @@ impl Route {
         if !on_path("bpf-linker") {
             return None;
         }
-        if Path::new("/usr/bin/rustc").exists()
-            && Path::new("/usr/lib/rustlib/bpfel-unknown-none/lib").is_dir()
-        {
-            let cargo = env::var_os("CARGO")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| "cargo".into());
+        if Path::new("/usr/bin/rustc").exists() && Path::new("/usr/lib/rustlib/bpfel-unknown-none/lib").is_dir() {
+            let cargo = env::var_os("CARGO").map(PathBuf::from).unwrap_or_else(|| "cargo".into());
             return Some(Route::Debian { cargo });
         }
         let nightly_src = Command::new("rustup")
@@ -126,11 +100,7 @@ impl Route {
             .output()
             .ok()
             .filter(|o| o.status.success())
-            .is_some_and(|o| {
-                String::from_utf8_lossy(&o.stdout)
-                    .lines()
-                    .any(|l| l.starts_with("rust-src"))
-            });
+            .is_some_and(|o| String::from_utf8_lossy(&o.stdout).lines().any(|l| l.starts_with("rust-src")));
         nightly_src.then_some(Route::Nightly)
     }
 
@@ -155,8 +125,7 @@ impl Route {
     fn configure(&self, cmd: &mut Command) {
         match self {
             Route::Debian { .. } => {
-                cmd.env("RUSTC", "/usr/bin/rustc")
-                    .env("RUSTC_BOOTSTRAP", "1");
+                cmd.env("RUSTC", "/usr/bin/rustc").env("RUSTC_BOOTSTRAP", "1");
             }
             Route::Nightly => {
                 cmd.args(["-Z", "build-std=core"]);

@@ -96,9 +96,6 @@ pub mod counter {
     pub const COUNT: u32 = 4;
 }
 
-/// Deepest creation stack recorded (kernel `PERF_MAX_STACK_DEPTH`).
-pub const MAX_STACK_DEPTH: usize = 127;
-
 #[cfg(feature = "user")]
 mod user {
     // SAFETY: both are plain `#[repr(C)]` integers with no padding holes that

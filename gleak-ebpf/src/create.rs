@@ -17,7 +17,7 @@ use crate::maps::{bump, current_pid, emit, read_u64, target_config, STACKS};
 #[uprobe]
 pub fn goroutine_create(ctx: ProbeContext) -> u32 {
     let pid = current_pid();
-    let Some(cfg) = target_config(pid) else {
+    let Some(cfg) = target_config(&ctx, pid) else {
         return 0;
     };
     let regs = unsafe { &*ctx.regs };

@@ -1,11 +1,13 @@
 //! Maps shared by every probe, and the helpers that fill an event.
 
+use aya_ebpf::programs::ProbeContext;
 use aya_ebpf::{
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user},
     macros::map,
     maps::{HashMap, PerCpuArray, RingBuf, StackTrace},
 };
+use aya_log_ebpf::warn;
 use gleak_common::{counter, EventKind, GoroutineEvent, TargetConfig};
 
 /// Lifecycle events to user space. 8 MiB holds ~100k events: several seconds of a
@@ -41,12 +43,15 @@ pub fn current_pid() -> u32 {
     (bpf_get_current_pid_tgid() >> 32) as u32
 }
 
+/// The layout of `pid`'s runtime. Missing only if user space is mid-detach or was
+/// given a thread id instead of a process id: counted and logged.
 #[inline(always)]
-pub fn target_config(pid: u32) -> Option<TargetConfig> {
+pub fn target_config(ctx: &ProbeContext, pid: u32) -> Option<TargetConfig> {
     match unsafe { TARGETS.get(&pid) } {
         Some(cfg) => Some(*cfg),
         None => {
             bump(counter::NO_CONFIG);
+            warn!(ctx, "gleak: probe hit in PID {} with no runtime layout", pid);
             None
         }
     }
@@ -65,18 +70,12 @@ pub fn read_u64(base: u64, offset: u32) -> Option<u64> {
 }
 
 /// Reserves a ring-buffer slot, lets `fill` write the kind-specific fields, submits.
-/// A full buffer is counted, never silent.
+/// A full buffer is counted, never silent. Returns whether the event was sent.
 #[inline(always)]
-pub fn emit(
-    kind: EventKind,
-    pid: u32,
-    goid: u64,
-    g_addr: u64,
-    fill: impl FnOnce(&mut GoroutineEvent),
-) {
+pub fn emit(kind: EventKind, pid: u32, goid: u64, g_addr: u64, fill: impl FnOnce(&mut GoroutineEvent)) -> bool {
     let Some(mut entry) = EVENTS.reserve::<GoroutineEvent>(0) else {
         bump(counter::RINGBUF_FULL);
-        return;
+        return false;
     };
     let mut event = GoroutineEvent {
         kind: kind as u32,
@@ -99,4 +98,5 @@ pub fn emit(
         BPF_RB_NO_WAKEUP
     };
     entry.submit(flags as u64);
+    true
 }

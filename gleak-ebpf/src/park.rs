@@ -13,7 +13,7 @@ use crate::maps::{current_pid, emit, read_u64, target_config};
 #[uprobe]
 pub fn goroutine_park(ctx: ProbeContext) -> u32 {
     let pid = current_pid();
-    let Some(cfg) = target_config(pid) else {
+    let Some(cfg) = target_config(&ctx, pid) else {
         return 0;
     };
     let regs = unsafe { &*ctx.regs };

@@ -1,30 +1,33 @@
 //! Process exit, for `gleak run`'s leak gate: a uprobe on `runtime.exit` (the
-//! assembly wrapper every exit path goes through: `main` returning, `os.Exit`, a
-//! fatal panic). It stops the whole process with SIGSTOP before the `exit_group`
-//! syscall runs, so user space can read which goroutines were still alive, then
-//! resumes it. Attached only to a child gleak itself started.
+//! assembly wrapper that `main` returning, `os.Exit` and a fatal panic go through)
+//! and, in `-race` builds, on `runtime.racefini` (which exits through C). It stops
+//! the whole process with SIGSTOP before it exits, so user space can read which
+//! goroutines were still alive, then resumes it. Attached only to a child gleak
+//! itself started.
 
-use aya_ebpf::{
-    helpers::{bpf_probe_read_user, generated::bpf_send_signal},
-    macros::uprobe,
-    programs::ProbeContext,
-};
+use aya_ebpf::{helpers::generated::bpf_send_signal, macros::uprobe, programs::ProbeContext};
 use gleak_common::EventKind;
 
-use crate::maps::{current_pid, emit, target_config};
+use crate::maps::{current_pid, emit, read_u64, target_config};
 
 const SIGSTOP: u32 = 19;
 
 #[uprobe]
 pub fn process_exit(ctx: ProbeContext) -> u32 {
     let pid = current_pid();
-    if target_config(pid).is_none() {
+    let Some(cfg) = target_config(&ctx, pid) else {
         return 0;
+    };
+    // The goroutine calling exit (R14; on g0 during a fatal panic, its m.curg):
+    // goleak does not count the current goroutine, nor does gleak.
+    let g = unsafe { (*ctx.regs).r14 };
+    let curg =
+        read_u64(g, cfg.g_m).filter(|&m| m != 0).and_then(|m| read_u64(m, cfg.m_curg)).filter(|&c| c != 0).unwrap_or(g);
+    let goid = read_u64(curg, cfg.g_goid).unwrap_or(0);
+    // Only stop the process if user space will hear of it: a stop nobody knows
+    // about would hang the command.
+    if emit(EventKind::ProcessExit, pid, goid, curg, |_| {}) {
+        unsafe { bpf_send_signal(SIGSTOP) };
     }
-    // ABI0: the int32 exit code is the first stack argument, above the return address.
-    let rsp = unsafe { (*ctx.regs).rsp };
-    let code = unsafe { bpf_probe_read_user((rsp + 8) as *const u32) }.unwrap_or(0);
-    unsafe { bpf_send_signal(SIGSTOP) };
-    emit(EventKind::ProcessExit, pid, 0, 0, |e| e.wait_reason = code);
     0
 }

@@ -15,8 +15,11 @@ use crate::{layout::gstatus, snapshot::GRecord};
 /// `runtime.newproc` (`g.gopc`), as a runtime address.
 pub type SiteKey = u64;
 
-/// At most this many per-site samples are kept (one a second: ten minutes).
-const HISTORY: usize = 600;
+/// Per-site samples kept (one a second): a little more than the trend window.
+const HISTORY: usize = 40;
+
+/// Two `gopark` hits of one goroutine closer than this are one park seen twice.
+const PARK_REPEAT_NS: u64 = 100_000;
 
 /// A goroutine believed alive.
 #[derive(Clone, Copy, Debug)]
@@ -48,8 +51,6 @@ pub struct SiteStats {
     pub startpc: u64,
     pub created: u64,
     pub exited: u64,
-    /// Goroutines adopted from the snapshot at attach.
-    pub preexisting: u64,
     pub live: u64,
     /// Lifetimes of the site's goroutines that exited, in microseconds.
     pub lifetimes_us: Histogram<u64>,
@@ -66,7 +67,6 @@ impl SiteStats {
             startpc,
             created: 0,
             exited: 0,
-            preexisting: 0,
             live: 0,
             lifetimes_us: Histogram::new(3).expect("3 significant figures is valid"),
             stacks: HashMap::new(),
@@ -77,10 +77,7 @@ impl SiteStats {
 
     /// The sample closest to `window_ns` ago (the oldest one if the history is shorter).
     pub fn sample_at_or_after(&self, t_ns: u64) -> Option<&Sample> {
-        self.history
-            .iter()
-            .find(|s| s.t_ns >= t_ns)
-            .or(self.history.back())
+        self.history.iter().find(|s| s.t_ns >= t_ns).or(self.history.back())
     }
 }
 
@@ -88,18 +85,15 @@ impl SiteStats {
 pub struct Aggregator {
     pub live: HashMap<u64, LiveGoroutine>,
     pub sites: HashMap<SiteKey, SiteStats>,
-    /// Exits of goroutines that were not tracked (born before attach, not adopted).
-    pub exits_of_untracked: u64,
     /// Goroutines found dead in memory whose exit event never arrived.
     pub reconciled_exits: u64,
-    pub events: u64,
-    /// Set when the process called `runtime.exit` (and was stopped): its exit code.
-    pub exit_code: Option<u32>,
+    /// Set when the process reached its exit and was stopped (`gleak run`): the goid
+    /// of the goroutine calling exit.
+    pub exit_stop: Option<u64>,
 }
 
 impl Aggregator {
     pub fn on_event(&mut self, ev: &GoroutineEvent) {
-        self.events += 1;
         match EventKind::from_u32(ev.kind) {
             Some(EventKind::Create) => self.on_create(ev),
             Some(EventKind::Exit) => {
@@ -107,13 +101,19 @@ impl Aggregator {
             }
             Some(EventKind::Park) => {
                 if let Some(g) = self.live.get_mut(&ev.goid) {
-                    if g.parked.is_some() {
-                        g.ran = true; // it woke up since its last park
+                    let reason = ev.wait_reason as u8;
+                    // gopark's entry fires twice when its prologue grows the stack:
+                    // the same park, microseconds apart, is not a wakeup.
+                    let repeat =
+                        g.parked.is_some_and(|(r, ts)| r == reason && ev.ts_ns.saturating_sub(ts) < PARK_REPEAT_NS);
+                    if repeat {
+                        return;
                     }
-                    g.parked = Some((ev.wait_reason as u8, ev.ts_ns));
+                    g.ran |= g.parked.is_some(); // it woke up since its last park
+                    g.parked = Some((reason, ev.ts_ns));
                 }
             }
-            Some(EventKind::ProcessExit) => self.exit_code = Some(ev.wait_reason),
+            Some(EventKind::ProcessExit) => self.exit_stop = Some(ev.goid),
             None => {}
         }
     }
@@ -125,13 +125,9 @@ impl Aggregator {
         if let Some(old) = self.live.remove(&ev.goid) {
             if let Some(site) = self.sites.get_mut(&old.site) {
                 site.live -= 1;
-                site.preexisting = site.preexisting.saturating_sub(1);
             }
         }
-        let site = self
-            .sites
-            .entry(ev.gopc)
-            .or_insert_with(|| SiteStats::new(ev.startpc));
+        let site = self.sites.entry(ev.gopc).or_insert_with(|| SiteStats::new(ev.startpc));
         site.created += 1;
         site.live += 1;
         if ev.stack_id >= 0 {
@@ -160,11 +156,7 @@ impl Aggregator {
         if self.live.contains_key(&rec.goid) {
             return;
         }
-        let site = self
-            .sites
-            .entry(rec.gopc)
-            .or_insert_with(|| SiteStats::new(rec.startpc));
-        site.preexisting += 1;
+        let site = self.sites.entry(rec.gopc).or_insert_with(|| SiteStats::new(rec.startpc));
         site.live += 1;
         self.live.insert(
             rec.goid,
@@ -199,8 +191,7 @@ impl Aggregator {
     /// Records an exit; `false` if the goroutine was not being tracked.
     pub fn on_exit(&mut self, goid: u64, ts_ns: u64) -> bool {
         let Some(g) = self.live.remove(&goid) else {
-            self.exits_of_untracked += 1;
-            return false;
+            return false; // born before attach and never adopted
         };
         if let Some(site) = self.sites.get_mut(&g.site) {
             site.exited += 1;
@@ -225,8 +216,8 @@ impl Aggregator {
             return false;
         }
         if let Some(g) = self.live.get_mut(&goid) {
-            let woke = rec.status != gstatus::WAITING
-                || (g.seen_wait_since != 0 && rec.wait_since_ns != g.seen_wait_since);
+            let woke =
+                rec.status != gstatus::WAITING || (g.seen_wait_since != 0 && rec.wait_since_ns != g.seen_wait_since);
             g.ran |= woke;
             g.seen_wait_since = rec.wait_since_ns;
         }
@@ -250,9 +241,7 @@ impl Aggregator {
 
     /// Goroutines (created, exited) while tracing, over all sites.
     pub fn totals(&self) -> (u64, u64) {
-        self.sites
-            .values()
-            .fold((0, 0), |(c, e), s| (c + s.created, e + s.exited))
+        self.sites.values().fold((0, 0), |(c, e), s| (c + s.created, e + s.exited))
     }
 }
 
@@ -274,12 +263,7 @@ mod tests {
     }
 
     fn exit(goid: u64, ts: u64) -> GoroutineEvent {
-        GoroutineEvent {
-            kind: EventKind::Exit as u32,
-            goid,
-            ts_ns: ts,
-            ..Default::default()
-        }
+        GoroutineEvent { kind: EventKind::Exit as u32, goid, ts_ns: ts, ..Default::default() }
     }
 
     fn record(goid: u64, gopc: u64, status: u32) -> GRecord {
@@ -308,7 +292,6 @@ mod tests {
         assert_eq!(a.lifetimes_us.len(), 1);
         assert_eq!(a.stacks[&7], 2);
         assert_eq!(agg.live.len(), 2);
-        assert_eq!(agg.exits_of_untracked, 1);
         assert_eq!(agg.totals(), (3, 1));
     }
 
@@ -320,7 +303,6 @@ mod tests {
         child.parent_goid = 1;
         agg.adopt(0x200, &child);
         agg.link_adopted_parents();
-        assert_eq!(agg.sites[&0xc].preexisting, 1);
         assert_eq!(agg.sites[&0xc].parents[&0x1], 1);
         // A creation under goid 1 records goid 1's site as the parent site.
         agg.on_event(&create(20, 0xd, 5));
@@ -347,6 +329,24 @@ mod tests {
         assert!(!agg.observe(11, Some(&record(42, 0xa, gstatus::WAITING)), 300));
         assert_eq!(agg.reconciled_exits, 1);
         assert_eq!(agg.sites[&0xa].live, 1);
+    }
+
+    #[test]
+    fn a_park_seen_twice_is_not_a_wakeup() {
+        let mut agg = Aggregator::default();
+        agg.on_event(&create(10, 0xa, 0));
+        let park = |ts| GoroutineEvent {
+            kind: EventKind::Park as u32,
+            goid: 10,
+            wait_reason: 14,
+            ts_ns: ts,
+            ..Default::default()
+        };
+        agg.on_event(&park(1_000));
+        agg.on_event(&park(3_000)); // prologue re-run
+        assert!(!agg.live[&10].ran);
+        agg.on_event(&park(5_000_000));
+        assert!(agg.live[&10].ran);
     }
 
     #[test]

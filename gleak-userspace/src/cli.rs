@@ -11,7 +11,7 @@ use std::{
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use gleak::{
-    gate::{judge_at_exit, Ending},
+    gate::{self, Ending},
     launch,
     pprof::{write_goroutine_profile, ProfileSample},
     verdict::Verdict,
@@ -111,26 +111,16 @@ pub fn main() -> Result<i32> {
     let cli = Cli::parse();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     check_root()?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     match cli.command {
         Command::Attach { pid, common } => runtime.block_on(attach(pid, common)).map(|()| 0),
-        Command::Run {
-            fail_on,
-            common,
-            command,
-        } => runtime.block_on(run(fail_on, common, command)),
+        Command::Run { fail_on, common, command } => runtime.block_on(run(fail_on, common, command)),
     }
 }
 
 impl Common {
     fn options(&self, stop_at_exit: bool) -> AttachOptions {
-        AttachOptions {
-            capture_stacks: !self.no_stacks,
-            trace_parks: self.trace_parks,
-            stop_at_exit,
-        }
+        AttachOptions { capture_stacks: !self.no_stacks, trace_parks: self.trace_parks, stop_at_exit }
     }
 
     fn print(&self, report: &Report) {
@@ -140,9 +130,7 @@ impl Common {
             let color = match self.color {
                 ColorChoice::Always => true,
                 ColorChoice::Never => false,
-                ColorChoice::Auto => {
-                    std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none()
-                }
+                ColorChoice::Auto => std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none(),
             };
             print!("{}", report.render(self.top, self.stacks, color));
         }
@@ -157,25 +145,18 @@ impl Common {
             .iter()
             .filter(|s| matches!(s.verdict, Verdict::Leak | Verdict::Suspect))
             .flat_map(|s| {
-                s.paths
-                    .iter()
-                    .filter(|p| p.live > 0)
-                    .map(move |p| ProfileSample {
-                        locations: p.locations.clone(),
-                        count: p.live,
-                        labels: vec![
-                            ("verdict".into(), s.verdict.as_str().into()),
-                            (
-                                "wait_reason".into(),
-                                s.top_wait_reason.clone().unwrap_or_default(),
-                            ),
-                            ("go_func".into(), s.go_func.clone()),
-                        ],
-                    })
+                s.paths.iter().filter(|p| p.live > 0).map(move |p| ProfileSample {
+                    locations: p.locations.clone(),
+                    count: p.live,
+                    labels: vec![
+                        ("verdict".into(), s.verdict.as_str().into()),
+                        ("wait_reason".into(), s.top_wait_reason.clone().unwrap_or_default()),
+                        ("go_func".into(), s.go_func.clone()),
+                    ],
+                })
             })
             .collect();
-        write_goroutine_profile(path, &samples)
-            .with_context(|| format!("writing {}", path.display()))?;
+        write_goroutine_profile(path, &samples).with_context(|| format!("writing {}", path.display()))?;
         eprintln!(
             "gleak: wrote {} goroutines in {} stacks to {} (go tool pprof -traces {})",
             samples.iter().map(|s| s.count).sum::<u64>(),
@@ -206,9 +187,7 @@ fn banner(tracer: &Tracer, pid: u32, what: &str) {
 
 async fn attach(pid: u32, common: Common) -> Result<()> {
     let mut tracer = Tracer::new()?;
-    tracer
-        .attach(pid, common.options(false))
-        .with_context(|| format!("cannot trace PID {pid}"))?;
+    tracer.attach(pid, common.options(false)).with_context(|| format!("cannot trace PID {pid}"))?;
     let interval = common.interval.unwrap_or(Duration::from_secs(10));
     banner(
         &tracer,
@@ -222,7 +201,9 @@ async fn attach(pid: u32, common: Common) -> Result<()> {
             }
         ),
     );
-    trace_loop(&mut tracer, pid, &common, Some(interval), None).await?;
+    if let LoopEnd::ImageChanged = trace_loop(&mut tracer, pid, &common, Some(interval), None).await? {
+        eprintln!("gleak: PID {pid} exec'd another program; stopped tracing it");
+    }
     let report = tracer.report(pid, true).context("target vanished")?;
     tracer.detach(pid);
     common.print(&report);
@@ -231,12 +212,15 @@ async fn attach(pid: u32, common: Common) -> Result<()> {
 }
 
 /// Why a trace loop ended.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug)]
 enum LoopEnd {
     Deadline,
     Interrupted,
-    TargetExited,
-    /// `gleak run`: the process called `runtime.exit` and is stopped.
+    /// The target is gone; for a child of ours, with its status (already reaped).
+    TargetExited(Option<ExitStatus>),
+    /// The target exec'd another program: what gleak attached to is gone.
+    ImageChanged,
+    /// `gleak run`: the process reached its exit and is held stopped.
     ExitStop,
 }
 
@@ -265,15 +249,21 @@ async fn trace_loop(
                 }
             }
             _ = liveness.tick() => {
-                if tracer.target(pid).is_some_and(|t| t.agg.exit_code.is_some()) {
+                let Some(t) = tracer.target(pid) else { return Ok(LoopEnd::TargetExited(None)) };
+                if t.agg.exit_stop.is_some() {
                     return Ok(LoopEnd::ExitStop);
                 }
-                let gone = match child.as_deref_mut() {
-                    Some(c) => c.try_wait().ok().flatten().is_some(),
-                    None => !gleak::target::process_alive(pid),
-                };
-                if gone {
-                    return Ok(LoopEnd::TargetExited);
+                if !t.target.same_image() {
+                    return Ok(LoopEnd::ImageChanged);
+                }
+                match child.as_deref_mut() {
+                    Some(c) => {
+                        if let Some(status) = c.try_wait().context("waiting for the command")? {
+                            return Ok(LoopEnd::TargetExited(Some(status)));
+                        }
+                    }
+                    None if !t.target.is_alive() => return Ok(LoopEnd::TargetExited(None)),
+                    None => {}
                 }
             }
             _ = &mut ctrl_c => return Ok(LoopEnd::Interrupted),
@@ -285,51 +275,74 @@ async fn trace_loop(
 async fn run(fail_on: FailOn, common: Common, command: Vec<OsString>) -> Result<i32> {
     let (program, args) = command.split_first().context("no command given")?;
     let mut tracer = Tracer::new()?;
-    let mut child = launch::spawn_stopped(program, args)
-        .with_context(|| format!("cannot start {}", program.to_string_lossy()))?;
+    let mut child =
+        launch::spawn_stopped(program, args).with_context(|| format!("cannot start {}", program.to_string_lossy()))?;
     let pid = child.id();
     if let Err(e) = tracer.attach(pid, common.options(true)) {
         let _ = child.kill();
         let _ = child.wait();
-        return Err(
-            anyhow::Error::new(e).context(format!("cannot trace {}", program.to_string_lossy()))
-        );
+        return Err(anyhow::Error::new(e).context(format!("cannot trace {}", program.to_string_lossy())));
     }
     banner(&tracer, pid, "running it");
     launch::release(&child).context("releasing the command")?;
 
-    let end = trace_loop(&mut tracer, pid, &common, common.interval, Some(&mut child)).await?;
-    let stopped_at_deadline = matches!(end, LoopEnd::Deadline | LoopEnd::Interrupted);
-    if stopped_at_deadline {
-        // Freeze it, read what is alive, then end it: the same judgment as an exit.
+    let mut end = trace_loop(&mut tracer, pid, &common, common.interval, Some(&mut child)).await?;
+    if let LoopEnd::Deadline | LoopEnd::Interrupted = end {
+        // Freeze it to read what is alive; it may have reached its exit meanwhile.
         launch::signal(pid, libc::SIGSTOP);
-    }
-    if end != LoopEnd::TargetExited {
         wait_stopped(pid).await;
+        tracer.drain_now();
+        if tracer.target(pid).is_some_and(|t| t.agg.exit_stop.is_some()) {
+            end = LoopEnd::ExitStop;
+        }
     }
-    let mut report = tracer.report(pid, true).context("command vanished")?;
+    let ending = match end {
+        LoopEnd::ExitStop => {
+            wait_stopped(pid).await;
+            let exiting = tracer.target(pid).and_then(|t| t.agg.exit_stop);
+            if let Some(goid) = exiting {
+                tracer.retire(pid, goid); // goleak does not count the goroutine calling exit
+            }
+            let report = tracer.report(pid, true).context("command vanished")?;
+            tracer.detach(pid);
+            launch::signal(pid, libc::SIGCONT);
+            let status = exit_code(child.wait().context("waiting for the command")?);
+            return finish(report, fail_on, &common, Ending::Exited { status, states_known: true });
+        }
+        LoopEnd::TargetExited(status) => {
+            let status = match status {
+                Some(s) => s,
+                None => child.wait().context("waiting for the command")?,
+            };
+            Ending::Exited { status: exit_code(status), states_known: false }
+        }
+        LoopEnd::ImageChanged => {
+            eprintln!("gleak: the command exec'd another program; judging what was traced, then waiting for it");
+            let report = tracer.report(pid, true).context("command vanished")?;
+            tracer.detach(pid);
+            let status = exit_code(child.wait().context("waiting for the command")?);
+            return finish(report, fail_on, &common, Ending::Exec { status });
+        }
+        LoopEnd::Deadline => Ending::Stopped { interrupted: false },
+        LoopEnd::Interrupted => Ending::Stopped { interrupted: true },
+    };
+    let report = tracer.report(pid, true).context("command vanished")?;
     tracer.detach(pid);
-    let status = if stopped_at_deadline {
+    if let Ending::Stopped { .. } = ending {
+        // Still our unreaped child: the PID cannot have been reused.
         launch::signal(pid, libc::SIGKILL);
         launch::signal(pid, libc::SIGCONT);
         let _ = child.wait();
-        None
-    } else {
-        launch::signal(pid, libc::SIGCONT);
-        Some(exit_code(child.wait().context("waiting for the command")?))
-    };
+    }
+    finish(report, fail_on, &common, ending)
+}
+
+fn finish(mut report: Report, fail_on: FailOn, common: &Common, ending: Ending) -> Result<i32> {
     let fail_on = match fail_on {
         FailOn::Leak => Verdict::Leak,
         FailOn::Suspect => Verdict::Suspect,
     };
-    judge_at_exit(
-        &mut report,
-        fail_on,
-        Ending {
-            command_status: status,
-            stopped_at_deadline,
-        },
-    );
+    gate::judge(&mut report, fail_on, ending);
     common.print(&report);
     common.write_pprof(&report)?;
     Ok(report.gate.map_or(0, |g| g.exit_code))
@@ -348,9 +361,7 @@ async fn wait_stopped(pid: u32) {
 
 fn exit_code(status: ExitStatus) -> i32 {
     use std::os::unix::process::ExitStatusExt;
-    status
-        .code()
-        .unwrap_or_else(|| 128 + status.signal().unwrap_or(0))
+    status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0))
 }
 
 async fn sleep_until(deadline: Option<tokio::time::Instant>) {
@@ -368,29 +379,27 @@ fn check_root() -> Result<()> {
     Ok(())
 }
 
+/// Longest `--duration`/`--interval`: timers beyond it would overflow `Instant`.
+const MAX_DURATION_S: f64 = 365.0 * 24.0 * 3600.0;
+
 /// `500ms`, `30s`, `5m`, `1h`, or bare seconds.
 fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
-    let split = s
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(s.len());
+    let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
-    let value: f64 = num
-        .parse()
-        .map_err(|_| format!("`{s}` is not a duration (try 30s, 5m, 500ms)"))?;
+    let value: f64 = num.parse().map_err(|_| format!("`{s}` is not a duration (try 30s, 5m, 500ms)"))?;
     let secs = match unit {
         "" | "s" => value,
         "ms" => value / 1e3,
         "m" => value * 60.0,
         "h" => value * 3600.0,
-        _ => {
-            return Err(format!(
-                "unknown unit `{unit}` in `{s}` (use ms, s, m or h)"
-            ))
-        }
+        _ => return Err(format!("unknown unit `{unit}` in `{s}` (use ms, s, m or h)")),
     };
     if !(secs > 0.0 && secs.is_finite()) {
         return Err(format!("`{s}` must be positive"));
+    }
+    if secs > MAX_DURATION_S {
+        return Err(format!("`{s}` is too long (at most a year)"));
     }
     Ok(Duration::from_secs_f64(secs))
 }
@@ -408,6 +417,9 @@ mod tests {
         assert!(parse_duration("abc").is_err());
         assert!(parse_duration("5y").is_err());
         assert!(parse_duration("0s").is_err());
+        assert!(parse_duration("99999999999999999999s").is_err());
+        assert!(parse_duration("10000000000000000000s").is_err());
+        assert!(parse_duration("8760h").is_ok());
     }
 
     #[test]

@@ -25,10 +25,6 @@ impl RuntimeInfo {
             _ => WaitReasons::from_constants(&wait_consts),
         };
         let symbolizer = Box::new(dwarf.symbolizer(binary)?);
-        Ok(Self {
-            layout,
-            wait_reasons,
-            symbolizer,
-        })
+        Ok(Self { layout, wait_reasons, symbolizer })
     }
 }

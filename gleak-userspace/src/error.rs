@@ -7,17 +7,17 @@ pub enum Error {
     #[error("no process with PID {0} (it may have exited)")]
     NoSuchProcess(u32),
 
-    #[error("cannot read {path}: {cause}; gleak must run as root to trace another process")]
-    ProcAccess {
-        path: PathBuf,
-        cause: std::io::Error,
-    },
+    #[error("cannot read {path}: {cause}; {hint}")]
+    ProcAccess { path: PathBuf, cause: std::io::Error, hint: &'static str },
+
+    #[error("PID {pid}: {path} is position-independent but its mapping is not in /proc/{pid}/maps")]
+    NoMapping { pid: u32, path: PathBuf },
+
+    #[error("PID {0} has no executable (a kernel thread?)")]
+    NoExecutable(u32),
 
     #[error("cannot read the binary {path}: {cause}")]
-    Binary {
-        path: PathBuf,
-        cause: std::io::Error,
-    },
+    Binary { path: PathBuf, cause: std::io::Error },
 
     #[error("{path} is not an ELF executable: {reason}")]
     NotElf { path: PathBuf, reason: String },
@@ -28,9 +28,7 @@ pub enum Error {
     #[error("{path} was built with {version}; gleak supports Go 1.19 and later")]
     UnsupportedGoVersion { path: PathBuf, version: String },
 
-    #[error(
-        "{path} has no symbol table (built with -ldflags=-s?); gleak needs symbols to place its probes for now"
-    )]
+    #[error("{path} has no symbol table (built with -ldflags=-s?); gleak needs symbols to place its probes for now")]
     Stripped { path: PathBuf },
 
     #[error("{path} has no DWARF debug info (built with -ldflags=-w?); gleak needs it for runtime.g offsets for now")]
@@ -44,6 +42,9 @@ pub enum Error {
 
     #[error("{path}: cannot read DWARF: {reason}")]
     Dwarf { path: PathBuf, reason: String },
+
+    #[error("{path}: cannot decode the machine code at {symbol}; refusing to place a breakpoint there")]
+    Undecodable { path: PathBuf, symbol: String },
 
     #[error("{path}: no RET instruction found in {symbol}")]
     NoReturn { path: PathBuf, symbol: String },
@@ -63,11 +64,7 @@ pub enum Error {
     #[error(
         "attaching uprobe {probe} to {path} failed: {reason}. The kernel needs CONFIG_UPROBE_EVENTS and gleak needs root"
     )]
-    Attach {
-        probe: String,
-        path: PathBuf,
-        reason: String,
-    },
+    Attach { probe: String, path: PathBuf, reason: String },
 
     #[error("reading memory of PID {pid} failed: {cause}")]
     ReadMemory { pid: u32, cause: std::io::Error },

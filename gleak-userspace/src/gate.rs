@@ -3,7 +3,7 @@
 //! leaks, as goleak counts them.
 
 use crate::{
-    report::{Gate, Report},
+    report::{Gate, Report, SiteReport},
     verdict::Verdict,
 };
 
@@ -21,89 +21,110 @@ pub fn package_of(function: &str) -> &str {
 }
 
 pub fn is_infrastructure(function: &str) -> bool {
-    if function == "main goroutine" {
+    if function == crate::tracer::MAIN_GOROUTINE {
         return true; // the one calling exit
     }
     let pkg = package_of(function);
-    IGNORED_PACKAGES
-        .iter()
-        .any(|p| pkg == *p || pkg.starts_with(&format!("{p}/")))
+    IGNORED_PACKAGES.iter().any(|p| pkg == *p || pkg.starts_with(&format!("{p}/")))
 }
 
 /// How the command ended.
-#[derive(Clone, Copy, Debug)]
-pub struct Ending {
-    /// Exit code (or 128 + signal) if it ended by itself.
-    pub command_status: Option<i32>,
-    pub stopped_at_deadline: bool,
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ending {
+    /// It exited by itself with this status (exit code, or 128 + signal).
+    /// `states_known`: it was held at `runtime.exit` while its goroutines were read;
+    /// false when it ended some other way (killed by a signal).
+    Exited { status: i32, states_known: bool },
+    /// gleak froze and killed it at the deadline, or on Ctrl-C (`interrupted`).
+    Stopped { interrupted: bool },
+    /// It exec'd another program (no longer traced), which then exited with `status`.
+    Exec { status: i32 },
 }
 
-/// Re-judges every site as of the program's exit and decides the gate.
-pub fn judge_at_exit(report: &mut Report, fail_on: Verdict, ending: Ending) {
+/// Decides the gate. At an exit, every site is re-judged as goleak would: the
+/// program's goroutines still alive are leaks. When gleak stops a command that was
+/// still running, live goroutines are expected (a server's workers): the tracing
+/// verdicts stand, so only sites that were leaking fail it.
+pub fn judge(report: &mut Report, fail_on: Verdict, ending: Ending) {
     report.mode = "run";
-    // The report is taken while the exiting process is held stopped; it is gone right after.
-    report.target_exited = ending.command_status.is_some();
+    report.target_exited = matches!(ending, Ending::Exited { .. });
     let mut leaked = 0;
     for site in &mut report.sites {
         if is_infrastructure(&site.function) {
-            if site.live > 0 {
+            if site.live > 0 && site.verdict <= fail_on {
                 site.verdict = Verdict::Ok;
-                site.verdict_reason = format!(
-                    "created by {}: infrastructure, ignored as goleak does",
-                    package_of(&site.function)
-                );
+                site.verdict_reason =
+                    format!("created by {}: infrastructure, ignored as goleak does", package_of(&site.function));
             }
             continue;
         }
-        if site.live == 0 {
-            continue;
+        if let Ending::Exited { states_known, .. } = ending {
+            if let Some(judged) = judge_at_exit(site, states_known) {
+                (site.verdict, site.verdict_reason) = judged;
+            }
         }
-        let reason = site.top_wait_reason.as_deref().unwrap_or("?");
-        let when = if ending.stopped_at_deadline {
-            "when gleak stopped it"
-        } else {
-            "when the program exited"
-        };
-        (site.verdict, site.verdict_reason) = if site.blocked == site.live {
-            (
-                Verdict::Leak,
-                format!(
-                    "{} goroutines still alive, blocked on {reason}, {when}",
-                    site.live
-                ),
-            )
-        } else if site.blocked > 0 {
-            (
-                Verdict::Leak,
-                format!(
-                    "{} goroutines still alive {when}: {} blocked on {reason}, the rest running",
-                    site.live, site.blocked
-                ),
-            )
-        } else {
-            (
-                Verdict::Suspect,
-                format!("{} goroutines still running {when}", site.live),
-            )
-        };
-        if site.verdict <= fail_on {
+        if site.live > 0 && site.verdict <= fail_on {
             leaked += site.live;
         }
     }
     let failed = leaked > 0;
-    let exit_code = if failed {
-        1
-    } else {
-        ending.command_status.unwrap_or(0)
+    let (command_status, exit_code) = match ending {
+        Ending::Exited { status, .. } | Ending::Exec { status } => (Some(status), if failed { 1 } else { status }),
+        Ending::Stopped { interrupted } => (
+            None,
+            if failed {
+                1
+            } else if interrupted {
+                130
+            } else {
+                0
+            },
+        ),
     };
     report.gate = Some(Gate {
         fail_on,
         failed,
         leaked_goroutines: leaked,
-        command_status: ending.command_status,
+        command_status,
         exit_code,
-        stopped_at_deadline: ending.stopped_at_deadline,
+        stopped_at_deadline: ending == Ending::Stopped { interrupted: false },
+        interrupted: ending == Ending::Stopped { interrupted: true },
     });
+}
+
+/// A site's verdict as of the program's exit; `None` if nothing of it is left.
+fn judge_at_exit(site: &SiteReport, states_known: bool) -> Option<(Verdict, String)> {
+    if site.live == 0 {
+        return None;
+    }
+    let n = site.live;
+    if !states_known {
+        return Some((
+            Verdict::Leak,
+            format!(
+                "{n} goroutines still alive when the program ended (it did not exit through runtime.exit, so their states are unknown)"
+            ),
+        ));
+    }
+    // Blocked in the scheduler or in a system call: neither would have finished.
+    let in_syscall = site.states.get("syscall").copied().unwrap_or(0);
+    let stuck = site.blocked + in_syscall;
+    let reason = site.top_wait_reason.as_deref().unwrap_or(if in_syscall > 0 { "a system call" } else { "?" });
+    Some(if stuck >= n {
+        (Verdict::Leak, format!("{n} goroutines still alive, blocked on {reason}, when the program exited"))
+    } else if stuck > 0 {
+        (
+            Verdict::Leak,
+            format!(
+                "{n} goroutines still alive when the program exited: {stuck} blocked on {reason}, the rest running"
+            ),
+        )
+    } else {
+        (
+            Verdict::Suspect,
+            format!("{n} goroutines still running when the program exited (finishing, or busy forever?)"),
+        )
+    })
 }
 
 #[cfg(test)]

@@ -16,6 +16,8 @@ pub fn spawn_stopped(program: &OsString, args: &[OsString]) -> io::Result<Child>
     // SAFETY: only async-signal-safe calls between fork and exec.
     unsafe {
         cmd.pre_exec(|| {
+            // If gleak dies while the command is held at its exit, let it finish.
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGCONT);
             if libc::ptrace(
                 libc::PTRACE_TRACEME,
                 0,
@@ -68,15 +70,17 @@ pub fn signal(pid: u32, signal: i32) {
     unsafe { libc::kill(pid as libc::pid_t, signal) };
 }
 
-/// Whether `pid` is in a stopped state (`T`/`t` in /proc/PID/stat).
+/// Whether every thread of `pid` is stopped (`T`/`t` in /proc/PID/task/*/stat).
 pub fn is_stopped(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|stat| {
-            stat.rsplit(')')
-                .next()
-                .and_then(|r| r.split_whitespace().next())
-                .map(|s| s == "T" || s == "t")
-        })
-        .unwrap_or(false)
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return false };
+    let mut any = false;
+    for task in tasks.flatten() {
+        let stat = std::fs::read_to_string(task.path().join("stat")).unwrap_or_default();
+        let state = stat.rsplit(')').next().and_then(|r| r.split_whitespace().next());
+        if !matches!(state, Some("T" | "t")) {
+            return false;
+        }
+        any = true;
+    }
+    any
 }

@@ -51,10 +51,7 @@ pub fn write_goroutine_profile(path: &Path, samples: &[ProfileSample]) -> std::i
 }
 
 fn gzip(raw: &[u8]) -> Vec<u8> {
-    let mut enc = GzEncoder::new(
-        Vec::with_capacity(raw.len() / 2 + 64),
-        Compression::default(),
-    );
+    let mut enc = GzEncoder::new(Vec::with_capacity(raw.len() / 2 + 64), Compression::default());
     // Writing into a Vec cannot fail.
     enc.write_all(raw).expect("gzip into memory");
     enc.finish().expect("gzip into memory")
@@ -231,10 +228,8 @@ impl Builder {
     }
 
     fn location(&mut self, address: u64, frames: &[Frame]) -> u64 {
-        let lines: Vec<(u64, i64)> = frames
-            .iter()
-            .map(|f| (self.function(&f.function, &f.file), i64::from(f.line)))
-            .collect();
+        let lines: Vec<(u64, i64)> =
+            frames.iter().map(|f| (self.function(&f.function, &f.file), i64::from(f.line))).collect();
         let key = (address, lines);
         if let Some(&id) = self.location_ids.get(&key) {
             return id;
@@ -262,17 +257,10 @@ fn encode_profile(samples: &[ProfileSample], time_nanos: i64) -> Vec<u8> {
     out.message(field::SAMPLE_TYPE, sample_type);
 
     for s in samples {
-        let ids: Vec<u64> = s
-            .locations
-            .iter()
-            .map(|(addr, frames)| b.location(*addr, frames))
-            .collect();
+        let ids: Vec<u64> = s.locations.iter().map(|(addr, frames)| b.location(*addr, frames)).collect();
         let mut m = Msg::default();
         m.packed(field::S_LOCATION_ID, ids);
-        m.packed(
-            field::S_VALUE,
-            [i64::try_from(s.count).unwrap_or(i64::MAX) as u64],
-        );
+        m.packed(field::S_VALUE, [i64::try_from(s.count).unwrap_or(i64::MAX) as u64]);
         for (k, v) in &s.labels {
             let mut l = Msg::default();
             l.int(field::L_KEY, b.string(k));
@@ -440,19 +428,15 @@ mod tests {
     fn gunzip(gz: &[u8]) -> Vec<u8> {
         assert_eq!(&gz[..2], &[0x1f, 0x8b], "not gzip");
         let mut raw = Vec::new();
-        flate2::read::GzDecoder::new(gz)
-            .read_to_end(&mut raw)
-            .unwrap();
+        flate2::read::GzDecoder::new(gz).read_to_end(&mut raw).unwrap();
         raw
     }
 
     fn decode(gz: &[u8]) -> Decoded {
         let raw = gunzip(gz);
         let buf = raw.as_slice();
-        let strings: Vec<String> = messages(buf, field::STRING_TABLE)
-            .into_iter()
-            .map(|b| String::from_utf8(b.to_vec()).unwrap())
-            .collect();
+        let strings: Vec<String> =
+            messages(buf, field::STRING_TABLE).into_iter().map(|b| String::from_utf8(b.to_vec()).unwrap()).collect();
         let s = |i: u64| strings[i as usize].clone();
         let vt = |m: &[u8]| (s(scalar(m, 1)), s(scalar(m, 2)));
         let sample_types = messages(buf, field::SAMPLE_TYPE);
@@ -470,11 +454,7 @@ mod tests {
                             (s(scalar(l, field::L_KEY)), s(scalar(l, field::L_STR)))
                         })
                         .collect();
-                    (
-                        varints(m, field::S_LOCATION_ID),
-                        varints(m, field::S_VALUE),
-                        labels,
-                    )
+                    (varints(m, field::S_LOCATION_ID), varints(m, field::S_VALUE), labels)
                 })
                 .collect(),
             locations: messages(buf, field::LOCATION)
@@ -483,18 +463,9 @@ mod tests {
                     assert_eq!(scalar(m, field::LOC_MAPPING_ID), MAPPING_ID);
                     let lines = messages(m, field::LOC_LINE)
                         .into_iter()
-                        .map(|l| {
-                            (
-                                scalar(l, field::LINE_FUNCTION_ID),
-                                scalar(l, field::LINE_LINE),
-                            )
-                        })
+                        .map(|l| (scalar(l, field::LINE_FUNCTION_ID), scalar(l, field::LINE_LINE)))
                         .collect();
-                    (
-                        scalar(m, field::LOC_ID),
-                        scalar(m, field::LOC_ADDRESS),
-                        lines,
-                    )
+                    (scalar(m, field::LOC_ID), scalar(m, field::LOC_ADDRESS), lines)
                 })
                 .collect(),
             functions: messages(buf, field::FUNCTION)
@@ -531,17 +502,11 @@ mod tests {
     }
 
     fn frame(function: &str, file: &str, line: u32) -> Frame {
-        Frame {
-            function: function.into(),
-            file: file.into(),
-            line,
-        }
+        Frame { function: function.into(), file: file.into(), line }
     }
 
     fn labels(kv: &[(&str, &str)]) -> Vec<(String, String)> {
-        kv.iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
+        kv.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
     }
 
     fn two_samples() -> Vec<ProfileSample> {
@@ -557,13 +522,7 @@ mod tests {
             ProfileSample {
                 locations: vec![
                     // Inlined: main.helper inlined into main.worker at one PC.
-                    (
-                        0x403000,
-                        vec![
-                            frame("main.helper", "/src/b.go", 5),
-                            frame("main.worker", "/src/a.go", 31),
-                        ],
-                    ),
+                    (0x403000, vec![frame("main.helper", "/src/b.go", 5), frame("main.worker", "/src/a.go", 31)]),
                     // Same address and frames as in the first sample: shared.
                     (0x402000, vec![frame("main.main", "/src/a.go", 20)]),
                 ],
@@ -586,10 +545,7 @@ mod tests {
         m.raw_varint(u64::MAX);
         assert_eq!(
             m.0,
-            [
-                0x00, 0x01, 0x7f, 0x80, 0x01, 0xac, 0x02, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
-                0xff, 0xff, 0x01
-            ]
+            [0x00, 0x01, 0x7f, 0x80, 0x01, 0xac, 0x02, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01]
         );
         let mut pos = 0;
         let back: Vec<u64> = (0..6).map(|_| read_varint(&m.0, &mut pos)).collect();
@@ -598,21 +554,13 @@ mod tests {
 
     #[test]
     fn header_and_string_table() {
-        let before = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .as_nanos() as u64;
+        let before = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos() as u64;
         let p = decode(&encode_goroutine_profile(&two_samples()));
         assert_eq!(p.strings[0], "", "string_table[0] must be empty");
         let mut unique = p.strings.clone();
         unique.sort();
         unique.dedup();
-        assert_eq!(
-            unique.len(),
-            p.strings.len(),
-            "duplicate strings: {:?}",
-            p.strings
-        );
+        assert_eq!(unique.len(), p.strings.len(), "duplicate strings: {:?}", p.strings);
         for s in [
             "goroutine",
             "count",
@@ -628,25 +576,14 @@ mod tests {
             "chan send",
             "created_by",
         ] {
-            assert!(
-                p.strings.iter().any(|x| x == s),
-                "{s:?} not in {:?}",
-                p.strings
-            );
+            assert!(p.strings.iter().any(|x| x == s), "{s:?} not in {:?}", p.strings);
         }
         let gc = ("goroutine".to_string(), "count".to_string());
         assert_eq!(p.sample_type, gc);
         assert_eq!(p.period_type, gc);
         assert_eq!(p.period, 1);
-        assert!(
-            p.time_nanos >= before,
-            "time_nanos {} < {before}",
-            p.time_nanos
-        );
-        assert_eq!(
-            p.mappings,
-            [(1, 0, u64::MAX, 0, String::new(), [1, 1, 1, 1])]
-        );
+        assert!(p.time_nanos >= before, "time_nanos {} < {before}", p.time_nanos);
+        assert_eq!(p.mappings, [(1, 0, u64::MAX, 0, String::new(), [1, 1, 1, 1])]);
     }
 
     #[test]
@@ -682,62 +619,25 @@ mod tests {
         let (locs, values, labels0) = &p.samples[0];
         assert_eq!(values, &[300]);
         assert_eq!(locs.len(), 2);
-        assert_eq!(
-            loc(locs[0]),
-            (0x401000, vec![("main.leak", "/src/a.go", 10)])
-        );
-        assert_eq!(
-            loc(locs[1]),
-            (0x402000, vec![("main.main", "/src/a.go", 20)])
-        );
-        assert_eq!(
-            labels0,
-            &labels(&[("verdict", "leak"), ("wait_reason", "chan send")])
-        );
+        assert_eq!(loc(locs[0]), (0x401000, vec![("main.leak", "/src/a.go", 10)]));
+        assert_eq!(loc(locs[1]), (0x402000, vec![("main.main", "/src/a.go", 20)]));
+        assert_eq!(labels0, &labels(&[("verdict", "leak"), ("wait_reason", "chan send")]));
 
         let (locs, values, labels1) = &p.samples[1];
         assert_eq!(values, &[2]);
-        assert_eq!(
-            loc(locs[0]),
-            (
-                0x403000,
-                vec![
-                    ("main.helper", "/src/b.go", 5),
-                    ("main.worker", "/src/a.go", 31)
-                ]
-            )
-        );
+        assert_eq!(loc(locs[0]), (0x403000, vec![("main.helper", "/src/b.go", 5), ("main.worker", "/src/a.go", 31)]));
         assert_eq!(locs[1], p.samples[0].0[1], "shared location reused");
-        assert_eq!(
-            labels1,
-            &labels(&[("verdict", "leak"), ("created_by", "main.main")])
-        );
+        assert_eq!(labels1, &labels(&[("verdict", "leak"), ("created_by", "main.main")]));
     }
 
     #[test]
     fn same_address_different_frames_are_distinct_locations() {
         let samples = vec![
-            ProfileSample {
-                locations: vec![(0x1000, vec![frame("main.a", "/x.go", 1)])],
-                count: 1,
-                labels: vec![],
-            },
-            ProfileSample {
-                locations: vec![(0x1000, vec![frame("main.b", "/x.go", 2)])],
-                count: 1,
-                labels: vec![],
-            },
-            ProfileSample {
-                locations: vec![(0x1000, vec![frame("main.a", "/x.go", 1)])],
-                count: 4,
-                labels: vec![],
-            },
+            ProfileSample { locations: vec![(0x1000, vec![frame("main.a", "/x.go", 1)])], count: 1, labels: vec![] },
+            ProfileSample { locations: vec![(0x1000, vec![frame("main.b", "/x.go", 2)])], count: 1, labels: vec![] },
+            ProfileSample { locations: vec![(0x1000, vec![frame("main.a", "/x.go", 1)])], count: 4, labels: vec![] },
             // Same function name in another file is another function.
-            ProfileSample {
-                locations: vec![(0x2000, vec![frame("main.a", "/y.go", 1)])],
-                count: 1,
-                labels: vec![],
-            },
+            ProfileSample { locations: vec![(0x2000, vec![frame("main.a", "/y.go", 1)])], count: 1, labels: vec![] },
         ];
         let p = decode(&encode_goroutine_profile(&samples));
         assert_eq!(p.locations.len(), 3);
@@ -765,8 +665,7 @@ mod tests {
 
     #[test]
     fn writes_file() {
-        let path =
-            std::env::temp_dir().join(format!("gleak-pprof-unit-{}.pb.gz", std::process::id()));
+        let path = std::env::temp_dir().join(format!("gleak-pprof-unit-{}.pb.gz", std::process::id()));
         write_goroutine_profile(&path, &two_samples()).unwrap();
         let bytes = std::fs::read(&path).unwrap();
         let _ = std::fs::remove_file(&path);

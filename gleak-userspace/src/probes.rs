@@ -47,11 +47,7 @@ pub struct AttachOptions {
 
 impl Default for AttachOptions {
     fn default() -> Self {
-        Self {
-            capture_stacks: true,
-            trace_parks: false,
-            stop_at_exit: false,
-        }
+        Self { capture_stacks: true, trace_parks: false, stop_at_exit: false }
     }
 }
 
@@ -75,22 +71,15 @@ impl Probes {
             return Err(Error::NoEbpfObject);
         }
         bump_memlock_rlimit();
-        let mut ebpf = EbpfLoader::new()
-            .load(OBJECT)
-            .map_err(|e| Error::Load(e.to_string()))?;
+        let mut ebpf = EbpfLoader::new().load(OBJECT).map_err(|e| Error::Load(e.to_string()))?;
         // The probes log only on paths that should never run; keep the logger alive
         // so its map stays valid, and drop its output into `log`.
         let logger = aya_log::EbpfLogger::init(&mut ebpf).ok();
         for name in [PROBE_CREATE, PROBE_EXIT, PROBE_PARK, PROBE_PROCESS_EXIT] {
             let prog: &mut UProbe = program(&mut ebpf, name)?;
-            prog.load()
-                .map_err(|e| Error::Load(format!("{name}: {e}")))?;
+            prog.load().map_err(|e| Error::Load(format!("{name}: {e}")))?;
         }
-        Ok(Self {
-            ebpf,
-            logger,
-            links: HashMap::new(),
-        })
+        Ok(Self { ebpf, logger, links: HashMap::new() })
     }
 
     /// Forwards what the probes logged to the `log` crate.
@@ -102,38 +91,16 @@ impl Probes {
 
     /// The ring buffer of events; call once.
     pub fn take_events(&mut self) -> Result<RingBuf<MapData>> {
-        let map = self
-            .ebpf
-            .take_map("EVENTS")
-            .ok_or_else(|| Error::Load("no EVENTS map".into()))?;
+        let map = self.ebpf.take_map("EVENTS").ok_or_else(|| Error::Load("no EVENTS map".into()))?;
         RingBuf::try_from(map).map_err(|e| Error::Load(e.to_string()))
     }
 
     /// Registers the target's layout, then attaches exit (and park) probes before the
     /// creation probe, so that every goroutine seen born is also seen die.
-    pub fn attach(
-        &mut self,
-        target: &Target,
-        config: TargetConfig,
-        opts: AttachOptions,
-    ) -> Result<Vec<AttachedProbe>> {
+    pub fn attach(&mut self, target: &Target, config: TargetConfig, opts: AttachOptions) -> Result<Vec<AttachedProbe>> {
         let pid = target.pid;
-        let mut targets: BpfHashMap<_, u32, TargetConfig> = BpfHashMap::try_from(
-            self.ebpf
-                .map_mut("TARGETS")
-                .ok_or_else(|| Error::Load("no TARGETS map".into()))?,
-        )
-        .map_err(|e| Error::Load(e.to_string()))?;
-        targets
-            .insert(pid, config, 0)
-            .map_err(|e| Error::Load(format!("TARGETS: {e}")))?;
-
         let bin = &target.binary;
-        let exit_symbol = if bin.symbol("runtime.gdestroy").is_some() {
-            "runtime.gdestroy"
-        } else {
-            "runtime.goexit0"
-        };
+        let exit_symbol = if bin.symbol("runtime.gdestroy").is_some() { "runtime.gdestroy" } else { "runtime.goexit0" };
         let mut plan: Vec<(&'static str, String, u64)> = Vec::new();
         let exit = bin.require_symbol(exit_symbol)?;
         plan.push((PROBE_EXIT, exit_symbol.to_string(), exit.addr));
@@ -144,52 +111,43 @@ impl Probes {
         if opts.stop_at_exit {
             let exit = bin.require_symbol("runtime.exit.abi0")?;
             plan.push((PROBE_PROCESS_EXIT, "runtime.exit".to_string(), exit.addr));
+            // -race builds leave through the race runtime's C exit instead.
+            if let Some(racefini) = bin.symbol("runtime.racefini") {
+                plan.push((PROBE_PROCESS_EXIT, "runtime.racefini".to_string(), racefini.addr));
+            }
         }
         let (newproc1, code) = bin.function_code("runtime.newproc1")?;
-        let rets = ret_offsets(code, newproc1.addr);
+        let rets = ret_offsets(code, newproc1.addr)
+            .map_err(|at| Error::Undecodable { path: bin.path.clone(), symbol: format!("runtime.newproc1+{at:#x}") })?;
         if rets.is_empty() {
-            return Err(Error::NoReturn {
-                path: bin.path.clone(),
-                symbol: "runtime.newproc1".into(),
-            });
+            return Err(Error::NoReturn { path: bin.path.clone(), symbol: "runtime.newproc1".into() });
         }
         for off in rets {
-            plan.push((
-                PROBE_CREATE,
-                format!("runtime.newproc1+{off:#x} (RET)"),
-                newproc1.addr + off,
-            ));
+            plan.push((PROBE_CREATE, format!("runtime.newproc1+{off:#x} (RET)"), newproc1.addr + off));
         }
+
+        // Everything is resolved: register the layout, then attach in plan order.
+        let targets_map = self.ebpf.map_mut("TARGETS").ok_or_else(|| Error::Load("no TARGETS map".into()))?;
+        let mut targets: BpfHashMap<_, u32, TargetConfig> =
+            BpfHashMap::try_from(targets_map).map_err(|e| Error::Load(e.to_string()))?;
+        targets.insert(pid, config, 0).map_err(|e| Error::Load(format!("TARGETS: {e}")))?;
 
         let mut attached = Vec::new();
         let scope = UProbeScope::OneProcess(NonZeroU32::new(pid).ok_or(Error::NoSuchProcess(pid))?);
         for (program_name, location, vaddr) in plan {
-            let attach_error = |reason: String| Error::Attach {
-                probe: location.clone(),
-                path: target.exe.clone(),
-                reason,
-            };
-            let offset = bin.file_offset(vaddr).ok_or_else(|| {
-                attach_error(format!("{vaddr:#x} is not in a file-backed segment"))
-            })?;
+            let attach_error =
+                |reason: String| Error::Attach { probe: location.clone(), path: target.exe.clone(), reason };
+            let offset = bin
+                .file_offset(vaddr)
+                .ok_or_else(|| attach_error(format!("{vaddr:#x} is not in a file-backed segment")))?;
             let prog: &mut UProbe = program(&mut self.ebpf, program_name)?;
             let link = prog
-                .attach(
-                    UProbeAttachLocation::AbsoluteOffset(offset),
-                    &target.attach_path,
-                    scope,
-                )
+                .attach(UProbeAttachLocation::AbsoluteOffset(offset), &target.attach_path, scope)
                 .map_err(|e| attach_error(error_chain(&e)));
             match link {
                 Ok(link) => {
-                    self.links
-                        .entry(pid)
-                        .or_default()
-                        .push((program_name, link));
-                    attached.push(AttachedProbe {
-                        program: program_name,
-                        location,
-                    });
+                    self.links.entry(pid).or_default().push((program_name, link));
+                    attached.push(AttachedProbe { program: program_name, location });
                 }
                 Err(e) => {
                     self.detach(pid);
@@ -258,10 +216,7 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 
 /// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK.
 fn bump_memlock_rlimit() {
-    let rlim = libc::rlimit {
-        rlim_cur: libc::RLIM_INFINITY,
-        rlim_max: libc::RLIM_INFINITY,
-    };
+    let rlim = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
     // SAFETY: plain syscall with a valid struct.
     unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &rlim) };
 }

@@ -16,18 +16,11 @@ impl ProcessMemory {
 
     /// Fills `buf` from `addr`; a short read is an error.
     pub fn read(&self, addr: u64, buf: &mut [u8]) -> io::Result<()> {
-        let local = libc::iovec {
-            iov_base: buf.as_mut_ptr().cast(),
-            iov_len: buf.len(),
-        };
-        let remote = libc::iovec {
-            iov_base: addr as *mut libc::c_void,
-            iov_len: buf.len(),
-        };
+        let local = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
+        let remote = libc::iovec { iov_base: addr as *mut libc::c_void, iov_len: buf.len() };
         // SAFETY: both iovecs describe valid memory of the stated lengths (remote is
         // checked by the kernel).
-        let n =
-            unsafe { libc::process_vm_readv(self.pid as libc::pid_t, &local, 1, &remote, 1, 0) };
+        let n = unsafe { libc::process_vm_readv(self.pid as libc::pid_t, &local, 1, &remote, 1, 0) };
         if n < 0 {
             return Err(io::Error::last_os_error());
         }
@@ -51,20 +44,10 @@ impl ProcessMemory {
         for (batch_idx, batch) in addrs.chunks(BATCH).enumerate() {
             let base = batch_idx * BATCH;
             let chunk = &mut out[base * len..(base + batch.len()) * len];
-            let locals: Vec<libc::iovec> = chunk
-                .chunks_mut(len)
-                .map(|c| libc::iovec {
-                    iov_base: c.as_mut_ptr().cast(),
-                    iov_len: len,
-                })
-                .collect();
-            let remotes: Vec<libc::iovec> = batch
-                .iter()
-                .map(|&a| libc::iovec {
-                    iov_base: a as *mut libc::c_void,
-                    iov_len: len,
-                })
-                .collect();
+            let locals: Vec<libc::iovec> =
+                chunk.chunks_mut(len).map(|c| libc::iovec { iov_base: c.as_mut_ptr().cast(), iov_len: len }).collect();
+            let remotes: Vec<libc::iovec> =
+                batch.iter().map(|&a| libc::iovec { iov_base: a as *mut libc::c_void, iov_len: len }).collect();
             // SAFETY: locals point into `out`, sized `len` each; remote is checked by the kernel.
             let n = unsafe {
                 libc::process_vm_readv(

@@ -23,14 +23,33 @@ pub struct Report {
     pub is_final: bool,
     pub target_exited: bool,
     pub totals: Totals,
-    /// Events the kernel could not deliver (ring buffer full) plus failed reads.
+    /// Events the kernel could not deliver (ring buffer full, or the target's
+    /// memory unreadable in the probe): `kernel.ringbuf_full + kernel.read_failed`.
     pub lost_events: u64,
+    pub kernel: KernelCounters,
     /// Goroutines found dead in memory whose exit event was lost (counted as exited).
     pub reconciled_exits: u64,
     pub sites: Vec<SiteReport>,
     /// `gleak run` only: the CI gate's decision.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub gate: Option<Gate>,
+}
+
+/// The probes' own failure counters, summed over CPUs.
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+pub struct KernelCounters {
+    pub ringbuf_full: u64,
+    pub read_failed: u64,
+    /// Probe hits in a process gleak has no layout for.
+    pub no_config: u64,
+    /// Creation stacks not recorded (stack map full or hash collision).
+    pub stack_failed: u64,
+}
+
+impl KernelCounters {
+    pub fn lost_events(&self) -> u64 {
+        self.ringbuf_full + self.read_failed
+    }
 }
 
 #[derive(Clone, Copy, Debug, Default, Serialize)]
@@ -52,6 +71,8 @@ pub struct Gate {
     /// What gleak exits with.
     pub exit_code: i32,
     pub stopped_at_deadline: bool,
+    /// Stopped by Ctrl-C / SIGINT rather than the deadline.
+    pub interrupted: bool,
 }
 
 #[derive(Clone, Copy, Debug, Default, Serialize)]
@@ -74,6 +95,19 @@ pub struct Trend {
 pub struct Rates {
     pub created_per_s: f64,
     pub exited_per_s: f64,
+}
+
+/// One live goroutine, as memory shows it now.
+#[derive(Clone, Debug, Serialize)]
+pub struct GoroutineSample {
+    pub goid: u64,
+    pub state: &'static str,
+    pub wait_reason: Option<String>,
+    pub blocked_s: Option<f64>,
+    /// `None` if it existed before attach.
+    pub age_s: Option<f64>,
+    /// Address of its `runtime.g`.
+    pub g_addr: String,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -113,6 +147,8 @@ pub struct SiteReport {
     pub blocked_s: Option<Percentiles>,
     pub top_wait_reason: Option<String>,
     pub wait_reasons: BTreeMap<String, u64>,
+    /// The oldest few live goroutines, one by one.
+    pub goroutines: Vec<GoroutineSample>,
     /// Live goroutines by runtime status (`waiting`, `runnable`, `running`, `syscall`…).
     pub states: BTreeMap<String, u64>,
     /// Stack memory held by the live goroutines.
@@ -156,7 +192,15 @@ impl Report {
             t.preexisting,
             t.created,
             t.exited,
-            if self.lost_events > 0 { paint("31", &format!(" · LOST EVENTS {}", self.lost_events)) } else { String::new() },
+            if self.lost_events > 0 {
+                paint("31", &format!(" · LOST EVENTS {}", self.lost_events))
+            } else {
+                String::new()
+            } + &if self.kernel.stack_failed > 0 {
+                format!(" · {} creation stacks not recorded", self.kernel.stack_failed)
+            } else {
+                String::new()
+            },
             if self.target_exited { " · target exited" } else { "" },
         );
         if self.sites.is_empty() {
@@ -170,15 +214,7 @@ impl Report {
                 "7",
                 &format!(
                     "{:<8} {:>7} {:>8} {:>8} {:>8} {:>7} {:>8} {:<22} {:>7}  GO STATEMENT",
-                    "VERDICT",
-                    "LIVE",
-                    "Δ LIVE",
-                    "CREATED",
-                    "EXITED",
-                    "OLDEST",
-                    "BLOCKED",
-                    "WAITING ON",
-                    "STACKS"
+                    "VERDICT", "LIVE", "Δ LIVE", "CREATED", "EXITED", "OLDEST", "BLOCKED", "WAITING ON", "STACKS"
                 )
             )
         );
@@ -197,73 +233,61 @@ impl Report {
             let delta = s.trend.live_end as i64 - s.trend.live_start as i64;
             let _ = writeln!(
                 out,
-                "{} {:>7} {:>8} {:>8} {:>8} {:>7} {:>8} {:<22} {:>7}  {} ({}:{})",
+                "{} {:>7} {:>8} {:>8} {:>8} {:>7} {:>8} {:<22} {:>7}  {}",
                 verdict,
                 s.live,
-                if delta == 0 {
-                    "0".to_string()
-                } else {
-                    format!("{delta:+}")
-                },
+                if delta == 0 { "0".to_string() } else { format!("{delta:+}") },
                 s.created,
                 s.exited,
-                s.oldest_age_s
-                    .map(secs)
-                    .unwrap_or_else(|| if s.preexisting > 0 {
-                        "<attach".into()
-                    } else {
-                        "-".into()
-                    }),
-                s.blocked_s
-                    .map(|b| secs(b.p50))
-                    .unwrap_or_else(|| "-".into()),
+                if s.preexisting > 0 {
+                    "<attach".to_string() // older than the trace
+                } else {
+                    s.oldest_age_s.map(secs).unwrap_or_else(|| "-".into())
+                },
+                s.blocked_s.map(|b| secs(b.p50)).unwrap_or_else(|| "-".into()),
                 truncate(&wait, 22),
                 bytes(s.stack_bytes),
-                s.function,
-                short_path(&s.file),
-                s.line
+                site_label(s)
             );
         }
         if self.sites.len() > top {
             let _ = writeln!(out, "… {} more sites (--top)", self.sites.len() - top);
         }
-        let explained = self
-            .sites
-            .iter()
-            .filter(|s| matches!(s.verdict, Verdict::Leak | Verdict::Suspect))
-            .take(stacks);
+        let explained =
+            self.sites.iter().filter(|s| matches!(s.verdict, Verdict::Leak | Verdict::Suspect)).take(stacks);
         for s in explained {
             let _ = writeln!(
                 out,
                 "\n{} {} ({}:{}) running {}",
-                paint(
-                    if s.verdict == Verdict::Leak {
-                        "1;31"
-                    } else {
-                        "33"
-                    },
-                    s.verdict.as_str()
-                ),
+                paint(if s.verdict == Verdict::Leak { "1;31" } else { "33" }, s.verdict.as_str()),
                 s.function,
                 s.file,
                 s.line,
                 s.go_func
             );
             let _ = writeln!(out, "  why: {}", s.verdict_reason);
+            if !s.goroutines.is_empty() {
+                let shown: Vec<String> = s
+                    .goroutines
+                    .iter()
+                    .map(|g| {
+                        let what = g.wait_reason.as_deref().unwrap_or(g.state);
+                        match (g.blocked_s, g.age_s) {
+                            (Some(b), _) => format!("goroutine {} [{what}, {}]", g.goid, secs(b)),
+                            (None, Some(age)) => format!("goroutine {} [{what}] age {}", g.goid, secs(age)),
+                            (None, None) => format!("goroutine {} [{what}]", g.goid),
+                        }
+                    })
+                    .collect();
+                let _ = writeln!(out, "  oldest: {}", shown.join(", "));
+            }
             let paths: Vec<&PathReport> = s.paths.iter().take(4).collect();
             if paths.is_empty() && !s.stack.is_empty() {
                 let _ = writeln!(out, "  created at:");
                 write_frames(&mut out, &s.stack);
             }
             for (i, p) in paths.iter().enumerate() {
-                let _ = writeln!(
-                    out,
-                    "  path {} of {}: {} live, {} created",
-                    i + 1,
-                    s.paths.len(),
-                    p.live,
-                    p.created
-                );
+                let _ = writeln!(out, "  path {} of {}: {} live, {} created", i + 1, s.paths.len(), p.live, p.created);
                 write_frames(&mut out, &p.stack);
             }
             if !s.parent_chain.is_empty() {
@@ -275,15 +299,13 @@ impl Report {
             let _ = writeln!(
                 out,
                 "\n{}: {} leaked goroutines (fail on {}){}; exit code {}",
-                if g.failed {
-                    paint("1;31", "LEAK GATE FAILED")
-                } else {
-                    paint("32", "leak gate passed")
-                },
+                if g.failed { paint("1;31", "LEAK GATE FAILED") } else { paint("32", "leak gate passed") },
                 g.leaked_goroutines,
                 g.fail_on.as_str(),
                 if g.stopped_at_deadline {
                     ", command stopped at the deadline"
+                } else if g.interrupted {
+                    ", command interrupted"
                 } else {
                     ""
                 },
@@ -294,9 +316,22 @@ impl Report {
     }
 }
 
+/// `function (dir/file.go:line)`, or just the name for sites with no source line.
+fn site_label(s: &SiteReport) -> String {
+    if s.line == 0 {
+        s.function.clone()
+    } else {
+        format!("{} ({}:{})", s.function, short_path(&s.file), s.line)
+    }
+}
+
 fn write_frames(out: &mut String, frames: &[Frame]) {
     for f in frames {
-        let _ = writeln!(out, "    {} ({}:{})", f.function, f.file, f.line);
+        if f.line == 0 {
+            let _ = writeln!(out, "    {} {}", f.function, f.file);
+        } else {
+            let _ = writeln!(out, "    {} ({}:{})", f.function, f.file, f.line);
+        }
     }
 }
 

@@ -28,19 +28,12 @@ pub struct GRecord {
 
 impl GRecord {
     pub fn is_dead(&self) -> bool {
-        matches!(
-            self.status,
-            gstatus::DEAD | gstatus::DEAD_EXTRA | gstatus::IDLE
-        )
+        matches!(self.status, gstatus::DEAD | gstatus::DEAD_EXTRA | gstatus::IDLE)
     }
 }
 
 /// Reads the records of the `g`s at `addrs`; `None` where memory was unreadable.
-pub fn read_records(
-    mem: &ProcessMemory,
-    layout: &RuntimeLayout,
-    addrs: &[u64],
-) -> Vec<Option<GRecord>> {
+pub fn read_records(mem: &ProcessMemory, layout: &RuntimeLayout, addrs: &[u64]) -> Vec<Option<GRecord>> {
     let mut fields = vec![
         layout.g_stack_lo,
         layout.g_stack_hi,
@@ -63,13 +56,8 @@ pub fn read_records(
             }
             let chunk = &buf[i * len..(i + 1) * len];
             let at = |off: u32| (off - lo) as usize;
-            let u64_at =
-                |off: u32| u64::from_le_bytes(chunk[at(off)..at(off) + 8].try_into().unwrap());
-            let status = u32::from_le_bytes(
-                chunk[at(layout.g_status)..at(layout.g_status) + 4]
-                    .try_into()
-                    .unwrap(),
-            );
+            let u64_at = |off: u32| u64::from_le_bytes(chunk[at(off)..at(off) + 8].try_into().unwrap());
+            let status = u32::from_le_bytes(chunk[at(layout.g_status)..at(layout.g_status) + 4].try_into().unwrap());
             Some(GRecord {
                 goid: u64_at(layout.g_goid),
                 status: status & !gstatus::SCAN,
@@ -93,18 +81,9 @@ pub fn all_goroutines(
     layout: &RuntimeLayout,
     bias: u64,
 ) -> std::io::Result<Vec<(u64, GRecord)>> {
-    let missing = |what: &str| {
-        std::io::Error::new(
-            std::io::ErrorKind::NotFound,
-            format!("symbol {what} not found"),
-        )
-    };
-    let allgs = binary
-        .symbol("runtime.allgs")
-        .ok_or_else(|| missing("runtime.allgs"))?;
-    let allglen = binary
-        .symbol("runtime.allglen")
-        .ok_or_else(|| missing("runtime.allglen"))?;
+    let missing = |what: &str| std::io::Error::new(std::io::ErrorKind::NotFound, format!("symbol {what} not found"));
+    let allgs = binary.symbol("runtime.allgs").ok_or_else(|| missing("runtime.allgs"))?;
+    let allglen = binary.symbol("runtime.allglen").ok_or_else(|| missing("runtime.allglen"))?;
     let len = mem.read_u64(allglen.addr + bias)?;
     let ptr = mem.read_u64(allgs.addr + bias)?;
     if len == 0 || ptr == 0 {
@@ -114,11 +93,8 @@ pub fn all_goroutines(
     let len = len.min(16 << 20) as usize;
     let mut raw = vec![0u8; len * 8];
     mem.read(ptr, &mut raw)?;
-    let addrs: Vec<u64> = raw
-        .chunks_exact(8)
-        .map(|c| u64::from_le_bytes(c.try_into().unwrap()))
-        .filter(|&a| a != 0)
-        .collect();
+    let addrs: Vec<u64> =
+        raw.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().unwrap())).filter(|&a| a != 0).collect();
     let records = read_records(mem, layout, &addrs);
     Ok(addrs
         .into_iter()

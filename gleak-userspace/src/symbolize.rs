@@ -21,14 +21,6 @@ pub trait Symbolizer {
     /// Frames at `pc`, innermost (most inlined) first; empty if unknown.
     fn frames(&self, pc: u64) -> Vec<Frame>;
 
-    /// The source position of a return address: the call instruction is just
-    /// before it, as Go's own traceback does with `pc - 1`.
-    fn call_site(&self, return_addr: u64) -> Option<Frame> {
-        self.frames(return_addr.saturating_sub(1))
-            .into_iter()
-            .next()
-    }
-
     /// The function that starts at `entry` (a goroutine's start PC).
     fn function_at(&self, entry: u64) -> Option<String> {
         self.frames(entry).into_iter().last().map(|f| f.function)

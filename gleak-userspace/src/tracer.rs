@@ -13,14 +13,14 @@ use hdrhistogram::Histogram;
 use tokio::io::unix::AsyncFd;
 
 use crate::{
-    aggregate::{Aggregator, Sample, SiteKey},
+    aggregate::{Aggregator, LiveGoroutine, Sample, SiteKey},
     debuginfo::RuntimeInfo,
     error::Result,
     layout::gstatus,
     probes::{AttachOptions, AttachedProbe, Probes},
     procmem::ProcessMemory,
-    report::{PathReport, Percentiles, Rates, Report, SiteReport, Totals, Trend},
-    snapshot::{all_goroutines, read_records},
+    report::{GoroutineSample, KernelCounters, PathReport, Percentiles, Rates, Report, SiteReport, Totals, Trend},
+    snapshot::{all_goroutines, read_records, GRecord},
     symbolize::Frame,
     target::Target,
     verdict::{judge, never_wakes, SiteFacts},
@@ -65,30 +65,17 @@ impl Tracer {
         let ring = probes.take_events()?;
         // SAFETY: the ring buffer owns its fd and lives inside the AsyncFd, so the fd
         // stays open for as long as it is registered.
-        let events =
-            unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
-                .map_err(|e| {
-                    crate::error::Error::Load(format!("ring buffer: {}", e.into_parts().1))
-                })?;
-        Ok(Self {
-            probes,
-            events,
-            targets: HashMap::new(),
-        })
+        let events = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
+            .map_err(|e| crate::error::Error::Load(format!("ring buffer: {}", e.into_parts().1)))?;
+        Ok(Self { probes, events, targets: HashMap::new() })
     }
 
     /// Reads the target's binary and starts tracing it.
     pub fn attach(&mut self, pid: u32, opts: AttachOptions) -> Result<&TracedTarget> {
         let target = Target::from_pid(pid)?;
         let info = RuntimeInfo::load(&target.binary)?;
-        let flags = if opts.capture_stacks {
-            CONFIG_CAPTURE_STACKS
-        } else {
-            0
-        };
-        let probes = self
-            .probes
-            .attach(&target, info.layout.target_config(flags), opts)?;
+        let flags = if opts.capture_stacks { CONFIG_CAPTURE_STACKS } else { 0 };
+        let probes = self.probes.attach(&target, info.layout.target_config(flags), opts)?;
         let mem = ProcessMemory::new(pid);
         let mut agg = Aggregator::default();
         // Probes first, then the goroutine table: a goroutine born in between shows
@@ -160,10 +147,23 @@ impl Tracer {
         self.probes.flush_logs();
     }
 
-    /// Events lost in the kernel (full ring buffer, unreadable memory), all targets.
-    pub fn lost_events(&self) -> u64 {
+    /// What went wrong in the probes so far, all targets together.
+    pub fn kernel_counters(&self) -> KernelCounters {
         let c = self.probes.counters();
-        c[counter::RINGBUF_FULL as usize] + c[counter::READ_FAILED as usize]
+        KernelCounters {
+            ringbuf_full: c[counter::RINGBUF_FULL as usize],
+            read_failed: c[counter::READ_FAILED as usize],
+            no_config: c[counter::NO_CONFIG as usize],
+            stack_failed: c[counter::STACK_FAILED as usize],
+        }
+    }
+
+    /// Counts a goroutine as gone without its exit event (the one calling exit
+    /// when the process is held at `runtime.exit`).
+    pub fn retire(&mut self, pid: u32, goid: u64) {
+        if let Some(t) = self.targets.get_mut(&pid) {
+            t.agg.on_exit(goid, monotonic_ns());
+        }
     }
 
     /// Takes a per-site sample of every target (call about once a second).
@@ -179,22 +179,15 @@ impl Tracer {
     /// retires the ones that died unseen, groups by creation site and judges each.
     pub fn report(&mut self, pid: u32, is_final: bool) -> Option<Report> {
         self.drain_now();
-        let lost_events = self.lost_events();
-        let Tracer {
-            probes, targets, ..
-        } = self;
+        let kernel = self.kernel_counters();
+        let Tracer { probes, targets, .. } = self;
         let t = targets.get_mut(&pid)?;
         let target_exited = !t.target.is_alive();
         let now = monotonic_ns();
         let traced_s = now.saturating_sub(t.attached_ns) as f64 / 1e9;
 
         // 1. What memory says about every goroutine we believe alive.
-        let live: Vec<(u64, u64)> = t
-            .agg
-            .live
-            .iter()
-            .map(|(&goid, g)| (goid, g.g_addr))
-            .collect();
+        let live: Vec<(u64, u64)> = t.agg.live.iter().map(|(&goid, g)| (goid, g.g_addr)).collect();
         let records = if target_exited {
             vec![None; live.len()]
         } else {
@@ -222,25 +215,16 @@ impl Tracer {
             }
             a.ran += g.ran as u64;
             *a.per_stack.entry(g.stack_id).or_default() += 1;
+            a.keep_oldest(g.created_ns.unwrap_or(0), *goid);
             let Some(Some(rec)) = by_goid.get(goid) else {
                 continue;
             };
             a.stack_bytes += rec.stack_bytes;
             *a.states.entry(gstatus::name(rec.status)).or_default() += 1;
             if rec.status == gstatus::WAITING {
-                let reason = t.info.wait_reasons.name(rec.wait_reason);
-                if never_wakes(&reason) {
-                    a.never_wake += 1;
-                }
-                *a.reasons.entry(reason).or_default() += 1;
-                let since = match g.parked {
-                    Some((_, ts)) => Some(ts),
-                    None => (rec.wait_since_ns != 0).then_some(rec.wait_since_ns),
-                };
-                if let Some(since) = since {
-                    a.blocked_us
-                        .record((now.saturating_sub(since) / 1000).max(1))
-                        .ok();
+                *a.reasons.entry(rec.wait_reason).or_default() += 1;
+                if let Some(since) = blocked_since(g, rec) {
+                    a.blocked_us.record((now.saturating_sub(since) / 1000).max(1)).ok();
                 }
             }
         }
@@ -254,26 +238,40 @@ impl Tracer {
             let stats = &t.agg.sites[&key];
             let a = acc.remove(&key).unwrap_or_default();
             let label = t.labels.get(key, stats.startpc, bias, &t.info);
-            let start = stats
-                .sample_at_or_after(window_start)
-                .copied()
-                .unwrap_or(Sample {
-                    t_ns: t.attached_ns,
-                    live: 0,
-                    created: 0,
-                    exited: 0,
-                });
+            let start = stats.sample_at_or_after(window_start).copied().unwrap_or(Sample {
+                t_ns: t.attached_ns,
+                live: 0,
+                created: 0,
+                exited: 0,
+            });
             let window_s = (now.saturating_sub(start.t_ns) as f64 / 1e9).max(1e-3);
-            let top_wait_reason = a
-                .reasons
+            let wait_reasons: BTreeMap<String, u64> =
+                a.reasons.iter().map(|(&r, &n)| (t.info.wait_reasons.name(r), n)).collect();
+            let never_wake = wait_reasons.iter().filter(|(r, _)| never_wakes(r)).map(|(_, n)| n).sum();
+            let top_wait_reason =
+                wait_reasons.iter().max_by_key(|(name, n)| (**n, std::cmp::Reverse(*name))).map(|(r, _)| r.clone());
+            let blocked = wait_reasons.values().sum();
+            let goroutines = a
+                .oldest
                 .iter()
-                .max_by_key(|(name, n)| (**n, std::cmp::Reverse(*name)))
-                .map(|(r, _)| r.clone());
-            let blocked = a.reasons.values().sum();
-            let lifetime = |q: f64| {
-                (!stats.lifetimes_us.is_empty())
-                    .then(|| stats.lifetimes_us.value_at_quantile(q) as f64 / 1e6)
-            };
+                .filter_map(|&(_, goid)| {
+                    let g = t.agg.live.get(&goid)?;
+                    let rec = by_goid.get(&goid).copied().flatten();
+                    let waiting = rec.filter(|r| r.status == gstatus::WAITING);
+                    Some(GoroutineSample {
+                        goid,
+                        state: rec.map_or("unknown", |r| gstatus::name(r.status)),
+                        wait_reason: waiting.map(|r| t.info.wait_reasons.name(r.wait_reason)),
+                        blocked_s: waiting
+                            .and_then(|r| blocked_since(g, &r))
+                            .map(|since| now.saturating_sub(since) as f64 / 1e9),
+                        age_s: g.created_ns.map(|c| now.saturating_sub(c) as f64 / 1e9),
+                        g_addr: format!("{:#x}", g.g_addr),
+                    })
+                })
+                .collect();
+            let lifetime =
+                |q: f64| (!stats.lifetimes_us.is_empty()).then(|| stats.lifetimes_us.value_at_quantile(q) as f64 / 1e6);
             let facts = SiteFacts {
                 live: stats.live,
                 created: stats.created,
@@ -283,17 +281,16 @@ impl Tracer {
                 exited_in_window: stats.exited - start.exited,
                 blocked,
                 top_reason: top_wait_reason.clone(),
-                never_wake: a.never_wake,
-                age_p50_s: (!a.ages_us.is_empty())
-                    .then(|| a.ages_us.value_at_quantile(0.5) as f64 / 1e6),
+                never_wake,
+                age_p50_s: (!a.ages_us.is_empty()).then(|| a.ages_us.value_at_quantile(0.5) as f64 / 1e6),
                 oldest_s: (!a.ages_us.is_empty()).then(|| a.ages_us.max() as f64 / 1e6),
                 lifetime_p99_s: lifetime(0.99),
                 lifetime_p50_s: lifetime(0.5),
                 preexisting: a.preexisting,
                 ran: a.ran,
-                blocked_p50_s: (!a.blocked_us.is_empty())
-                    .then(|| a.blocked_us.value_at_quantile(0.5) as f64 / 1e6),
+                blocked_p50_s: (!a.blocked_us.is_empty()).then(|| a.blocked_us.value_at_quantile(0.5) as f64 / 1e6),
                 traced_s,
+                is_main: label.at.function == MAIN_GOROUTINE,
             };
             let (verdict, verdict_reason) = judge(&facts);
 
@@ -305,24 +302,14 @@ impl Tracer {
                     PathReport {
                         live: a.per_stack.get(&id).copied().unwrap_or(0),
                         created,
-                        stack: locations
-                            .iter()
-                            .flat_map(|(_, f)| f.iter().cloned())
-                            .collect(),
+                        stack: locations.iter().flat_map(|(_, f)| f.iter().cloned()).collect(),
                         locations,
                     }
                 })
                 .filter(|p| !p.stack.is_empty())
                 .collect();
-            paths.sort_by(|x, y| {
-                (y.live, y.created)
-                    .cmp(&(x.live, x.created))
-                    .then(x.stack.len().cmp(&y.stack.len()))
-            });
-            let stack = paths
-                .first()
-                .map(|p| p.stack.clone())
-                .unwrap_or_else(|| label.inlined.clone());
+            paths.sort_by(|x, y| (y.live, y.created).cmp(&(x.live, x.created)).then(x.stack.len().cmp(&y.stack.len())));
+            let stack = paths.first().map(|p| p.stack.clone()).unwrap_or_else(|| label.inlined.clone());
             // Goroutines from before attach have no recorded stack: their `go` statement stands in.
             if a.per_stack.get(&-1).copied().unwrap_or(0) > 0 && !label.inlined.is_empty() {
                 paths.push(PathReport {
@@ -360,12 +347,9 @@ impl Tracer {
                 blocked,
                 blocked_s: percentiles(&a.blocked_us),
                 top_wait_reason,
-                wait_reasons: a.reasons,
-                states: a
-                    .states
-                    .into_iter()
-                    .map(|(k, v)| (k.to_string(), v))
-                    .collect(),
+                wait_reasons,
+                goroutines,
+                states: a.states.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
                 stack_bytes: a.stack_bytes,
                 lifetime_p50_ms: facts.lifetime_p50_s.map(|s| s * 1e3),
                 stack,
@@ -395,20 +379,19 @@ impl Tracer {
                 created,
                 exited,
                 live: t.agg.live.len() as u64,
-                preexisting: t
-                    .agg
-                    .live
-                    .values()
-                    .filter(|g| g.created_ns.is_none())
-                    .count() as u64,
+                preexisting: t.agg.live.values().filter(|g| g.created_ns.is_none()).count() as u64,
             },
-            lost_events,
+            lost_events: kernel.lost_events(),
+            kernel,
             reconciled_exits: t.agg.reconciled_exits,
             sites,
             gate: None,
         })
     }
 }
+
+/// How the main goroutine's creation site is labelled.
+pub const MAIN_GOROUTINE: &str = "main goroutine";
 
 /// The trend window: the seed's "diff two snapshots 30 s apart", built in.
 pub const TREND_WINDOW_NS: u64 = 30_000_000_000;
@@ -418,13 +401,38 @@ struct LiveSummary {
     live: u64,
     preexisting: u64,
     ran: u64,
-    never_wake: u64,
     stack_bytes: u64,
     ages_us: Histogram<u64>,
     blocked_us: Histogram<u64>,
     states: BTreeMap<&'static str, u64>,
-    reasons: BTreeMap<String, u64>,
+    reasons: BTreeMap<u8, u64>,
     per_stack: HashMap<i64, u64>,
+    /// (creation time, 0 if before attach; goid) of the oldest few.
+    oldest: Vec<(u64, u64)>,
+}
+
+/// How many goroutines of each site a report details.
+const EXAMPLES: usize = 5;
+
+impl LiveSummary {
+    fn keep_oldest(&mut self, created_ns: u64, goid: u64) {
+        if self.oldest.len() < EXAMPLES {
+            self.oldest.push((created_ns, goid));
+            self.oldest.sort_unstable();
+        } else if (created_ns, goid) < self.oldest[EXAMPLES - 1] {
+            self.oldest[EXAMPLES - 1] = (created_ns, goid);
+            self.oldest.sort_unstable();
+        }
+    }
+}
+
+/// Since when a waiting goroutine has been blocked, if known: its last `gopark`
+/// (with park tracing), else the runtime's own `waitsince` (a lower bound).
+fn blocked_since(g: &LiveGoroutine, rec: &GRecord) -> Option<u64> {
+    match g.parked {
+        Some((_, ts)) => Some(ts),
+        None => (rec.wait_since_ns != 0).then_some(rec.wait_since_ns),
+    }
 }
 
 impl Default for LiveSummary {
@@ -433,13 +441,13 @@ impl Default for LiveSummary {
             live: 0,
             preexisting: 0,
             ran: 0,
-            never_wake: 0,
             stack_bytes: 0,
             ages_us: Histogram::new(3).expect("valid precision"),
             blocked_us: Histogram::new(3).expect("valid precision"),
             states: BTreeMap::new(),
             reasons: BTreeMap::new(),
             per_stack: HashMap::new(),
+            oldest: Vec::new(),
         }
     }
 }
@@ -454,22 +462,12 @@ fn percentiles(h: &Histogram<u64>) -> Option<Percentiles> {
 }
 
 /// The creation site of each site's most common creator, then of its creator… (cycles cut).
-fn parent_chain(
-    agg: &Aggregator,
-    site: SiteKey,
-    labels: &mut SiteLabels,
-    bias: u64,
-    info: &RuntimeInfo,
-) -> Vec<Frame> {
+fn parent_chain(agg: &Aggregator, site: SiteKey, labels: &mut SiteLabels, bias: u64, info: &RuntimeInfo) -> Vec<Frame> {
     let mut chain = Vec::new();
     let mut seen = vec![site];
     let mut key = site;
     while let Some(stats) = agg.sites.get(&key) {
-        let Some((&parent, _)) = stats
-            .parents
-            .iter()
-            .max_by_key(|(k, n)| (**n, std::cmp::Reverse(**k)))
-        else {
+        let Some((&parent, _)) = stats.parents.iter().max_by_key(|(k, n)| (**n, std::cmp::Reverse(**k))) else {
             break;
         };
         if seen.contains(&parent) || chain.len() >= 16 {
@@ -492,27 +490,14 @@ impl SiteLabels {
         self.0.entry(key).or_insert_with(|| {
             let sym = &info.symbolizer;
             let inlined = sym.frames(key.wrapping_sub(bias).saturating_sub(1));
-            let mut at = inlined
-                .first()
-                .cloned()
-                .unwrap_or_else(|| unknown_frame(key));
+            let mut at = inlined.first().cloned().unwrap_or_else(|| unknown_frame(key));
             // The main goroutine is started by the runtime's assembly through the
             // `runtime.newproc` ABI wrapper: name it for what it is.
             if at.function == "runtime.newproc" && at.file.contains("autogenerated") {
-                at = Frame {
-                    function: "main goroutine".into(),
-                    file: "(started by the runtime)".into(),
-                    line: 0,
-                };
+                at = Frame { function: MAIN_GOROUTINE.into(), file: "(started by the runtime)".into(), line: 0 };
             }
-            let go_func = sym
-                .function_at(startpc.wrapping_sub(bias))
-                .unwrap_or_else(|| format!("{startpc:#x}"));
-            SiteLabel {
-                at,
-                go_func,
-                inlined,
-            }
+            let go_func = sym.function_at(startpc.wrapping_sub(bias)).unwrap_or_else(|| format!("{startpc:#x}"));
+            SiteLabel { at, go_func, inlined }
         })
     }
 }
@@ -522,14 +507,7 @@ impl SiteLabels {
 struct StackCache(HashMap<i64, Vec<Location>>);
 
 impl StackCache {
-    fn get(
-        &mut self,
-        probes: &Probes,
-        stack_id: i64,
-        gopc: u64,
-        bias: u64,
-        info: &RuntimeInfo,
-    ) -> &[Location] {
+    fn get(&mut self, probes: &Probes, stack_id: i64, gopc: u64, bias: u64, info: &RuntimeInfo) -> &[Location] {
         self.0.entry(stack_id).or_insert_with(|| {
             probes
                 .stack(stack_id)
@@ -572,11 +550,8 @@ pub fn creation_stack(
         .iter()
         .map(|&ip| {
             let pc = ip.wrapping_sub(bias);
-            let frames: Vec<Frame> = sym
-                .frames(pc.saturating_sub(1))
-                .into_iter()
-                .filter(|f| f.function != "runtime.goexit")
-                .collect();
+            let frames: Vec<Frame> =
+                sym.frames(pc.saturating_sub(1)).into_iter().filter(|f| f.function != "runtime.goexit").collect();
             (pc, frames)
         })
         .filter(|(_, frames)| !frames.is_empty())
@@ -584,19 +559,12 @@ pub fn creation_stack(
 }
 
 fn unknown_frame(pc: u64) -> Frame {
-    Frame {
-        function: format!("{pc:#x}"),
-        file: "?".into(),
-        line: 0,
-    }
+    Frame { function: format!("{pc:#x}"), file: "?".into(), line: 0 }
 }
 
 /// CLOCK_MONOTONIC in ns: the clock of `bpf_ktime_get_ns` and of Go's `nanotime`.
 pub fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: valid pointer to a timespec.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64

@@ -27,10 +27,13 @@ impl Verdict {
 
 /// Wait reasons nothing can end: a nil channel, `select {}`.
 pub fn never_wakes(reason: &str) -> bool {
-    matches!(
-        reason,
-        "chan receive (nil chan)" | "chan send (nil chan)" | "select (no cases)"
-    )
+    matches!(reason, "chan receive (nil chan)" | "chan send (nil chan)" | "select (no cases)")
+}
+
+/// Wait reasons that end by themselves (a timer, the network, the runtime's own
+/// idle workers): a growing population of them is not proof of a leak.
+pub fn wakes_by_itself(reason: &str) -> bool {
+    matches!(reason, "sleep" | "IO wait") || reason.starts_with("GC ") || reason.contains("(idle)")
 }
 
 /// What is known about one creation site at report time.
@@ -61,6 +64,8 @@ pub struct SiteFacts {
     pub blocked_p50_s: Option<f64>,
     /// How long the target has been traced.
     pub traced_s: f64,
+    /// The site is the main goroutine (`select {}` at the end of `main` is an idiom).
+    pub is_main: bool,
 }
 
 /// Minimum growth, in goroutines, that counts as a trend.
@@ -69,28 +74,15 @@ const MIN_GROWTH: u64 = 3;
 pub fn judge(f: &SiteFacts) -> (Verdict, String) {
     let reason = f.top_reason.as_deref().unwrap_or("?");
     if f.live == 0 {
-        let life = f
-            .lifetime_p50_s
-            .map(|s| format!(", median lifetime {}", secs(s)))
-            .unwrap_or_default();
-        return (
-            Verdict::Ok,
-            format!("no live goroutines: all {} created exited{life}", f.created),
-        );
+        let life = f.lifetime_p50_s.map(|s| format!(", median lifetime {}", secs(s))).unwrap_or_default();
+        return (Verdict::Ok, format!("no live goroutines: all {} created exited{life}", f.created));
     }
-    if f.never_wake > 0 {
-        return (
-            Verdict::Leak,
-            format!(
-                "{} goroutines blocked on {reason}: nothing can ever wake them",
-                f.never_wake
-            ),
-        );
+    if f.never_wake > 0 && !f.is_main {
+        return (Verdict::Leak, format!("{} goroutines blocked on {reason}: nothing can ever wake them", f.never_wake));
     }
     let growth = f.live.saturating_sub(f.live_start);
-    let growing = f.window_s >= 1.0
-        && growth >= MIN_GROWTH.max(f.live_start / 20)
-        && f.created_in_window > f.exited_in_window;
+    let growing =
+        f.window_s >= 1.0 && growth >= MIN_GROWTH.max(f.live_start / 20) && f.created_in_window > f.exited_in_window;
     let blocked_pct = 100 * f.blocked / f.live;
     // Old: the live ones outlive what this site's goroutines normally live.
     let normal_life = f.lifetime_p99_s.map_or(0.5, |p99| (3.0 * p99).max(0.5));
@@ -100,10 +92,7 @@ pub fn judge(f: &SiteFacts) -> (Verdict, String) {
         Some(p99) => format!("; the ones that exited lived ≤ {}", secs(p99)),
         None => "; none exited".to_string(),
     };
-    let age = f
-        .age_p50_s
-        .map(|a| format!("median age {}", secs(a)))
-        .unwrap_or_else(|| "older than the trace".into());
+    let age = f.age_p50_s.map(|a| format!("median age {}", secs(a))).unwrap_or_else(|| "older than the trace".into());
     let trend = format!(
         "live grew {}→{} in {} (+{:.1}/s)",
         f.live_start,
@@ -113,11 +102,16 @@ pub fn judge(f: &SiteFacts) -> (Verdict, String) {
     );
 
     if growing {
-        if blocked_pct >= 50 && old {
+        if blocked_pct >= 50 && old && wakes_by_itself(reason) && f.lifetime_p99_s.is_none() {
             return (
-                Verdict::Leak,
-                format!("{trend}; {blocked_pct}% blocked on {reason}, {age}{exited_note}"),
+                Verdict::Suspect,
+                format!(
+                    "{trend}; {blocked_pct}% blocked on {reason}, which ends by itself, {age}; none exited yet to compare with"
+                ),
             );
+        }
+        if blocked_pct >= 50 && old {
+            return (Verdict::Leak, format!("{trend}; {blocked_pct}% blocked on {reason}, {age}{exited_note}"));
         }
         if blocked_pct < 50 {
             return (
@@ -133,20 +127,9 @@ pub fn judge(f: &SiteFacts) -> (Verdict, String) {
 
     let young = f.preexisting == 0 && f.oldest_s.is_some_and(|o| o < normal_life.max(1.0));
     if young {
-        return (
-            Verdict::Ok,
-            format!(
-                "short-lived: the oldest live goroutine is {}",
-                secs(f.oldest_s.unwrap_or(0.0))
-            ),
-        );
+        return (Verdict::Ok, format!("short-lived: the oldest live goroutine is {}", secs(f.oldest_s.unwrap_or(0.0))));
     }
-    let steady = format!(
-        "count steady ({}→{} over {})",
-        f.live_start,
-        f.live,
-        secs(f.window_s)
-    );
+    let steady = format!("count steady ({}→{} over {})", f.live_start, f.live, secs(f.window_s));
     let stuck = blocked_pct >= 90 && f.ran == 0 && f.traced_s >= 2.0 && old;
     if stuck && f.live >= 10 && reason == "chan send" {
         return (
@@ -168,18 +151,8 @@ pub fn judge(f: &SiteFacts) -> (Verdict, String) {
             ),
         );
     }
-    let ran = if f.ran > 0 {
-        format!(", {} ran during the trace", f.ran)
-    } else {
-        String::new()
-    };
-    (
-        Verdict::Stable,
-        format!(
-            "{} long-lived goroutines, {steady}{ran}: a worker pool or background loop",
-            f.live
-        ),
-    )
+    let ran = if f.ran > 0 { format!(", {} ran during the trace", f.ran) } else { String::new() };
+    (Verdict::Stable, format!("{} long-lived goroutines, {steady}{ran}: a worker pool or background loop", f.live))
 }
 
 pub fn secs(s: f64) -> String {
@@ -199,11 +172,7 @@ mod tests {
     use super::*;
 
     fn base() -> SiteFacts {
-        SiteFacts {
-            window_s: 10.0,
-            traced_s: 10.0,
-            ..Default::default()
-        }
+        SiteFacts { window_s: 10.0, traced_s: 10.0, ..Default::default() }
     }
 
     #[test]
@@ -270,6 +239,8 @@ mod tests {
             ..base()
         };
         assert_eq!(judge(&f).0, Verdict::Leak);
+        // `select {}` at the end of main is how servers wait forever.
+        assert_eq!(judge(&SiteFacts { is_main: true, ..f }).0, Verdict::Stable);
         assert!(never_wakes("chan receive (nil chan)"));
         assert!(!never_wakes("chan receive"));
     }
@@ -285,6 +256,27 @@ mod tests {
             ..base()
         };
         assert_eq!(judge(&f).0, Verdict::Suspect);
+    }
+
+    #[test]
+    fn growing_sleepers_without_a_baseline_are_suspect() {
+        // Delayed jobs: each sleeps 20 s, ten a second, all finish eventually.
+        let f = SiteFacts {
+            live: 103,
+            created: 100,
+            live_start: 4,
+            created_in_window: 100,
+            blocked: 103,
+            top_reason: Some("sleep".into()),
+            age_p50_s: Some(5.0),
+            oldest_s: Some(10.0),
+            ..base()
+        };
+        assert_eq!(judge(&f).0, Verdict::Suspect);
+        // Once some have exited, sleepers far older than their siblings are a leak.
+        let with_baseline = SiteFacts { lifetime_p99_s: Some(0.1), exited_in_window: 5, ..f };
+        assert_eq!(judge(&with_baseline).0, Verdict::Leak);
+        assert!(wakes_by_itself("GC worker (idle)") && !wakes_by_itself("chan send"));
     }
 
     #[test]

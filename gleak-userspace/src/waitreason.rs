@@ -32,10 +32,6 @@ impl WaitReasons {
             _ => format!("waitReason({reason})"),
         }
     }
-
-    pub fn is_empty(&self) -> bool {
-        self.names.is_empty()
-    }
 }
 
 /// `ChanSendNilChan` → `chan send nil chan`.
@@ -56,11 +52,7 @@ mod tests {
 
     #[test]
     fn names_from_strings_and_constants() {
-        let w = WaitReasons::from_strings(vec![
-            "".into(),
-            "GC assist marking".into(),
-            "chan send".into(),
-        ]);
+        let w = WaitReasons::from_strings(vec!["".into(), "GC assist marking".into(), "chan send".into()]);
         assert_eq!(w.name(2), "chan send");
         assert_eq!(w.name(0), "");
         assert_eq!(w.name(99), "waitReason(99)");

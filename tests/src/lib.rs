@@ -49,17 +49,12 @@ pub const DEMO_READY: &str = "demo order service running";
 /// True when running on CI (`CI=true` or `CI=1`): prerequisites are then
 /// mandatory and missing ones make tests fail instead of skip.
 pub fn is_ci() -> bool {
-    std::env::var("CI")
-        .map(|v| v.eq_ignore_ascii_case("true") || v == "1")
-        .unwrap_or(false)
+    std::env::var("CI").map(|v| v.eq_ignore_ascii_case("true") || v == "1").unwrap_or(false)
 }
 
 /// The cargo workspace root (parent of this crate).
 pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("tests crate has a parent directory")
-        .to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests crate has a parent directory").to_path_buf()
 }
 
 /// `tests/fixtures/`.
@@ -141,11 +136,7 @@ pub struct GoToolchain {
 impl GoToolchain {
     /// The toolchain's GOROOT (`<goroot>/bin/go`).
     pub fn goroot(&self) -> PathBuf {
-        self.go
-            .parent()
-            .and_then(Path::parent)
-            .map(Path::to_path_buf)
-            .unwrap_or_default()
+        self.go.parent().and_then(Path::parent).map(Path::to_path_buf).unwrap_or_default()
     }
 
     /// Whether `runtime.Version()` of a binary built by this toolchain, e.g.
@@ -156,10 +147,7 @@ impl GoToolchain {
     }
 
     fn sort_key(&self) -> Vec<u64> {
-        self.version
-            .split('.')
-            .map(|p| p.parse().unwrap_or(u64::MAX))
-            .collect()
+        self.version.split('.').map(|p| p.parse().unwrap_or(u64::MAX)).collect()
     }
 }
 
@@ -182,20 +170,14 @@ pub fn go_toolchains() -> Vec<GoToolchain> {
         .get_or_init(|| {
             let mut found = Vec::new();
             if is_executable(Path::new(DEBIAN_GO_119)) {
-                found.push(GoToolchain {
-                    version: "1.19".into(),
-                    go: DEBIAN_GO_119.into(),
-                });
+                found.push(GoToolchain { version: "1.19".into(), go: DEBIAN_GO_119.into() });
             }
             let dir = gleak_cache().join("go");
             if let Ok(entries) = fs::read_dir(&dir) {
                 for e in entries.flatten() {
                     let go = e.path().join("bin/go");
                     if is_executable(&go) {
-                        found.push(GoToolchain {
-                            version: e.file_name().to_string_lossy().into_owned(),
-                            go,
-                        });
+                        found.push(GoToolchain { version: e.file_name().to_string_lossy().into_owned(), go });
                     }
                 }
             }
@@ -242,12 +224,7 @@ pub fn for_each_toolchain(what: &str, mut f: impl FnMut(&GoToolchain)) {
         }
     }
     if !failures.is_empty() {
-        panic!(
-            "{what} failed with {} of {} toolchain(s):\n{}",
-            failures.len(),
-            toolchains.len(),
-            failures.join("\n")
-        );
+        panic!("{what} failed with {} of {} toolchain(s):\n{}", failures.len(), toolchains.len(), failures.join("\n"));
     }
 }
 
@@ -290,17 +267,7 @@ fn mtime(p: &Path) -> Option<std::time::SystemTime> {
 pub fn go_command(tc: &GoToolchain) -> Command {
     let cache = gleak_cache();
     let mut cmd = Command::new(&tc.go);
-    for var in [
-        "GOROOT",
-        "GOFLAGS",
-        "GOOS",
-        "GOARCH",
-        "GOAMD64",
-        "GOEXPERIMENT",
-        "GODEBUG",
-        "CGO_ENABLED",
-        "GOWORK",
-    ] {
+    for var in ["GOROOT", "GOFLAGS", "GOOS", "GOARCH", "GOAMD64", "GOEXPERIMENT", "GODEBUG", "CGO_ENABLED", "GOWORK"] {
         cmd.env_remove(var);
     }
     cmd.env("GOCACHE", cache.join(format!("gocache-{}", tc.version)))
@@ -318,14 +285,18 @@ pub fn go_command(tc: &GoToolchain) -> Command {
 /// missing or older than the source or the toolchain, or was built from
 /// different source text. Safe to call from parallel threads and processes.
 pub fn build_go_program(tc: &GoToolchain, src: &Path, name: &str) -> PathBuf {
+    build_go_program_with_flags(tc, src, name, &[])
+}
+
+/// [`build_go_program`] with extra `go build` flags, e.g.
+/// `&["-ldflags=-s -w"]` for a stripped binary. Use a `name` of its own per
+/// set of flags (the flags are part of the cache stamp, so reusing a name
+/// rebuilds instead of returning a binary built with other flags).
+pub fn build_go_program_with_flags(tc: &GoToolchain, src: &Path, name: &str, flags: &[&str]) -> PathBuf {
     assert!(src.is_file(), "Go source {} does not exist", src.display());
     let out_dir = gleak_cache().join("fixtures").join(&tc.version);
-    build_cached(tc, &[src.to_path_buf()], name, |cmd, tmp| {
-        cmd.arg("build")
-            .arg("-o")
-            .arg(tmp)
-            .arg(src)
-            .current_dir(&out_dir);
+    build_cached(tc, &[src.to_path_buf()], flags, name, |cmd, tmp| {
+        cmd.arg("build").args(flags).arg("-o").arg(tmp).arg(src).current_dir(&out_dir);
     })
 }
 
@@ -344,40 +315,33 @@ pub fn build_go_test_binary(tc: &GoToolchain, dir: &Path, name: &str) -> PathBuf
         .collect();
     sources.sort();
     assert!(
-        sources
-            .iter()
-            .any(|p| p.to_string_lossy().ends_with("_test.go")),
+        sources.iter().any(|p| p.to_string_lossy().ends_with("_test.go")),
         "{} holds no *_test.go file",
         dir.display()
     );
-    build_cached(tc, &sources, name, |cmd, tmp| {
-        cmd.arg("test")
-            .arg("-c")
-            .arg("-vet=off")
-            .arg("-o")
-            .arg(tmp)
-            .current_dir(dir);
+    build_cached(tc, &sources, &[], name, |cmd, tmp| {
+        cmd.arg("test").arg("-c").arg("-vet=off").arg("-o").arg(tmp).current_dir(dir);
     })
 }
 
 /// Builds `name` into `$GLEAK_CACHE/fixtures/<version>/<name>` unless an
-/// up-to-date binary built from the same `sources` by the same toolchain is
-/// already there. `args(cmd, tmp)` makes the `go` command `cmd` write the
-/// binary to `tmp`.
+/// up-to-date binary built from the same `sources` with the same `flags` by
+/// the same toolchain is already there. `args(cmd, tmp)` makes the `go`
+/// command `cmd` write the binary to `tmp`.
 fn build_cached(
     tc: &GoToolchain,
     sources: &[PathBuf],
+    flags: &[&str],
     name: &str,
     args: impl FnOnce(&mut Command, &Path),
 ) -> PathBuf {
     let out_dir = gleak_cache().join("fixtures").join(&tc.version);
-    fs::create_dir_all(&out_dir)
-        .unwrap_or_else(|e| panic!("cannot create {}: {e}", out_dir.display()));
+    fs::create_dir_all(&out_dir).unwrap_or_else(|e| panic!("cannot create {}: {e}", out_dir.display()));
     let out = out_dir.join(name);
     let _lock = FileLock::acquire(&out_dir.join(format!(".{name}.lock")));
 
-    // The stamp is the source text (file names too when there are several)
-    // and the toolchain: a change of either rebuilds.
+    // The stamp is the source text (file names too when there are several),
+    // the toolchain and the extra flags: a change of any rebuilds.
     let mut stamp = Vec::new();
     for src in sources {
         if sources.len() > 1 {
@@ -386,11 +350,12 @@ fn build_cached(
         stamp.extend(fs::read(src).unwrap_or_else(|e| panic!("read {}: {e}", src.display())));
     }
     stamp.extend_from_slice(format!("\n// built by {}\n", tc.go.display()).as_bytes());
+    if !flags.is_empty() {
+        stamp.extend_from_slice(format!("// with flags {flags:?}\n").as_bytes());
+    }
     let stamp_path = out_dir.join(format!(".{name}.stamp"));
     let fresh = match (mtime(&out), mtime(&tc.go)) {
-        (Some(bin), Some(go)) => {
-            bin >= go && sources.iter().all(|s| mtime(s).is_some_and(|s| bin >= s))
-        }
+        (Some(bin), Some(go)) => bin >= go && sources.iter().all(|s| mtime(s).is_some_and(|s| bin >= s)),
         _ => false,
     };
     if fresh && fs::read(&stamp_path).is_ok_and(|old| old == stamp) {
@@ -402,10 +367,7 @@ fn build_cached(
     let tmp = out_dir.join(format!(".{name}.tmp.{}", std::process::id()));
     let mut cmd = go_command(tc);
     args(&mut cmd, &tmp);
-    let output = cmd
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {}: {e}", tc.go.display()));
+    let output = cmd.stdin(Stdio::null()).output().unwrap_or_else(|e| panic!("cannot run {}: {e}", tc.go.display()));
     if !output.status.success() {
         let _ = fs::remove_file(&tmp);
         panic!(
@@ -415,10 +377,8 @@ fn build_cached(
             String::from_utf8_lossy(&output.stderr)
         );
     }
-    fs::rename(&tmp, &out)
-        .unwrap_or_else(|e| panic!("rename {} -> {}: {e}", tmp.display(), out.display()));
-    fs::write(&stamp_path, &stamp)
-        .unwrap_or_else(|e| panic!("write {}: {e}", stamp_path.display()));
+    fs::rename(&tmp, &out).unwrap_or_else(|e| panic!("rename {} -> {}: {e}", tmp.display(), out.display()));
+    fs::write(&stamp_path, &stamp).unwrap_or_else(|e| panic!("write {}: {e}", stamp_path.display()));
     out
 }
 
@@ -449,11 +409,7 @@ pub fn marker_line_in(path: &Path, marker: &str) -> u32 {
     let marker = marker.trim_start_matches("//").trim();
     let text = fs::read_to_string(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
     let needle = format!("// {marker}");
-    let hits: Vec<(usize, &str)> = text
-        .lines()
-        .enumerate()
-        .filter(|(_, l)| l.trim_end().ends_with(&needle))
-        .collect();
+    let hits: Vec<(usize, &str)> = text.lines().enumerate().filter(|(_, l)| l.trim_end().ends_with(&needle)).collect();
     match hits.as_slice() {
         [(idx, l)] => {
             assert!(
@@ -498,18 +454,10 @@ impl RunningGo {
     }
 
     /// [`RunningGo::spawn`] with an explicit ready timeout.
-    pub fn spawn_with_timeout(
-        bin: &Path,
-        args: &[&str],
-        ready_prefix: &str,
-        timeout: Duration,
-    ) -> RunningGo {
+    pub fn spawn_with_timeout(bin: &Path, args: &[&str], ready_prefix: &str, timeout: Duration) -> RunningGo {
         let label = bin.display().to_string();
         let mut cmd = Command::new(bin);
-        cmd.args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+        cmd.args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
         // SAFETY: prctl is async-signal-safe; nothing else runs in the child.
         unsafe {
             cmd.pre_exec(|| {
@@ -519,9 +467,7 @@ impl RunningGo {
                 Ok(())
             });
         }
-        let mut child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {label}: {e}"));
+        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {label}: {e}"));
         let out = child.stdout.take().expect("stdout is piped");
         let mut err = child.stderr.take().expect("stderr is piped");
 
@@ -550,13 +496,7 @@ impl RunningGo {
                 }
             })
         };
-        let mut me = RunningGo {
-            child,
-            label,
-            stdout,
-            stderr,
-            stderr_reader: Some(stderr_reader),
-        };
+        let mut me = RunningGo { child, label, stdout, stderr, stderr_reader: Some(stderr_reader) };
 
         let deadline = Instant::now() + timeout;
         loop {
@@ -574,11 +514,7 @@ impl RunningGo {
                     if let Some(h) = me.stderr_reader.take() {
                         let _ = h.join();
                     }
-                    panic!(
-                        "{} exited ({status:?}) before printing {ready_prefix:?}\n{}",
-                        me.label,
-                        me.diagnostics()
-                    );
+                    panic!("{} exited ({status:?}) before printing {ready_prefix:?}\n{}", me.label, me.diagnostics());
                 }
             }
         }
@@ -616,12 +552,7 @@ impl RunningGo {
             if let Some(h) = self.stderr_reader.take() {
                 let _ = h.join();
             }
-            panic!(
-                "{} (pid {}) is no longer running {when}: {status}\n{}",
-                self.label,
-                self.pid(),
-                self.diagnostics()
-            );
+            panic!("{} (pid {}) is no longer running {when}: {status}\n{}", self.label, self.pid(), self.diagnostics());
         }
     }
 
@@ -632,11 +563,7 @@ impl RunningGo {
             let lines: Vec<&str> = err.lines().collect();
             lines[lines.len().saturating_sub(60)..].join("\n")
         };
-        format!(
-            "--- stdout ---\n{}\n--- stderr (tail) ---\n{}",
-            self.stdout_lines().join("\n"),
-            tail
-        )
+        format!("--- stdout ---\n{}\n--- stderr (tail) ---\n{}", self.stdout_lines().join("\n"), tail)
     }
 }
 
@@ -719,16 +646,9 @@ impl Fixture {
     /// `fixtures/<name>.go` or `examples/demo/main.go`.
     pub fn file_suffix(&self) -> String {
         if let Ok(rel) = self.source.strip_prefix(fixtures_dir()) {
-            return Path::new("fixtures")
-                .join(rel)
-                .to_string_lossy()
-                .into_owned();
+            return Path::new("fixtures").join(rel).to_string_lossy().into_owned();
         }
-        self.source
-            .strip_prefix(workspace_root())
-            .unwrap_or(&self.source)
-            .to_string_lossy()
-            .into_owned()
+        self.source.strip_prefix(workspace_root()).unwrap_or(&self.source).to_string_lossy().into_owned()
     }
 }
 
@@ -808,38 +728,148 @@ fn read_all(mut r: impl Read + Send + 'static) -> JoinHandle<Vec<u8>> {
 /// Runs `gleak <args>` to completion, killing it (and panicking) after
 /// `timeout`. Does not look at the exit status.
 pub fn run_gleak(args: &[&str], timeout: Duration) -> GleakRun {
-    let bin = gleak_bin();
-    let mut child = Command::new(&bin)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
-    let out = read_all(child.stdout.take().expect("stdout is piped"));
-    let err = read_all(child.stderr.take().expect("stderr is piped"));
-    let deadline = Instant::now() + timeout;
-    let (status, timed_out) = loop {
-        match child.try_wait() {
-            Ok(Some(status)) => break (status, false),
-            Ok(None) if Instant::now() >= deadline => {
-                let _ = child.kill();
-                break (child.wait().expect("wait for gleak"), true);
-            }
-            Ok(None) => thread::sleep(Duration::from_millis(20)),
-            Err(e) => panic!("waiting for gleak: {e}"),
+    spawn_gleak(args).wait(timeout)
+}
+
+/// Starts `gleak <args>` in the background (stdin null, stdout and stderr
+/// captured): for tests that interact with a running gleak (wait for its
+/// banner, send it a signal). See [`GleakChild`].
+pub fn spawn_gleak(args: &[&str]) -> GleakChild {
+    GleakChild::spawn(&gleak_bin(), args, |_| {})
+}
+
+/// A gleak process started by [`spawn_gleak`] or [`GleakChild::spawn`].
+/// Killed (SIGKILL) and reaped when dropped before [`GleakChild::wait`].
+pub struct GleakChild {
+    child: Child,
+    args: Vec<String>,
+    stdout: Option<JoinHandle<Vec<u8>>>,
+    stderr: Arc<Mutex<Vec<u8>>>,
+    stderr_reader: Option<JoinHandle<()>>,
+    status: Option<ExitStatus>,
+}
+
+impl GleakChild {
+    /// Starts `bin <args>` (a gleak binary, possibly a copy of
+    /// [`gleak_bin`]); `configure` may adjust the command before it is
+    /// spawned (environment, `uid`/`gid`, working directory).
+    pub fn spawn(bin: &Path, args: &[&str], configure: impl FnOnce(&mut Command)) -> GleakChild {
+        let mut cmd = Command::new(bin);
+        cmd.args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        configure(&mut cmd);
+        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
+        let stdout = read_all(child.stdout.take().expect("stdout is piped"));
+        let mut err = child.stderr.take().expect("stderr is piped");
+        let stderr = Arc::new(Mutex::new(Vec::new()));
+        let stderr_reader = {
+            let stderr = Arc::clone(&stderr);
+            thread::spawn(move || {
+                let mut buf = [0u8; 8192];
+                loop {
+                    match err.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => lock(&stderr).extend_from_slice(&buf[..n]),
+                    }
+                }
+            })
+        };
+        GleakChild {
+            child,
+            args: args.iter().map(|s| s.to_string()).collect(),
+            stdout: Some(stdout),
+            stderr,
+            stderr_reader: Some(stderr_reader),
+            status: None,
         }
-    };
-    let run = GleakRun {
-        args: args.iter().map(|s| s.to_string()).collect(),
-        status,
-        stdout: String::from_utf8_lossy(&out.join().unwrap_or_default()).into_owned(),
-        stderr: String::from_utf8_lossy(&err.join().unwrap_or_default()).into_owned(),
-    };
-    if timed_out {
-        panic!("gleak still running after {timeout:?}, killed it\n{run}");
     }
-    run
+
+    /// gleak's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Stderr printed so far.
+    pub fn stderr_text(&self) -> String {
+        String::from_utf8_lossy(&lock(&self.stderr)).into_owned()
+    }
+
+    /// Waits up to `timeout` until stderr contains `needle` (e.g. gleak's
+    /// banner "tracing PID"). False if it did not, or gleak exited first.
+    pub fn wait_for_stderr(&mut self, needle: &str, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.stderr_text().contains(needle) {
+                return true;
+            }
+            if self.try_wait().is_some() {
+                // Exited: whatever it printed is (nearly) all in; look once more.
+                if let Some(h) = self.stderr_reader.take() {
+                    let _ = h.join();
+                }
+                return self.stderr_text().contains(needle);
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Sends `signal` (e.g. `libc::SIGINT`) to gleak.
+    pub fn signal(&self, signal: i32) {
+        let pid = libc::pid_t::try_from(self.pid()).expect("pid fits pid_t");
+        // SAFETY: plain syscall on our own, not yet reaped child.
+        let r = unsafe { libc::kill(pid, signal) };
+        assert_eq!(r, 0, "kill({pid}, {signal}): {}", io::Error::last_os_error());
+    }
+
+    /// gleak's exit status if it has exited (reaps it), `None` while it runs.
+    pub fn try_wait(&mut self) -> Option<ExitStatus> {
+        if self.status.is_none() {
+            self.status = self.child.try_wait().expect("waiting for gleak");
+        }
+        self.status
+    }
+
+    /// Waits for gleak to exit and returns what it printed. After `timeout`,
+    /// kills it and panics with its output.
+    pub fn wait(mut self, timeout: Duration) -> GleakRun {
+        let deadline = Instant::now() + timeout;
+        let (status, timed_out) = loop {
+            match self.try_wait() {
+                Some(status) => break (status, false),
+                None if Instant::now() >= deadline => {
+                    let _ = self.child.kill();
+                    break (self.child.wait().expect("wait for gleak"), true);
+                }
+                None => thread::sleep(Duration::from_millis(20)),
+            }
+        };
+        self.status = Some(status);
+        let stdout = self.stdout.take().map(|h| h.join().unwrap_or_default()).unwrap_or_default();
+        if let Some(h) = self.stderr_reader.take() {
+            let _ = h.join();
+        }
+        let run = GleakRun {
+            args: std::mem::take(&mut self.args),
+            status,
+            stdout: String::from_utf8_lossy(&stdout).into_owned(),
+            stderr: self.stderr_text(),
+        };
+        if timed_out {
+            panic!("gleak still running after {timeout:?}, killed it\n{run}");
+        }
+        run
+    }
+}
+
+impl Drop for GleakChild {
+    fn drop(&mut self) {
+        if self.status.is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
 }
 
 /// Parses a Go-style duration as gleak takes them: `5s`, `500ms`, `1.5s`,
@@ -930,9 +960,8 @@ pub fn json_reports(run: &GleakRun) -> Vec<Value> {
         .lines()
         .filter(|l| l.trim_start().starts_with('{'))
         .map(|l| {
-            serde_json::from_str(l.trim()).unwrap_or_else(|e| {
-                panic!("stdout line is not one JSON document ({e}): {l}\n{run}")
-            })
+            serde_json::from_str(l.trim())
+                .unwrap_or_else(|e| panic!("stdout line is not one JSON document ({e}): {l}\n{run}"))
         })
         .collect()
 }
@@ -950,10 +979,9 @@ fn report_validator() -> &'static jsonschema::Validator {
     static VALIDATOR: OnceLock<jsonschema::Validator> = OnceLock::new();
     VALIDATOR.get_or_init(|| {
         let path = report_schema_path();
-        let text =
-            fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
-        let schema: Value = serde_json::from_str(&text)
-            .unwrap_or_else(|e| panic!("{} is not JSON: {e}", path.display()));
+        let text = fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+        let schema: Value =
+            serde_json::from_str(&text).unwrap_or_else(|e| panic!("{} is not JSON: {e}", path.display()));
         jsonschema::draft202012::new(&schema)
             .unwrap_or_else(|e| panic!("{} is not a valid JSON Schema: {e}", path.display()))
     })
@@ -984,11 +1012,7 @@ pub fn validate_report(report: &Value) -> Result<(), String> {
 pub fn check_reports_schema(reports: &[Value]) {
     for (i, r) in reports.iter().enumerate() {
         if let Err(e) = validate_report(r) {
-            panic!(
-                "report {i} of {} does not match {}: {e}\n{r}",
-                reports.len(),
-                report_schema_path().display()
-            );
+            panic!("report {i} of {} does not match {}: {e}\n{r}", reports.len(), report_schema_path().display());
         }
     }
 }
@@ -997,10 +1021,7 @@ pub fn check_reports_schema(reports: &[Value]) {
 /// against the schema with `mode` "run", one `pid` throughout, `elapsed_s`
 /// non-decreasing, `final` on exactly the last, which carries the `gate`.
 pub fn check_run_reports(reports: &[Value], run: &GleakRun) {
-    assert!(
-        !reports.is_empty(),
-        "gleak run --json printed no report\n{run}"
-    );
+    assert!(!reports.is_empty(), "gleak run --json printed no report\n{run}");
     check_reports_schema(reports);
     let pid = &reports[0]["pid"];
     let mut prev = 0.0;
@@ -1008,23 +1029,13 @@ pub fn check_run_reports(reports: &[Value], run: &GleakRun) {
         let is_last = i + 1 == reports.len();
         assert_eq!(r["mode"], "run", "report {i}: `mode`\n{r}");
         assert_eq!(&r["pid"], pid, "report {i}: `pid` changed\n{r}");
-        assert_eq!(
-            r["final"].as_bool(),
-            Some(is_last),
-            "report {i}: `final`\n{r}"
-        );
+        assert_eq!(r["final"].as_bool(), Some(is_last), "report {i}: `final`\n{r}");
         let elapsed = r["elapsed_s"].as_f64().unwrap_or(-1.0);
-        assert!(
-            elapsed >= prev,
-            "report {i}: `elapsed_s` went backwards\n{r}"
-        );
+        assert!(elapsed >= prev, "report {i}: `elapsed_s` went backwards\n{r}");
         prev = elapsed;
     }
     let last = &reports[reports.len() - 1];
-    assert!(
-        last["gate"].is_object(),
-        "the final report has no `gate`\n{last}"
-    );
+    assert!(last["gate"].is_object(), "the final report has no `gate`\n{last}");
 }
 
 // ---------------------------------------------------------------------------
@@ -1040,16 +1051,13 @@ pub fn sites(report: &Value) -> &[Value] {
 /// whose `line` equals `line`.
 pub fn find_site<'a>(report: &'a Value, file_suffix: &str, line: u32) -> Option<&'a Value> {
     sites(report).iter().find(|s| {
-        s["file"].as_str().is_some_and(|f| f.ends_with(file_suffix))
-            && s["line"].as_u64() == Some(u64::from(line))
+        s["file"].as_str().is_some_and(|f| f.ends_with(file_suffix)) && s["line"].as_u64() == Some(u64::from(line))
     })
 }
 
 /// `v[key]` as an unsigned integer; panics naming the key otherwise.
 pub fn count(v: &Value, key: &str) -> u64 {
-    v[key]
-        .as_u64()
-        .unwrap_or_else(|| panic!("`{key}` is not an unsigned integer in {v}"))
+    v[key].as_u64().unwrap_or_else(|| panic!("`{key}` is not an unsigned integer in {v}"))
 }
 
 /// `live` of the site at `file_suffix:line`, 0 when the report has no such site.
@@ -1071,12 +1079,7 @@ pub fn verdict(site: &Value) -> &str {
 pub fn stack_functions(stack: &Value) -> Vec<&str> {
     stack
         .as_array()
-        .map(|frames| {
-            frames
-                .iter()
-                .map(|f| f["function"].as_str().unwrap_or("?"))
-                .collect()
-        })
+        .map(|frames| frames.iter().map(|f| f["function"].as_str().unwrap_or("?")).collect())
         .unwrap_or_default()
 }
 
@@ -1139,93 +1142,59 @@ fn check_site(s: &Value) -> Result<(), String> {
         check(s[k].is_string(), || format!("site `{k}` is not a string"))?;
     }
     for k in ["line", "live", "created", "exited"] {
-        check(s[k].is_u64(), || {
-            format!("site `{k}` is not an unsigned integer")
-        })?;
+        check(s[k].is_u64(), || format!("site `{k}` is not an unsigned integer"))?;
     }
-    check(s["go_func"].is_string() || s["go_func"].is_null(), || {
-        "site `go_func` is neither a string nor null".into()
+    check(s["go_func"].is_string() || s["go_func"].is_null(), || "site `go_func` is neither a string nor null".into())?;
+    check(s["oldest_age_s"].is_number() || s["oldest_age_s"].is_null(), || {
+        "site `oldest_age_s` is neither a number nor null".into()
     })?;
-    check(
-        s["oldest_age_s"].is_number() || s["oldest_age_s"].is_null(),
-        || "site `oldest_age_s` is neither a number nor null".into(),
-    )?;
-    let reasons = s["wait_reasons"]
-        .as_object()
-        .ok_or("site `wait_reasons` is not an object")?;
-    check(reasons.values().all(Value::is_u64), || {
-        "site `wait_reasons` has a non-integer count".into()
-    })?;
+    let reasons = s["wait_reasons"].as_object().ok_or("site `wait_reasons` is not an object")?;
+    check(reasons.values().all(Value::is_u64), || "site `wait_reasons` has a non-integer count".into())?;
     match &s["top_wait_reason"] {
         Value::Null => {}
         Value::String(top) => {
-            let top_n = reasons.get(top).and_then(Value::as_u64).ok_or_else(|| {
-                format!("site `top_wait_reason` {top:?} is not a key of `wait_reasons`")
+            let top_n = reasons
+                .get(top)
+                .and_then(Value::as_u64)
+                .ok_or_else(|| format!("site `top_wait_reason` {top:?} is not a key of `wait_reasons`"))?;
+            check(reasons.values().all(|n| n.as_u64().unwrap_or(0) <= top_n), || {
+                format!("site `top_wait_reason` {top:?} is not the most frequent reason")
             })?;
-            check(
-                reasons.values().all(|n| n.as_u64().unwrap_or(0) <= top_n),
-                || format!("site `top_wait_reason` {top:?} is not the most frequent reason"),
-            )?;
         }
         _ => return Err("site `top_wait_reason` is neither a string nor null".into()),
     }
-    let stack = s["stack"]
-        .as_array()
-        .ok_or("site `stack` is not an array")?;
+    let stack = s["stack"].as_array().ok_or("site `stack` is not an array")?;
     for frame in stack {
-        check(
-            frame["function"].is_string() && frame["file"].is_string() && frame["line"].is_u64(),
-            || format!("stack frame {frame} lacks function/file/line"),
-        )?;
+        check(frame["function"].is_string() && frame["file"].is_string() && frame["line"].is_u64(), || {
+            format!("stack frame {frame} lacks function/file/line")
+        })?;
     }
     Ok(())
 }
 
 fn check_report(r: &Value, pid: u32, is_last: bool, prev_elapsed: f64) -> Result<f64, String> {
     check(r.is_object(), || "report is not a JSON object".into())?;
-    check(r["pid"].as_u64() == Some(u64::from(pid)), || {
-        format!("`pid` is {} instead of {pid}", r["pid"])
+    check(r["pid"].as_u64() == Some(u64::from(pid)), || format!("`pid` is {} instead of {pid}", r["pid"]))?;
+    check(r["binary"].is_string(), || "`binary` is not a string".into())?;
+    check(r["go_version"].as_str().is_some_and(|v| v.starts_with("go")), || {
+        "`go_version` is not a string starting with \"go\"".into()
     })?;
-    check(r["binary"].is_string(), || {
-        "`binary` is not a string".into()
-    })?;
-    check(
-        r["go_version"]
-            .as_str()
-            .is_some_and(|v| v.starts_with("go")),
-        || "`go_version` is not a string starting with \"go\"".into(),
-    )?;
-    let elapsed = r["elapsed_s"]
-        .as_f64()
-        .ok_or("`elapsed_s` is not a number")?;
-    check(elapsed >= prev_elapsed, || {
-        format!("`elapsed_s` went backwards ({prev_elapsed} -> {elapsed})")
-    })?;
+    let elapsed = r["elapsed_s"].as_f64().ok_or("`elapsed_s` is not a number")?;
+    check(elapsed >= prev_elapsed, || format!("`elapsed_s` went backwards ({prev_elapsed} -> {elapsed})"))?;
     check(r["final"].as_bool() == Some(is_last), || {
-        format!(
-            "`final` is {} but this is {} report",
-            r["final"],
-            if is_last { "the last" } else { "not the last" }
-        )
+        format!("`final` is {} but this is {} report", r["final"], if is_last { "the last" } else { "not the last" })
     })?;
     for k in ["created", "exited", "live"] {
-        check(r["totals"][k].is_u64(), || {
-            format!("`totals.{k}` is not an unsigned integer")
-        })?;
+        check(r["totals"][k].is_u64(), || format!("`totals.{k}` is not an unsigned integer"))?;
     }
-    check(r["lost_events"].is_u64(), || {
-        "`lost_events` is not an unsigned integer".into()
-    })?;
+    check(r["lost_events"].is_u64(), || "`lost_events` is not an unsigned integer".into())?;
     let sites = r["sites"].as_array().ok_or("`sites` is not an array")?;
     for (i, s) in sites.iter().enumerate() {
         check_site(s).map_err(|e| format!("sites[{i}]: {e}"))?;
     }
-    check(
-        sites
-            .windows(2)
-            .all(|w| w[0]["live"].as_u64() >= w[1]["live"].as_u64()),
-        || "`sites` is not sorted by `live` descending".into(),
-    )?;
+    check(sites.windows(2).all(|w| w[0]["live"].as_u64() >= w[1]["live"].as_u64()), || {
+        "`sites` is not sorted by `live` descending".into()
+    })?;
     Ok(elapsed)
 }
 
@@ -1238,10 +1207,7 @@ pub fn check_report_stream(reports: &[Value], pid: u32) {
     for (i, r) in reports.iter().enumerate() {
         match check_report(r, pid, i + 1 == reports.len(), prev) {
             Ok(e) => prev = e,
-            Err(e) => panic!(
-                "report {i} of {} violates the schema: {e}\n{r}",
-                reports.len()
-            ),
+            Err(e) => panic!("report {i} of {} violates the schema: {e}\n{r}", reports.len()),
         }
     }
 }
@@ -1255,10 +1221,7 @@ pub fn check_reports_target(reports: &[Value], fixture: &Fixture) {
     for (i, r) in reports.iter().enumerate() {
         let bin = r["binary"].as_str().unwrap_or_default();
         let got_bin = fs::canonicalize(bin).unwrap_or_else(|_| PathBuf::from(bin));
-        assert_eq!(
-            got_bin, want_bin,
-            "report {i}: `binary` is not the traced fixture"
-        );
+        assert_eq!(got_bin, want_bin, "report {i}: `binary` is not the traced fixture");
         let gv = r["go_version"].as_str().unwrap_or_default();
         assert!(
             fixture.toolchain.matches_go_version(gv),
@@ -1267,13 +1230,9 @@ pub fn check_reports_target(reports: &[Value], fixture: &Fixture) {
         );
         for s in sites(r) {
             let file = s["file"].as_str().unwrap_or_default();
-            let foreign = (file.contains("/tests/fixtures/") || file.contains("/examples/demo/"))
-                && !file.ends_with(&own);
-            assert!(
-                !foreign,
-                "report {i}: site {file}:{} belongs to another program than {fixture}",
-                s["line"]
-            );
+            let foreign =
+                (file.contains("/tests/fixtures/") || file.contains("/examples/demo/")) && !file.ends_with(&own);
+            assert!(!foreign, "report {i}: site {file}:{} belongs to another program than {fixture}", s["line"]);
         }
     }
 }
@@ -1291,14 +1250,8 @@ mod tests {
         assert_eq!(parse_duration("2m"), Some(Duration::from_secs(120)));
         assert_eq!(parse_duration("3"), Some(Duration::from_secs(3)));
         assert_eq!(parse_duration("3x"), None);
-        assert_eq!(
-            duration_arg(&["--interval", "1s", "--duration", "4s"]),
-            Some(Duration::from_secs(4))
-        );
-        assert_eq!(
-            duration_arg(&["--duration=2s"]),
-            Some(Duration::from_secs(2))
-        );
+        assert_eq!(duration_arg(&["--interval", "1s", "--duration", "4s"]), Some(Duration::from_secs(4)));
+        assert_eq!(duration_arg(&["--duration=2s"]), Some(Duration::from_secs(2)));
         assert_eq!(duration_arg(&["--interval", "1s"]), None);
     }
 
@@ -1318,14 +1271,8 @@ mod tests {
             ("churn", &["OK:churn", "OK:pool"][..]),
             (
                 "mixed",
-                &[
-                    "LEAK:chan_send",
-                    "LEAK:wg_wait",
-                    "OK:wg_worker",
-                    "LEAK:ctx_never_cancelled",
-                    "OK:churn",
-                    "OK:pool",
-                ][..],
+                &["LEAK:chan_send", "LEAK:wg_wait", "OK:wg_worker", "LEAK:ctx_never_cancelled", "OK:churn", "OK:pool"]
+                    [..],
             ),
         ] {
             for m in markers {
@@ -1334,10 +1281,7 @@ mod tests {
         }
         for (name, markers) in [
             ("preattach", &["LEAK:preattach"][..]),
-            (
-                "pool",
-                &["STABLE:pool", "STABLE:ticker", "STABLE:select_loop"][..],
-            ),
+            ("pool", &["STABLE:pool", "STABLE:ticker", "STABLE:select_loop"][..]),
             ("slowleak", &["STABLE:population", "LEAK:slow"][..]),
             ("twopaths", &["LEAK:twopaths"][..]),
             ("nilchan", &["LEAK:nilchan", "LEAK:selectnone"][..]),
@@ -1346,6 +1290,7 @@ mod tests {
             ("gate_exit3", &["OK:gate_exit3"][..]),
             ("gate_forever", &["LEAK:forever", "OK:forever_churn"][..]),
             ("gate_forever_clean", &["OK:forever_clean"][..]),
+            ("short_lived", &["LEAK:short_lived"][..]),
         ] {
             for m in markers {
                 assert!(marker_line(name, m) > 1, "{name} {m}");
@@ -1355,19 +1300,11 @@ mod tests {
         for m in ["LEAK:gotest", "OK:gotest_clean"] {
             assert!(marker_line_in(&gotest, m) > 1, "gotest {m}");
         }
-        for m in [
-            "LEAK:pricing",
-            "OK:cache_pool",
-            "OK:log_writer",
-            "OK:request",
-        ] {
+        for m in ["LEAK:pricing", "OK:cache_pool", "OK:log_writer", "OK:request"] {
             assert!(marker_line_in(&demo_source(), m) > 1);
         }
         // "// LEAK:chan_send" must not match a longer marker or a doc comment.
-        assert_eq!(
-            marker_line("mixed", "// LEAK:chan_send"),
-            marker_line("mixed", "LEAK:chan_send")
-        );
+        assert_eq!(marker_line("mixed", "// LEAK:chan_send"), marker_line("mixed", "LEAK:chan_send"));
     }
 
     #[test]
@@ -1386,10 +1323,7 @@ mod tests {
         assert!(find_site(&r, "fixtures/chan_send.go", 34).is_some());
         assert!(find_site(&r, "fixtures/chan_send.go", 35).is_none());
         assert_eq!(site_live(&r, "fixtures/chan_send.go", 34), 2);
-        let tc = GoToolchain {
-            version: "1.19".into(),
-            go: "/usr/lib/go-1.19/bin/go".into(),
-        };
+        let tc = GoToolchain { version: "1.19".into(), go: "/usr/lib/go-1.19/bin/go".into() };
         assert!(tc.matches_go_version("go1.19.8"));
         assert!(tc.matches_go_version("go1.19"));
         assert!(!tc.matches_go_version("go1.190"));
@@ -1416,7 +1350,9 @@ mod tests {
             "states": {"waiting": 2}, "stack_bytes": 16384, "lifetime_p50_ms": 1.5,
             "stack": [frame("main.f", 34), frame("main.main", 50)],
             "paths": [{"live": 2, "created": 3, "stack": [frame("main.f", 34), frame("main.main", 50)]}],
-            "parent_chain": [frame("runtime.main", 250)]
+            "parent_chain": [frame("runtime.main", 250)],
+            "goroutines": [{"goid": 7, "state": "waiting", "wait_reason": "chan send",
+                            "blocked_s": null, "age_s": 1.5, "g_addr": "0xc000007340"}]
         })
     }
 
@@ -1426,13 +1362,15 @@ mod tests {
             "elapsed_s": 6.0, "final": true, "target_exited": false,
             "totals": {"created": 3, "exited": 1, "live": 2, "preexisting": 0},
             "lost_events": 0, "reconciled_exits": 0,
+            "kernel": {"ringbuf_full": 0, "read_failed": 0, "no_config": 0, "stack_failed": 0},
             "sites": [v2_site()],
             "some_future_field": {"ignored": true}
         });
         if mode == "run" {
             r["gate"] = serde_json::json!({
                 "fail_on": "leak", "failed": true, "leaked_goroutines": 2,
-                "command_status": 0, "exit_code": 1, "stopped_at_deadline": false
+                "command_status": 0, "exit_code": 1, "stopped_at_deadline": false,
+                "interrupted": false
             });
         }
         r
@@ -1448,13 +1386,7 @@ mod tests {
         // Nullable fields.
         let mut r = v2_report("run");
         let site = &mut r["sites"][0];
-        for k in [
-            "oldest_age_s",
-            "age_s",
-            "blocked_s",
-            "top_wait_reason",
-            "lifetime_p50_ms",
-        ] {
+        for k in ["oldest_age_s", "age_s", "blocked_s", "top_wait_reason", "lifetime_p50_ms"] {
             site[k] = Value::Null;
         }
         site["wait_reasons"] = serde_json::json!({});
@@ -1475,12 +1407,8 @@ mod tests {
             f(&mut r);
             assert!(validate_report(&r).is_err(), "accepted: {what}\n{r}");
         };
-        bad("unknown verdict", &|r| {
-            r["sites"][0]["verdict"] = "maybe".into()
-        });
-        bad("empty verdict_reason", &|r| {
-            r["sites"][0]["verdict_reason"] = "".into()
-        });
+        bad("unknown verdict", &|r| r["sites"][0]["verdict"] = "maybe".into());
+        bad("empty verdict_reason", &|r| r["sites"][0]["verdict_reason"] = "".into());
         bad("missing preexisting", &|r| {
             r["sites"][0].as_object_mut().unwrap().remove("preexisting");
         });
@@ -1488,14 +1416,9 @@ mod tests {
         bad("pc not hex", &|r| r["sites"][0]["pc"] = "4b5e9e".into());
         bad("unknown mode", &|r| r["mode"] = "watch".into());
         bad("frame without line", &|r| {
-            r["sites"][0]["paths"][0]["stack"][0]
-                .as_object_mut()
-                .unwrap()
-                .remove("line");
+            r["sites"][0]["paths"][0]["stack"][0].as_object_mut().unwrap().remove("line");
         });
-        bad("incomplete percentiles", &|r| {
-            r["sites"][0]["blocked_s"] = serde_json::json!({"max": 1.0})
-        });
+        bad("incomplete percentiles", &|r| r["sites"][0]["blocked_s"] = serde_json::json!({"max": 1.0}));
         bad("final run report without gate", &|r| {
             r.as_object_mut().unwrap().remove("gate");
         });
@@ -1526,9 +1449,6 @@ mod tests {
         assert_eq!(reports.len(), 1);
         check_run_reports(&reports, &run);
         assert_eq!(verdict(&sites(&reports[0])[0]), "leak");
-        assert_eq!(
-            stack_functions(&sites(&reports[0])[0]["stack"]),
-            ["main.f", "main.main"]
-        );
+        assert_eq!(stack_functions(&sites(&reports[0])[0]["stack"]), ["main.f", "main.main"]);
     }
 }

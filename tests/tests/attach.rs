@@ -18,29 +18,15 @@ struct Leak {
     max_exited_ratio: f64,
 }
 
-const CHAN_SEND: Leak = Leak {
-    marker: "LEAK:chan_send",
-    reasons: &["chan send"],
-    max_exited_ratio: 0.5,
-};
+const CHAN_SEND: Leak = Leak { marker: "LEAK:chan_send", reasons: &["chan send"], max_exited_ratio: 0.5 };
 /// "semacquire" on Go 1.19 and 1.23, "sync.WaitGroup.Wait" on Go 1.26.
-const WG_WAIT: Leak = Leak {
-    marker: "LEAK:wg_wait",
-    reasons: &["semacquire", "sync.WaitGroup.Wait"],
-    max_exited_ratio: 0.5,
-};
-const CTX_NEVER_CANCELLED: Leak = Leak {
-    marker: "LEAK:ctx_never_cancelled",
-    reasons: &["select"],
-    max_exited_ratio: 0.5,
-};
+const WG_WAIT: Leak =
+    Leak { marker: "LEAK:wg_wait", reasons: &["semacquire", "sync.WaitGroup.Wait"], max_exited_ratio: 0.5 };
+const CTX_NEVER_CANCELLED: Leak =
+    Leak { marker: "LEAK:ctx_never_cancelled", reasons: &["select"], max_exited_ratio: 0.5 };
 /// Only requests that time out (about half) leak their pricing goroutine;
 /// the others' pricing goroutines deliver and exit.
-const DEMO_PRICING: Leak = Leak {
-    marker: "LEAK:pricing",
-    reasons: &["chan send"],
-    max_exited_ratio: 0.75,
-};
+const DEMO_PRICING: Leak = Leak { marker: "LEAK:pricing", reasons: &["chan send"], max_exited_ratio: 0.75 };
 
 /// Starts `fx`, traces it with gleak and returns the schema-checked reports.
 fn trace(fx: &Fixture) -> Vec<Value> {
@@ -51,11 +37,7 @@ fn trace(fx: &Fixture) -> Vec<Value> {
     proc.assert_running("after gleak detached");
     check_report_stream(&reports, pid);
     check_reports_target(&reports, fx);
-    assert!(
-        reports.len() >= 2,
-        "{fx}: expected interval reports plus a final one, got {} report(s)",
-        reports.len()
-    );
+    assert!(reports.len() >= 2, "{fx}: expected interval reports plus a final one, got {} report(s)", reports.len());
     reports
 }
 
@@ -66,39 +48,17 @@ fn assert_leaks(fx: &Fixture, reports: &[Value], leak: &Leak) {
     let suffix = fx.file_suffix();
     let (first, last) = (&reports[0], &reports[reports.len() - 1]);
     let at = format!("{fx}: site {suffix}:{line} (// {})", leak.marker);
-    let site = find_site(last, &suffix, line).unwrap_or_else(|| {
-        panic!(
-            "{at}: missing from the last report\n{}",
-            describe_sites(last, 10)
-        )
-    });
-    let (live, created, exited) = (
-        count(site, "live"),
-        count(site, "created"),
-        count(site, "exited"),
-    );
+    let site = find_site(last, &suffix, line)
+        .unwrap_or_else(|| panic!("{at}: missing from the last report\n{}", describe_sites(last, 10)));
+    let (live, created, exited) = (count(site, "live"), count(site, "created"), count(site, "exited"));
     let first_live = site_live(first, &suffix, line);
-    let ctx = || {
-        format!(
-            "{at}: {site}\nfirst {}\nlast {}",
-            describe_sites(first, 5),
-            describe_sites(last, 10)
-        )
-    };
+    let ctx = || format!("{at}: {site}\nfirst {}\nlast {}", describe_sites(first, 5), describe_sites(last, 10));
 
     assert!(live > 20, "live={live}, want > 20\n{}", ctx());
-    assert!(
-        live > first_live,
-        "live did not grow: first={first_live} last={live}\n{}",
-        ctx()
-    );
+    assert!(live > first_live, "live did not grow: first={first_live} last={live}\n{}", ctx());
     // Goroutines already running at attach are live without having been seen created.
     let preexisting = count(site, "preexisting");
-    assert!(
-        created + preexisting >= live,
-        "created={created} + preexisting={preexisting} < live={live}\n{}",
-        ctx()
-    );
+    assert!(created + preexisting >= live, "created={created} + preexisting={preexisting} < live={live}\n{}", ctx());
     assert!(
         (exited as f64) < created as f64 * leak.max_exited_ratio,
         "exited={exited} is not small relative to created={created} (want < {}x)\n{}",
@@ -126,14 +86,8 @@ fn assert_churns(fx: &Fixture, reports: &[Value], marker: &str, min_created: u64
         )
     });
     let (live, created) = (count(site, "live"), count(site, "created"));
-    assert!(
-        created > min_created,
-        "{fx}: // {marker}: created={created}, want > {min_created}\n{site}"
-    );
-    assert!(
-        live * 20 <= created,
-        "{fx}: // {marker}: live={live} is more than 5% of created={created}\n{site}"
-    );
+    assert!(created > min_created, "{fx}: // {marker}: created={created}, want > {min_created}\n{site}");
+    assert!(live * 20 <= created, "{fx}: // {marker}: live={live} is more than 5% of created={created}\n{site}");
 }
 
 /// A fixed pool started before "ready": usually absent (created before
@@ -142,10 +96,7 @@ fn assert_not_growing(fx: &Fixture, reports: &[Value], marker: &str) {
     let line = fx.marker_line(marker);
     let suffix = fx.file_suffix();
     let (first, last) = (&reports[0], &reports[reports.len() - 1]);
-    if let (Some(a), Some(b)) = (
-        find_site(first, &suffix, line),
-        find_site(last, &suffix, line),
-    ) {
+    if let (Some(a), Some(b)) = (find_site(first, &suffix, line), find_site(last, &suffix, line)) {
         assert_eq!(
             count(a, "live"),
             count(b, "live"),
@@ -161,9 +112,7 @@ fn assert_top_site(fx: &Fixture, reports: &[Value], leak: &Leak) {
     let top = sites(last).first();
     let is_leak = top.is_some_and(|s| {
         s["line"].as_u64() == Some(u64::from(line))
-            && s["file"]
-                .as_str()
-                .is_some_and(|f| f.ends_with(&fx.file_suffix()))
+            && s["file"].as_str().is_some_and(|f| f.ends_with(&fx.file_suffix()))
     });
     assert!(
         is_leak,

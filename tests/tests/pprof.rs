@@ -11,22 +11,15 @@ use std::process::{Command, Stdio};
 use gleak::pprof::{write_goroutine_profile, ProfileSample};
 use gleak::symbolize::Frame;
 use gleak_tests::{
-    count, find_site, go_toolchains, is_ci, require_root, run_gleak_attach, serial_guard, Fixture,
-    GoToolchain,
+    count, find_site, go_toolchains, is_ci, require_root, run_gleak_attach, serial_guard, Fixture, GoToolchain,
 };
 
 fn frame(function: &str, file: &str, line: u32) -> Frame {
-    Frame {
-        function: function.into(),
-        file: file.into(),
-        line,
-    }
+    Frame { function: function.into(), file: file.into(), line }
 }
 
 fn labels(kv: &[(&str, &str)]) -> Vec<(String, String)> {
-    kv.iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
+    kv.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
 }
 
 /// 300 goroutines at main.leak (/src/a.go:10) <- main.main (/src/a.go:20),
@@ -39,11 +32,7 @@ fn samples() -> Vec<ProfileSample> {
                 (0x4a2000, vec![frame("main.main", "/src/a.go", 20)]),
             ],
             count: 300,
-            labels: labels(&[
-                ("verdict", "leak"),
-                ("wait_reason", "chan send"),
-                ("created_by", "main.main"),
-            ]),
+            labels: labels(&[("verdict", "leak"), ("wait_reason", "chan send"), ("created_by", "main.main")]),
         },
         ProfileSample {
             locations: vec![
@@ -74,17 +63,9 @@ fn pprof(tc: &GoToolchain, args: &[&str], profile: &Path) -> String {
     let home = scratch.join("home");
     std::fs::create_dir_all(&home).unwrap();
     let mut cmd = Command::new(&tc.go);
-    for var in [
-        "GOROOT",
-        "GOFLAGS",
-        "GOOS",
-        "GOARCH",
-        "GOENV",
-        "GOWORK",
-        "PPROF_TMPDIR",
-        "PPROF_BINARY_PATH",
-        "PPROF_TOOLS",
-    ] {
+    for var in
+        ["GOROOT", "GOFLAGS", "GOOS", "GOARCH", "GOENV", "GOWORK", "PPROF_TMPDIR", "PPROF_BINARY_PATH", "PPROF_TOOLS"]
+    {
         cmd.env_remove(var);
     }
     let output = cmd
@@ -108,11 +89,7 @@ fn pprof(tc: &GoToolchain, args: &[&str], profile: &Path) -> String {
         args.join(" "),
         output.status
     );
-    assert!(
-        stderr.trim().is_empty(),
-        "{tc}: `go tool pprof {}` warned:\n{stderr}",
-        args.join(" ")
-    );
+    assert!(stderr.trim().is_empty(), "{tc}: `go tool pprof {}` warned:\n{stderr}", args.join(" "));
     stdout
 }
 
@@ -130,8 +107,7 @@ fn go_tool_pprof_reads_goroutine_profile() {
     let Some(tc) = newest_toolchain() else {
         return;
     };
-    let file =
-        TempProfile(std::env::temp_dir().join(format!("gleak-pprof-{}.pb.gz", std::process::id())));
+    let file = TempProfile(std::env::temp_dir().join(format!("gleak-pprof-{}.pb.gz", std::process::id())));
     write_goroutine_profile(&file.0, &samples()).unwrap();
 
     // -raw: the decoded profile, sample by sample.
@@ -161,10 +137,7 @@ fn go_tool_pprof_reads_goroutine_profile() {
         "created_by:[main.main]",
         "verdict:[ok]",
     ] {
-        assert!(
-            raw.contains(needle),
-            "{tc}: {needle:?} not in -raw output:\n{raw}"
-        );
+        assert!(raw.contains(needle), "{tc}: {needle:?} not in -raw output:\n{raw}");
     }
     // main.main's location is shared: 3 locations, not 4.
     let locations = raw
@@ -179,10 +152,7 @@ fn go_tool_pprof_reads_goroutine_profile() {
     let top = pprof(&tc, &["-top", "-nodecount=10"], &file.0);
     eprintln!("{tc}: go tool pprof -top:\n{top}");
     assert!(top.contains("Type: goroutine"), "{top}");
-    assert!(
-        top.contains("Showing nodes accounting for 302, 100% of 302 total"),
-        "{top}"
-    );
+    assert!(top.contains("Showing nodes accounting for 302, 100% of 302 total"), "{top}");
     // Rows: flat flat% sum% cum cum% name.
     let row = |name: &str| -> (String, String) {
         let cols: Vec<&str> = top
@@ -199,10 +169,7 @@ fn go_tool_pprof_reads_goroutine_profile() {
 
     // -top -lines: file:line granularity.
     let lines = pprof(&tc, &["-top", "-lines", "-nodecount=10"], &file.0);
-    assert!(
-        lines.contains("a.go:10"),
-        "{tc}: a.go:10 not in -top -lines:\n{lines}"
-    );
+    assert!(lines.contains("a.go:10"), "{tc}: a.go:10 not in -top -lines:\n{lines}");
 }
 
 /// End to end: `gleak attach --pprof` on a leaking fixture writes a profile that
@@ -214,15 +181,11 @@ fn gleak_attach_writes_a_profile_pprof_reads() {
     }
     let Some(tc) = newest_toolchain() else { return };
     let fx = Fixture::build(&tc, "chan_send");
-    let profile =
-        TempProfile(std::env::temp_dir().join(format!("gleak-e2e-{}.pb.gz", std::process::id())));
+    let profile = TempProfile(std::env::temp_dir().join(format!("gleak-e2e-{}.pb.gz", std::process::id())));
     let _serial = serial_guard();
     let proc = fx.start();
     let path = profile.0.to_str().unwrap();
-    let reports = run_gleak_attach(
-        proc.pid(),
-        &["--duration", "3s", "--interval", "10s", "--pprof", path],
-    );
+    let reports = run_gleak_attach(proc.pid(), &["--duration", "3s", "--interval", "10s", "--pprof", path]);
     let last = reports.last().expect("a final report");
     let line = fx.marker_line("LEAK:chan_send");
     let site = find_site(last, &fx.file_suffix(), line).expect("the leak site");
@@ -243,8 +206,5 @@ fn gleak_attach_writes_a_profile_pprof_reads() {
         .map(|s| count(s, "live"))
         .sum();
     assert!(live > 20 && leaked >= live, "live={live} leaked={leaked}");
-    assert!(
-        top.contains(&format!("{leaked} total")),
-        "want {leaked} total:\n{top}"
-    );
+    assert!(top.contains(&format!("{leaked} total")), "want {leaked} total:\n{top}");
 }

@@ -24,10 +24,7 @@ fn gate(fx: &Fixture, opts: &[&str], args: &[&str]) -> (GleakRun, Vec<Value>) {
                 "{fx}: report {i}: `binary` {bin:?} is not the command\n{run}"
             );
             let gv = r["go_version"].as_str().unwrap_or_default();
-            assert!(
-                fx.toolchain.matches_go_version(gv),
-                "{fx}: report {i}: `go_version` {gv:?}\n{run}"
-            );
+            assert!(fx.toolchain.matches_go_version(gv), "{fx}: report {i}: `go_version` {gv:?}\n{run}");
         }
         reports
     } else {
@@ -37,11 +34,7 @@ fn gate(fx: &Fixture, opts: &[&str], args: &[&str]) -> (GleakRun, Vec<Value>) {
 }
 
 fn assert_code(fx: &Fixture, run: &GleakRun, want: i32) {
-    assert_eq!(
-        run.code(),
-        Some(want),
-        "{fx}: gleak run exit code, want {want}\n{run}"
-    );
+    assert_eq!(run.code(), Some(want), "{fx}: gleak run exit code, want {want}\n{run}");
 }
 
 fn last(reports: &[Value]) -> &Value {
@@ -56,11 +49,7 @@ fn assert_exited_by_itself(fx: &Fixture, reports: &[Value], run: &GleakRun) {
         r["target_exited"], true,
         "{fx}: the command exited by itself, the final report must say `target_exited: true`\n{run}"
     );
-    assert_eq!(
-        r["gate"]["stopped_at_deadline"], false,
-        "{fx}: {}",
-        r["gate"]
-    );
+    assert_eq!(r["gate"]["stopped_at_deadline"], false, "{fx}: {}", r["gate"]);
 }
 
 /// The site of `// <marker>` in the final report; panics if missing.
@@ -81,9 +70,7 @@ fn assert_no_other_leak(fx: &Fixture, reports: &[Value], allowed: &[&str], run: 
     let suffix = fx.file_suffix();
     for s in sites(last(reports)) {
         let ours = s["file"].as_str().is_some_and(|f| f.ends_with(&suffix))
-            && s["line"]
-                .as_u64()
-                .is_some_and(|l| allowed.iter().any(|&a| u64::from(a) == l));
+            && s["line"].as_u64().is_some_and(|l| allowed.iter().any(|&a| u64::from(a) == l));
         assert!(
             ours || verdict(s) != "leak",
             "{fx}: unexpected `leak` site {}:{} {} ({})\n{}\n{run}",
@@ -189,20 +176,10 @@ fn deadline_with_leak_fails() {
         let (run, reports) = gate(fx, &["--duration", "3s", "--json"], &[]);
         let took = started.elapsed();
         assert_code(fx, &run, 1);
-        assert!(
-            took.as_secs_f64() >= 2.9,
-            "{fx}: gleak returned after {took:?}, before the 3s deadline\n{run}"
-        );
+        assert!(took.as_secs_f64() >= 2.9, "{fx}: gleak returned after {took:?}, before the 3s deadline\n{run}");
         let site = final_site(fx, &reports, "LEAK:forever", &run);
-        assert_eq!(
-            verdict(site),
-            "leak",
-            "{fx}: // LEAK:forever\n{site}\n{run}"
-        );
-        assert!(
-            count(site, "live") >= 15,
-            "{fx}: // LEAK:forever: ~10 leaks/s for 3s\n{site}\n{run}"
-        );
+        assert_eq!(verdict(site), "leak", "{fx}: // LEAK:forever\n{site}\n{run}");
+        assert!(count(site, "live") >= 15, "{fx}: // LEAK:forever: ~10 leaks/s for 3s\n{site}\n{run}");
         assert_no_other_leak(fx, &reports, &["LEAK:forever"], &run);
         let g = &last(&reports)["gate"];
         assert_eq!(g["stopped_at_deadline"], true, "{fx}: {g}");
@@ -224,10 +201,7 @@ fn deadline_without_leak_passes() {
         let (run, _) = gate(fx, &["--duration", "2s"], &[]);
         let took = started.elapsed();
         assert_code(fx, &run, 0);
-        assert!(
-            took.as_secs_f64() >= 1.9,
-            "{fx}: gleak returned after {took:?}, before the 2s deadline\n{run}"
-        );
+        assert!(took.as_secs_f64() >= 1.9, "{fx}: gleak returned after {took:?}, before the 2s deadline\n{run}");
     });
 }
 
@@ -245,11 +219,7 @@ fn go_test_binary() {
         assert_code(&fx, &run, 1);
         let site = final_site(&fx, &reports, "LEAK:gotest", &run);
         assert_eq!(verdict(site), "leak", "{fx}: // LEAK:gotest\n{site}\n{run}");
-        assert_eq!(
-            count(site, "live"),
-            3,
-            "{fx}: // LEAK:gotest\n{site}\n{run}"
-        );
+        assert_eq!(count(site, "live"), 3, "{fx}: // LEAK:gotest\n{site}\n{run}");
         for s in sites(last(&reports)) {
             let f = s["function"].as_str().unwrap_or_default();
             assert!(

@@ -30,11 +30,7 @@ fn trace(fx: &Fixture) -> Vec<Value> {
     for (i, r) in reports.iter().enumerate() {
         assert_eq!(r["mode"], "attach", "{fx}: report {i}: `mode`");
     }
-    assert!(
-        reports.len() >= 2,
-        "{fx}: expected interval reports plus a final one, got {} report(s)",
-        reports.len()
-    );
+    assert!(reports.len() >= 2, "{fx}: expected interval reports plus a final one, got {} report(s)", reports.len());
     reports
 }
 
@@ -113,20 +109,11 @@ fn preattach() {
         );
         let site = site_at(fx, first, "LEAK:preattach", "first");
         let ctx = || format!("{fx}: // LEAK:preattach in the first report: {site}");
-        let (pre, live, blocked) = (
-            count(site, "preexisting"),
-            count(site, "live"),
-            count(site, "blocked"),
-        );
+        let (pre, live, blocked) = (count(site, "preexisting"), count(site, "live"), count(site, "blocked"));
         assert!(pre >= 500, "preexisting={pre}, want >= 500\n{}", ctx());
         assert!(live >= 500, "live={live}, want >= 500\n{}", ctx());
         assert!(blocked >= 500, "blocked={blocked}, want >= 500\n{}", ctx());
-        assert_eq!(
-            site["top_wait_reason"].as_str(),
-            Some("chan send"),
-            "top_wait_reason\n{}",
-            ctx()
-        );
+        assert_eq!(site["top_wait_reason"].as_str(), Some("chan send"), "top_wait_reason\n{}", ctx());
         assert!(
             site["wait_reasons"]["chan send"].as_u64() >= Some(500),
             "wait_reasons[\"chan send\"] < 500\n{}",
@@ -173,11 +160,7 @@ fn pool() {
                 verdict(site),
                 site["verdict_reason"]
             );
-            assert_eq!(
-                count(site, "live"),
-                8,
-                "{fx}: the pool has 8 workers\n{site}"
-            );
+            assert_eq!(count(site, "live"), 8, "{fx}: the pool has 8 workers\n{site}");
         }
     });
 }
@@ -189,11 +172,7 @@ fn slowleak() {
     for_fixture("slowleak", |fx, reports| {
         assert_verdict(fx, reports, "LEAK:slow", "leak");
         let slow = site_at(fx, last(reports), "LEAK:slow", "final");
-        assert_eq!(
-            slow["top_wait_reason"].as_str(),
-            Some("chan send"),
-            "{fx}: // LEAK:slow\n{slow}"
-        );
+        assert_eq!(slow["top_wait_reason"].as_str(), Some("chan send"), "{fx}: // LEAK:slow\n{slow}");
         let pop = site_at(fx, last(reports), "STABLE:population", "final");
         assert!(
             count(pop, "preexisting") >= 2000 && count(pop, "live") >= 2000,
@@ -218,12 +197,7 @@ fn twopaths() {
         let mut distinct = stacks.clone();
         distinct.sort();
         distinct.dedup();
-        assert_eq!(
-            distinct.len(),
-            stacks.len(),
-            "paths with equal stacks\n{}",
-            ctx()
-        );
+        assert_eq!(distinct.len(), stacks.len(), "paths with equal stacks\n{}", ctx());
         for p in paths {
             let top = &p["stack"][0];
             assert!(
@@ -232,15 +206,9 @@ fn twopaths() {
                 ctx()
             );
         }
+        assert!(stacks.iter().any(|s| s.contains(&"main.helperB")), "no path through main.helperB\n{}", ctx());
         assert!(
-            stacks.iter().any(|s| s.contains(&"main.helperB")),
-            "no path through main.helperB\n{}",
-            ctx()
-        );
-        assert!(
-            stacks
-                .iter()
-                .any(|s| s.contains(&"main.pathA") && !s.contains(&"main.helperB")),
+            stacks.iter().any(|s| s.contains(&"main.pathA") && !s.contains(&"main.helperB")),
             "no path through main.pathA alone\n{}",
             ctx()
         );
@@ -254,17 +222,11 @@ fn twopaths() {
 #[test]
 fn nilchan() {
     for_fixture("nilchan", |fx, reports| {
-        for (marker, reason) in [
-            ("LEAK:nilchan", "chan receive (nil chan)"),
-            ("LEAK:selectnone", "select (no cases)"),
-        ] {
+        for (marker, reason) in [("LEAK:nilchan", "chan receive (nil chan)"), ("LEAK:selectnone", "select (no cases)")]
+        {
             assert_verdict(fx, reports, marker, "leak");
             let site = site_at(fx, last(reports), marker, "final");
-            assert_eq!(
-                site["top_wait_reason"].as_str(),
-                Some(reason),
-                "{fx}: // {marker}\n{site}"
-            );
+            assert_eq!(site["top_wait_reason"].as_str(), Some(reason), "{fx}: // {marker}\n{site}");
         }
     });
 }

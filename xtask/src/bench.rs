@@ -32,11 +32,7 @@ impl Workload {
             writeln!(self.stdin, "{kind} {n}")?;
             let mut line = String::new();
             self.stdout.read_line(&mut line)?;
-            best = best.min(
-                line.trim()
-                    .parse::<f64>()
-                    .with_context(|| format!("workload said {line:?}"))?,
-            );
+            best = best.min(line.trim().parse::<f64>().with_context(|| format!("workload said {line:?}"))?);
         }
         Ok(best)
     }
@@ -47,22 +43,19 @@ pub fn run(goroutines: u64) -> Result<()> {
     let go = newest_go()?;
     let bin = cache_dir().join("bench-workload");
     go_build(&go, &root().join("xtask/bench/workload.go"), &bin)?;
-    let mut child = KillOnDrop(
-        Command::new(&bin)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()?,
-    );
-    let mut wl = Workload {
-        stdin: child.0.stdin.take().unwrap(),
-        stdout: BufReader::new(child.0.stdout.take().unwrap()),
-    };
+    let mut child = KillOnDrop(Command::new(&bin).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn()?);
+    let mut wl =
+        Workload { stdin: child.0.stdin.take().unwrap(), stdout: BufReader::new(child.0.stdout.take().unwrap()) };
     let mut ready = String::new();
     wl.stdout.read_line(&mut ready)?;
     let pid = child.0.id();
     let chan_ops = goroutines;
 
-    println!("gleak overhead, {} ({}), {goroutines} goroutines / {chan_ops} channel round trips, best of 3", go.display(), bin.display());
+    println!(
+        "gleak overhead, {} ({}), {goroutines} goroutines / {chan_ops} channel round trips, best of 3",
+        go.display(),
+        bin.display()
+    );
     println!(
         "{:<32} {:>14} {:>8} {:>16} {:>8} {:>6}",
         "mode", "spawn+exit ns", "ratio", "chan rtt ns", "ratio", "lost"
@@ -72,15 +65,7 @@ pub fn run(goroutines: u64) -> Result<()> {
         let mut tracer = None;
         if let Some(args) = args {
             let mut cmd = Command::new(&gleak);
-            cmd.args([
-                "attach",
-                "-p",
-                &pid.to_string(),
-                "--json",
-                "--interval",
-                "1h",
-            ])
-            .args(*args);
+            cmd.args(["attach", "-p", &pid.to_string(), "--json", "--interval", "1h"]).args(*args);
             let mut t = KillOnDrop(cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()?);
             // Attached once the banner is out.
             let mut err = BufReader::new(t.0.stderr.take().unwrap());

@@ -50,19 +50,13 @@ fn main() -> Result<()> {
 }
 
 pub fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
 }
 
 pub fn cache_dir() -> PathBuf {
-    std::env::var_os("GLEAK_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/root".into()))
-                .join(".cache/gleak")
-        })
+    std::env::var_os("GLEAK_CACHE").map(PathBuf::from).unwrap_or_else(|| {
+        PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/root".into())).join(".cache/gleak")
+    })
 }
 
 fn step(what: &str) {
@@ -79,9 +73,7 @@ pub fn run(cmd: &mut Command) -> Result<()> {
 
 fn bootstrap(args: &[&str]) -> Result<()> {
     step("checking toolchains (scripts/bootstrap.sh)");
-    run(Command::new("bash")
-        .arg(root().join("scripts/bootstrap.sh"))
-        .args(args))
+    run(Command::new("bash").arg(root().join("scripts/bootstrap.sh")).args(args))
 }
 
 pub fn cargo() -> Command {
@@ -109,12 +101,7 @@ pub fn newest_go() -> Result<PathBuf> {
         .flatten()
         .flatten()
         .filter_map(|e| {
-            let v: Vec<u32> = e
-                .file_name()
-                .to_str()?
-                .split('.')
-                .map(|p| p.parse().ok())
-                .collect::<Option<_>>()?;
+            let v: Vec<u32> = e.file_name().to_str()?.split('.').map(|p| p.parse().ok()).collect::<Option<_>>()?;
             let go = e.path().join("bin/go");
             go.is_file().then_some((v, go))
         })
@@ -132,13 +119,8 @@ pub fn newest_go() -> Result<PathBuf> {
 
 /// Builds a single-file, standard-library-only Go program.
 pub fn go_build(go: &Path, src: &Path, out: &Path) -> Result<()> {
-    let version = go
-        .parent()
-        .and_then(|p| p.parent())
-        .and_then(|p| p.file_name())
-        .unwrap()
-        .to_string_lossy()
-        .to_string();
+    let version =
+        go.parent().and_then(|p| p.parent()).and_then(|p| p.file_name()).unwrap().to_string_lossy().to_string();
     let cache = cache_dir();
     run(Command::new(go)
         .args(["build", "-o"])
@@ -160,27 +142,12 @@ fn demo(duration: &str) -> Result<()> {
     step(&format!("building the demo service with {}", go.display()));
     go_build(&go, &root().join("examples/demo/main.go"), &bin)?;
     step("starting the demo service");
-    let mut service = KillOnDrop(
-        Command::new(&bin)
-            .stdout(Stdio::inherit())
-            .spawn()
-            .context("starting demo")?,
-    );
+    let mut service = KillOnDrop(Command::new(&bin).stdout(Stdio::inherit()).spawn().context("starting demo")?);
     std::thread::sleep(Duration::from_secs(2));
     let pid = service.0.id();
-    step(&format!(
-        "attaching: gleak attach -p {pid} --duration {duration} --interval 5s"
-    ));
+    step(&format!("attaching: gleak attach -p {pid} --duration {duration} --interval 5s"));
     let status = Command::new(&gleak)
-        .args([
-            "attach",
-            "-p",
-            &pid.to_string(),
-            "--duration",
-            duration,
-            "--interval",
-            "5s",
-        ])
+        .args(["attach", "-p", &pid.to_string(), "--duration", duration, "--interval", "5s"])
         .status()?;
     let _ = service.0.kill();
     if !status.success() {
@@ -195,32 +162,16 @@ fn test() -> Result<()> {
     step("cargo fmt --check");
     run(cargo().args(["fmt", "--all", "--check"]))?;
     step("cargo clippy -D warnings");
-    run(cargo().args([
-        "clippy",
-        "--workspace",
-        "--all-targets",
-        "--",
-        "-D",
-        "warnings",
-    ]))?;
+    run(cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;
     let gleak = build_gleak()?;
     step("unit tests");
-    run(cargo().args([
-        "test",
-        "--workspace",
-        "--release",
-        "--exclude",
-        "gleak-tests",
-    ]))?;
+    run(cargo().args(["test", "--workspace", "--release", "--exclude", "gleak-tests"]))?;
     step("end-to-end tests: real Go programs (Go 1.19 and newer) traced by the real gleak");
     run(cargo()
         .args(["test", "--release", "-p", "gleak-tests"])
         .env("GLEAK_BIN", &gleak)
         .env("GLEAK_CACHE", cache_dir()))?;
-    step(&format!(
-        "all checks passed in {:.0}s",
-        started.elapsed().as_secs_f64()
-    ));
+    step(&format!("all checks passed in {:.0}s", started.elapsed().as_secs_f64()));
     Ok(())
 }
 

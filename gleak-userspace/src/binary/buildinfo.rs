@@ -25,9 +25,7 @@ impl GoVersion {
         let s = raw.trim();
         let start = s.find("go1.")?;
         let rest = &s[start + 2..];
-        let mut nums = rest
-            .split(|c: char| !c.is_ascii_digit())
-            .filter(|p| !p.is_empty());
+        let mut nums = rest.split(|c: char| !c.is_ascii_digit()).filter(|p| !p.is_empty());
         let major = nums.next()?.parse().ok()?;
         let minor = nums.next()?.parse().ok()?;
         // A patch only counts if it directly follows "1.N.".
@@ -37,12 +35,7 @@ impl GoVersion {
             .and_then(|p| p.split(|c: char| !c.is_ascii_digit()).next())
             .and_then(|p| p.parse().ok())
             .unwrap_or(0);
-        Some(Self {
-            major,
-            minor,
-            patch,
-            raw: raw.to_string(),
-        })
+        Some(Self { major, minor, patch, raw: raw.to_string() })
     }
 
     pub fn at_least(&self, major: u32, minor: u32) -> bool {
@@ -59,9 +52,7 @@ impl fmt::Display for GoVersion {
 /// Reads the version string from the bytes of a `.go.buildinfo` section, or from
 /// any data that contains the header at a 16-byte aligned position.
 pub fn version_from_buildinfo(data: &[u8]) -> Option<String> {
-    let at = (0..data.len().saturating_sub(32))
-        .step_by(16)
-        .find(|&i| data[i..].starts_with(MAGIC))?;
+    let at = (0..data.len().saturating_sub(32)).step_by(16).find(|&i| data[i..].starts_with(MAGIC))?;
     let header = &data[at..];
     let flags = header[15];
     if flags & FLAG_VERSION_INLINE == 0 {
@@ -114,13 +105,7 @@ mod tests {
         header.extend(b"go1.27.3");
         header.push(0);
         section.extend(header);
-        assert_eq!(
-            version_from_buildinfo(&section).as_deref(),
-            Some("go1.27.3")
-        );
-        assert_eq!(
-            version_from_buildinfo(b"nothing here at all, not even close......"),
-            None
-        );
+        assert_eq!(version_from_buildinfo(&section).as_deref(), Some("go1.27.3"));
+        assert_eq!(version_from_buildinfo(b"nothing here at all, not even close......"), None);
     }
 }

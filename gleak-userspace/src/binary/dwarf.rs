@@ -23,10 +23,8 @@ pub struct DwarfInfo {
 impl DwarfInfo {
     pub fn load(binary: &GoBinary) -> Result<Self> {
         let path = &binary.path;
-        let file = object::File::parse(binary.data()).map_err(|e| Error::NotElf {
-            path: path.clone(),
-            reason: e.to_string(),
-        })?;
+        let file = object::File::parse(binary.data())
+            .map_err(|e| Error::NotElf { path: path.clone(), reason: e.to_string() })?;
         if file.section_by_name(".debug_info").is_none() {
             return Err(Error::NoDwarf { path: path.clone() });
         }
@@ -34,10 +32,7 @@ impl DwarfInfo {
             let bytes: Arc<[u8]> = match file.section_by_name(id.name()) {
                 Some(section) => section
                     .uncompressed_data()
-                    .map_err(|e| Error::Dwarf {
-                        path: path.clone(),
-                        reason: format!("{}: {e}", id.name()),
-                    })?
+                    .map_err(|e| Error::Dwarf { path: path.clone(), reason: format!("{}: {e}", id.name()) })?
                     .into_owned()
                     .into(),
                 None => Arc::from(&[][..]),
@@ -45,32 +40,21 @@ impl DwarfInfo {
             Ok(EndianArcSlice::new(bytes, LittleEndian))
         };
         let dwarf = gimli::Dwarf::load(load)?;
-        Ok(Self {
-            dwarf: Arc::new(dwarf),
-        })
+        Ok(Self { dwarf: Arc::new(dwarf) })
     }
 
     fn dwarf_err(&self, binary: &GoBinary, e: gimli::Error) -> Error {
-        Error::Dwarf {
-            path: binary.path.clone(),
-            reason: e.to_string(),
-        }
+        Error::Dwarf { path: binary.path.clone(), reason: e.to_string() }
     }
 
     /// Reads the runtime structures and `runtime.waitReason*` constants.
-    pub fn runtime_layout(
-        &self,
-        binary: &GoBinary,
-    ) -> Result<(RuntimeLayout, HashMap<u8, String>)> {
+    pub fn runtime_layout(&self, binary: &GoBinary) -> Result<(RuntimeLayout, HashMap<u8, String>)> {
         let wanted = ["runtime.g", "runtime.m", "runtime.stack"];
         let mut structs: HashMap<String, HashMap<String, u64>> = HashMap::new();
         let mut wait_consts = HashMap::new();
         let mut units = self.dwarf.units();
         while let Some(header) = units.next().map_err(|e| self.dwarf_err(binary, e))? {
-            let unit = self
-                .dwarf
-                .unit(header)
-                .map_err(|e| self.dwarf_err(binary, e))?;
+            let unit = self.dwarf.unit(header).map_err(|e| self.dwarf_err(binary, e))?;
             // Only the runtime package's unit defines these.
             let is_runtime = {
                 let mut entries = unit.entries();
@@ -83,18 +67,14 @@ impl DwarfInfo {
                 continue;
             }
             let mut entries = unit.entries();
-            while let Some((_, entry)) =
-                entries.next_dfs().map_err(|e| self.dwarf_err(binary, e))?
-            {
+            while let Some((_, entry)) = entries.next_dfs().map_err(|e| self.dwarf_err(binary, e))? {
                 match entry.tag() {
                     gimli::DW_TAG_structure_type => {
                         let Some(name) = self.name_of(&unit, entry) else {
                             continue;
                         };
                         if wanted.contains(&name.as_str()) && !structs.contains_key(&name) {
-                            let members = self
-                                .members(&unit, entry.offset())
-                                .map_err(|e| self.dwarf_err(binary, e))?;
+                            let members = self.members(&unit, entry.offset()).map_err(|e| self.dwarf_err(binary, e))?;
                             if !members.is_empty() {
                                 structs.insert(name, members);
                             }
@@ -106,10 +86,7 @@ impl DwarfInfo {
                         };
                         if let Some(short) = name.strip_prefix("runtime.waitReason") {
                             if let Ok(Some(value)) = entry.attr_value(gimli::DW_AT_const_value) {
-                                if let Some(v) = value
-                                    .udata_value()
-                                    .or_else(|| value.sdata_value().map(|v| v as u64))
-                                {
+                                if let Some(v) = value.udata_value().or_else(|| value.sdata_value().map(|v| v as u64)) {
                                     wait_consts.insert(v as u8, short.to_string());
                                 }
                             }
@@ -119,23 +96,12 @@ impl DwarfInfo {
                 }
             }
         }
-        let missing = |what: &str| Error::MissingDwarf {
-            path: binary.path.clone(),
-            what: what.to_string(),
-        };
-        let g = structs
-            .get("runtime.g")
-            .ok_or_else(|| missing("struct runtime.g"))?;
-        let m = structs
-            .get("runtime.m")
-            .ok_or_else(|| missing("struct runtime.m"))?;
-        let stack = structs
-            .get("runtime.stack")
-            .ok_or_else(|| missing("struct runtime.stack"))?;
+        let missing = |what: &str| Error::MissingDwarf { path: binary.path.clone(), what: what.to_string() };
+        let g = structs.get("runtime.g").ok_or_else(|| missing("struct runtime.g"))?;
+        let m = structs.get("runtime.m").ok_or_else(|| missing("struct runtime.m"))?;
+        let stack = structs.get("runtime.stack").ok_or_else(|| missing("struct runtime.stack"))?;
         let field = |s: &HashMap<String, u64>, owner: &str, name: &str| -> Result<u32> {
-            s.get(name)
-                .map(|&v| v as u32)
-                .ok_or_else(|| missing(&format!("field {owner}.{name}")))
+            s.get(name).map(|&v| v as u32).ok_or_else(|| missing(&format!("field {owner}.{name}")))
         };
         let stack_off = field(g, "runtime.g", "stack")?;
         let layout = RuntimeLayout {
@@ -154,22 +120,14 @@ impl DwarfInfo {
         Ok((layout, wait_consts))
     }
 
-    fn name_of(
-        &self,
-        unit: &gimli::Unit<Reader>,
-        entry: &gimli::DebuggingInformationEntry<Reader>,
-    ) -> Option<String> {
+    fn name_of(&self, unit: &gimli::Unit<Reader>, entry: &gimli::DebuggingInformationEntry<Reader>) -> Option<String> {
         let value = entry.attr_value(gimli::DW_AT_name).ok()??;
         let s = self.dwarf.attr_string(unit, value).ok()?;
         use gimli::Reader as _;
         Some(s.to_string_lossy().ok()?.into_owned())
     }
 
-    fn members(
-        &self,
-        unit: &gimli::Unit<Reader>,
-        offset: gimli::UnitOffset,
-    ) -> gimli::Result<HashMap<String, u64>> {
+    fn members(&self, unit: &gimli::Unit<Reader>, offset: gimli::UnitOffset) -> gimli::Result<HashMap<String, u64>> {
         let mut out = HashMap::new();
         let mut tree = unit.entries_tree(Some(offset))?;
         let root = tree.root()?;
@@ -193,8 +151,7 @@ impl DwarfInfo {
 
     /// A line-table symbolizer sharing these sections.
     pub fn symbolizer(&self, binary: &GoBinary) -> Result<DwarfSymbolizer> {
-        let ctx = addr2line::Context::from_arc_dwarf(self.dwarf.clone())
-            .map_err(|e| self.dwarf_err(binary, e))?;
+        let ctx = addr2line::Context::from_arc_dwarf(self.dwarf.clone()).map_err(|e| self.dwarf_err(binary, e))?;
         Ok(DwarfSymbolizer { ctx })
     }
 }
@@ -221,11 +178,7 @@ impl Symbolizer for DwarfSymbolizer {
                 .as_ref()
                 .map(|l| (l.file.unwrap_or("?").to_string(), l.line.unwrap_or(0)))
                 .unwrap_or_else(|| ("?".to_string(), 0));
-            out.push(Frame {
-                function,
-                file,
-                line,
-            });
+            out.push(Frame { function, file, line });
         }
         out
     }

@@ -50,42 +50,26 @@ impl GoBinary {
     /// Reads and checks `path`. `display` is the name used in messages (e.g. the
     /// target's executable path when `path` is `/proc/PID/exe`).
     pub fn open(path: &Path, display: &Path) -> Result<Self> {
-        let data = std::fs::read(path).map_err(|source| Error::Binary {
-            path: display.to_path_buf(),
-            cause: source,
-        })?;
+        let data =
+            std::fs::read(path).map_err(|source| Error::Binary { path: display.to_path_buf(), cause: source })?;
         Self::from_bytes(data, display)
     }
 
     pub fn from_bytes(data: Vec<u8>, display: &Path) -> Result<Self> {
         let path = display.to_path_buf();
-        let file = object::File::parse(&*data).map_err(|e| Error::NotElf {
-            path: path.clone(),
-            reason: e.to_string(),
-        })?;
+        let file =
+            object::File::parse(&*data).map_err(|e| Error::NotElf { path: path.clone(), reason: e.to_string() })?;
         if file.format() != object::BinaryFormat::Elf {
-            return Err(Error::NotElf {
-                path,
-                reason: format!("{:?} format", file.format()),
-            });
+            return Err(Error::NotElf { path, reason: format!("{:?} format", file.format()) });
         }
         if file.architecture() != object::Architecture::X86_64 {
-            return Err(Error::UnsupportedArch {
-                path,
-                arch: format!("{:?}", file.architecture()),
-            });
+            return Err(Error::UnsupportedArch { path, arch: format!("{:?}", file.architecture()) });
         }
         let mut symbols = HashMap::new();
         for sym in file.symbols() {
             if let Ok(name) = sym.name() {
                 if name.starts_with("runtime.") {
-                    symbols.insert(
-                        name.to_string(),
-                        Symbol {
-                            addr: sym.address(),
-                            size: sym.size(),
-                        },
-                    );
+                    symbols.insert(name.to_string(), Symbol { addr: sym.address(), size: sym.size() });
                 }
             }
         }
@@ -94,17 +78,13 @@ impl GoBinary {
             .and_then(|s| s.data().ok())
             .and_then(buildinfo::version_from_buildinfo);
         let go_version = match raw_version {
-            Some(v) => GoVersion::parse(&v).ok_or_else(|| Error::UnsupportedGoVersion {
-                path: path.clone(),
-                version: v,
-            })?,
+            Some(v) => {
+                GoVersion::parse(&v).ok_or_else(|| Error::UnsupportedGoVersion { path: path.clone(), version: v })?
+            }
             None => return Err(Error::NotGo { path }),
         };
         if !go_version.at_least(MIN_GO.0, MIN_GO.1) {
-            return Err(Error::UnsupportedGoVersion {
-                path,
-                version: go_version.raw,
-            });
+            return Err(Error::UnsupportedGoVersion { path, version: go_version.raw });
         }
         if symbols.is_empty() {
             return Err(Error::Stripped { path });
@@ -113,23 +93,12 @@ impl GoBinary {
             .segments()
             .map(|s| {
                 let (file_offset, file_size) = s.file_range();
-                Segment {
-                    vaddr: s.address(),
-                    file_offset,
-                    file_size,
-                }
+                Segment { vaddr: s.address(), file_offset, file_size }
             })
             .collect();
         let is_pie = matches!(file.kind(), object::ObjectKind::Dynamic);
         drop(file);
-        Ok(Self {
-            path,
-            data,
-            go_version,
-            is_pie,
-            symbols,
-            segments,
-        })
+        Ok(Self { path, data, go_version, is_pie, symbols, segments })
     }
 
     pub fn data(&self) -> &[u8] {
@@ -142,10 +111,7 @@ impl GoBinary {
     }
 
     pub fn require_symbol(&self, name: &str) -> Result<Symbol> {
-        self.symbol(name).ok_or_else(|| Error::MissingSymbol {
-            path: self.path.clone(),
-            symbol: name.to_string(),
-        })
+        self.symbol(name).ok_or_else(|| Error::MissingSymbol { path: self.path.clone(), symbol: name.to_string() })
     }
 
     /// File offset of a link-time virtual address (what uprobes attach to).
@@ -158,11 +124,7 @@ impl GoBinary {
 
     /// Link address of the segment mapped at file offset 0 (for the load bias).
     pub fn first_segment_vaddr(&self) -> u64 {
-        self.segments
-            .iter()
-            .find(|s| s.file_offset == 0)
-            .map(|s| s.vaddr)
-            .unwrap_or(0)
+        self.segments.iter().find(|s| s.file_offset == 0).map(|s| s.vaddr).unwrap_or(0)
     }
 
     /// `len` bytes of the file image at link address `vaddr`.
@@ -176,10 +138,7 @@ impl GoBinary {
         let sym = self.require_symbol(name)?;
         let code = self
             .bytes_at(sym.addr, sym.size)
-            .ok_or_else(|| Error::MissingSymbol {
-                path: self.path.clone(),
-                symbol: format!("{name} (code)"),
-            })?;
+            .ok_or_else(|| Error::MissingSymbol { path: self.path.clone(), symbol: format!("{name} (code)") })?;
         Ok((sym, code))
     }
 
@@ -193,9 +152,7 @@ impl GoBinary {
             .map(|entry| {
                 let ptr = u64::from_le_bytes(entry[0..8].try_into().unwrap());
                 let len = u64::from_le_bytes(entry[8..16].try_into().unwrap());
-                self.bytes_at(ptr, len)
-                    .map(|b| String::from_utf8_lossy(b).into_owned())
-                    .unwrap_or_default()
+                self.bytes_at(ptr, len).map(|b| String::from_utf8_lossy(b).into_owned()).unwrap_or_default()
             })
             .collect();
         Some(names)

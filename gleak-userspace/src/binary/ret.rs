@@ -7,19 +7,22 @@
 use iced_x86::{Decoder, DecoderOptions, Mnemonic};
 
 /// Offsets (from the function start) of every RET in `code`, decoded linearly from
-/// the first byte. Go emits no data inside functions, so a linear sweep is exact.
-pub fn ret_offsets(code: &[u8], func_addr: u64) -> Vec<u64> {
+/// the first byte. Go emits no data inside functions, so a linear sweep is exact;
+/// bytes that do not decode (outside trailing INT3 padding) mean the sweep cannot be
+/// trusted, and a breakpoint placed mid-instruction would crash the target:
+/// `Err(offset)` of the first one.
+pub fn ret_offsets(code: &[u8], func_addr: u64) -> Result<Vec<u64>, u64> {
     let mut decoder = Decoder::with_ip(64, code, func_addr, DecoderOptions::NONE);
     let mut found = Vec::new();
     for insn in &mut decoder {
         if insn.is_invalid() {
-            continue;
+            return Err(insn.ip() - func_addr);
         }
         if matches!(insn.mnemonic(), Mnemonic::Ret | Mnemonic::Retf) {
             found.push(insn.ip() - func_addr);
         }
     }
-    found
+    Ok(found)
 }
 
 #[cfg(test)]
@@ -41,12 +44,19 @@ mod tests {
             0xc3, // ret            (offset 15)
             0xcc, 0xcc,
         ];
-        assert_eq!(ret_offsets(&code, 0x401000), vec![13, 15]);
+        assert_eq!(ret_offsets(&code, 0x401000), Ok(vec![13, 15]));
     }
 
     #[test]
     fn no_ret_in_a_tail_jump() {
         let code = [0xe9, 0x00, 0x00, 0x00, 0x00]; // jmp rel32
-        assert!(ret_offsets(&code, 0).is_empty());
+        assert_eq!(ret_offsets(&code, 0), Ok(vec![]));
+    }
+
+    #[test]
+    fn refuses_code_that_does_not_decode() {
+        // push rbp; then 0x06 (`push es`, invalid in 64-bit mode); ret
+        let code = [0x55, 0x06, 0xc3];
+        assert_eq!(ret_offsets(&code, 0), Err(1));
     }
 }

@@ -1,0 +1,385 @@
+//! End-to-end: the gleak binary on bad input and on interruption. Every error
+//! exits 2 with a message that names the problem and what to do, and nothing
+//! ever panics or prints a backtrace; Ctrl-C and a target that exits by itself
+//! end `gleak attach` cleanly with a final report.
+//!
+//! The argument errors run as any user; everything else needs root (and a
+//! release build of gleak, `cargo build --release`, or GLEAK_BIN).
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use gleak_tests::*;
+
+/// Upper bound for gleak to fail on bad input: it has nothing to wait for.
+const ERROR_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long gleak may take to attach (print its "tracing PID" banner).
+const ATTACH_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What a clean error never prints.
+const PANIC_MARKERS: &[&str] = &["panicked", "RUST_BACKTRACE", "stack backtrace"];
+
+/// `gleak`'s stderr shows no panic and no backtrace.
+fn assert_no_panic(run: &GleakRun) {
+    let lower = run.stderr.to_lowercase();
+    for marker in PANIC_MARKERS {
+        assert!(!lower.contains(&marker.to_lowercase()), "gleak's stderr contains {marker:?}\n{run}");
+    }
+}
+
+/// gleak exited with `code`, its stderr mentions every one of `words`
+/// (case-insensitive), and it did not panic.
+fn assert_fails(run: &GleakRun, code: i32, words: &[&str]) {
+    assert_eq!(run.code(), Some(code), "exit code\n{run}");
+    let lower = run.stderr.to_lowercase();
+    for w in words {
+        assert!(lower.contains(&w.to_lowercase()), "gleak's stderr does not mention {w:?}\n{run}");
+    }
+    assert_no_panic(run);
+}
+
+/// Runs gleak with `RUST_BACKTRACE=1`, so that a panic, or an error printed
+/// with its backtrace, would show one.
+fn gleak_with_backtrace(args: &[&str]) -> GleakRun {
+    let run = GleakChild::spawn(&gleak_bin(), args, |cmd| {
+        cmd.env("RUST_BACKTRACE", "1").env("RUST_LIB_BACKTRACE", "1");
+    });
+    run.wait(ERROR_TIMEOUT)
+}
+
+/// The state letter of `/proc/PID/stat` (`R`, `S`, `T`, `Z`, ...), `None` once
+/// the process is gone.
+fn proc_state(pid: u32) -> Option<char> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(')')?.1.split_whitespace().next()?.chars().next()
+}
+
+/// PIDs of every process (zombies included) whose command name is `comm`.
+fn pids_named(comm: &str) -> Vec<u32> {
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+                let name = stat.split_once('(').and_then(|(_, rest)| rest.rsplit_once(')')).map(|(name, _)| name);
+                name == Some(comm)
+            })
+        })
+        .collect()
+}
+
+/// A directory of its own under the temp dir, mode 0755 (traversable by
+/// every user), removed when dropped.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(what: &str) -> TempDir {
+        let dir = std::env::temp_dir().join(format!("gleak-cli-{what}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o755))
+            .unwrap_or_else(|e| panic!("chmod {}: {e}", dir.display()));
+        TempDir(dir)
+    }
+
+    /// Copies the executable `src` into the directory as `name`, mode 0755.
+    /// By `install`, a process of its own: a file this (multi-threaded) test
+    /// process had open for writing could be inherited by a child another
+    /// test thread forks at that moment, and exec'ing it would then fail
+    /// with ETXTBSY.
+    fn install(&self, src: &Path, name: &str) -> PathBuf {
+        let dst = self.0.join(name);
+        let status = Command::new("install")
+            .arg("-m")
+            .arg("0755")
+            .arg(src)
+            .arg(&dst)
+            .stdin(Stdio::null())
+            .status()
+            .unwrap_or_else(|e| panic!("cannot run install: {e}"));
+        assert!(status.success(), "install {} {}: {status}", src.display(), dst.display());
+        dst
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Bad targets
+// ---------------------------------------------------------------------------
+
+#[test]
+fn attach_missing_pid() {
+    if !require_root() {
+        return;
+    }
+    // A PID that just existed and is gone (reaped) now.
+    let mut child = Command::new("true").stdin(Stdio::null()).spawn().expect("run `true`");
+    let pid = child.id();
+    child.wait().expect("wait for `true`");
+    assert_eq!(proc_state(pid), None, "PID {pid} of `true` still exists");
+    let pid = pid.to_string();
+    let run = gleak_with_backtrace(&["attach", "-p", &pid]);
+    assert_fails(&run, 2, &["no process", &pid]);
+}
+
+#[test]
+fn attach_not_go() {
+    if !require_root() {
+        return;
+    }
+    let mut sleep = Command::new("sleep").arg("30").stdin(Stdio::null()).spawn().expect("run `sleep 30`");
+    let pid = sleep.id().to_string();
+    let run = gleak_with_backtrace(&["attach", "-p", &pid]);
+    let alive = matches!(sleep.try_wait(), Ok(None));
+    let _ = sleep.kill();
+    let _ = sleep.wait();
+    assert_fails(&run, 2, &["not a Go program", "sleep"]);
+    assert!(alive, "`sleep 30` did not survive gleak's attempt\n{run}");
+}
+
+/// A running fixture built with `flags` is refused with a message naming the
+/// missing part (`words`); the fixture keeps running.
+fn attach_refused(name: &str, flags: &[&str], words: &[&str]) {
+    for_each_toolchain(name, |tc| {
+        let bin = build_go_program_with_flags(tc, &fixture_source("chan_send"), name, flags);
+        let mut proc = RunningGo::spawn(&bin, &[], "ready");
+        let pid = proc.pid().to_string();
+        let run = gleak_with_backtrace(&["attach", "-p", &pid]);
+        let bin_name = bin.file_name().unwrap().to_string_lossy().into_owned();
+        let mut all = vec![bin_name.as_str()];
+        all.extend_from_slice(words);
+        assert_fails(&run, 2, &all);
+        proc.assert_running("after gleak refused it");
+    });
+}
+
+#[test]
+fn attach_stripped() {
+    if !require_root() {
+        return;
+    }
+    // -s removes the symbol table (checked first), -w the DWARF.
+    attach_refused("chan_send-stripped", &["-ldflags=-s -w"], &["symbol table", "-s"]);
+}
+
+#[test]
+fn attach_no_dwarf() {
+    if !require_root() {
+        return;
+    }
+    attach_refused("chan_send-nodwarf", &["-ldflags=-w"], &["DWARF", "-w"]);
+}
+
+#[test]
+fn not_root() {
+    if !require_root() {
+        return; // Only root can become `nobody`.
+    }
+    // A copy the user nobody can reach and execute, wherever the build is.
+    let dir = TempDir::new("nobody");
+    let bin = dir.install(&gleak_bin(), "gleak");
+    let me = std::process::id().to_string();
+    let run = GleakChild::spawn(&bin, &["attach", "-p", &me], |cmd| {
+        cmd.uid(65534).gid(65534).current_dir("/").env("RUST_BACKTRACE", "1");
+        // std drops the supplementary groups itself (setgroups(0)) when
+        // root sets a uid.
+    })
+    .wait(ERROR_TIMEOUT);
+    assert_fails(&run, 2, &["root", "sudo"]);
+    assert!(run.stdout.is_empty(), "stdout is not empty\n{run}");
+}
+
+// ---------------------------------------------------------------------------
+// Bad arguments (parsed before anything else: any user)
+// ---------------------------------------------------------------------------
+
+#[test]
+fn bad_arguments() {
+    let run = gleak_with_backtrace(&["attach"]);
+    assert_fails(&run, 2, &["--pid", "required"]);
+
+    let run = gleak_with_backtrace(&["attach", "-p", "1", "--duration", "5y"]);
+    assert_fails(&run, 2, &["5y", "unit", "--duration"]);
+
+    let run = gleak_with_backtrace(&["attach", "-p", "not-a-pid"]);
+    assert_fails(&run, 2, &["not-a-pid", "--pid"]);
+
+    for args in [&["run"][..], &["run", "--"][..], &["run", "--json"][..]] {
+        let run = gleak_with_backtrace(args);
+        assert_fails(&run, 2, &["required", "COMMAND"]);
+    }
+
+    for run in [gleak_with_backtrace(&[]), gleak_with_backtrace(&["watch"])] {
+        assert_eq!(run.code(), Some(2), "{run}");
+        assert_no_panic(&run);
+    }
+}
+
+// ---------------------------------------------------------------------------
+// gleak run: commands that cannot be traced
+// ---------------------------------------------------------------------------
+
+#[test]
+fn run_missing_program() {
+    if !require_root() {
+        return;
+    }
+    let run = gleak_with_backtrace(&["run", "--", "/nonexistent/program", "arg"]);
+    assert_fails(&run, 2, &["/nonexistent/program", "cannot start"]);
+}
+
+#[test]
+fn run_not_go() {
+    if !require_root() {
+        return;
+    }
+    let started = Instant::now();
+    let run = gleak_with_backtrace(&["run", "--", "/bin/true"]);
+    assert_fails(&run, 2, &["not a Go program", "true"]);
+    // A child left stopped under ptrace would hold gleak (or its pipes) up.
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "gleak took {:?} to refuse /bin/true\n{run}",
+        started.elapsed()
+    );
+
+    // The same with a copy of `true` under a name of our own, to see whether
+    // gleak left the started command behind (stopped, orphaned or a zombie).
+    let dir = TempDir::new("notgo");
+    let name = format!("notgo{}", std::process::id());
+    let prog = dir.install(Path::new("/bin/true"), &name);
+    let prog_arg = prog.to_string_lossy().into_owned();
+    let run = gleak_with_backtrace(&["run", "--", &prog_arg]);
+    assert_fails(&run, 2, &["not a Go program", &name]);
+    let mut left = pids_named(&name);
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while !left.is_empty() && Instant::now() < deadline {
+        // An orphan that init has not reaped yet: give it a moment.
+        thread::sleep(Duration::from_millis(50));
+        left = pids_named(&name);
+    }
+    assert!(
+        left.is_empty(),
+        "gleak left {prog_arg} behind: {:?}\n{run}",
+        left.iter().map(|p| (p, proc_state(*p))).collect::<Vec<_>>()
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Interruption
+// ---------------------------------------------------------------------------
+
+/// Ctrl-C ends `gleak attach` (no `--duration`) with exit 0 and one final
+/// report; the target keeps running.
+#[test]
+fn attach_ctrl_c() {
+    if !require_root() {
+        return;
+    }
+    for_each_toolchain("attach_ctrl_c", |tc| {
+        let fx = Fixture::build(tc, "chan_send");
+        let _serial = serial_guard();
+        let mut proc = fx.start();
+        let pid = proc.pid();
+        let pid_s = pid.to_string();
+        let mut gleak = spawn_gleak(&["attach", "-p", &pid_s, "--json", "--interval", "1h"]);
+        let banner = format!("tracing PID {pid}");
+        assert!(
+            gleak.wait_for_stderr(&banner, ATTACH_TIMEOUT),
+            "{fx}: no {banner:?} on gleak's stderr within {ATTACH_TIMEOUT:?}:\n{}",
+            gleak.stderr_text()
+        );
+        thread::sleep(Duration::from_secs(2));
+        gleak.signal(libc::SIGINT);
+        let run = gleak.wait(Duration::from_secs(5));
+        assert_eq!(run.code(), Some(0), "{fx}: exit code after SIGINT\n{run}");
+        assert_no_panic(&run);
+        proc.assert_running("after gleak was interrupted");
+
+        let reports = parse_json_lines(&run.stdout).unwrap_or_else(|e| panic!("{e}\n{run}"));
+        assert_eq!(reports.len(), 1, "{fx}: want exactly the final report (interval 1h)\n{run}");
+        check_report_stream(&reports, pid);
+        check_reports_schema(&reports);
+        check_reports_target(&reports, &fx);
+        let report = &reports[0];
+        assert_eq!(report["final"], true, "{fx}: `final`\n{report}");
+        assert_eq!(report["target_exited"], false, "{fx}: `target_exited` of a running target\n{report}");
+        let site = marker_site(report, &fx, "LEAK:chan_send").unwrap_or_else(|| {
+            panic!("{fx}: the leak site is missing from the final report\n{}", describe_sites(report, 10))
+        });
+        assert!(count(site, "live") > 0, "{fx}: live is 0\n{site}");
+    });
+}
+
+/// The target exits by itself while traced: `gleak attach` (no `--duration`)
+/// notices, prints its final report with `target_exited` and exits 0.
+#[test]
+fn attach_target_exits() {
+    if !require_root() {
+        return;
+    }
+    for_each_toolchain("attach_target_exits", |tc| {
+        let fx = Fixture::build(tc, "short_lived");
+        let _serial = serial_guard();
+        let proc = fx.start();
+        let pid = proc.pid();
+        let pid_s = pid.to_string();
+        let mut gleak = spawn_gleak(&["attach", "-p", &pid_s, "--json", "--interval", "1h"]);
+        let banner = format!("tracing PID {pid}");
+        assert!(
+            gleak.wait_for_stderr(&banner, ATTACH_TIMEOUT),
+            "{fx}: no {banner:?} on gleak's stderr within {ATTACH_TIMEOUT:?}:\n{}",
+            gleak.stderr_text()
+        );
+        // The fixture stays a zombie (never reaped here) until `proc` drops,
+        // so its PID cannot be reused meanwhile.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut target_gone: Option<Instant> = None;
+        while gleak.try_wait().is_none() && Instant::now() < deadline {
+            if target_gone.is_none() && matches!(proc_state(pid), Some('Z') | None) {
+                target_gone = Some(Instant::now());
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        let gleak_done = Instant::now();
+        let target_gone = target_gone.or_else(|| matches!(proc_state(pid), Some('Z') | None).then_some(gleak_done));
+        let run = gleak.wait(Duration::from_secs(5));
+        let target_gone = target_gone.unwrap_or_else(|| {
+            panic!("{fx}: gleak exited but the target is still running\n{run}\n{}", proc.diagnostics())
+        });
+        assert!(
+            gleak_done.duration_since(target_gone) < Duration::from_secs(3),
+            "{fx}: gleak took {:?} to notice that the target exited\n{run}",
+            gleak_done.duration_since(target_gone)
+        );
+        assert_eq!(run.code(), Some(0), "{fx}: exit code\n{run}");
+        assert_no_panic(&run);
+
+        let reports = parse_json_lines(&run.stdout).unwrap_or_else(|e| panic!("{e}\n{run}"));
+        assert_eq!(reports.len(), 1, "{fx}: want only the final report\n{run}");
+        check_report_stream(&reports, pid);
+        check_reports_schema(&reports);
+        check_reports_target(&reports, &fx);
+        let report = &reports[0];
+        assert_eq!(report["final"], true, "{fx}: `final`\n{report}");
+        assert_eq!(report["target_exited"], true, "{fx}: `target_exited`\n{report}");
+        let site = marker_site(report, &fx, "LEAK:short_lived").unwrap_or_else(|| {
+            panic!("{fx}: the leak site is missing from the final report\n{}", describe_sites(report, 10))
+        });
+        assert!(count(site, "created") > 0, "{fx}: nothing created\n{site}");
+    });
+}
