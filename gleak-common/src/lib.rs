@@ -76,8 +76,11 @@ pub struct TargetConfig {
     pub g_m: u32,
     /// `m.curg`: the user goroutine an M runs (the creator while on g0 in newproc1).
     pub m_curg: u32,
+    /// `g.waitreason` (u8), read by the park probe placed on gopark's `CALL runtime.mcall`.
+    pub g_waitreason: u32,
     /// [`CONFIG_CAPTURE_STACKS`] and friends.
     pub flags: u32,
+    pub _reserved: u32,
 }
 
 /// Take the user stack at each goroutine creation.

@@ -1,6 +1,8 @@
-//! Goroutine death: a uprobe on the entry of `runtime.gdestroy` (Go ≥ 1.22; it also
-//! sees coroutine exits) or `runtime.goexit0` (older Go). Both run on g0 with the
-//! dying g in RAX, whose `goid` is still intact.
+//! Goroutine death: a uprobe in `runtime.gdestroy` (Go ≥ 1.22; it also sees
+//! coroutine exits) or `runtime.goexit0` (older Go), on its first
+//! `CALL runtime.casgstatus(gp, _Grunning, _Gdead)` (emulated by the kernel: one
+//! trap) or else on its entry. Both run on g0 with the dying g in RAX, whose `goid`
+//! is still intact.
 
 use aya_ebpf::{macros::uprobe, programs::ProbeContext};
 use gleak_common::EventKind;

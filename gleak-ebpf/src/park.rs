@@ -1,9 +1,9 @@
-//! Goroutine blocking: a uprobe on the entry of `runtime.gopark`, on the parking
-//! goroutine's own stack (R14 = g), wait reason in the low byte of RCX.
-//!
-//! Opt-in (`--trace-parks`): it fires on every blocking channel or lock operation.
-//! The entry may fire twice when the stack grows in the prologue; the event is
-//! idempotent (same g, same reason), so the user side just overwrites.
+//! Goroutine blocking, opt-in (`--trace-parks`: it fires on every blocking channel
+//! or lock operation). On the parking goroutine's own stack (R14 = g), either
+//! - at gopark's `CALL runtime.mcall(park_m)`, where `g.waitreason` is already
+//!   stored (one trap: the kernel emulates the CALL), or
+//! - at its entry, wait reason in the low byte of RCX. The entry may fire twice when
+//!   the stack grows in the prologue; the user side ignores the repeat.
 
 use aya_ebpf::{macros::uprobe, programs::ProbeContext};
 use gleak_common::EventKind;
@@ -22,5 +22,19 @@ pub fn goroutine_park(ctx: ProbeContext) -> u32 {
     if let Some(goid) = read_u64(g, cfg.g_goid) {
         emit(EventKind::Park, pid, goid, g, |e| e.wait_reason = reason);
     }
+    0
+}
+
+#[uprobe]
+pub fn goroutine_park_mcall(ctx: ProbeContext) -> u32 {
+    let pid = current_pid();
+    let Some(cfg) = target_config(&ctx, pid) else {
+        return 0;
+    };
+    let g = unsafe { (*ctx.regs).r14 };
+    let (Some(goid), Some(reason)) = (read_u64(g, cfg.g_goid), read_u64(g, cfg.g_waitreason)) else {
+        return 0;
+    };
+    emit(EventKind::Park, pid, goid, g, |e| e.wait_reason = (reason & 0xff) as u32);
     0
 }

@@ -89,6 +89,10 @@ struct Common {
     /// probe hit per blocking operation.
     #[arg(long)]
     trace_parks: bool,
+    /// Place probes on function entries and RETs rather than on the CALLs the
+    /// kernel emulates (two traps per hit instead of one; for comparison).
+    #[arg(long, hide_short_help = true)]
+    classic_probes: bool,
     /// Colour: auto (when stdout is a terminal), always, never.
     #[arg(long, value_enum, default_value_t = ColorChoice::Auto)]
     color: ColorChoice,
@@ -120,7 +124,12 @@ pub fn main() -> Result<i32> {
 
 impl Common {
     fn options(&self, stop_at_exit: bool) -> AttachOptions {
-        AttachOptions { capture_stacks: !self.no_stacks, trace_parks: self.trace_parks, stop_at_exit }
+        AttachOptions {
+            capture_stacks: !self.no_stacks,
+            trace_parks: self.trace_parks,
+            stop_at_exit,
+            classic_sites: self.classic_probes,
+        }
     }
 
     fn print(&self, report: &Report) {

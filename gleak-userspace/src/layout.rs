@@ -29,7 +29,9 @@ impl RuntimeLayout {
             g_startpc: self.g_startpc,
             g_m: self.g_m,
             m_curg: self.m_curg,
+            g_waitreason: self.g_waitreason,
             flags,
+            _reserved: 0,
         }
     }
 }

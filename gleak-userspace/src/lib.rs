@@ -17,6 +17,7 @@ pub mod error;
 pub mod gate;
 pub mod launch;
 pub mod layout;
+pub mod placement;
 pub mod pprof;
 pub mod probes;
 pub mod procmem;

@@ -17,8 +17,8 @@ use aya::{
 use gleak_common::{counter, TargetConfig};
 
 use crate::{
-    binary::ret::ret_offsets,
     error::{Error, Result},
+    placement::{self, ProbeSite},
     target::Target,
 };
 
@@ -29,8 +29,10 @@ static OBJECT: &[u8] = &[];
 
 /// The eBPF programs, by the name of their function in `gleak-ebpf`.
 pub const PROBE_CREATE: &str = "goroutine_create";
+pub const PROBE_CREATE_RBX: &str = "goroutine_create_rbx";
 pub const PROBE_EXIT: &str = "goroutine_exit";
 pub const PROBE_PARK: &str = "goroutine_park";
+pub const PROBE_PARK_MCALL: &str = "goroutine_park_mcall";
 pub const PROBE_PROCESS_EXIT: &str = "process_exit";
 
 /// What to attach to a target.
@@ -43,11 +45,14 @@ pub struct AttachOptions {
     /// Stop the process (SIGSTOP) when it calls `runtime.exit`, so its goroutines can
     /// be read before it is gone. Only for a child gleak started (`gleak run`).
     pub stop_at_exit: bool,
+    /// Probe function entries and RETs only, not the cheaper CALL sites (for
+    /// comparison, or should a future Go change the code shape the CALL search expects).
+    pub classic_sites: bool,
 }
 
 impl Default for AttachOptions {
     fn default() -> Self {
-        Self { capture_stacks: true, trace_parks: false, stop_at_exit: false }
+        Self { capture_stacks: true, trace_parks: false, stop_at_exit: false, classic_sites: false }
     }
 }
 
@@ -75,7 +80,7 @@ impl Probes {
         // The probes log only on paths that should never run; keep the logger alive
         // so its map stays valid, and drop its output into `log`.
         let logger = aya_log::EbpfLogger::init(&mut ebpf).ok();
-        for name in [PROBE_CREATE, PROBE_EXIT, PROBE_PARK, PROBE_PROCESS_EXIT] {
+        for name in [PROBE_CREATE, PROBE_CREATE_RBX, PROBE_EXIT, PROBE_PARK, PROBE_PARK_MCALL, PROBE_PROCESS_EXIT] {
             let prog: &mut UProbe = program(&mut ebpf, name)?;
             prog.load().map_err(|e| Error::Load(format!("{name}: {e}")))?;
         }
@@ -100,31 +105,7 @@ impl Probes {
     pub fn attach(&mut self, target: &Target, config: TargetConfig, opts: AttachOptions) -> Result<Vec<AttachedProbe>> {
         let pid = target.pid;
         let bin = &target.binary;
-        let exit_symbol = if bin.symbol("runtime.gdestroy").is_some() { "runtime.gdestroy" } else { "runtime.goexit0" };
-        let mut plan: Vec<(&'static str, String, u64)> = Vec::new();
-        let exit = bin.require_symbol(exit_symbol)?;
-        plan.push((PROBE_EXIT, exit_symbol.to_string(), exit.addr));
-        if opts.trace_parks {
-            let park = bin.require_symbol("runtime.gopark")?;
-            plan.push((PROBE_PARK, "runtime.gopark".to_string(), park.addr));
-        }
-        if opts.stop_at_exit {
-            let exit = bin.require_symbol("runtime.exit.abi0")?;
-            plan.push((PROBE_PROCESS_EXIT, "runtime.exit".to_string(), exit.addr));
-            // -race builds leave through the race runtime's C exit instead.
-            if let Some(racefini) = bin.symbol("runtime.racefini") {
-                plan.push((PROBE_PROCESS_EXIT, "runtime.racefini".to_string(), racefini.addr));
-            }
-        }
-        let (newproc1, code) = bin.function_code("runtime.newproc1")?;
-        let rets = ret_offsets(code, newproc1.addr)
-            .map_err(|at| Error::Undecodable { path: bin.path.clone(), symbol: format!("runtime.newproc1+{at:#x}") })?;
-        if rets.is_empty() {
-            return Err(Error::NoReturn { path: bin.path.clone(), symbol: "runtime.newproc1".into() });
-        }
-        for off in rets {
-            plan.push((PROBE_CREATE, format!("runtime.newproc1+{off:#x} (RET)"), newproc1.addr + off));
-        }
+        let plan = placement::plan(bin, opts)?;
 
         // Everything is resolved: register the layout, then attach in plan order.
         let targets_map = self.ebpf.map_mut("TARGETS").ok_or_else(|| Error::Load("no TARGETS map".into()))?;
@@ -134,7 +115,7 @@ impl Probes {
 
         let mut attached = Vec::new();
         let scope = UProbeScope::OneProcess(NonZeroU32::new(pid).ok_or(Error::NoSuchProcess(pid))?);
-        for (program_name, location, vaddr) in plan {
+        for ProbeSite { program: program_name, label: location, vaddr } in plan {
             let attach_error =
                 |reason: String| Error::Attach { probe: location.clone(), path: target.exe.clone(), reason };
             let offset = bin

@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use gleak::{
-    binary::{ret::ret_offsets, GoBinary},
+    binary::{disasm::ret_offsets, GoBinary},
     debuginfo::RuntimeInfo,
 };
 use gleak_tests::{build_fixture, go_toolchains, GoToolchain};
@@ -100,5 +100,31 @@ fn symbolizes_through_dwarf_line_tables() {
         let decl = proc_go.lines().position(|l| l.starts_with("func newproc1(")).unwrap() as u32 + 1;
         assert_eq!(frame.line, decl, "{tc}");
         assert!(Path::new(&frame.file).is_absolute(), "{tc}");
+    }
+}
+
+/// On every toolchain, probes land on the cheap CALL sites (one trap a hit), and
+/// the classic sites (entry, RETs) remain available.
+#[test]
+fn probes_sit_on_calls_the_kernel_emulates() {
+    use gleak::{placement::plan, AttachOptions};
+    for tc in go_toolchains() {
+        let (binary, _) = load(&tc);
+        let opts = AttachOptions { trace_parks: true, ..AttachOptions::default() };
+        let labels: Vec<String> = plan(&binary, opts).unwrap().into_iter().map(|s| s.label).collect();
+        let exit_fn = if minor(&tc) >= 22 { "runtime.gdestroy+" } else { "runtime.goexit0+" };
+        for want in [
+            exit_fn,
+            "(CALL runtime.casgstatus)",
+            "runtime.newproc.func1+",
+            "(CALL runtime.runqput)",
+            "(CALL runtime.mcall)",
+        ] {
+            assert!(labels.iter().any(|l| l.contains(want)), "{tc}: no site with {want:?} in {labels:?}");
+        }
+        let classic = AttachOptions { classic_sites: true, ..opts };
+        let labels: Vec<String> = plan(&binary, classic).unwrap().into_iter().map(|s| s.label).collect();
+        assert!(labels.iter().any(|l| l.starts_with("runtime.newproc1+") && l.ends_with("(RET)")), "{tc}: {labels:?}");
+        assert!(labels.contains(&"runtime.gopark".to_string()), "{tc}: {labels:?}");
     }
 }

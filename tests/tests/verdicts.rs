@@ -246,3 +246,37 @@ fn chan_send() {
         );
     });
 }
+
+/// With `--trace-parks` (a probe on gopark's `CALL runtime.mcall`), every blocked
+/// goroutine created during the trace has an exact blocked time, at most its age,
+/// and the wait reason the probe read from `g.waitreason` names the right wait.
+#[test]
+fn trace_parks_times_every_block() {
+    if !require_root() {
+        return;
+    }
+    for_each_toolchain("trace_parks", |tc| {
+        let fx = Fixture::build(tc, "chan_send");
+        let _serial = serial_guard();
+        let proc = fx.start();
+        let reports = run_gleak_attach(proc.pid(), &["--duration", "3s", "--interval", "10s", "--trace-parks"]);
+        check_reports_schema(&reports);
+        let site = site_at(&fx, last(&reports), "LEAK:chan_send", "final");
+        assert_eq!(site["verdict"], "leak", "{fx}: {site}");
+        let blocked = &site["blocked_s"];
+        let (p50, max) = (blocked["p50"].as_f64(), blocked["max"].as_f64());
+        assert!(p50.is_some_and(|v| v > 0.0) && max.is_some_and(|v| v > 0.5), "{fx}: blocked_s={blocked}\n{site}");
+        let oldest_traced = site["goroutines"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|g| !g["age_s"].is_null())
+            .map(|g| (g["blocked_s"].as_f64(), g["age_s"].as_f64().unwrap(), g["wait_reason"].clone()))
+            .collect::<Vec<_>>();
+        for (blocked, age, reason) in &oldest_traced {
+            let blocked = blocked.unwrap_or_else(|| panic!("{fx}: a traced goroutine with no blocked time\n{site}"));
+            assert!(blocked <= age + 0.01, "{fx}: blocked {blocked}s > age {age}s\n{site}");
+            assert_eq!(reason, "chan send", "{fx}: {site}");
+        }
+    });
+}

@@ -15,6 +15,7 @@ use crate::{build_gleak, cache_dir, go_build, newest_go, root, KillOnDrop};
 const MODES: &[(&str, Option<&[&str]>)] = &[
     ("untraced", None),
     ("default (create+exit, stacks)", Some(&[])),
+    ("--classic-probes (entry/RET sites)", Some(&["--classic-probes"])),
     ("--no-stacks", Some(&["--no-stacks"])),
     ("--trace-parks", Some(&["--trace-parks"])),
 ];

@@ -3,8 +3,8 @@
 //! Everything here works on the file alone; nothing touches the running process.
 
 pub mod buildinfo;
+pub mod disasm;
 pub mod dwarf;
-pub mod ret;
 
 use std::{
     collections::HashMap,

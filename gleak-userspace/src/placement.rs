@@ -1,0 +1,139 @@
+//! Where each probe goes in a given binary: the cheapest instruction that sees what
+//! the probe needs, found by decoding the code, with a safe fallback.
+//!
+//! A uprobe on most instructions costs two traps (the breakpoint, then a single
+//! step of the displaced instruction); on a CALL the kernel emulates the call
+//! instead, one trap. So the default sites are CALLs whose arguments carry the g.
+
+use crate::{
+    binary::{disasm, GoBinary, Symbol},
+    error::{Error, Result},
+    probes::{
+        AttachOptions, PROBE_CREATE, PROBE_CREATE_RBX, PROBE_EXIT, PROBE_PARK, PROBE_PARK_MCALL, PROBE_PROCESS_EXIT,
+    },
+};
+
+/// One uprobe to attach.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProbeSite {
+    /// The eBPF program (`gleak_ebpf` function name).
+    pub program: &'static str,
+    /// Human-readable place, e.g. `runtime.newproc.func1+0x40 (CALL runtime.runqput)`.
+    pub label: String,
+    /// Link-time virtual address.
+    pub vaddr: u64,
+}
+
+/// How far into the exit function its `casgstatus` call may be (it is the first
+/// statement): further means an unknown shape, so use the entry.
+const MAX_PROLOGUE: u64 = 0x80;
+
+/// The sites to probe in `bin`, in attach order: exit (and park, and process exit)
+/// before creation, so that every goroutine seen born is also seen die.
+pub fn plan(bin: &GoBinary, opts: AttachOptions) -> Result<Vec<ProbeSite>> {
+    let mut sites = Vec::new();
+    sites.push(exit_site(bin, opts.classic_sites)?);
+    if opts.trace_parks {
+        sites.push(park_site(bin, opts.classic_sites)?);
+    }
+    if opts.stop_at_exit {
+        let exit = bin.require_symbol("runtime.exit.abi0")?;
+        sites.push(site(PROBE_PROCESS_EXIT, "runtime.exit".into(), exit.addr));
+        // -race builds leave through the race runtime's C exit instead.
+        if let Some(racefini) = bin.symbol("runtime.racefini") {
+            sites.push(site(PROBE_PROCESS_EXIT, "runtime.racefini".into(), racefini.addr));
+        }
+    }
+    sites.extend(create_sites(bin, opts.classic_sites)?);
+    Ok(sites)
+}
+
+fn site(program: &'static str, label: String, vaddr: u64) -> ProbeSite {
+    ProbeSite { program, label, vaddr }
+}
+
+fn undecodable(bin: &GoBinary, func: &str, at: u64) -> Error {
+    Error::Undecodable { path: bin.path.clone(), symbol: format!("{func}+{at:#x}") }
+}
+
+fn code<'a>(bin: &'a GoBinary, func: &str) -> Result<(Symbol, &'a [u8])> {
+    bin.function_code(func)
+}
+
+/// gopark's `CALL runtime.mcall(park_m)` (g.waitreason stored by then), else its entry.
+fn park_site(bin: &GoBinary, classic: bool) -> Result<ProbeSite> {
+    let (sym, bytes) = code(bin, "runtime.gopark")?;
+    if let Some(mcall) = bin.symbol("runtime.mcall").filter(|_| !classic) {
+        let calls =
+            disasm::call_offsets(bytes, sym.addr, mcall.addr).map_err(|at| undecodable(bin, "runtime.gopark", at))?;
+        if let [off] = calls[..] {
+            return Ok(site(PROBE_PARK_MCALL, format!("runtime.gopark+{off:#x} (CALL runtime.mcall)"), sym.addr + off));
+        }
+    }
+    Ok(site(PROBE_PARK, "runtime.gopark".into(), sym.addr))
+}
+
+/// `gdestroy` (Go ≥ 1.22) or `goexit0`: its first `casgstatus` call, else its entry.
+fn exit_site(bin: &GoBinary, classic: bool) -> Result<ProbeSite> {
+    let func = if bin.symbol("runtime.gdestroy").is_some() { "runtime.gdestroy" } else { "runtime.goexit0" };
+    let (sym, bytes) = code(bin, func)?;
+    if let Some(casgstatus) = bin.symbol("runtime.casgstatus").filter(|_| !classic) {
+        let calls = disasm::call_offsets(bytes, sym.addr, casgstatus.addr).map_err(|at| undecodable(bin, func, at))?;
+        if let Some(&off) = calls.first().filter(|&&off| off <= MAX_PROLOGUE) {
+            return Ok(site(PROBE_EXIT, format!("{func}+{off:#x} (CALL runtime.casgstatus)"), sym.addr + off));
+        }
+    }
+    // casgstatus inlined (PGO) or an unknown shape: the entry (g still in RAX).
+    Ok(site(PROBE_EXIT, func.to_string(), sym.addr))
+}
+
+/// The `runqput` call in `newproc.func1` (+ coroutine creation in `newcoro`), else
+/// every RET of `newproc1`.
+fn create_sites(bin: &GoBinary, classic: bool) -> Result<Vec<ProbeSite>> {
+    let (newproc1, newproc1_code) = code(bin, "runtime.newproc1")?;
+    let fast = match (code(bin, "runtime.newproc.func1"), bin.symbol("runtime.runqput").filter(|_| !classic)) {
+        (Ok((func1, bytes)), Some(runqput)) => {
+            disasm::call_taking_result(bytes, func1.addr, newproc1.addr, runqput.addr)
+                .map_err(|at| undecodable(bin, "runtime.newproc.func1", at))?
+                .map(|off| (func1.addr, off))
+        }
+        _ => None,
+    };
+    // Coroutines (iter.Pull) call newproc1 from newcoro, or from its systemstack
+    // closure (Go ≥ 1.26).
+    let mut coro = None;
+    for func in ["runtime.newcoro", "runtime.newcoro.func1"] {
+        if let Ok((sym, bytes)) = code(bin, func) {
+            let after =
+                disasm::after_first_call(bytes, sym.addr, newproc1.addr).map_err(|at| undecodable(bin, func, at))?;
+            if let Some(off) = after {
+                coro = Some((func, sym.addr, off));
+                break;
+            }
+        }
+    }
+    let newcoro_linked = bin.symbol("runtime.newcoro").is_some();
+    if let Some((func1, off)) = fast {
+        if coro.is_some() || !newcoro_linked {
+            let mut sites = vec![site(
+                PROBE_CREATE_RBX,
+                format!("runtime.newproc.func1+{off:#x} (CALL runtime.runqput)"),
+                func1 + off,
+            )];
+            if let Some((func, addr, off)) = coro {
+                sites.push(site(PROBE_CREATE, format!("{func}+{off:#x} (after CALL runtime.newproc1)"), addr + off));
+            }
+            return Ok(sites);
+        }
+    }
+    // Fallback, for every caller of newproc1 at once.
+    let rets =
+        disasm::ret_offsets(newproc1_code, newproc1.addr).map_err(|at| undecodable(bin, "runtime.newproc1", at))?;
+    if rets.is_empty() {
+        return Err(Error::NoReturn { path: bin.path.clone(), symbol: "runtime.newproc1".into() });
+    }
+    Ok(rets
+        .into_iter()
+        .map(|off| site(PROBE_CREATE, format!("runtime.newproc1+{off:#x} (RET)"), newproc1.addr + off))
+        .collect())
+}
