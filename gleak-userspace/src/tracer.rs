@@ -184,179 +184,13 @@ impl Tracer {
         let t = targets.get_mut(&pid)?;
         let target_exited = !t.target.is_alive();
         let now = monotonic_ns();
-        let traced_s = now.saturating_sub(t.attached_ns) as f64 / 1e9;
-
-        // 1. What memory says about every goroutine we believe alive.
-        let live: Vec<(u64, u64)> = t.agg.live.iter().map(|(&goid, g)| (goid, g.g_addr)).collect();
-        let records = if target_exited {
-            vec![None; live.len()]
-        } else {
-            let addrs: Vec<u64> = live.iter().map(|&(_, g)| g).collect();
-            read_records(&t.mem, &t.info.layout, &addrs)
-        };
-        let mut by_goid = HashMap::with_capacity(live.len());
-        for ((goid, _), rec) in live.iter().zip(records) {
-            if t.agg.observe(*goid, rec.as_ref(), now) {
-                by_goid.insert(*goid, rec);
-            }
-        }
-
-        // 2. Per-site summaries of the live goroutines.
-        let mut acc: HashMap<SiteKey, LiveSummary> = HashMap::new();
-        for (goid, g) in &t.agg.live {
-            let a = acc.entry(g.site).or_default();
-            a.live += 1;
-            match g.created_ns {
-                Some(created) => {
-                    let age_us = now.saturating_sub(created) / 1000;
-                    a.ages_us.record(age_us.max(1)).ok();
-                }
-                None => a.preexisting += 1,
-            }
-            a.ran += g.ran as u64;
-            *a.per_stack.entry(g.stack_id).or_default() += 1;
-            a.keep_oldest(g.created_ns.unwrap_or(0), *goid);
-            let Some(Some(rec)) = by_goid.get(goid) else {
-                continue;
-            };
-            a.stack_bytes += rec.stack_bytes;
-            *a.states.entry(gstatus::name(rec.status)).or_default() += 1;
-            if rec.status == gstatus::WAITING {
-                *a.reasons.entry(rec.wait_reason).or_default() += 1;
-                if let Some(since) = blocked_since(g, rec) {
-                    a.blocked_us.record((now.saturating_sub(since) / 1000).max(1)).ok();
-                }
-            }
-        }
-
-        // 3. One report row per site, judged.
-        let bias = t.target.load_bias;
-        let window_start = now.saturating_sub(TREND_WINDOW_NS);
-        let mut sites = Vec::with_capacity(t.agg.sites.len());
+        let records = t.observe_live(target_exited, now);
+        let mut summaries = LiveSummary::per_site(&t.agg, &records, now);
         let keys: Vec<SiteKey> = t.agg.sites.keys().copied().collect();
-        for key in keys {
-            let stats = &t.agg.sites[&key];
-            let a = acc.remove(&key).unwrap_or_default();
-            let label = t.labels.get(key, stats.startpc, bias, &t.info);
-            let start = stats.sample_at_or_after(window_start).copied().unwrap_or(Sample {
-                t_ns: t.attached_ns,
-                live: 0,
-                created: 0,
-                exited: 0,
-            });
-            let window_s = (now.saturating_sub(start.t_ns) as f64 / 1e9).max(1e-3);
-            let wait_reasons: BTreeMap<String, u64> =
-                a.reasons.iter().map(|(&r, &n)| (t.info.wait_reasons.name(r), n)).collect();
-            let never_wake = wait_reasons.iter().filter(|(r, _)| never_wakes(r)).map(|(_, n)| n).sum();
-            let top_wait_reason =
-                wait_reasons.iter().max_by_key(|(name, n)| (**n, std::cmp::Reverse(*name))).map(|(r, _)| r.clone());
-            let blocked = wait_reasons.values().sum();
-            let goroutines = a
-                .oldest
-                .iter()
-                .filter_map(|&(_, goid)| {
-                    let g = t.agg.live.get(&goid)?;
-                    let rec = by_goid.get(&goid).copied().flatten();
-                    let waiting = rec.filter(|r| r.status == gstatus::WAITING);
-                    Some(GoroutineSample {
-                        goid,
-                        state: rec.map_or("unknown", |r| gstatus::name(r.status)),
-                        wait_reason: waiting.map(|r| t.info.wait_reasons.name(r.wait_reason)),
-                        blocked_s: waiting
-                            .and_then(|r| blocked_since(g, &r))
-                            .map(|since| now.saturating_sub(since) as f64 / 1e9),
-                        age_s: g.created_ns.map(|c| now.saturating_sub(c) as f64 / 1e9),
-                        g_addr: format!("{:#x}", g.g_addr),
-                    })
-                })
-                .collect();
-            let lifetime =
-                |q: f64| (!stats.lifetimes_us.is_empty()).then(|| stats.lifetimes_us.value_at_quantile(q) as f64 / 1e6);
-            let facts = SiteFacts {
-                live: stats.live,
-                created: stats.created,
-                window_s,
-                live_start: start.live,
-                created_in_window: stats.created - start.created,
-                exited_in_window: stats.exited - start.exited,
-                blocked,
-                top_reason: top_wait_reason.clone(),
-                never_wake,
-                age_p50_s: (!a.ages_us.is_empty()).then(|| a.ages_us.value_at_quantile(0.5) as f64 / 1e6),
-                oldest_s: (!a.ages_us.is_empty()).then(|| a.ages_us.max() as f64 / 1e6),
-                lifetime_p99_s: lifetime(0.99),
-                lifetime_p50_s: lifetime(0.5),
-                preexisting: a.preexisting,
-                ran: a.ran,
-                blocked_p50_s: (!a.blocked_us.is_empty()).then(|| a.blocked_us.value_at_quantile(0.5) as f64 / 1e6),
-                traced_s,
-                is_main: label.at.function == MAIN_GOROUTINE,
-            };
-            let (verdict, verdict_reason) = judge(&facts);
-
-            let mut paths: Vec<PathReport> = stats
-                .stacks
-                .iter()
-                .map(|(&id, &created)| {
-                    let locations = t.stacks.get(probes, id, key, bias, &t.info).to_vec();
-                    PathReport {
-                        live: a.per_stack.get(&id).copied().unwrap_or(0),
-                        created,
-                        stack: locations.iter().flat_map(|(_, f)| f.iter().cloned()).collect(),
-                        locations,
-                    }
-                })
-                .filter(|p| !p.stack.is_empty())
-                .collect();
-            paths.sort_by(|x, y| (y.live, y.created).cmp(&(x.live, x.created)).then(x.stack.len().cmp(&y.stack.len())));
-            let stack = paths.first().map(|p| p.stack.clone()).unwrap_or_else(|| label.inlined.clone());
-            // Goroutines from before attach have no recorded stack: their `go` statement stands in.
-            if a.per_stack.get(&-1).copied().unwrap_or(0) > 0 && !label.inlined.is_empty() {
-                paths.push(PathReport {
-                    live: a.per_stack[&-1],
-                    created: 0,
-                    stack: label.inlined.clone(),
-                    locations: vec![(key.wrapping_sub(bias), label.inlined.clone())],
-                });
-            }
-
-            sites.push(SiteReport {
-                verdict,
-                verdict_reason,
-                function: label.at.function.clone(),
-                file: label.at.file.clone(),
-                line: label.at.line,
-                go_func: label.go_func.clone(),
-                pc: format!("{:#x}", key.wrapping_sub(bias)),
-                live: stats.live,
-                created: stats.created,
-                exited: stats.exited,
-                preexisting: a.preexisting,
-                trend: Trend {
-                    window_s,
-                    live_start: start.live,
-                    live_end: stats.live,
-                    live_per_s: (stats.live as f64 - start.live as f64) / window_s,
-                },
-                rates: Rates {
-                    created_per_s: (stats.created - start.created) as f64 / window_s,
-                    exited_per_s: (stats.exited - start.exited) as f64 / window_s,
-                },
-                oldest_age_s: facts.oldest_s,
-                age_s: percentiles(&a.ages_us),
-                blocked,
-                blocked_s: percentiles(&a.blocked_us),
-                top_wait_reason,
-                wait_reasons,
-                goroutines,
-                states: a.states.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
-                stack_bytes: a.stack_bytes,
-                lifetime_p50_ms: facts.lifetime_p50_s.map(|s| s * 1e3),
-                stack,
-                paths,
-                parent_chain: parent_chain(&t.agg, key, &mut t.labels, bias, &t.info),
-            });
-        }
+        let mut sites: Vec<SiteReport> = keys
+            .into_iter()
+            .map(|key| t.site_report(probes, key, summaries.remove(&key).unwrap_or_default(), &records, now))
+            .collect();
         sites.sort_by(|a, b| {
             b.live
                 .cmp(&a.live)
@@ -372,7 +206,7 @@ impl Tracer {
             binary: t.target.exe.display().to_string(),
             go_version: t.target.binary.go_version.raw.clone(),
             mode: "attach",
-            elapsed_s: traced_s,
+            elapsed_s: now.saturating_sub(t.attached_ns) as f64 / 1e9,
             is_final,
             target_exited,
             totals: Totals {
@@ -388,6 +222,174 @@ impl Tracer {
             gate: None,
         })
     }
+}
+
+impl TracedTarget {
+    /// What memory says about every goroutine believed alive; retires the ones
+    /// that died unseen. `None` where memory could not be read.
+    fn observe_live(&mut self, target_exited: bool, now: u64) -> Records {
+        let live: Vec<(u64, u64)> = self.agg.live.iter().map(|(&goid, g)| (goid, g.g_addr)).collect();
+        let records = if target_exited {
+            vec![None; live.len()]
+        } else {
+            let addrs: Vec<u64> = live.iter().map(|&(_, g)| g).collect();
+            read_records(&self.mem, &self.info.layout, &addrs)
+        };
+        let mut by_goid = HashMap::with_capacity(live.len());
+        for ((goid, _), rec) in live.iter().zip(records) {
+            if self.agg.observe(*goid, rec.as_ref(), now) {
+                by_goid.insert(*goid, rec);
+            }
+        }
+        by_goid
+    }
+
+    /// One report row: the site's counts, trend, live goroutines, paths, verdict.
+    fn site_report(
+        &mut self,
+        probes: &Probes,
+        key: SiteKey,
+        a: LiveSummary,
+        records: &Records,
+        now: u64,
+    ) -> SiteReport {
+        let t = self;
+        let traced_s = now.saturating_sub(t.attached_ns) as f64 / 1e9;
+        let bias = t.target.load_bias;
+        let stats = &t.agg.sites[&key];
+        let label = t.labels.get(key, stats.startpc, bias, &t.info).clone();
+        let start = stats.sample_at_or_after(now.saturating_sub(TREND_WINDOW_NS)).copied().unwrap_or(Sample {
+            t_ns: t.attached_ns,
+            live: 0,
+            created: 0,
+            exited: 0,
+        });
+        let window_s = (now.saturating_sub(start.t_ns) as f64 / 1e9).max(1e-3);
+        let wait_reasons: BTreeMap<String, u64> =
+            a.reasons.iter().map(|(&r, &n)| (t.info.wait_reasons.name(r), n)).collect();
+        let never_wake = wait_reasons.iter().filter(|(r, _)| never_wakes(r)).map(|(_, n)| n).sum();
+        let top_wait_reason =
+            wait_reasons.iter().max_by_key(|(name, n)| (**n, std::cmp::Reverse(*name))).map(|(r, _)| r.clone());
+        let blocked = wait_reasons.values().sum();
+        let goroutines = a.oldest.iter().filter_map(|&(_, goid)| t.goroutine_sample(goid, records, now)).collect();
+        let lifetime =
+            |q: f64| (!stats.lifetimes_us.is_empty()).then(|| stats.lifetimes_us.value_at_quantile(q) as f64 / 1e6);
+        let facts = SiteFacts {
+            live: stats.live,
+            created: stats.created,
+            window_s,
+            live_start: start.live,
+            created_in_window: stats.created - start.created,
+            exited_in_window: stats.exited - start.exited,
+            blocked,
+            top_reason: top_wait_reason.clone(),
+            never_wake,
+            age_p50_s: quantile_s(&a.ages_us, 0.5),
+            oldest_s: (!a.ages_us.is_empty()).then(|| a.ages_us.max() as f64 / 1e6),
+            lifetime_p99_s: lifetime(0.99),
+            lifetime_p50_s: lifetime(0.5),
+            preexisting: a.preexisting,
+            ran: a.ran,
+            blocked_p50_s: quantile_s(&a.blocked_us, 0.5),
+            traced_s,
+            is_main: label.at.function == MAIN_GOROUTINE,
+        };
+        let (verdict, verdict_reason) = judge(&facts);
+        let (created, exited, live) = (stats.created, stats.exited, stats.live);
+        let paths = t.paths(probes, key, &a, &label);
+        let stack = paths.first().map(|p| p.stack.clone()).unwrap_or_else(|| label.inlined.clone());
+
+        SiteReport {
+            verdict,
+            verdict_reason,
+            function: label.at.function,
+            file: label.at.file,
+            line: label.at.line,
+            go_func: label.go_func,
+            pc: format!("{:#x}", key.wrapping_sub(bias)),
+            live,
+            created,
+            exited,
+            preexisting: a.preexisting,
+            trend: Trend {
+                window_s,
+                live_start: start.live,
+                live_end: live,
+                live_per_s: (live as f64 - start.live as f64) / window_s,
+            },
+            rates: Rates {
+                created_per_s: (created - start.created) as f64 / window_s,
+                exited_per_s: (exited - start.exited) as f64 / window_s,
+            },
+            oldest_age_s: facts.oldest_s,
+            age_s: percentiles(&a.ages_us),
+            blocked,
+            blocked_s: percentiles(&a.blocked_us),
+            top_wait_reason,
+            wait_reasons,
+            goroutines,
+            states: a.states.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
+            stack_bytes: a.stack_bytes,
+            lifetime_p50_ms: facts.lifetime_p50_s.map(|s| s * 1e3),
+            stack,
+            paths,
+            parent_chain: parent_chain(&t.agg, key, &mut t.labels, bias, &t.info),
+        }
+    }
+
+    /// One live goroutine as memory shows it now.
+    fn goroutine_sample(&self, goid: u64, records: &Records, now: u64) -> Option<GoroutineSample> {
+        let g = self.agg.live.get(&goid)?;
+        let rec = records.get(&goid).copied().flatten();
+        let waiting = rec.filter(|r| r.status == gstatus::WAITING);
+        Some(GoroutineSample {
+            goid,
+            state: rec.map_or("unknown", |r| gstatus::name(r.status)),
+            wait_reason: waiting.map(|r| self.info.wait_reasons.name(r.wait_reason)),
+            blocked_s: waiting.and_then(|r| blocked_since(g, &r)).map(|since| now.saturating_sub(since) as f64 / 1e9),
+            age_s: g.created_ns.map(|c| now.saturating_sub(c) as f64 / 1e9),
+            g_addr: format!("{:#x}", g.g_addr),
+        })
+    }
+
+    /// The site's distinct creation paths, busiest first; goroutines from before
+    /// attach have no recorded stack, so their `go` statement stands in.
+    fn paths(&mut self, probes: &Probes, key: SiteKey, a: &LiveSummary, label: &SiteLabel) -> Vec<PathReport> {
+        let bias = self.target.load_bias;
+        let stats = &self.agg.sites[&key];
+        let mut paths: Vec<PathReport> = stats
+            .stacks
+            .iter()
+            .map(|(&id, &created)| {
+                let locations = self.stacks.get(probes, id, key, bias, &self.info).to_vec();
+                PathReport {
+                    live: a.per_stack.get(&id).copied().unwrap_or(0),
+                    created,
+                    stack: locations.iter().flat_map(|(_, f)| f.iter().cloned()).collect(),
+                    locations,
+                }
+            })
+            .filter(|p| !p.stack.is_empty())
+            .collect();
+        paths.sort_by(|x, y| (y.live, y.created).cmp(&(x.live, x.created)).then(x.stack.len().cmp(&y.stack.len())));
+        let unrecorded = a.per_stack.get(&-1).copied().unwrap_or(0);
+        if unrecorded > 0 && !label.inlined.is_empty() {
+            paths.push(PathReport {
+                live: unrecorded,
+                created: 0,
+                stack: label.inlined.clone(),
+                locations: vec![(key.wrapping_sub(bias), label.inlined.clone())],
+            });
+        }
+        paths
+    }
+}
+
+/// Per live goroutine (by goid): its `g` as read from memory, `None` if unreadable.
+type Records = HashMap<u64, Option<GRecord>>;
+
+fn quantile_s(h: &Histogram<u64>, q: f64) -> Option<f64> {
+    (!h.is_empty()).then(|| h.value_at_quantile(q) as f64 / 1e6)
 }
 
 /// How the main goroutine's creation site is labelled.
@@ -415,6 +417,36 @@ struct LiveSummary {
 const EXAMPLES: usize = 5;
 
 impl LiveSummary {
+    /// Summarises the live goroutines of every site.
+    fn per_site(agg: &Aggregator, records: &Records, now: u64) -> HashMap<SiteKey, LiveSummary> {
+        let mut acc: HashMap<SiteKey, LiveSummary> = HashMap::new();
+        for (goid, g) in &agg.live {
+            let a = acc.entry(g.site).or_default();
+            a.live += 1;
+            match g.created_ns {
+                Some(created) => {
+                    a.ages_us.record((now.saturating_sub(created) / 1000).max(1)).ok();
+                }
+                None => a.preexisting += 1,
+            }
+            a.ran += g.ran as u64;
+            *a.per_stack.entry(g.stack_id).or_default() += 1;
+            a.keep_oldest(g.created_ns.unwrap_or(0), *goid);
+            let Some(Some(rec)) = records.get(goid) else {
+                continue;
+            };
+            a.stack_bytes += rec.stack_bytes;
+            *a.states.entry(gstatus::name(rec.status)).or_default() += 1;
+            if rec.status == gstatus::WAITING {
+                *a.reasons.entry(rec.wait_reason).or_default() += 1;
+                if let Some(since) = blocked_since(g, rec) {
+                    a.blocked_us.record((now.saturating_sub(since) / 1000).max(1)).ok();
+                }
+            }
+        }
+        acc
+    }
+
     fn keep_oldest(&mut self, created_ns: u64, goid: u64) {
         if self.oldest.len() < EXAMPLES {
             self.oldest.push((created_ns, goid));
