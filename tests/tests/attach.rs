@@ -206,3 +206,28 @@ fn demo() {
         assert_not_growing(&fx, &reports, "OK:cache_pool");
     });
 }
+
+/// Position-independent executables (`-buildmode=pie`, the default on some
+/// distributions): the load bias comes from /proc/PID/maps, and the leak is still
+/// reported at its `go` statement.
+#[test]
+fn pie_binary() {
+    if !require_root() {
+        return;
+    }
+    for_each_toolchain("pie", |tc| {
+        let src = fixture_source("chan_send");
+        let bin = build_go_program_with_flags(tc, &src, "chan_send_pie", &["-buildmode=pie"]);
+        let _serial = serial_guard();
+        let proc = RunningGo::spawn(&bin, &[], "ready");
+        let reports = run_gleak_attach(proc.pid(), &["--duration", "3s", "--interval", "10s", "--top", "100"]);
+        let last = reports.last().expect("a final report");
+        let line = marker_line("chan_send", "LEAK:chan_send");
+        let site = find_site(last, "fixtures/chan_send.go", line)
+            .unwrap_or_else(|| panic!("{tc}: PIE leak site missing\n{}", describe_sites(last, 10)));
+        assert_eq!(site["verdict"], "leak", "{tc}: {site}");
+        assert_eq!(site["top_wait_reason"], "chan send", "{tc}: {site}");
+        let stack = site["stack"].as_array().unwrap();
+        assert!(stack.iter().any(|f| f["function"] == "main.main"), "{tc}: {site}");
+    });
+}
