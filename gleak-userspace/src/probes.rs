@@ -105,9 +105,21 @@ impl Probes {
     pub fn attach(&mut self, target: &Target, config: TargetConfig, opts: AttachOptions) -> Result<Vec<AttachedProbe>> {
         let pid = target.pid;
         let bin = &target.binary;
-        let plan = placement::plan(bin, opts)?;
+        let attach_error = |site: &ProbeSite, reason: String| Error::Attach {
+            probe: site.label.clone(),
+            path: target.exe.clone(),
+            reason,
+        };
+        let mut plan = Vec::new();
+        for site in placement::plan(bin, opts)? {
+            let offset = bin
+                .file_offset(site.vaddr)
+                .ok_or_else(|| attach_error(&site, format!("{:#x} is not in a file-backed segment", site.vaddr)))?;
+            plan.push((site, offset));
+        }
 
-        // Everything is resolved: register the layout, then attach in plan order.
+        // Everything is resolved: register the layout, then attach in plan order;
+        // any failure undoes it all.
         let targets_map = self.ebpf.map_mut("TARGETS").ok_or_else(|| Error::Load("no TARGETS map".into()))?;
         let mut targets: BpfHashMap<_, u32, TargetConfig> =
             BpfHashMap::try_from(targets_map).map_err(|e| Error::Load(e.to_string()))?;
@@ -115,20 +127,15 @@ impl Probes {
 
         let mut attached = Vec::new();
         let scope = UProbeScope::OneProcess(NonZeroU32::new(pid).ok_or(Error::NoSuchProcess(pid))?);
-        for ProbeSite { program: program_name, label: location, vaddr } in plan {
-            let attach_error =
-                |reason: String| Error::Attach { probe: location.clone(), path: target.exe.clone(), reason };
-            let offset = bin
-                .file_offset(vaddr)
-                .ok_or_else(|| attach_error(format!("{vaddr:#x} is not in a file-backed segment")))?;
-            let prog: &mut UProbe = program(&mut self.ebpf, program_name)?;
-            let link = prog
-                .attach(UProbeAttachLocation::AbsoluteOffset(offset), &target.attach_path, scope)
-                .map_err(|e| attach_error(error_chain(&e)));
+        for (site, offset) in plan {
+            let link = program(&mut self.ebpf, site.program).and_then(|prog| {
+                prog.attach(UProbeAttachLocation::AbsoluteOffset(offset), &target.attach_path, scope)
+                    .map_err(|e| attach_error(&site, error_chain(&e)))
+            });
             match link {
                 Ok(link) => {
-                    self.links.entry(pid).or_default().push((program_name, link));
-                    attached.push(AttachedProbe { program: program_name, location });
+                    self.links.entry(pid).or_default().push((site.program, link));
+                    attached.push(AttachedProbe { program: site.program, location: site.label });
                 }
                 Err(e) => {
                     self.detach(pid);
