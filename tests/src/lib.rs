@@ -469,7 +469,7 @@ impl RunningGo {
         }
         let mut child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {label}: {e}"));
         let out = child.stdout.take().expect("stdout is piped");
-        let mut err = child.stderr.take().expect("stderr is piped");
+        let err = child.stderr.take().expect("stderr is piped");
 
         let stdout = Arc::new(Mutex::new(Vec::new()));
         let (tx, rx) = mpsc::channel::<String>();
@@ -483,19 +483,7 @@ impl RunningGo {
                 }
             });
         }
-        let stderr = Arc::new(Mutex::new(Vec::new()));
-        let stderr_reader = {
-            let stderr = Arc::clone(&stderr);
-            thread::spawn(move || {
-                let mut buf = [0u8; 8192];
-                loop {
-                    match err.read(&mut buf) {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => lock(&stderr).extend_from_slice(&buf[..n]),
-                    }
-                }
-            })
-        };
+        let (stderr, stderr_reader) = collect_in_background(err);
         let mut me = RunningGo { child, label, stdout, stderr, stderr_reader: Some(stderr_reader) };
 
         let deadline = Instant::now() + timeout;
@@ -717,6 +705,22 @@ impl fmt::Display for GleakRun {
     }
 }
 
+/// Reads `source` to its end on a thread, into a shared buffer readable meanwhile.
+fn collect_in_background(mut source: impl Read + Send + 'static) -> (Arc<Mutex<Vec<u8>>>, JoinHandle<()>) {
+    let buf = Arc::new(Mutex::new(Vec::new()));
+    let sink = Arc::clone(&buf);
+    let reader = thread::spawn(move || {
+        let mut chunk = [0u8; 8192];
+        loop {
+            match source.read(&mut chunk) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => lock(&sink).extend_from_slice(&chunk[..n]),
+            }
+        }
+    });
+    (buf, reader)
+}
+
 fn read_all(mut r: impl Read + Send + 'static) -> JoinHandle<Vec<u8>> {
     thread::spawn(move || {
         let mut buf = Vec::new();
@@ -759,20 +763,8 @@ impl GleakChild {
         configure(&mut cmd);
         let mut child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
         let stdout = read_all(child.stdout.take().expect("stdout is piped"));
-        let mut err = child.stderr.take().expect("stderr is piped");
-        let stderr = Arc::new(Mutex::new(Vec::new()));
-        let stderr_reader = {
-            let stderr = Arc::clone(&stderr);
-            thread::spawn(move || {
-                let mut buf = [0u8; 8192];
-                loop {
-                    match err.read(&mut buf) {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => lock(&stderr).extend_from_slice(&buf[..n]),
-                    }
-                }
-            })
-        };
+        let err = child.stderr.take().expect("stderr is piped");
+        let (stderr, stderr_reader) = collect_in_background(err);
         GleakChild {
             child,
             args: args.iter().map(|s| s.to_string()).collect(),

@@ -161,6 +161,8 @@ fn test() -> Result<()> {
     bootstrap(&[])?;
     step("cargo fmt --check");
     run(cargo().args(["fmt", "--all", "--check"]))?;
+    // The eBPF crate is its own workspace (bpfel target): check it too.
+    run(cargo().args(["fmt", "--check", "--manifest-path", "gleak-ebpf/Cargo.toml"]))?;
     step("cargo clippy -D warnings");
     run(cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;
     let gleak = build_gleak()?;
