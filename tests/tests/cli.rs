@@ -310,13 +310,8 @@ fn attach_ctrl_c() {
         assert_no_panic(&run);
         proc.assert_running("after gleak was interrupted");
 
-        let reports = parse_json_lines(&run.stdout).unwrap_or_else(|e| panic!("{e}\n{run}"));
-        assert_eq!(reports.len(), 1, "{fx}: want exactly the final report (interval 1h)\n{run}");
-        check_report_stream(&reports, pid);
-        check_reports_schema(&reports);
-        check_reports_target(&reports, &fx);
+        let reports = only_final_report(&run, pid, &fx);
         let report = &reports[0];
-        assert_eq!(report["final"], true, "{fx}: `final`\n{report}");
         assert_eq!(report["target_exited"], false, "{fx}: `target_exited` of a running target\n{report}");
         let site = marker_site(report, &fx, "LEAK:chan_send").unwrap_or_else(|| {
             panic!("{fx}: the leak site is missing from the final report\n{}", describe_sites(report, 10))
@@ -369,17 +364,24 @@ fn attach_target_exits() {
         assert_eq!(run.code(), Some(0), "{fx}: exit code\n{run}");
         assert_no_panic(&run);
 
-        let reports = parse_json_lines(&run.stdout).unwrap_or_else(|e| panic!("{e}\n{run}"));
-        assert_eq!(reports.len(), 1, "{fx}: want only the final report\n{run}");
-        check_report_stream(&reports, pid);
-        check_reports_schema(&reports);
-        check_reports_target(&reports, &fx);
+        let reports = only_final_report(&run, pid, &fx);
         let report = &reports[0];
-        assert_eq!(report["final"], true, "{fx}: `final`\n{report}");
         assert_eq!(report["target_exited"], true, "{fx}: `target_exited`\n{report}");
         let site = marker_site(report, &fx, "LEAK:short_lived").unwrap_or_else(|| {
             panic!("{fx}: the leak site is missing from the final report\n{}", describe_sites(report, 10))
         });
         assert!(count(site, "created") > 0, "{fx}: nothing created\n{site}");
     });
+}
+
+/// The single report gleak printed (interval 1h: just the final one), checked
+/// against the schema and the stream invariants.
+fn only_final_report(run: &GleakRun, pid: u32, fx: &Fixture) -> Vec<Value> {
+    let reports = parse_json_lines(&run.stdout).unwrap_or_else(|e| panic!("{e}\n{run}"));
+    assert_eq!(reports.len(), 1, "{fx}: want only the final report\n{run}");
+    check_report_stream(&reports, pid);
+    check_reports_schema(&reports);
+    check_reports_target(&reports, fx);
+    assert_eq!(reports[0]["final"], true, "{fx}: `final`\n{}", reports[0]);
+    reports
 }
