@@ -9,7 +9,7 @@
 set -euo pipefail
 
 GLEAK_CACHE="${GLEAK_CACHE:-$HOME/.cache/gleak}"
-GO_WHEELS=(1.23.9 1.26.6)
+GO_WHEELS=(1.21.13 1.22.10 1.23.9 1.24.11 1.25.5 1.26.6 1.27.3)
 want_go=1
 for a in "$@"; do
   case "$a" in

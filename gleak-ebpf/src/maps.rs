@@ -2,8 +2,8 @@
 
 use aya_ebpf::programs::ProbeContext;
 use aya_ebpf::{
-    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
-    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user},
+    bindings::{bpf_pidns_info, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
+    helpers::{bpf_get_current_pid_tgid, bpf_get_ns_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user},
     macros::map,
     maps::{HashMap, PerCpuArray, RingBuf, StackTrace},
 };
@@ -38,9 +38,29 @@ pub fn bump(index: u32) {
     }
 }
 
+/// gleak's own PID namespace (device, inode of `/proc/self/ns/pid`), set at load;
+/// 0 when gleak runs in the initial namespace, where kernel PIDs are its PIDs.
+#[unsafe(no_mangle)]
+static PIDNS_DEV: u64 = 0;
+#[unsafe(no_mangle)]
+static PIDNS_INO: u64 = 0;
+
+/// The current process as gleak sees it: the key of `TARGETS` and of events. In a
+/// PID namespace (gleak in a container) that is not the kernel's number.
 #[inline(always)]
 pub fn current_pid() -> u32 {
-    (bpf_get_current_pid_tgid() >> 32) as u32
+    let ino = unsafe { core::ptr::read_volatile(&PIDNS_INO) };
+    if ino == 0 {
+        return (bpf_get_current_pid_tgid() >> 32) as u32;
+    }
+    let dev = unsafe { core::ptr::read_volatile(&PIDNS_DEV) };
+    let mut info = bpf_pidns_info { pid: 0, tgid: 0 };
+    let size = core::mem::size_of::<bpf_pidns_info>() as u32;
+    // Fails for a process outside gleak's namespace: one gleak cannot have attached to.
+    match unsafe { bpf_get_ns_current_pid_tgid(dev, ino, &mut info, size) } {
+        0 => info.tgid,
+        _ => 0,
+    }
 }
 
 /// The layout of `pid`'s runtime. Missing only if user space is mid-detach or was

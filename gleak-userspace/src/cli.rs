@@ -8,7 +8,7 @@ use std::{
     time::Duration,
 };
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use gleak::{
     gate::{self, Ending},
@@ -25,7 +25,18 @@ EXAMPLES:
     gleak attach -p 4242 --json -i 5s       # one JSON report per line, every 5s
     gleak attach -p 4242 --pprof leaks.pb.gz  # also a goroutine profile for `go tool pprof`
     gleak run -- ./server.test -test.run TestAPI   # CI gate: exit 1 if the tests leak goroutines
-    gleak run --duration 60s -- ./server    # bound a command that does not end by itself";
+    gleak run --duration 60s -- ./server    # bound a command that does not end by itself
+
+EXIT CODES:
+    0    no leak (gleak run: the command's own status when it did not leak)
+    1    gleak run: a site reached --fail-on
+    2    bad usage, or an error of no class below
+    3    no such process, or it exited before gleak could attach
+    4    not a Go program gleak can trace (not ELF/x86_64, not Go, Go < 1.19, no function table)
+    5    not permitted: not root, or missing CAP_BPF / CAP_PERFMON / CAP_SYS_PTRACE
+    6    the kernel or this build lacks what tracing needs (uprobes, BPF ring buffers, eBPF object)
+    7    the probe points cannot be found or placed safely in this binary
+    130  gleak run interrupted (Ctrl-C) and no leak found";
 
 /// Find goroutine leaks in a running Go program, from the kernel side with eBPF.
 #[derive(Parser, Debug)]
@@ -114,7 +125,7 @@ enum ColorChoice {
 pub fn main() -> Result<i32> {
     let cli = Cli::parse();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
-    check_root()?;
+    gleak::probes::preflight()?;
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     match cli.command {
         Command::Attach { pid, common } => runtime.block_on(attach(pid, common)).map(|()| 0),
@@ -186,12 +197,14 @@ fn banner(tracer: &Tracer, pid: u32, what: &str) {
         }
     }
     eprintln!(
-        "gleak: tracing PID {pid} {} ({}) · probes: {} · {} goroutines already running · {what}",
+        "gleak: tracing PID {pid}{} {} ({}) · probes: {} · {} goroutines already running · {what}",
+        t.target.ns_pid.map(|p| format!(" (PID {p} in its namespace)")).unwrap_or_default(),
         t.target.exe.display(),
         t.target.binary.go_version,
         probes.join(", "),
         t.agg.live.len(),
     );
+    eprintln!("gleak: {}", t.info.sources);
 }
 
 async fn attach(pid: u32, common: Common) -> Result<()> {
@@ -378,14 +391,6 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
         Some(d) => tokio::time::sleep_until(d).await,
         None => std::future::pending().await,
     }
-}
-
-fn check_root() -> Result<()> {
-    // SAFETY: no arguments, no side effects.
-    if unsafe { libc::geteuid() } != 0 {
-        bail!("gleak needs root to load eBPF programs and read another process's memory; run it with sudo");
-    }
-    Ok(())
 }
 
 /// Longest `--duration`/`--interval`: timers beyond it would overflow `Instant`.

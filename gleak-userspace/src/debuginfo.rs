@@ -1,12 +1,22 @@
-//! One interface over the ways of learning a binary's runtime: struct layout,
-//! wait-reason names and symbolization. DWARF is the backend today; a `.gopclntab`
-//! + per-version-table backend for stripped binaries plugs in here.
+//! One interface over the ways of learning a binary's runtime, chosen per fact:
+//! DWARF and ELF symbols where the binary has them, else `.gopclntab`, the machine
+//! code and gleak's per-release tables ([`crate::gotables`]). A binary with
+//! symbols but no DWARF (the Go toolchain's own) uses its symbols for addresses
+//! and the tables for struct offsets; a stripped one uses `.gopclntab` for both
+//! addresses and lines.
+
+use std::sync::Arc;
 
 use crate::{
-    binary::{dwarf::DwarfInfo, GoBinary},
-    error::Result,
+    binary::{
+        dwarf::DwarfInfo,
+        globals::{self, FoundBy, GoroutineTable},
+        GoBinary,
+    },
+    error::{Error, Result},
+    gotables,
     layout::RuntimeLayout,
-    symbolize::Symbolizer,
+    symbolize::{Frame, Symbolizer},
     waitreason::WaitReasons,
 };
 
@@ -14,17 +24,150 @@ pub struct RuntimeInfo {
     pub layout: RuntimeLayout,
     pub wait_reasons: WaitReasons,
     pub symbolizer: Box<dyn Symbolizer + Send>,
+    /// Where `runtime.allgs`/`allglen` are, or why that is unknown.
+    pub goroutine_table: std::result::Result<GoroutineTable, String>,
+    /// Which backend gave each fact, for the banner and the JSON report.
+    pub sources: FactSources,
+    /// Facts no backend had, in words for the report.
+    pub gaps: Vec<String>,
+}
+
+/// Where each fact came from, in words (`"DWARF"`, `".gopclntab"`, `"Go 1.26 table"`…).
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct FactSources {
+    pub functions: String,
+    pub layout: String,
+    pub wait_reasons: String,
+    pub lines: String,
+    pub goroutine_table: String,
+}
+
+impl std::fmt::Display for FactSources {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "functions from {}, offsets from {}, wait reasons from {}, lines from {}, goroutine table {}",
+            self.functions, self.layout, self.wait_reasons, self.lines, self.goroutine_table
+        )
+    }
 }
 
 impl RuntimeInfo {
     pub fn load(binary: &GoBinary) -> Result<Self> {
-        let dwarf = DwarfInfo::load(binary)?;
-        let (layout, wait_consts) = dwarf.runtime_layout(binary)?;
-        let wait_reasons = match binary.wait_reason_strings() {
-            Some(names) if !names.is_empty() => WaitReasons::from_strings(names),
-            _ => WaitReasons::from_constants(&wait_consts),
+        let release = gotables::for_release(binary.go_version.minor);
+        let table_name = format!("gleak's Go 1.{} table", binary.go_version.minor);
+        let dwarf = if binary.has_dwarf {
+            match DwarfInfo::load(binary) {
+                Ok(d) => Some(d),
+                Err(e) => {
+                    log::warn!(
+                        "{}: unreadable DWARF ({e}); using .gopclntab and gleak's tables",
+                        binary.path.display()
+                    );
+                    None
+                }
+            }
+        } else {
+            None
         };
-        let symbolizer = Box::new(dwarf.symbolizer(binary)?);
-        Ok(Self { layout, wait_reasons, symbolizer })
+        let mut sources = FactSources::default();
+        let mut gaps = Vec::new();
+
+        // Struct offsets: DWARF, else the release's table.
+        let dwarf_layout = dwarf.as_ref().and_then(|d| match d.runtime_layout(binary) {
+            Ok(found) => Some(found),
+            Err(e) => {
+                log::warn!("{e}; using gleak's tables");
+                None
+            }
+        });
+        let (layout, wait_consts) = match (dwarf_layout, release) {
+            (Some((layout, consts)), _) => {
+                sources.layout = "DWARF".into();
+                (layout, consts)
+            }
+            (None, Some(facts)) => {
+                sources.layout = table_name.clone();
+                (facts.runtime_layout(), Default::default())
+            }
+            (None, None) => {
+                return Err(Error::UnknownRelease {
+                    path: binary.path.clone(),
+                    version: binary.go_version.raw.clone(),
+                    newest: gotables::NEWEST_KNOWN_MINOR,
+                })
+            }
+        };
+
+        // Wait-reason names: the binary's own strings, else DWARF constants, else the table.
+        let wait_reasons = match binary.wait_reason_strings() {
+            Some(names) if !names.is_empty() => {
+                sources.wait_reasons = "runtime.waitReasonStrings".into();
+                WaitReasons::from_strings(names)
+            }
+            _ if !wait_consts.is_empty() => {
+                sources.wait_reasons = "DWARF constants".into();
+                WaitReasons::from_constants(&wait_consts)
+            }
+            _ => match release {
+                Some(facts) => {
+                    sources.wait_reasons = table_name.clone();
+                    WaitReasons::from_strings(facts.wait_reasons.iter().map(|s| s.to_string()).collect())
+                }
+                None => {
+                    sources.wait_reasons = "nowhere (numbers only)".into();
+                    gaps.push("wait reasons are shown as numbers: no names in the binary or gleak's tables".into());
+                    WaitReasons::default()
+                }
+            },
+        };
+
+        // Lines: DWARF, else .gopclntab.
+        let dwarf_symbolizer = dwarf.as_ref().and_then(|d| d.symbolizer(binary).ok());
+        let symbolizer: Box<dyn Symbolizer + Send> = match (dwarf_symbolizer, binary.pclntab()) {
+            (Some(s), _) => {
+                sources.lines = "DWARF".into();
+                Box::new(s)
+            }
+            (None, Some(table)) => {
+                sources.lines = ".gopclntab".into();
+                Box::new(SharedPclntab(table.clone()))
+            }
+            (None, None) => {
+                sources.lines = "nowhere (addresses only)".into();
+                let why = binary.pclntab_problem.as_deref().unwrap_or("unreadable");
+                gaps.push(format!("source lines are not known: no DWARF, and .gopclntab: {why}"));
+                Box::new(NoLines)
+            }
+        };
+        sources.functions = if binary.has_symtab() { "ELF symbols".into() } else { ".gopclntab".into() };
+
+        let goroutine_table = globals::goroutine_table(binary).map(|(table, how)| {
+            sources.goroutine_table = match how {
+                FoundBy::Symbols => "from symbols".into(),
+                FoundBy::MachineCode => "from runtime.allgadd's code".into(),
+            };
+            table
+        });
+        if let Err(why) = &goroutine_table {
+            sources.goroutine_table = format!("not found ({why})");
+        }
+        Ok(Self { layout, wait_reasons, symbolizer, goroutine_table, sources, gaps })
+    }
+}
+
+struct SharedPclntab(Arc<crate::binary::pclntab::Pclntab>);
+
+impl Symbolizer for SharedPclntab {
+    fn frames(&self, pc: u64) -> Vec<Frame> {
+        self.0.frames(pc)
+    }
+}
+
+struct NoLines;
+
+impl Symbolizer for NoLines {
+    fn frames(&self, _pc: u64) -> Vec<Frame> {
+        Vec::new()
     }
 }

@@ -28,11 +28,17 @@ pub enum Error {
     #[error("{path} was built with {version}; gleak supports Go 1.19 and later")]
     UnsupportedGoVersion { path: PathBuf, version: String },
 
-    #[error("{path} has no symbol table (built with -ldflags=-s?); gleak needs symbols to place its probes for now")]
-    Stripped { path: PathBuf },
+    #[error("{path} has no usable function table ({reason}) and no symbol table; gleak cannot place its probes")]
+    NoFunctionTable { path: PathBuf, reason: String },
 
-    #[error("{path} has no DWARF debug info (built with -ldflags=-w?); gleak needs it for runtime.g offsets for now")]
+    #[error("{path} has no DWARF debug info")]
     NoDwarf { path: PathBuf },
+
+    #[error(
+        "{path} was built with {version}, newer than the runtime tables of this gleak (up to Go 1.{newest}), \
+         and has no DWARF to read the layout from; upgrade gleak, or build the target without -ldflags=-w"
+    )]
+    UnknownRelease { path: PathBuf, version: String, newest: u32 },
 
     #[error("{path}: Go runtime symbol {symbol} not found")]
     MissingSymbol { path: PathBuf, symbol: String },
@@ -66,8 +72,75 @@ pub enum Error {
     )]
     Attach { probe: String, path: PathBuf, reason: String },
 
+    #[error(
+        "gleak needs root, or the capabilities {missing} (it loads eBPF programs, attaches uprobes and reads \
+         the target's memory); run it with sudo"
+    )]
+    MissingCapabilities { missing: String },
+
+    #[error(
+        "this kernel has no uprobe support ({what} is missing); gleak needs CONFIG_UPROBE_EVENTS=y and BPF ring \
+         buffers (Linux 5.8+)"
+    )]
+    NoUprobes { what: String },
+
     #[error("reading memory of PID {pid} failed: {cause}")]
     ReadMemory { pid: u32, cause: std::io::Error },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// gleak's exit codes, as `gleak --help` and the README list them.
+pub mod exit_code {
+    /// No leak (or, under `gleak run`, the command's own status).
+    pub const OK: i32 = 0;
+    /// `gleak run`: a site reached `--fail-on`.
+    pub const LEAK: i32 = 1;
+    /// Bad usage, or an error of no class below.
+    pub const USAGE: i32 = 2;
+    /// No such process (or it exited before gleak could attach).
+    pub const NO_PROCESS: i32 = 3;
+    /// The target is not a Go program gleak can trace (not ELF, not Go, Go < 1.19,
+    /// unknown release without DWARF, unreadable binary, not x86_64).
+    pub const NOT_TRACEABLE: i32 = 4;
+    /// Not permitted: not root, or missing CAP_BPF / CAP_PERFMON / CAP_SYS_PTRACE.
+    pub const PERMISSION: i32 = 5;
+    /// The kernel or this build of gleak lacks what tracing needs (uprobes, BPF ring
+    /// buffers, the eBPF object).
+    pub const UNSUPPORTED_SYSTEM: i32 = 6;
+    /// The probe points cannot be found or placed safely in this binary.
+    pub const NO_PROBE_POINT: i32 = 7;
+    /// `gleak run` stopped by Ctrl-C with no leak found.
+    pub const INTERRUPTED: i32 = 130;
+}
+
+impl Error {
+    /// The exit code this error ends gleak with.
+    pub fn exit_code(&self) -> i32 {
+        use exit_code::*;
+        match self {
+            Error::NoSuchProcess(_) | Error::NoExecutable(_) => NO_PROCESS,
+            Error::ProcAccess { cause, .. } if cause.kind() == std::io::ErrorKind::PermissionDenied => PERMISSION,
+            Error::ProcAccess { .. } | Error::NoMapping { .. } | Error::ReadMemory { .. } => NO_PROCESS,
+            Error::Binary { .. }
+            | Error::NotElf { .. }
+            | Error::NotGo { .. }
+            | Error::UnsupportedGoVersion { .. }
+            | Error::UnknownRelease { .. }
+            | Error::UnsupportedArch { .. }
+            | Error::NoFunctionTable { .. }
+            | Error::NoDwarf { .. }
+            | Error::MissingDwarf { .. }
+            | Error::Dwarf { .. } => NOT_TRACEABLE,
+            Error::MissingCapabilities { .. } => PERMISSION,
+            Error::NoUprobes { .. } => UNSUPPORTED_SYSTEM,
+            Error::MissingSymbol { .. } | Error::Undecodable { .. } | Error::NoReturn { .. } => NO_PROBE_POINT,
+            Error::Load(reason) | Error::Attach { reason, .. } if is_permission(reason) => PERMISSION,
+            Error::NoEbpfObject | Error::Load(_) | Error::Attach { .. } => UNSUPPORTED_SYSTEM,
+        }
+    }
+}
+
+fn is_permission(reason: &str) -> bool {
+    reason.contains("Operation not permitted") || reason.contains("Permission denied") || reason.contains("EPERM")
+}

@@ -68,16 +68,17 @@ pub fn judge(report: &mut Report, fail_on: Verdict, ending: Ending) {
         }
     }
     let failed = leaked > 0;
+    use crate::error::exit_code::{INTERRUPTED, LEAK, OK};
     let (command_status, exit_code) = match ending {
-        Ending::Exited { status, .. } | Ending::Exec { status } => (Some(status), if failed { 1 } else { status }),
+        Ending::Exited { status, .. } | Ending::Exec { status } => (Some(status), if failed { LEAK } else { status }),
         Ending::Stopped { interrupted } => (
             None,
             if failed {
-                1
+                LEAK
             } else if interrupted {
-                130
+                INTERRUPTED
             } else {
-                0
+                OK
             },
         ),
     };

@@ -15,6 +15,7 @@ pub mod binary;
 pub mod debuginfo;
 pub mod error;
 pub mod gate;
+pub mod gotables;
 pub mod launch;
 pub mod layout;
 pub mod placement;

@@ -11,7 +11,11 @@ fn main() {
             for cause in err.chain().skip(1) {
                 eprintln!("  because: {cause}");
             }
-            std::process::exit(2);
+            let code = err
+                .chain()
+                .find_map(|e| e.downcast_ref::<gleak::Error>())
+                .map_or(gleak::error::exit_code::USAGE, gleak::Error::exit_code);
+            std::process::exit(code);
         }
     }
 }

@@ -37,10 +37,10 @@ pub fn plan(bin: &GoBinary, opts: AttachOptions) -> Result<Vec<ProbeSite>> {
         sites.push(park_site(bin, opts.classic_sites)?);
     }
     if opts.stop_at_exit {
-        let exit = bin.require_symbol("runtime.exit.abi0")?;
+        let exit = bin.require_function("runtime.exit.abi0")?;
         sites.push(site(PROBE_PROCESS_EXIT, "runtime.exit".into(), exit.addr));
         // -race builds leave through the race runtime's C exit instead.
-        if let Some(racefini) = bin.symbol("runtime.racefini") {
+        if let Some(racefini) = bin.function("runtime.racefini") {
             sites.push(site(PROBE_PROCESS_EXIT, "runtime.racefini".into(), racefini.addr));
         }
     }
@@ -63,7 +63,7 @@ fn code<'a>(bin: &'a GoBinary, func: &str) -> Result<(Symbol, &'a [u8])> {
 /// gopark's `CALL runtime.mcall(park_m)` (g.waitreason stored by then), else its entry.
 fn park_site(bin: &GoBinary, classic: bool) -> Result<ProbeSite> {
     let (sym, bytes) = code(bin, "runtime.gopark")?;
-    if let Some(mcall) = bin.symbol("runtime.mcall").filter(|_| !classic) {
+    if let Some(mcall) = bin.function("runtime.mcall").filter(|_| !classic) {
         let calls =
             disasm::call_offsets(bytes, sym.addr, mcall.addr).map_err(|at| undecodable(bin, "runtime.gopark", at))?;
         if let [off] = calls[..] {
@@ -75,9 +75,9 @@ fn park_site(bin: &GoBinary, classic: bool) -> Result<ProbeSite> {
 
 /// `gdestroy` (Go ≥ 1.22) or `goexit0`: its first `casgstatus` call, else its entry.
 fn exit_site(bin: &GoBinary, classic: bool) -> Result<ProbeSite> {
-    let func = if bin.symbol("runtime.gdestroy").is_some() { "runtime.gdestroy" } else { "runtime.goexit0" };
+    let func = if bin.function("runtime.gdestroy").is_some() { "runtime.gdestroy" } else { "runtime.goexit0" };
     let (sym, bytes) = code(bin, func)?;
-    if let Some(casgstatus) = bin.symbol("runtime.casgstatus").filter(|_| !classic) {
+    if let Some(casgstatus) = bin.function("runtime.casgstatus").filter(|_| !classic) {
         let calls = disasm::call_offsets(bytes, sym.addr, casgstatus.addr).map_err(|at| undecodable(bin, func, at))?;
         if let Some(&off) = calls.first().filter(|&&off| off <= MAX_PROLOGUE) {
             return Ok(site(PROBE_EXIT, format!("{func}+{off:#x} (CALL runtime.casgstatus)"), sym.addr + off));
@@ -91,7 +91,7 @@ fn exit_site(bin: &GoBinary, classic: bool) -> Result<ProbeSite> {
 /// every RET of `newproc1`.
 fn create_sites(bin: &GoBinary, classic: bool) -> Result<Vec<ProbeSite>> {
     let (newproc1, newproc1_code) = code(bin, "runtime.newproc1")?;
-    let fast = match (code(bin, "runtime.newproc.func1"), bin.symbol("runtime.runqput").filter(|_| !classic)) {
+    let fast = match (code(bin, "runtime.newproc.func1"), bin.function("runtime.runqput").filter(|_| !classic)) {
         (Ok((func1, bytes)), Some(runqput)) => {
             disasm::call_taking_result(bytes, func1.addr, newproc1.addr, runqput.addr)
                 .map_err(|at| undecodable(bin, "runtime.newproc.func1", at))?
@@ -112,7 +112,7 @@ fn create_sites(bin: &GoBinary, classic: bool) -> Result<Vec<ProbeSite>> {
             }
         }
     }
-    let newcoro_linked = bin.symbol("runtime.newcoro").is_some();
+    let newcoro_linked = bin.function("runtime.newcoro").is_some();
     if let Some((func1, off)) = fast {
         if coro.is_some() || !newcoro_linked {
             let mut sites = vec![site(

@@ -75,8 +75,16 @@ impl Probes {
         if OBJECT.is_empty() {
             return Err(Error::NoEbpfObject);
         }
+        preflight()?;
         bump_memlock_rlimit();
-        let mut ebpf = EbpfLoader::new().load(OBJECT).map_err(|e| Error::Load(e.to_string()))?;
+        // In a PID namespace of its own (a container without hostPID), gleak's PIDs
+        // are not the kernel's: the probes translate through its namespace.
+        let (pidns_dev, pidns_ino) = own_pid_namespace();
+        let mut ebpf = EbpfLoader::new()
+            .override_global("PIDNS_DEV", &pidns_dev, true)
+            .override_global("PIDNS_INO", &pidns_ino, true)
+            .load(OBJECT)
+            .map_err(|e| Error::Load(e.to_string()))?;
         // The probes log only on paths that should never run; keep the logger alive
         // so its map stays valid, and drop its output into `log`.
         let logger = aya_log::EbpfLogger::init(&mut ebpf).ok();
@@ -200,6 +208,44 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         src = cause.source();
     }
     s
+}
+
+/// Says what is missing before anything fails obscurely: the capabilities
+/// (root has them all) and the kernel's uprobe PMU.
+pub fn preflight() -> Result<()> {
+    const NEEDED: [(u32, &str); 3] = [(39, "CAP_BPF"), (38, "CAP_PERFMON"), (19, "CAP_SYS_PTRACE")];
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let effective =
+        status.lines().find_map(|l| l.strip_prefix("CapEff:")).and_then(|v| u64::from_str_radix(v.trim(), 16).ok());
+    if let Some(caps) = effective {
+        // CAP_SYS_ADMIN stands in for CAP_BPF and CAP_PERFMON on every kernel.
+        let admin = caps & (1 << 21) != 0;
+        let missing: Vec<&str> = NEEDED
+            .iter()
+            .filter(|&&(bit, name)| caps & (1u64 << bit) == 0 && !(admin && name != "CAP_SYS_PTRACE"))
+            .map(|&(_, name)| name)
+            .collect();
+        if !missing.is_empty() {
+            return Err(Error::MissingCapabilities { missing: missing.join(", ") });
+        }
+    }
+    let uprobe_pmu = "/sys/bus/event_source/devices/uprobe";
+    if !std::path::Path::new(uprobe_pmu).exists() {
+        return Err(Error::NoUprobes { what: uprobe_pmu.into() });
+    }
+    Ok(())
+}
+
+/// The initial PID namespace's inode number (`PROC_PID_INIT_INO`).
+const INIT_PID_NS_INO: u64 = 0xEFFF_FFFC;
+
+/// (device, inode) of gleak's PID namespace, or (0, 0) in the initial one.
+fn own_pid_namespace() -> (u64, u64) {
+    use std::os::unix::fs::MetadataExt;
+    match std::fs::metadata("/proc/self/ns/pid") {
+        Ok(m) if m.ino() != INIT_PID_NS_INO => (m.dev(), m.ino()),
+        _ => (0, 0),
+    }
 }
 
 /// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK.

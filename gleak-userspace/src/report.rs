@@ -6,6 +6,7 @@ use std::{collections::BTreeMap, fmt::Write as _};
 use serde::Serialize;
 
 use crate::{
+    debuginfo::FactSources,
     symbolize::Frame,
     verdict::{secs, Verdict},
 };
@@ -13,8 +14,14 @@ use crate::{
 #[derive(Clone, Debug, Serialize)]
 pub struct Report {
     pub pid: u32,
+    /// The PID inside the target's own PID namespace, when it differs.
+    pub ns_pid: Option<u32>,
     pub binary: String,
     pub go_version: String,
+    /// Where each fact about the target's runtime came from.
+    pub runtime_facts: FactSources,
+    /// What gleak cannot see in this target, in words; empty when nothing is missing.
+    pub gaps: Vec<String>,
     /// `attach` or `run`.
     pub mode: &'static str,
     pub elapsed_s: f64,
@@ -182,9 +189,10 @@ impl Report {
         let t = &self.totals;
         let _ = writeln!(
             out,
-            "\n{} pid {} {} ({}) · {} · goroutines: {} live ({} from before attach) · {} created · {} exited{}{}",
+            "\n{} pid {}{} {} ({}) · {} · goroutines: {} live ({} from before attach) · {} created · {} exited{}{}",
             paint("1", if self.is_final { "== final ==" } else { "--" }),
             self.pid,
+            self.ns_pid.map(|p| format!(" (pid {p} in its namespace)")).unwrap_or_default(),
             self.binary,
             self.go_version,
             secs(self.elapsed_s),
@@ -203,6 +211,9 @@ impl Report {
             },
             if self.target_exited { " · target exited" } else { "" },
         );
+        for gap in &self.gaps {
+            let _ = writeln!(out, "{}", paint("33", &format!("note: {gap}")));
+        }
         if self.sites.is_empty() {
             let _ = writeln!(out, "no goroutines");
             return out;

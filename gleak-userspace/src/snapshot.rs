@@ -3,7 +3,7 @@
 //! hit; the runtime already keeps this state.
 
 use crate::{
-    binary::GoBinary,
+    binary::globals::GoroutineTable,
     layout::{gstatus, RuntimeLayout},
     procmem::ProcessMemory,
 };
@@ -77,15 +77,12 @@ pub fn read_records(mem: &ProcessMemory, layout: &RuntimeLayout, addrs: &[u64]) 
 /// its array (as the runtime's own readers do) is safe while the process runs.
 pub fn all_goroutines(
     mem: &ProcessMemory,
-    binary: &GoBinary,
+    table: &GoroutineTable,
     layout: &RuntimeLayout,
     bias: u64,
 ) -> std::io::Result<Vec<(u64, GRecord)>> {
-    let missing = |what: &str| std::io::Error::new(std::io::ErrorKind::NotFound, format!("symbol {what} not found"));
-    let allgs = binary.symbol("runtime.allgs").ok_or_else(|| missing("runtime.allgs"))?;
-    let allglen = binary.symbol("runtime.allglen").ok_or_else(|| missing("runtime.allglen"))?;
-    let len = mem.read_u64(allglen.addr + bias)?;
-    let ptr = mem.read_u64(allgs.addr + bias)?;
+    let len = mem.read_u64(table.allglen.wrapping_add(bias))?;
+    let ptr = mem.read_u64(table.allgs.wrapping_add(bias))?;
     if len == 0 || ptr == 0 {
         return Ok(Vec::new());
     }

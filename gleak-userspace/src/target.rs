@@ -13,6 +13,8 @@ use crate::{
 /// A running Go process.
 pub struct Target {
     pub pid: u32,
+    /// The PID inside the target's own PID namespace (a container), if it differs.
+    pub ns_pid: Option<u32>,
     /// The executable's path as the process sees it (for messages).
     pub exe: PathBuf,
     /// `/proc/PID/exe`: opens the very inode the process runs, even inside another
@@ -38,7 +40,8 @@ impl Target {
         let binary = GoBinary::open(&attach_path, &exe)?;
         let load_bias = load_bias(pid, &attach_path, &binary)?;
         let image = std::fs::metadata(&attach_path).ok().map(|m| (m.dev(), m.ino()));
-        Ok(Self { pid, exe, attach_path, binary, load_bias, image })
+        let ns_pid = namespaced_pid(pid).filter(|&p| p != pid);
+        Ok(Self { pid, ns_pid, exe, attach_path, binary, load_bias, image })
     }
 
     pub fn is_alive(&self) -> bool {
@@ -51,6 +54,13 @@ impl Target {
         let now = std::fs::metadata(&self.attach_path).ok().map(|m| (m.dev(), m.ino()));
         now.is_none() || now == self.image
     }
+}
+
+/// The innermost of the PIDs in `NSpid:` (/proc/PID/status): the PID the process
+/// has inside its own namespace.
+fn namespaced_pid(pid: u32) -> Option<u32> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status.lines().find_map(|l| l.strip_prefix("NSpid:")).and_then(|v| v.split_whitespace().last()?.parse().ok())
 }
 
 /// The process a thread id belongs to (`Tgid:` in /proc/TID/status).

@@ -40,6 +40,8 @@ pub struct TracedTarget {
     attached_ns: u64,
     labels: SiteLabels,
     stacks: StackCache,
+    /// What cannot be seen in this target (said in every report).
+    gaps: Vec<String>,
 }
 
 /// A creation site, symbolized once.
@@ -78,18 +80,18 @@ impl Tracer {
         let probes = self.probes.attach(&target, info.layout.target_config(flags), opts)?;
         let mem = ProcessMemory::new(pid);
         let mut agg = Aggregator::default();
+        let mut gaps = info.gaps.clone();
         // Probes first, then the goroutine table: a goroutine born in between shows
         // up in both and is kept once; none falls between the two.
-        match all_goroutines(&mem, &target.binary, &info.layout, target.load_bias) {
+        let table = info.goroutine_table.as_ref().map_err(|why| std::io::Error::other(why.clone()));
+        match table.and_then(|table| all_goroutines(&mem, table, &info.layout, target.load_bias)) {
             Ok(existing) => {
                 for (g_addr, rec) in &existing {
                     agg.adopt(*g_addr, rec);
                 }
                 agg.link_adopted_parents();
             }
-            Err(e) => log::warn!(
-                "PID {pid}: cannot read the goroutine table ({e}); goroutines from before attach are not counted"
-            ),
+            Err(e) => gaps.push(format!("goroutines from before attach are not visible ({e})")),
         }
         let attached_ns = monotonic_ns();
         agg.sample(attached_ns);
@@ -102,6 +104,7 @@ impl Tracer {
             attached_ns,
             labels: SiteLabels::default(),
             stacks: StackCache::default(),
+            gaps,
         };
         self.targets.insert(pid, traced);
         Ok(&self.targets[&pid])
@@ -203,8 +206,11 @@ impl Tracer {
         let (created, exited) = t.agg.totals();
         Some(Report {
             pid,
+            ns_pid: t.target.ns_pid,
             binary: t.target.exe.display().to_string(),
             go_version: t.target.binary.go_version.raw.clone(),
+            runtime_facts: t.info.sources.clone(),
+            gaps: t.gaps.clone(),
             mode: "attach",
             elapsed_s: now.saturating_sub(t.attached_ns) as f64 / 1e9,
             is_final,

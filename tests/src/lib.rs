@@ -205,14 +205,34 @@ pub fn go_toolchains() -> Vec<GoToolchain> {
 /// Runs `f` once per toolchain, sequentially. A panic for one toolchain does
 /// not stop the others; at the end, one panic names every failing toolchain
 /// with its message (so "fails only on Go 1.26.6" is visible in one run).
-pub fn for_each_toolchain(what: &str, mut f: impl FnMut(&GoToolchain)) {
-    let toolchains = go_toolchains();
+pub fn for_each_toolchain(what: &str, f: impl FnMut(&GoToolchain)) {
+    for_each_of(what, &pattern_toolchains(), f)
+}
+
+/// The toolchains the leak-pattern tests run on: the oldest, Go 1.23 (its
+/// `runtime.g` layout is the odd one out) and the newest, unless
+/// `GLEAK_ALL_TOOLCHAINS=1` asks for every one. The shipped-binaries matrix and the
+/// binary-reader tests always use every toolchain ([`go_toolchains`]).
+pub fn pattern_toolchains() -> Vec<GoToolchain> {
+    let all = go_toolchains();
+    if std::env::var("GLEAK_ALL_TOOLCHAINS").is_ok_and(|v| v == "1") || all.len() <= 3 {
+        return all;
+    }
+    let mut picked = vec![all[0].clone()];
+    picked.extend(all.iter().find(|t| t.version.starts_with("1.23")).cloned());
+    picked.push(all[all.len() - 1].clone());
+    picked.dedup();
+    picked
+}
+
+/// [`for_each_toolchain`] over a given list.
+pub fn for_each_of(what: &str, toolchains: &[GoToolchain], mut f: impl FnMut(&GoToolchain)) {
     if toolchains.is_empty() {
         eprintln!("{what}: no Go toolchain found, nothing tested");
         return;
     }
     let mut failures = Vec::new();
-    for tc in &toolchains {
+    for tc in toolchains {
         eprintln!("{what}: {tc}");
         if let Err(payload) = panic::catch_unwind(AssertUnwindSafe(|| f(tc))) {
             let msg = payload
@@ -380,6 +400,90 @@ fn build_cached(
     fs::rename(&tmp, &out).unwrap_or_else(|e| panic!("rename {} -> {}: {e}", tmp.display(), out.display()));
     fs::write(&stamp_path, &stamp).unwrap_or_else(|e| panic!("write {}: {e}", stamp_path.display()));
     out
+}
+
+/// How a Go program is built: the ways shipped binaries differ from `go build`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Variant {
+    /// `go build`: symbols, DWARF, static, not PIE.
+    Plain,
+    /// `-ldflags=-s -w`: no symbol table, no DWARF (release builds, most images).
+    Stripped,
+    /// `-ldflags=-w`: symbols, no DWARF (the Go toolchain's own binaries).
+    NoDwarf,
+    /// `-buildmode=pie`.
+    Pie,
+    /// cgo, linked by gcc (`-linkmode=external`): dynamically linked.
+    CgoExternal,
+    /// cgo, linked by gcc, PIE and stripped: a distribution package.
+    CgoPieStripped,
+}
+
+impl Variant {
+    pub const ALL: [Variant; 6] = [
+        Variant::Plain,
+        Variant::Stripped,
+        Variant::NoDwarf,
+        Variant::Pie,
+        Variant::CgoExternal,
+        Variant::CgoPieStripped,
+    ];
+
+    /// Name suffix of the binary (`chan_send-sw`).
+    pub fn suffix(self) -> &'static str {
+        match self {
+            Variant::Plain => "",
+            Variant::Stripped => "-sw",
+            Variant::NoDwarf => "-w",
+            Variant::Pie => "-pie",
+            Variant::CgoExternal => "-cgo",
+            Variant::CgoPieStripped => "-cgo-pie-sw",
+        }
+    }
+
+    pub fn go_build_flags(self) -> &'static [&'static str] {
+        match self {
+            Variant::Plain => &[],
+            Variant::Stripped => &["-ldflags=-s -w"],
+            Variant::NoDwarf => &["-ldflags=-w"],
+            Variant::Pie => &["-buildmode=pie"],
+            Variant::CgoExternal => &["-ldflags=-linkmode=external"],
+            Variant::CgoPieStripped => &["-buildmode=pie", "-ldflags=-linkmode=external -s -w"],
+        }
+    }
+
+    pub fn is_cgo(self) -> bool {
+        matches!(self, Variant::CgoExternal | Variant::CgoPieStripped)
+    }
+}
+
+impl fmt::Display for Variant {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let name = match self {
+            Variant::Plain => "plain",
+            Variant::Stripped => "stripped (-s -w)",
+            Variant::NoDwarf => "no DWARF (-w)",
+            Variant::Pie => "PIE",
+            Variant::CgoExternal => "cgo, external linker",
+            Variant::CgoPieStripped => "cgo, external linker, PIE, stripped",
+        };
+        f.write_str(name)
+    }
+}
+
+/// Builds `tests/fixtures/<name>.go` with `tc` as `variant` into
+/// `$GLEAK_CACHE/fixtures/<version>/<name><suffix>`, cached like [`build_go_program`].
+pub fn build_fixture_variant(tc: &GoToolchain, name: &str, variant: Variant) -> PathBuf {
+    let src = fixture_source(name);
+    let out_name = format!("{name}{}", variant.suffix());
+    let out_dir = gleak_cache().join("fixtures").join(&tc.version);
+    let flags = variant.go_build_flags();
+    build_cached(tc, std::slice::from_ref(&src), flags, &out_name, |cmd, tmp| {
+        if variant.is_cgo() {
+            cmd.env("CGO_ENABLED", "1");
+        }
+        cmd.arg("build").args(flags).arg("-o").arg(tmp).arg(&src).current_dir(&out_dir);
+    })
 }
 
 /// Builds `tests/fixtures/<name>.go` with `tc`; see [`build_go_program`].
@@ -585,6 +689,17 @@ impl Fixture {
             toolchain: tc.clone(),
             source: fixture_source(name),
             binary: build_fixture(tc, name),
+            ready_prefix: "ready".into(),
+        }
+    }
+
+    /// Builds `tests/fixtures/<name>.go` with `tc` as `variant`.
+    pub fn build_variant(tc: &GoToolchain, name: &str, variant: Variant) -> Fixture {
+        Fixture {
+            name: format!("{name}{}", variant.suffix()),
+            toolchain: tc.clone(),
+            source: fixture_source(name),
+            binary: build_fixture_variant(tc, name, variant),
             ready_prefix: "ready".into(),
         }
     }

@@ -91,7 +91,7 @@ fn wait_reason_names_from_the_binary() {
 fn symbolizes_through_dwarf_line_tables() {
     for tc in go_toolchains() {
         let (binary, info) = load(&tc);
-        let sym = binary.require_symbol("runtime.newproc1").unwrap();
+        let sym = binary.require_function("runtime.newproc1").unwrap();
         let frames = info.symbolizer.frames(sym.addr);
         let frame = frames.first().unwrap_or_else(|| panic!("{tc}: no frame"));
         assert_eq!(frame.function, "runtime.newproc1", "{tc}");

@@ -84,6 +84,80 @@ pub fn ret_offsets(code: &[u8], func_addr: u64) -> Result<Vec<u64>, u64> {
         .collect())
 }
 
+/// What an instruction does with a RIP-relative (or LEA-loaded) data address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DataAccess {
+    /// Read or written by an ordinary instruction (`MOV`, `CMP`…).
+    Plain,
+    /// The destination of an atomic exchange (`XCHG`: Go's atomic stores), with the
+    /// data address the stored register was loaded from, if it was.
+    AtomicStore { value_from: Option<u64> },
+}
+
+/// Every data address `code` reaches RIP-relatively, in order: directly, or through
+/// a register a `LEA` filled. Register tracking is straight-line and forgets a
+/// register at any write to it, which is exact for the short runtime functions it
+/// is used on and errs towards "unknown" elsewhere.
+pub fn data_accesses(code: &[u8], func_addr: u64) -> Result<Vec<(u64, DataAccess)>, u64> {
+    use std::collections::HashMap;
+    let mut lea: HashMap<Register, u64> = HashMap::new();
+    let mut loaded: HashMap<Register, u64> = HashMap::new();
+    let mut out = Vec::new();
+    for i in decode(code, func_addr)? {
+        let mem_target = if i.is_ip_rel_memory_operand() {
+            Some(i.ip_rel_memory_address())
+        } else if i.memory_base() != Register::None
+            && i.memory_index() == Register::None
+            && i.memory_displacement64() == 0
+            && (0..i.op_count()).any(|n| i.op_kind(n) == iced_x86::OpKind::Memory)
+        {
+            lea.get(&i.memory_base().full_register()).copied()
+        } else {
+            None
+        };
+        let dest =
+            (i.op_count() > 0 && i.op0_kind() == iced_x86::OpKind::Register).then(|| i.op0_register().full_register());
+        match (i.mnemonic(), mem_target) {
+            (Mnemonic::Lea, Some(addr)) if i.is_ip_rel_memory_operand() => {
+                if let Some(r) = dest {
+                    loaded.remove(&r);
+                    lea.insert(r, addr);
+                }
+                out.push((addr, DataAccess::Plain));
+                continue;
+            }
+            (Mnemonic::Xchg, Some(addr)) => {
+                let value = (0..i.op_count())
+                    .find(|&n| i.op_kind(n) == iced_x86::OpKind::Register)
+                    .map(|n| i.op_register(n).full_register());
+                let value_from = value.and_then(|r| loaded.get(&r).copied());
+                out.push((addr, DataAccess::AtomicStore { value_from }));
+                if let Some(r) = value {
+                    lea.remove(&r);
+                    loaded.remove(&r);
+                }
+                continue;
+            }
+            (_, Some(addr)) => out.push((addr, DataAccess::Plain)),
+            _ => {}
+        }
+        if i.flow_control() == FlowControl::Call {
+            // A call clobbers every register (Go's ABI has no callee-saved ones).
+            lea.clear();
+            loaded.clear();
+            continue;
+        }
+        if let Some(r) = dest {
+            lea.remove(&r);
+            loaded.remove(&r);
+            if i.mnemonic() == Mnemonic::Mov && i.is_ip_rel_memory_operand() {
+                loaded.insert(r, i.ip_rel_memory_address());
+            }
+        }
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,24 +1,37 @@
-//! Reading a Go executable: ELF symbols and segments, the Go version, code bytes.
+//! Reading a Go executable: ELF symbols, sections and segments, the Go version,
+//! `.gopclntab`, code bytes, and pointers in its data as the loader relocates them.
 //!
 //! Everything here works on the file alone; nothing touches the running process.
+//! The file is mapped, not read whole, and every offset or length taken from it
+//! is bounded before use: the binary may be hostile.
 
 pub mod buildinfo;
 pub mod disasm;
 pub mod dwarf;
+pub mod globals;
+pub mod moduledata;
+pub mod pclntab;
 
 use std::{
     collections::HashMap,
     path::{Path, PathBuf},
+    sync::Arc,
 };
 
 use object::{Object, ObjectSection, ObjectSegment, ObjectSymbol};
 
 pub use buildinfo::GoVersion;
+use pclntab::{Image, Pclntab};
 
 use crate::error::{Error, Result};
 
 /// Oldest Go release whose runtime layout gleak knows.
 pub const MIN_GO: (u32, u32) = (1, 19);
+
+/// `R_X86_64_RELATIVE`: the loader writes load base + addend.
+const R_X86_64_RELATIVE: u32 = 8;
+/// `p_flags` bit of a writable segment.
+const PF_W: u32 = 2;
 
 /// A function or data symbol of the binary (virtual address as linked).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -35,48 +48,96 @@ struct Segment {
     file_size: u64,
 }
 
-/// A parsed Go executable. Holds the file's bytes; cheap to query.
+/// A section header, as far as gleak needs it.
+#[derive(Clone, Debug)]
+pub struct Section {
+    pub name: String,
+    pub vaddr: u64,
+    /// `None` for sections without file bytes (`.bss`).
+    pub file_range: Option<(u64, u64)>,
+}
+
+/// Where a function's address came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SymbolSource {
+    /// The ELF `.symtab`.
+    Elf,
+    /// The Go runtime's own function table, kept by `-ldflags=-s`.
+    Pclntab,
+}
+
+/// A parsed Go executable: a memory map of the file and indexes into it.
 pub struct GoBinary {
     pub path: PathBuf,
-    data: Vec<u8>,
+    image: Image,
     pub go_version: GoVersion,
     /// Position-independent: runtime addresses = link addresses + load bias.
     pub is_pie: bool,
-    symbols: HashMap<String, Symbol>,
+    /// Linked by an external linker (gcc: cgo or `-linkmode=external`).
+    pub externally_linked: bool,
+    pub has_dwarf: bool,
+    /// `runtime.*` symbols (and `go:func.*`) of `.symtab`; empty when stripped.
+    elf_symbols: HashMap<String, Symbol>,
     segments: Vec<Segment>,
+    sections: Vec<Section>,
+    /// `R_X86_64_RELATIVE` relocations: address → addend (what the loader stores there).
+    relative_relocs: HashMap<u64, u64>,
+    pclntab: Option<Arc<Pclntab>>,
+    /// Why `.gopclntab` could not be used, if it could not.
+    pub pclntab_problem: Option<String>,
+    /// Link address of `runtime.firstmoduledata`, when found.
+    pub moduledata: Option<u64>,
 }
 
 impl GoBinary {
-    /// Reads and checks `path`. `display` is the name used in messages (e.g. the
+    /// Maps and checks `path`. `display` is the name used in messages (e.g. the
     /// target's executable path when `path` is `/proc/PID/exe`).
     pub fn open(path: &Path, display: &Path) -> Result<Self> {
-        let data =
-            std::fs::read(path).map_err(|source| Error::Binary { path: display.to_path_buf(), cause: source })?;
-        Self::from_bytes(data, display)
+        let io_err = |source| Error::Binary { path: display.to_path_buf(), cause: source };
+        let file = std::fs::File::open(path).map_err(io_err)?;
+        // SAFETY: a private read-only mapping. Should another process truncate the
+        // file while gleak runs, reading past the new end faults (SIGBUS); binaries
+        // of running processes are not truncated in place (ETXTBSY), only replaced.
+        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(io_err)?;
+        Self::from_image(Arc::new(map), display)
     }
 
     pub fn from_bytes(data: Vec<u8>, display: &Path) -> Result<Self> {
+        Self::from_image(Arc::new(data), display)
+    }
+
+    fn from_image(image: Image, display: &Path) -> Result<Self> {
         let path = display.to_path_buf();
+        let data: &[u8] = (*image).as_ref();
         let file =
-            object::File::parse(&*data).map_err(|e| Error::NotElf { path: path.clone(), reason: e.to_string() })?;
+            object::File::parse(data).map_err(|e| Error::NotElf { path: path.clone(), reason: e.to_string() })?;
         if file.format() != object::BinaryFormat::Elf {
             return Err(Error::NotElf { path, reason: format!("{:?} format", file.format()) });
         }
         if file.architecture() != object::Architecture::X86_64 {
             return Err(Error::UnsupportedArch { path, arch: format!("{:?}", file.architecture()) });
         }
-        let mut symbols = HashMap::new();
-        for sym in file.symbols() {
-            if let Ok(name) = sym.name() {
-                if name.starts_with("runtime.") {
-                    symbols.insert(name.to_string(), Symbol { addr: sym.address(), size: sym.size() });
-                }
-            }
-        }
-        let raw_version = file
-            .section_by_name(".go.buildinfo")
-            .and_then(|s| s.data().ok())
-            .and_then(buildinfo::version_from_buildinfo);
+        let sections: Vec<Section> = file
+            .sections()
+            .filter_map(|s| {
+                let name = s.name().ok()?.to_string();
+                Some(Section { name, vaddr: s.address(), file_range: s.file_range() })
+            })
+            .collect();
+        let section_bytes = |name: &str| -> Option<&[u8]> {
+            let (off, len) = sections.iter().find(|s| s.name == name)?.file_range?;
+            data.get(usize::try_from(off).ok()?..usize::try_from(off.checked_add(len)?).ok()?)
+        };
+        // The version first: it says whether this is Go at all.
+        let raw_version = match section_bytes(".go.buildinfo") {
+            Some(bytes) => buildinfo::version_from_buildinfo(bytes),
+            // Section headers stripped: the header sits 16-byte aligned in writable data.
+            None => file
+                .segments()
+                .filter(|s| matches!(s.flags(), object::SegmentFlags::Elf { p_flags } if p_flags & PF_W != 0))
+                .filter_map(|s| s.data().ok())
+                .find_map(buildinfo::version_from_buildinfo),
+        };
         let go_version = match raw_version {
             Some(v) => {
                 GoVersion::parse(&v).ok_or_else(|| Error::UnsupportedGoVersion { path: path.clone(), version: v })?
@@ -86,8 +147,14 @@ impl GoBinary {
         if !go_version.at_least(MIN_GO.0, MIN_GO.1) {
             return Err(Error::UnsupportedGoVersion { path, version: go_version.raw });
         }
-        if symbols.is_empty() {
-            return Err(Error::Stripped { path });
+
+        let mut elf_symbols = HashMap::new();
+        for sym in file.symbols() {
+            if let Ok(name) = sym.name() {
+                if name.starts_with("runtime.") || name.starts_with("go:func.") || name == "go.func.*" {
+                    elf_symbols.insert(name.to_string(), Symbol { addr: sym.address(), size: sym.size() });
+                }
+            }
         }
         let segments = file
             .segments()
@@ -96,30 +163,157 @@ impl GoBinary {
                 Segment { vaddr: s.address(), file_offset, file_size }
             })
             .collect();
+        let relative_relocs = file
+            .dynamic_relocations()
+            .into_iter()
+            .flatten()
+            .filter(
+                |(_, r)| matches!(r.flags(), object::RelocationFlags::Elf { r_type } if r_type == R_X86_64_RELATIVE),
+            )
+            .map(|(at, r)| (at, r.addend() as u64))
+            .collect();
         let is_pie = matches!(file.kind(), object::ObjectKind::Dynamic);
+        // The Go linker never emits `.interp` for a static binary and names its
+        // own sections; gcc adds crt sections such as `.init`.
+        let externally_linked = sections.iter().any(|s| s.name == ".init" || s.name == ".plt.got");
+        let has_dwarf = sections.iter().any(|s| s.name == ".debug_info" || s.name == ".zdebug_info");
         drop(file);
-        Ok(Self { path, data, go_version, is_pie, symbols, segments })
+
+        let mut bin = Self {
+            path,
+            image,
+            go_version,
+            is_pie,
+            externally_linked,
+            has_dwarf,
+            elf_symbols,
+            segments,
+            sections,
+            relative_relocs,
+            pclntab: None,
+            pclntab_problem: None,
+            moduledata: None,
+        };
+        bin.load_pclntab();
+        if bin.elf_symbols.is_empty() && bin.pclntab.is_none() {
+            let why = bin.pclntab_problem.clone().unwrap_or_else(|| "no .gopclntab".into());
+            return Err(Error::NoFunctionTable { path: bin.path, reason: why });
+        }
+        Ok(bin)
+    }
+
+    /// Finds `.gopclntab`, the module data and the text start, and parses the table.
+    fn load_pclntab(&mut self) {
+        let Some((vaddr, range)) = self.find_pclntab() else {
+            self.pclntab_problem = Some("no .gopclntab section, and no table found by its header".into());
+            return;
+        };
+        self.moduledata = moduledata::locate(self, vaddr);
+        let header_bytes = self.file_bytes(range.0, range.1.min(128));
+        let text_start = match header_bytes.and_then(Pclntab::header_text_start) {
+            Some(t) => Some(t),
+            None => self
+                .elf_symbols
+                .get("runtime.text")
+                .map(|s| s.addr)
+                .or_else(|| self.moduledata.and_then(|md| moduledata::text(self, md))),
+        };
+        let gofunc = self
+            .elf_symbols
+            .get("go:func.*")
+            .or_else(|| self.elf_symbols.get("go.func.*"))
+            .map(|s| s.addr)
+            .or_else(|| self.moduledata.and_then(|md| moduledata::gofunc(self, md)))
+            .and_then(|vaddr| {
+                let seg = self.segment_of(vaddr)?;
+                let off = vaddr - seg.vaddr + seg.file_offset;
+                Some((off, seg.file_offset + seg.file_size - off))
+            });
+        match Pclntab::parse(self.image.clone(), range, text_start, gofunc) {
+            Ok(table) => self.pclntab = Some(Arc::new(table)),
+            Err(e) => self.pclntab_problem = Some(e.to_string()),
+        }
+    }
+
+    /// `.gopclntab`'s link address and file range. An external linker building a
+    /// PIE (Go ≤ 1.25) folds it into `.data.rel.ro`: then it is found by its header
+    /// (magic, pc quantum 1, pointer size 8, at 8-byte alignment), and must be the
+    /// one a module data points to.
+    fn find_pclntab(&self) -> Option<(u64, (u64, u64))> {
+        // `.gopclntab`, or `.data.rel.ro.gopclntab` in a PIE the Go linker built.
+        if let Some(section) = self.sections.iter().find(|s| s.name.ends_with(".gopclntab")) {
+            return Some((section.vaddr, section.file_range?));
+        }
+        let data = self.data();
+        for section in &self.sections {
+            let Some((off, len)) = section.file_range else { continue };
+            if section.name == ".text" || section.name.starts_with(".debug") {
+                continue;
+            }
+            let bytes = self.file_bytes(off, len)?;
+            for at in (0..bytes.len().saturating_sub(8)).step_by(8) {
+                let word = &bytes[at..at + 8];
+                let magic = u32::from_le_bytes([word[0], word[1], word[2], word[3]]);
+                if !matches!(magic, pclntab::MAGIC_GO118 | pclntab::MAGIC_GO120) || word[4..8] != [0, 0, 1, 8] {
+                    continue;
+                }
+                let vaddr = section.vaddr + at as u64;
+                let range = (off + at as u64, len - at as u64);
+                if moduledata::locate(self, vaddr).is_some() && data.len() as u64 >= range.0 + range.1 {
+                    return Some((vaddr, range));
+                }
+            }
+        }
+        None
     }
 
     pub fn data(&self) -> &[u8] {
-        &self.data
+        (*self.image).as_ref()
     }
 
-    /// A `runtime.*` symbol.
-    pub fn symbol(&self, name: &str) -> Option<Symbol> {
-        self.symbols.get(name).copied()
+    /// Whether `.symtab` names the runtime's functions.
+    pub fn has_symtab(&self) -> bool {
+        !self.elf_symbols.is_empty()
     }
 
-    pub fn require_symbol(&self, name: &str) -> Result<Symbol> {
-        self.symbol(name).ok_or_else(|| Error::MissingSymbol { path: self.path.clone(), symbol: name.to_string() })
+    pub fn pclntab(&self) -> Option<&Arc<Pclntab>> {
+        self.pclntab.as_ref()
+    }
+
+    pub fn section(&self, name: &str) -> Option<&Section> {
+        self.sections.iter().find(|s| s.name == name)
+    }
+
+    /// A function by its Go name (`runtime.newproc1`; assembly entry points carry
+    /// `.abi0`, as in the symbol table), from `.symtab` or else `.gopclntab`.
+    pub fn function(&self, name: &str) -> Option<Symbol> {
+        self.function_with_source(name).map(|(s, _)| s)
+    }
+
+    pub fn function_with_source(&self, name: &str) -> Option<(Symbol, SymbolSource)> {
+        if let Some(&sym) = self.elf_symbols.get(name).filter(|s| s.size > 0) {
+            return Some((sym, SymbolSource::Elf));
+        }
+        let f = self.pclntab.as_ref()?.function(name)?;
+        Some((Symbol { addr: f.entry, size: f.end.saturating_sub(f.entry) }, SymbolSource::Pclntab))
+    }
+
+    pub fn require_function(&self, name: &str) -> Result<Symbol> {
+        self.function(name).ok_or_else(|| Error::MissingSymbol { path: self.path.clone(), symbol: name.to_string() })
+    }
+
+    /// A data symbol of `.symtab` (`runtime.allgs`); none in a stripped binary.
+    pub fn data_symbol(&self, name: &str) -> Option<Symbol> {
+        self.elf_symbols.get(name).copied()
+    }
+
+    fn segment_of(&self, vaddr: u64) -> Option<&Segment> {
+        self.segments.iter().find(|s| vaddr >= s.vaddr && vaddr - s.vaddr < s.file_size)
     }
 
     /// File offset of a link-time virtual address (what uprobes attach to).
     pub fn file_offset(&self, vaddr: u64) -> Option<u64> {
-        self.segments
-            .iter()
-            .find(|s| vaddr >= s.vaddr && vaddr < s.vaddr + s.file_size)
-            .map(|s| vaddr - s.vaddr + s.file_offset)
+        self.segment_of(vaddr).map(|s| vaddr - s.vaddr + s.file_offset)
     }
 
     /// Link address of the segment mapped at file offset 0 (for the load bias).
@@ -127,15 +321,57 @@ impl GoBinary {
         self.segments.iter().find(|s| s.file_offset == 0).map(|s| s.vaddr).unwrap_or(0)
     }
 
-    /// `len` bytes of the file image at link address `vaddr`.
-    pub fn bytes_at(&self, vaddr: u64, len: u64) -> Option<&[u8]> {
-        let off = self.file_offset(vaddr)? as usize;
-        self.data.get(off..off + len as usize)
+    fn file_bytes(&self, offset: u64, len: u64) -> Option<&[u8]> {
+        let start = usize::try_from(offset).ok()?;
+        let end = usize::try_from(offset.checked_add(len)?).ok()?;
+        self.data().get(start..end)
     }
 
-    /// The bytes of a function symbol's code.
+    /// `len` bytes of the file image at link address `vaddr`, all within one segment.
+    pub fn bytes_at(&self, vaddr: u64, len: u64) -> Option<&[u8]> {
+        let seg = self.segment_of(vaddr)?;
+        if len > seg.file_size - (vaddr - seg.vaddr) {
+            return None;
+        }
+        self.file_bytes(vaddr - seg.vaddr + seg.file_offset, len)
+    }
+
+    /// The pointer-sized value the loader leaves at `vaddr` (before the program
+    /// runs): the relocation's addend where one applies (a PIE or externally linked
+    /// binary may hold 0 in the file there), else the file's bytes. `None` if
+    /// `vaddr` has no file bytes.
+    pub fn pointer_at(&self, vaddr: u64) -> Option<u64> {
+        if let Some(&addend) = self.relative_relocs.get(&vaddr) {
+            return Some(addend);
+        }
+        let b = self.bytes_at(vaddr, 8)?;
+        Some(u64::from_le_bytes(b.try_into().ok()?))
+    }
+
+    /// An 8-byte integer (not a pointer: no relocation) at `vaddr`.
+    pub fn u64_at(&self, vaddr: u64) -> Option<u64> {
+        let b = self.bytes_at(vaddr, 8)?;
+        Some(u64::from_le_bytes(b.try_into().ok()?))
+    }
+
+    /// Addresses that a relative relocation sets to `value` (how a pointer to
+    /// `value` is found in data whose file bytes are left for the loader to fill).
+    pub fn relocations_to(&self, value: u64) -> impl Iterator<Item = u64> + '_ {
+        self.relative_relocs.iter().filter(move |(_, &v)| v == value).map(|(&at, _)| at)
+    }
+
+    /// Sections with file bytes that hold writable data, as (vaddr, bytes).
+    pub fn data_sections(&self) -> impl Iterator<Item = (u64, &[u8])> + '_ {
+        const DATA: [&str; 5] = [".go.module", ".noptrdata", ".data", ".data.rel.ro", ".go.buildinfo"];
+        self.sections.iter().filter(|s| DATA.contains(&s.name.as_str())).filter_map(|s| {
+            let (off, len) = s.file_range?;
+            Some((s.vaddr, self.file_bytes(off, len)?))
+        })
+    }
+
+    /// The bytes of a function's code.
     pub fn function_code(&self, name: &str) -> Result<(Symbol, &[u8])> {
-        let sym = self.require_symbol(name)?;
+        let sym = self.require_function(name)?;
         let code = self
             .bytes_at(sym.addr, sym.size)
             .ok_or_else(|| Error::MissingSymbol { path: self.path.clone(), symbol: format!("{name} (code)") })?;
@@ -143,18 +379,23 @@ impl GoBinary {
     }
 
     /// `runtime.waitReasonStrings`: the names Go itself prints (`chan send`, `select`…),
-    /// indexed by `waitReason` value, read from the binary's own data.
+    /// indexed by `waitReason` value, read from the binary's own data. `None` when
+    /// the symbol is gone or the table is not readable from the file as the loader
+    /// would leave it (an unrelocated pointer is a missing table, not empty names).
     pub fn wait_reason_strings(&self) -> Option<Vec<String>> {
-        let sym = self.symbol("runtime.waitReasonStrings")?;
-        let table = self.bytes_at(sym.addr, sym.size)?;
-        let names = table
-            .chunks_exact(16)
-            .map(|entry| {
-                let ptr = u64::from_le_bytes(entry[0..8].try_into().unwrap());
-                let len = u64::from_le_bytes(entry[8..16].try_into().unwrap());
-                self.bytes_at(ptr, len).map(|b| String::from_utf8_lossy(b).into_owned()).unwrap_or_default()
+        let sym = self.data_symbol("runtime.waitReasonStrings")?;
+        // Far more than Go's ~50 reasons; bounds a corrupt size.
+        let entries = (sym.size / 16).min(256);
+        (0..entries)
+            .map(|i| {
+                let entry = sym.addr + i * 16;
+                let (ptr, len) = (self.pointer_at(entry)?, self.u64_at(entry + 8)?);
+                if len == 0 {
+                    return Some(String::new());
+                }
+                let bytes = self.bytes_at(ptr, len.min(256))?;
+                Some(String::from_utf8_lossy(bytes).into_owned())
             })
-            .collect();
-        Some(names)
+            .collect()
     }
 }

@@ -1,0 +1,76 @@
+//! Addresses of the runtime globals gleak reads from a live process
+//! (`runtime.allgs`, `runtime.allglen`), with or without a symbol table.
+//!
+//! Without symbols they are read off the machine code of `runtime.allgadd`, the
+//! one function that appends to the goroutine table:
+//! `allgs = append(allgs, gp); …; atomic.Storeuintptr(&allglen, uintptr(len(allgs)))`.
+//! The slice is the address whose +8 and +16 (len, cap) are touched too; `allglen`
+//! is the destination of the atomic store (`XCHG`) whose value was loaded from
+//! `allgs+8`. Where the symbols exist, both ways must agree.
+
+use std::collections::HashSet;
+
+use super::{
+    disasm::{data_accesses, DataAccess},
+    GoBinary,
+};
+
+/// Where the goroutine table is, or why it is not known.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GoroutineTable {
+    /// `runtime.allgs`: the slice header `{ptr, len, cap}`.
+    pub allgs: u64,
+    /// `runtime.allglen`: the length readers without the lock must use.
+    pub allglen: u64,
+}
+
+/// How the table was found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FoundBy {
+    Symbols,
+    MachineCode,
+}
+
+/// Finds the goroutine table: by the symbols when present (cross-checked with
+/// the machine code), else by the machine code alone.
+pub fn goroutine_table(bin: &GoBinary) -> Result<(GoroutineTable, FoundBy), String> {
+    let decoded = from_allgadd(bin);
+    let symbols = match (bin.data_symbol("runtime.allgs"), bin.data_symbol("runtime.allglen")) {
+        (Some(allgs), Some(allglen)) => Some(GoroutineTable { allgs: allgs.addr, allglen: allglen.addr }),
+        _ => None,
+    };
+    match (symbols, decoded) {
+        (Some(sym), Ok(code)) if sym != code => {
+            // The symbols are the truth; the decoder has met a new code shape.
+            log::warn!(
+                "{}: runtime.allgadd decodes to {code:x?}, the symbols say {sym:x?}; using the symbols",
+                bin.path.display()
+            );
+            Ok((sym, FoundBy::Symbols))
+        }
+        (Some(sym), _) => Ok((sym, FoundBy::Symbols)),
+        (None, Ok(code)) => Ok((code, FoundBy::MachineCode)),
+        (None, Err(why)) => Err(why),
+    }
+}
+
+/// Decodes `runtime.allgadd`.
+pub fn from_allgadd(bin: &GoBinary) -> Result<GoroutineTable, String> {
+    let (sym, code) = bin.function_code("runtime.allgadd").map_err(|e| e.to_string())?;
+    let accesses = data_accesses(code, sym.addr).map_err(|at| format!("runtime.allgadd+{at:#x} does not decode"))?;
+    let touched: HashSet<u64> = accesses.iter().map(|&(a, _)| a).collect();
+    let allgs = touched
+        .iter()
+        .copied()
+        .filter(|a| touched.contains(&(a + 8)) && touched.contains(&(a + 16)))
+        .min()
+        .ok_or("runtime.allgadd touches no slice header (runtime.allgs)")?;
+    let allglen = accesses
+        .iter()
+        .find_map(|&(addr, access)| match access {
+            DataAccess::AtomicStore { value_from: Some(from) } if from == allgs + 8 => Some(addr),
+            _ => None,
+        })
+        .ok_or("runtime.allgadd stores len(allgs) nowhere (runtime.allglen)")?;
+    Ok(GoroutineTable { allgs, allglen })
+}

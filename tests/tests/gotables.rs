@@ -1,0 +1,281 @@
+//! The per-release runtime table (`gleak::gotables`, what gleak uses for stripped
+//! binaries) against real binaries: for every Go toolchain on the machine, every
+//! offset of the table entry equals what the DWARF of `chan_send` built by that
+//! toolchain says, the wait-reason names equal the binary's own
+//! `runtime.waitReasonStrings` element by element, and the `_G*` statuses agree
+//! with the toolchain's `runtime2.go`.
+
+use std::collections::HashMap;
+use std::fs;
+
+use gleak::binary::{
+    dwarf::{DwarfInfo, StructLayout},
+    GoBinary,
+};
+use gleak::gotables::{self, ReleaseFacts, NEWEST_KNOWN_MINOR, OLDEST_KNOWN_MINOR};
+use gleak_tests::{build_fixture, go_toolchains, GoToolchain};
+
+/// Structs Go wraps a single word in. The table gives the offset of the word, so
+/// a member of one of these types is followed into it: (type, member holding the word).
+const WRAPPERS: &[(&str, &str)] = &[
+    // g.atomicstatus from 1.20 (package renamed in 1.23).
+    ("runtime/internal/atomic.Uint32", "value"),
+    ("internal/runtime/atomic.Uint32", "value"),
+    // sudog.elem / sudog.c from 1.26: `vu` is the source of truth, `vp` may be nil.
+    ("runtime.maybeTraceablePtr", "vu"),
+    ("runtime.maybeTraceableChan", "maybeTraceablePtr"),
+];
+
+const STRUCTS: &[&str] = &[
+    "runtime.g",
+    "runtime.m",
+    "runtime.stack",
+    "runtime.gobuf",
+    "runtime.sudog",
+    "runtime.hchan",
+    "runtime.waitq",
+    "runtime.moduledata",
+];
+
+/// The struct layouts of one binary.
+struct Dwarf {
+    layouts: HashMap<String, StructLayout>,
+}
+
+impl Dwarf {
+    fn layout(&self, name: &str) -> Result<&StructLayout, String> {
+        self.layouts.get(name).ok_or_else(|| format!("no struct {name}"))
+    }
+
+    /// Offset of `path[0]` in `struct_name`, plus that of `path[1]` in its type, and
+    /// so on; then into any [`WRAPPERS`] type the last member has.
+    fn offset(&self, struct_name: &str, path: &[&str]) -> Result<u64, String> {
+        let mut owner = struct_name.to_string();
+        let mut offset = 0;
+        let mut steps: Vec<String> = path.iter().map(|s| s.to_string()).collect();
+        steps.reverse();
+        while let Some(member) = steps.pop() {
+            let layout = self.layout(&owner)?;
+            offset += layout.members.get(&member).ok_or_else(|| format!("no member {owner}.{member}"))?;
+            let member_type = layout.member_types.get(&member).cloned().unwrap_or_default();
+            if steps.is_empty() {
+                if let Some((_, inner)) = WRAPPERS.iter().find(|(wrapper, _)| *wrapper == member_type) {
+                    steps.push(inner.to_string());
+                }
+            }
+            owner = member_type;
+        }
+        Ok(offset)
+    }
+
+    fn member_type(&self, struct_name: &str, member: &str) -> Option<&str> {
+        self.layouts.get(struct_name)?.member_types.get(member).map(String::as_str)
+    }
+}
+
+/// Collects every disagreement of one binary, so one run names them all.
+struct Check {
+    label: String,
+    mismatches: Vec<String>,
+}
+
+impl Check {
+    fn field(&mut self, what: &str, table: u32, dwarf: Result<u64, String>) {
+        match dwarf {
+            Ok(offset) if offset == u64::from(table) => {}
+            Ok(offset) => self.mismatches.push(format!("{}: {what} table {table:#x}, DWARF {offset:#x}", self.label)),
+            Err(e) => self.mismatches.push(format!("{}: {what} table {table:#x}, DWARF: {e}", self.label)),
+        }
+    }
+
+    /// A field only some releases have: present in the table exactly when in DWARF.
+    fn optional_field(&mut self, what: &str, table: Option<u32>, dwarf: Result<u64, String>) {
+        match (table, dwarf) {
+            (Some(table), dwarf) => self.field(what, table, dwarf),
+            (None, Ok(offset)) => self.mismatches.push(format!("{}: {what} table none, DWARF {offset:#x}", self.label)),
+            (None, Err(_)) => {}
+        }
+    }
+
+    fn expect(&mut self, ok: bool, what: impl FnOnce() -> String) {
+        if !ok {
+            self.mismatches.push(format!("{}: {}", self.label, what()));
+        }
+    }
+}
+
+fn minor(tc: &GoToolchain) -> u32 {
+    tc.version.split('.').nth(1).and_then(|m| m.parse().ok()).unwrap_or_else(|| panic!("{tc}: no minor version"))
+}
+
+fn check_offsets(check: &mut Check, facts: &ReleaseFacts, dwarf: &Dwarf) {
+    let g = &facts.g;
+    check.field("g.size", g.size, dwarf.layout("runtime.g").map(|s| s.size));
+    check.field("g.stack.lo", g.stack_lo, dwarf.offset("runtime.g", &["stack", "lo"]));
+    check.field("g.stack.hi", g.stack_hi, dwarf.offset("runtime.g", &["stack", "hi"]));
+    check.field("g.m", g.m, dwarf.offset("runtime.g", &["m"]));
+    check.field("g.sched", g.sched, dwarf.offset("runtime.g", &["sched"]));
+    check.field("g.atomicstatus", g.atomicstatus, dwarf.offset("runtime.g", &["atomicstatus"]));
+    check.field("g.goid", g.goid, dwarf.offset("runtime.g", &["goid"]));
+    check.field("g.waitsince", g.waitsince, dwarf.offset("runtime.g", &["waitsince"]));
+    check.field("g.waitreason", g.waitreason, dwarf.offset("runtime.g", &["waitreason"]));
+    check.optional_field("g.parentGoid", g.parent_goid, dwarf.offset("runtime.g", &["parentGoid"]));
+    check.field("g.gopc", g.gopc, dwarf.offset("runtime.g", &["gopc"]));
+    check.field("g.startpc", g.startpc, dwarf.offset("runtime.g", &["startpc"]));
+    check.field("g.waiting", g.waiting, dwarf.offset("runtime.g", &["waiting"]));
+
+    check.field("m.curg", facts.m.curg, dwarf.offset("runtime.m", &["curg"]));
+    check.field("m.procid", facts.m.procid, dwarf.offset("runtime.m", &["procid"]));
+
+    // The gobuf and waitq offsets are relative: they apply only if g.sched is a
+    // gobuf and hchan's queues are waitqs.
+    let sched_type = dwarf.member_type("runtime.g", "sched");
+    check.expect(sched_type == Some("runtime.gobuf"), || format!("g.sched is a {sched_type:?}, not runtime.gobuf"));
+    check.field("gobuf.sp", facts.gobuf.sp, dwarf.offset("runtime.gobuf", &["sp"]));
+    check.field("gobuf.pc", facts.gobuf.pc, dwarf.offset("runtime.gobuf", &["pc"]));
+    check.field("gobuf.bp", facts.gobuf.bp, dwarf.offset("runtime.gobuf", &["bp"]));
+
+    let s = &facts.sudog;
+    check.field("sudog.g", s.g, dwarf.offset("runtime.sudog", &["g"]));
+    check.field("sudog.next", s.next, dwarf.offset("runtime.sudog", &["next"]));
+    check.field("sudog.elem", s.elem, dwarf.offset("runtime.sudog", &["elem"]));
+    check.field("sudog.c", s.c, dwarf.offset("runtime.sudog", &["c"]));
+    check.field("sudog.waitlink", s.waitlink, dwarf.offset("runtime.sudog", &["waitlink"]));
+    check.field("sudog.isSelect", s.isselect, dwarf.offset("runtime.sudog", &["isSelect"]));
+
+    let h = &facts.hchan;
+    check.field("hchan.qcount", h.qcount, dwarf.offset("runtime.hchan", &["qcount"]));
+    check.field("hchan.dataqsiz", h.dataqsiz, dwarf.offset("runtime.hchan", &["dataqsiz"]));
+    check.field("hchan.elemsize", h.elemsize, dwarf.offset("runtime.hchan", &["elemsize"]));
+    check.field("hchan.closed", h.closed, dwarf.offset("runtime.hchan", &["closed"]));
+    check.field("hchan.recvq", h.recvq, dwarf.offset("runtime.hchan", &["recvq"]));
+    check.field("hchan.sendq", h.sendq, dwarf.offset("runtime.hchan", &["sendq"]));
+    for queue in ["recvq", "sendq"] {
+        let queue_type = dwarf.member_type("runtime.hchan", queue);
+        check.expect(queue_type == Some("runtime.waitq"), || {
+            format!("hchan.{queue} is a {queue_type:?}, not runtime.waitq")
+        });
+    }
+    check.field("waitq.first", facts.waitq.first, dwarf.offset("runtime.waitq", &["first"]));
+    check.field("waitq.last", facts.waitq.last, dwarf.offset("runtime.waitq", &["last"]));
+
+    let md = &facts.moduledata;
+    check.field("moduledata.pcHeader", md.pc_header, dwarf.offset("runtime.moduledata", &["pcHeader"]));
+    check.field("moduledata.ftab", md.ftab, dwarf.offset("runtime.moduledata", &["ftab"]));
+    check.field("moduledata.minpc", md.minpc, dwarf.offset("runtime.moduledata", &["minpc"]));
+    check.field("moduledata.text", md.text, dwarf.offset("runtime.moduledata", &["text"]));
+    check.field("moduledata.etext", md.etext, dwarf.offset("runtime.moduledata", &["etext"]));
+    check.field("moduledata.noptrdata", md.noptrdata, dwarf.offset("runtime.moduledata", &["noptrdata"]));
+    check.field("moduledata.data", md.data, dwarf.offset("runtime.moduledata", &["data"]));
+    check.field("moduledata.gofunc", md.gofunc, dwarf.offset("runtime.moduledata", &["gofunc"]));
+}
+
+fn check_wait_reasons(check: &mut Check, facts: &ReleaseFacts, binary: &GoBinary) {
+    let Some(own) = binary.wait_reason_strings() else {
+        check.expect(false, || "no runtime.waitReasonStrings in the binary".to_string());
+        return;
+    };
+    for (value, (table, binary)) in facts.wait_reasons.iter().zip(&own).enumerate() {
+        check.expect(table == binary, || format!("waitReason {value} table {table:?}, binary {binary:?}"));
+    }
+    check.expect(facts.wait_reasons.len() == own.len(), || {
+        format!("{} wait reasons in the table, {} in the binary", facts.wait_reasons.len(), own.len())
+    });
+}
+
+/// `_Gname // N` lines of the toolchain's `runtime2.go` status block.
+fn source_statuses(tc: &GoToolchain) -> HashMap<String, u32> {
+    let path = tc.goroot().join("src/runtime/runtime2.go");
+    let source = fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+    let mut statuses = HashMap::new();
+    for line in source.lines() {
+        let Some((decl, comment)) = line.trim().split_once("//") else {
+            continue;
+        };
+        let name = decl.trim().trim_end_matches("= iota").trim();
+        if name.starts_with("_G") && !name.contains(' ') {
+            if let Ok(value) = comment.trim().parse() {
+                statuses.insert(name.to_string(), value);
+            }
+        }
+    }
+    statuses
+}
+
+fn check_statuses(check: &mut Check, facts: &ReleaseFacts, tc: &GoToolchain) {
+    let statuses = source_statuses(tc);
+    let mut dead: Vec<u32> = ["_Gdead", "_Gdeadextra"].iter().filter_map(|name| statuses.get(*name).copied()).collect();
+    dead.sort_unstable();
+    let mut table_dead = facts.dead_statuses.to_vec();
+    table_dead.sort_unstable();
+    check.expect(dead == table_dead, || format!("dead statuses table {table_dead:?}, runtime2.go {dead:?}"));
+    let leaked = statuses.get("_Gleaked").copied();
+    check.expect(leaked == facts.leaked_status, || {
+        format!("_Gleaked table {:?}, runtime2.go {leaked:?}", facts.leaked_status)
+    });
+}
+
+/// Checks the table entry of `tc`'s release against a binary built by `tc`;
+/// returns the mismatches.
+fn check_toolchain(tc: &GoToolchain) -> Vec<String> {
+    let path = build_fixture(tc, "chan_send");
+    let binary = GoBinary::open(&path, &path).expect("fixture is a Go binary");
+    let minor = minor(tc);
+    assert_eq!(binary.go_version.minor, minor, "{tc}: binary says {}", binary.go_version);
+    let Some(facts) = gotables::for_release(minor) else {
+        return vec![format!("{}: no table entry for Go 1.{minor}", binary.go_version.raw)];
+    };
+
+    let info = DwarfInfo::load(&binary).expect("DWARF readable");
+    let names: Vec<&str> = STRUCTS.iter().copied().chain(WRAPPERS.iter().map(|(name, _)| *name)).collect();
+    let dwarf = Dwarf { layouts: info.struct_layouts(&binary, &names).expect("struct layouts readable") };
+
+    let mut check = Check { label: binary.go_version.raw.clone(), mismatches: Vec::new() };
+    check_offsets(&mut check, facts, &dwarf);
+    check_wait_reasons(&mut check, facts, &binary);
+    check_statuses(&mut check, facts, tc);
+    // What the probes use, as the DWARF backend reads it for unstripped binaries.
+    let (from_dwarf, _) = info.runtime_layout(&binary).expect("runtime layout readable");
+    let from_table = facts.runtime_layout();
+    check.expect(from_table == from_dwarf, || format!("runtime layout table {from_table:?}, DWARF {from_dwarf:?}"));
+    if check.mismatches.is_empty() {
+        eprintln!(
+            "  {}: entry Go 1.{}..=1.{} matches DWARF ({} structs read) and {} wait reasons",
+            check.label,
+            facts.minors.start(),
+            facts.minors.end(),
+            dwarf.layouts.len(),
+            facts.wait_reasons.len()
+        );
+    }
+    check.mismatches
+}
+
+/// The table entry of every toolchain's release equals that toolchain's DWARF,
+/// field by field, and its `runtime.waitReasonStrings`, string by string. Every
+/// toolchain on the machine, not the leak-pattern subset.
+#[test]
+fn table_matches_each_toolchain() {
+    let toolchains = go_toolchains();
+    assert!(!toolchains.is_empty(), "no Go toolchain found: nothing to check the table against");
+    let mut mismatches = Vec::new();
+    for tc in &toolchains {
+        eprintln!("gotables vs DWARF: {tc}");
+        mismatches.extend(check_toolchain(tc));
+    }
+    let tested: Vec<&str> = toolchains.iter().map(|tc| tc.version.as_str()).collect();
+    let unchecked: Vec<u32> = (OLDEST_KNOWN_MINOR..=NEWEST_KNOWN_MINOR)
+        .filter(|minor| !toolchains.iter().any(|tc| tc.version.split('.').nth(1) == Some(&minor.to_string())))
+        .collect();
+    eprintln!("checked against {tested:?}; releases without a toolchain here: {unchecked:?}");
+    assert!(mismatches.is_empty(), "{} mismatch(es):\n{}", mismatches.len(), mismatches.join("\n"));
+}
+
+#[test]
+fn unknown_releases_have_no_entry() {
+    assert!(gotables::for_release(18).is_none());
+    assert!(gotables::for_release(NEWEST_KNOWN_MINOR + 1).is_none());
+    for minor in OLDEST_KNOWN_MINOR..=NEWEST_KNOWN_MINOR {
+        assert!(gotables::for_release(minor).is_some(), "Go 1.{minor}");
+    }
+}
