@@ -1,5 +1,6 @@
 //! End-to-end: the gleak binary on bad input and on interruption. Every error
-//! exits 2 with a message that names the problem and what to do, and nothing
+//! exits with its documented code (`gleak --help`) and a message that names the
+//! problem and what to do, and nothing
 //! ever panics or prints a backtrace; Ctrl-C and a target that exits by itself
 //! end `gleak attach` cleanly with a final report.
 //!
@@ -133,7 +134,7 @@ fn attach_missing_pid() {
     assert_eq!(proc_state(pid), None, "PID {pid} of `true` still exists");
     let pid = pid.to_string();
     let run = gleak_with_backtrace(&["attach", "-p", &pid]);
-    assert_fails(&run, 2, &["no process", &pid]);
+    assert_fails(&run, 3, &["no process", &pid]);
 }
 
 #[test]
@@ -147,41 +148,74 @@ fn attach_not_go() {
     let alive = matches!(sleep.try_wait(), Ok(None));
     let _ = sleep.kill();
     let _ = sleep.wait();
-    assert_fails(&run, 2, &["not a Go program", "sleep"]);
+    assert_fails(&run, 4, &["not a Go program", "sleep"]);
     assert!(alive, "`sleep 30` did not survive gleak's attempt\n{run}");
 }
 
-/// A running fixture built with `flags` is refused with a message naming the
-/// missing part (`words`); the fixture keeps running.
-fn attach_refused(name: &str, flags: &[&str], words: &[&str]) {
-    for_each_toolchain(name, |tc| {
-        let bin = build_go_program_with_flags(tc, &fixture_source("chan_send"), name, flags);
-        let mut proc = RunningGo::spawn(&bin, &[], "ready");
-        let pid = proc.pid().to_string();
-        let run = gleak_with_backtrace(&["attach", "-p", &pid]);
-        let bin_name = bin.file_name().unwrap().to_string_lossy().into_owned();
-        let mut all = vec![bin_name.as_str()];
-        all.extend_from_slice(words);
-        assert_fails(&run, 2, &all);
-        proc.assert_running("after gleak refused it");
-    });
+/// A copy of a fixture binary with every `from` replaced by `to` (same length) in its
+/// bytes, started; gleak refuses it with `code` and a message naming `words`, and
+/// the program keeps running.
+fn attach_refused(variant: Variant, from: &[u8], to: &[u8], code: i32, words: &[&str]) {
+    assert_eq!(from.len(), to.len());
+    let tc = go_toolchains().pop().expect("a Go toolchain");
+    let mut bytes = fs::read(build_fixture_variant(&tc, "chan_send", variant)).unwrap();
+    // Every occurrence: the version is in `.go.buildinfo` and in `runtime.buildVersion`.
+    let hits: Vec<usize> = bytes.windows(from.len()).enumerate().filter(|(_, w)| *w == from).map(|(i, _)| i).collect();
+    assert!(!hits.is_empty(), "{from:?} is not in the binary");
+    for at in hits {
+        bytes[at..at + to.len()].copy_from_slice(to);
+    }
+    let dir = TempDir::new(&format!("refused{code}"));
+    let src = dir.0.join("patched.tmp");
+    fs::write(&src, &bytes).unwrap();
+    let bin = dir.install(&src, "patched");
+    let mut proc = RunningGo::spawn(&bin, &[], "ready");
+    let pid = proc.pid().to_string();
+    let run = gleak_with_backtrace(&["attach", "-p", &pid]);
+    let mut all = vec!["patched"];
+    all.extend_from_slice(words);
+    assert_fails(&run, code, &all);
+    proc.assert_running("after gleak refused it");
 }
 
+/// The version in `.go.buildinfo` is what gleak goes by.
 #[test]
-fn attach_stripped() {
+fn attach_go_too_old() {
     if !require_root() {
         return;
     }
-    // -s removes the symbol table (checked first), -w the DWARF.
-    attach_refused("chan_send-stripped", &["-ldflags=-s -w"], &["symbol table", "-s"]);
+    let tc = go_toolchains().pop().expect("a Go toolchain");
+    let version = format!("go{}", tc.version);
+    let older = format!("go1.17{}", &version["go1.17".len()..]);
+    attach_refused(Variant::Stripped, version.as_bytes(), older.as_bytes(), 4, &["go1.17", "Go 1.19 and later"]);
 }
 
+/// A release newer than gleak's tables, without DWARF to read the layout from.
 #[test]
-fn attach_no_dwarf() {
+fn attach_unknown_release_without_dwarf() {
     if !require_root() {
         return;
     }
-    attach_refused("chan_send-nodwarf", &["-ldflags=-w"], &["DWARF", "-w"]);
+    let tc = go_toolchains().pop().expect("a Go toolchain");
+    let version = format!("go{}", tc.version);
+    let newer = format!("go1.99{}", &version["go1.99".len()..]);
+    attach_refused(Variant::Stripped, version.as_bytes(), newer.as_bytes(), 4, &["go1.99", "newer", "DWARF"]);
+}
+
+/// The function a probe needs is not in the binary (its name in `.gopclntab` is
+/// corrupted): refused before any probe is placed.
+#[test]
+fn attach_probe_point_missing() {
+    if !require_root() {
+        return;
+    }
+    attach_refused(
+        Variant::Stripped,
+        b"runtime.newproc1\0",
+        b"runtime.newprocX\0",
+        7,
+        &["runtime.newproc1", "not found"],
+    );
 }
 
 #[test]
@@ -199,7 +233,7 @@ fn not_root() {
         // root sets a uid.
     })
     .wait(ERROR_TIMEOUT);
-    assert_fails(&run, 2, &["root", "sudo"]);
+    assert_fails(&run, 5, &["root", "sudo", "CAP_BPF"]);
     assert!(run.stdout.is_empty(), "stdout is not empty\n{run}");
 }
 
@@ -249,7 +283,7 @@ fn run_not_go() {
     }
     let started = Instant::now();
     let run = gleak_with_backtrace(&["run", "--", "/bin/true"]);
-    assert_fails(&run, 2, &["not a Go program", "true"]);
+    assert_fails(&run, 4, &["not a Go program", "true"]);
     // A child left stopped under ptrace would hold gleak (or its pipes) up.
     assert!(
         started.elapsed() < Duration::from_secs(5),
@@ -264,7 +298,7 @@ fn run_not_go() {
     let prog = dir.install(Path::new("/bin/true"), &name);
     let prog_arg = prog.to_string_lossy().into_owned();
     let run = gleak_with_backtrace(&["run", "--", &prog_arg]);
-    assert_fails(&run, 2, &["not a Go program", &name]);
+    assert_fails(&run, 4, &["not a Go program", &name]);
     let mut left = pids_named(&name);
     let deadline = Instant::now() + Duration::from_secs(2);
     while !left.is_empty() && Instant::now() < deadline {

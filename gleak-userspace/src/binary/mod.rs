@@ -196,6 +196,14 @@ impl GoBinary {
         };
         bin.load_pclntab();
         if bin.elf_symbols.is_empty() && bin.pclntab.is_none() {
+            // Likely why: where the module data keeps the text start is release-specific.
+            if crate::gotables::for_release(bin.go_version.minor).is_none() && !bin.has_dwarf {
+                return Err(Error::UnknownRelease {
+                    path: bin.path,
+                    version: bin.go_version.raw,
+                    newest: crate::gotables::NEWEST_KNOWN_MINOR,
+                });
+            }
             let why = bin.pclntab_problem.clone().unwrap_or_else(|| "no .gopclntab".into());
             return Err(Error::NoFunctionTable { path: bin.path, reason: why });
         }
