@@ -90,13 +90,16 @@ pub const CONFIG_CAPTURE_STACKS: u32 = 1;
 pub mod counter {
     /// Events dropped because the ring buffer was full.
     pub const RINGBUF_FULL: u32 = 0;
-    /// Probe hits whose target memory could not be read.
+    /// Events dropped because the goroutine's memory could not be read (no goid).
     pub const READ_FAILED: u32 = 1;
     /// Probe hits from a process with no `TargetConfig` (should not happen).
     pub const NO_CONFIG: u32 = 2;
     /// Creation stacks that could not be recorded (map full, unwinding failed).
     pub const STACK_FAILED: u32 = 3;
-    pub const COUNT: u32 = 4;
+    /// Optional fields (creation site, creator) that could not be read; the event
+    /// itself was delivered, with 0 in those fields.
+    pub const FIELD_READ_FAILED: u32 = 4;
+    pub const COUNT: u32 = 5;
 }
 
 #[cfg(feature = "user")]

@@ -16,7 +16,7 @@ use aya_ebpf::{
 };
 use gleak_common::{counter, EventKind, CONFIG_CAPTURE_STACKS};
 
-use crate::maps::{bump, current_pid, emit, read_u64, target_config, STACKS};
+use crate::maps::{bump, current_pid, emit, read_optional, read_u64, target_config, STACKS};
 
 /// The new g in RAX (RET of newproc1, after CALL newproc1 in newcoro).
 #[uprobe]
@@ -41,8 +41,8 @@ fn on_create(ctx: &ProbeContext, newg: u64) -> u32 {
     let Some(goid) = read_u64(newg, cfg.g_goid) else {
         return 0;
     };
-    let gopc = read_u64(newg, cfg.g_gopc).unwrap_or(0);
-    let startpc = read_u64(newg, cfg.g_startpc).unwrap_or(0);
+    let gopc = read_optional(newg, cfg.g_gopc).unwrap_or(0);
+    let startpc = read_optional(newg, cfg.g_startpc).unwrap_or(0);
     let g0 = unsafe { (*ctx.regs).r14 };
     let parent_goid = creator_goid(g0, &cfg).unwrap_or(0);
     let stack_id = if cfg.flags & CONFIG_CAPTURE_STACKS != 0 {
@@ -68,13 +68,13 @@ fn on_create(ctx: &ProbeContext, newg: u64) -> u32 {
 /// `g0.m.curg.goid`; `None` when no user goroutine runs (the main goroutine's birth).
 #[inline(always)]
 fn creator_goid(g0: u64, cfg: &gleak_common::TargetConfig) -> Option<u64> {
-    let m = read_u64(g0, cfg.g_m)?;
+    let m = read_optional(g0, cfg.g_m)?;
     if m == 0 {
         return None;
     }
-    let curg = read_u64(m, cfg.m_curg)?;
+    let curg = read_optional(m, cfg.m_curg)?;
     if curg == 0 {
         return None;
     }
-    read_u64(curg, cfg.g_goid)
+    read_optional(curg, cfg.g_goid)
 }

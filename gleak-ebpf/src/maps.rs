@@ -77,16 +77,31 @@ pub fn target_config(ctx: &ProbeContext, pid: u32) -> Option<TargetConfig> {
     }
 }
 
-/// Reads a `u64` of the target at `base + offset`.
+/// Reads a `u64` the event cannot do without (a goid): a failure drops the event
+/// and is counted as such.
 #[inline(always)]
 pub fn read_u64(base: u64, offset: u32) -> Option<u64> {
-    match unsafe { bpf_probe_read_user((base + offset as u64) as *const u64) } {
-        Ok(v) => Some(v),
-        Err(_) => {
-            bump(counter::READ_FAILED);
-            None
-        }
+    let v = read(base, offset);
+    if v.is_none() {
+        bump(counter::READ_FAILED);
     }
+    v
+}
+
+/// Reads a `u64` the event can go without (0 is sent instead): counted apart, as
+/// nothing is lost.
+#[inline(always)]
+pub fn read_optional(base: u64, offset: u32) -> Option<u64> {
+    let v = read(base, offset);
+    if v.is_none() {
+        bump(counter::FIELD_READ_FAILED);
+    }
+    v
+}
+
+#[inline(always)]
+fn read(base: u64, offset: u32) -> Option<u64> {
+    unsafe { bpf_probe_read_user((base + offset as u64) as *const u64) }.ok()
 }
 
 /// Reserves a ring-buffer slot, lets `fill` write the kind-specific fields, submits.

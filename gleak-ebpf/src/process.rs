@@ -8,7 +8,7 @@
 use aya_ebpf::{helpers::generated::bpf_send_signal, macros::uprobe, programs::ProbeContext};
 use gleak_common::EventKind;
 
-use crate::maps::{current_pid, emit, read_u64, target_config};
+use crate::maps::{current_pid, emit, read_optional, target_config};
 
 const SIGSTOP: u32 = 19;
 
@@ -21,9 +21,12 @@ pub fn process_exit(ctx: ProbeContext) -> u32 {
     // The goroutine calling exit (R14; on g0 during a fatal panic, its m.curg):
     // goleak does not count the current goroutine, nor does gleak.
     let g = unsafe { (*ctx.regs).r14 };
-    let curg =
-        read_u64(g, cfg.g_m).filter(|&m| m != 0).and_then(|m| read_u64(m, cfg.m_curg)).filter(|&c| c != 0).unwrap_or(g);
-    let goid = read_u64(curg, cfg.g_goid).unwrap_or(0);
+    let curg = read_optional(g, cfg.g_m)
+        .filter(|&m| m != 0)
+        .and_then(|m| read_optional(m, cfg.m_curg))
+        .filter(|&c| c != 0)
+        .unwrap_or(g);
+    let goid = read_optional(curg, cfg.g_goid).unwrap_or(0);
     // Only stop the process if user space will hear of it: a stop nobody knows
     // about would hang the command.
     if emit(EventKind::ProcessExit, pid, goid, curg, |_| {}) {

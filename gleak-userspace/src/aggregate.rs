@@ -36,6 +36,9 @@ pub struct LiveGoroutine {
     pub seen_wait_since: u64,
     /// Seen running, runnable or woken since attach.
     pub ran: bool,
+    /// Found in the goroutine table, its creation event lost: `created_ns` is when
+    /// it was found (its age a lower bound).
+    pub recovered: bool,
 }
 
 /// Counts of one site at one instant.
@@ -87,6 +90,8 @@ pub struct Aggregator {
     pub sites: HashMap<SiteKey, SiteStats>,
     /// Goroutines found dead in memory whose exit event never arrived.
     pub reconciled_exits: u64,
+    /// Goroutines found alive in the goroutine table whose creation event never arrived.
+    pub reconciled_creations: u64,
     /// Set when the process reached its exit and was stopped (`gleak run`): the goid
     /// of the goroutine calling exit.
     pub exit_stop: Option<u64>,
@@ -122,9 +127,14 @@ impl Aggregator {
         // The creator is running the `go` statement, so if tracked it is live now.
         let parent_site = self.live.get(&ev.parent_goid).map(|p| p.site);
         // Seen in the attach snapshot and then reported by the probe: keep one.
+        // Or found by reconciliation just before its event was drained.
         if let Some(old) = self.live.remove(&ev.goid) {
             if let Some(site) = self.sites.get_mut(&old.site) {
                 site.live -= 1;
+                if old.recovered {
+                    site.created -= 1;
+                    self.reconciled_creations -= 1;
+                }
             }
         }
         let site = self.sites.entry(ev.gopc).or_insert_with(|| SiteStats::new(ev.startpc));
@@ -147,8 +157,39 @@ impl Aggregator {
                 parked: None,
                 seen_wait_since: 0,
                 ran: false,
+                recovered: false,
             },
         );
+    }
+
+    /// Reconciles with the goroutine table read from memory (drain the ring buffer
+    /// first): a live goroutine gleak does not know was born while tracing and its
+    /// creation event was lost. It is counted as created at its `go` statement
+    /// (`gopc`), marked as recovered; its creation stack is unknown.
+    pub fn reconcile_creations(&mut self, table: &[(u64, GRecord)], now_ns: u64) {
+        for (g_addr, rec) in table {
+            if self.live.contains_key(&rec.goid) {
+                continue;
+            }
+            let site = self.sites.entry(rec.gopc).or_insert_with(|| SiteStats::new(rec.startpc));
+            site.created += 1;
+            site.live += 1;
+            self.reconciled_creations += 1;
+            self.live.insert(
+                rec.goid,
+                LiveGoroutine {
+                    site: rec.gopc,
+                    g_addr: *g_addr,
+                    created_ns: Some(now_ns),
+                    parent_goid: rec.parent_goid,
+                    stack_id: -1,
+                    parked: None,
+                    seen_wait_since: rec.wait_since_ns,
+                    ran: false,
+                    recovered: true,
+                },
+            );
+        }
     }
 
     /// Adopts a goroutine found in the target's goroutine table at attach.
@@ -169,6 +210,7 @@ impl Aggregator {
                 parked: None,
                 seen_wait_since: rec.wait_since_ns,
                 ran: false,
+                recovered: false,
             },
         );
     }
@@ -277,6 +319,24 @@ mod tests {
             parent_goid: 0,
             stack_bytes: 8192,
         }
+    }
+
+    #[test]
+    fn reconciliation_recovers_lost_creations_once() {
+        let mut agg = Aggregator::default();
+        agg.on_event(&create(10, 0xa, 1_000));
+        // 11 and 12 were created while traced, their events lost; 10 is known.
+        let table = [(0x100, record(10, 0xa, 4)), (0x200, record(11, 0xa, 4)), (0x300, record(12, 0xb, 4))];
+        agg.reconcile_creations(&table, 5_000);
+        agg.reconcile_creations(&table, 6_000); // seen again: not counted twice
+        assert_eq!(agg.reconciled_creations, 2);
+        assert_eq!((agg.sites[&0xa].created, agg.sites[&0xa].live), (2, 2));
+        assert!(agg.live[&11].recovered && !agg.live[&10].recovered);
+        // 12's creation event was only late: it replaces the recovered entry.
+        agg.on_event(&create(12, 0xb, 4_000));
+        assert_eq!(agg.reconciled_creations, 1);
+        assert_eq!((agg.sites[&0xb].created, agg.sites[&0xb].live), (1, 1));
+        assert!(!agg.live[&12].recovered);
     }
 
     #[test]

@@ -80,7 +80,11 @@ impl Probes {
         // In a PID namespace of its own (a container without hostPID), gleak's PIDs
         // are not the kernel's: the probes translate through its namespace.
         let (pidns_dev, pidns_ino) = own_pid_namespace();
-        let mut ebpf = EbpfLoader::new()
+        let mut loader = EbpfLoader::new();
+        if let Some(bytes) = ring_buffer_bytes_override()? {
+            loader.map_max_entries("EVENTS", bytes);
+        }
+        let mut ebpf = loader
             .override_global("PIDNS_DEV", &pidns_dev, true)
             .override_global("PIDNS_INO", &pidns_ino, true)
             .load(OBJECT)
@@ -234,6 +238,19 @@ pub fn preflight() -> Result<()> {
         return Err(Error::NoUprobes { what: uprobe_pmu.into() });
     }
     Ok(())
+}
+
+/// `GLEAK_RING_BUFFER_BYTES`: a smaller event ring buffer than the built-in
+/// 8 MiB, to force event loss in tests (a power of two, at least 4096).
+fn ring_buffer_bytes_override() -> Result<Option<u32>> {
+    let Some(raw) = std::env::var_os("GLEAK_RING_BUFFER_BYTES") else { return Ok(None) };
+    match raw.to_str().and_then(|s| s.parse::<u32>().ok()) {
+        Some(n) if n >= 4096 && n.is_power_of_two() => Ok(Some(n)),
+        _ => Err(Error::Load(format!(
+            "GLEAK_RING_BUFFER_BYTES={} must be a power of two of at least 4096",
+            raw.to_string_lossy()
+        ))),
+    }
 }
 
 /// The initial PID namespace's inode number (`PROC_PID_INIT_INO`).

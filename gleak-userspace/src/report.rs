@@ -36,6 +36,9 @@ pub struct Report {
     pub kernel: KernelCounters,
     /// Goroutines found dead in memory whose exit event was lost (counted as exited).
     pub reconciled_exits: u64,
+    /// Live goroutines found in the goroutine table whose creation event was lost
+    /// (counted as created at their `go` statement).
+    pub reconciled_creations: u64,
     pub sites: Vec<SiteReport>,
     /// `gleak run` only: the CI gate's decision.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -46,7 +49,10 @@ pub struct Report {
 #[derive(Clone, Copy, Debug, Default, Serialize)]
 pub struct KernelCounters {
     pub ringbuf_full: u64,
+    /// Events dropped: the goroutine's memory was unreadable in the probe.
     pub read_failed: u64,
+    /// Optional fields (creation site, creator) unreadable; the events were delivered.
+    pub field_read_failed: u64,
     /// Probe hits in a process gleak has no layout for.
     pub no_config: u64,
     /// Creation stacks not recorded (stack map full or hash collision).
@@ -201,7 +207,13 @@ impl Report {
             t.created,
             t.exited,
             if self.lost_events > 0 {
-                paint("31", &format!(" · LOST EVENTS {}", self.lost_events))
+                paint(
+                    "31",
+                    &format!(
+                        " · LOST EVENTS {} (recovered from memory: {} creations, {} exits)",
+                        self.lost_events, self.reconciled_creations, self.reconciled_exits
+                    ),
+                )
             } else {
                 String::new()
             } + &if self.kernel.stack_failed > 0 {

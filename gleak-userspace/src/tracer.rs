@@ -156,6 +156,7 @@ impl Tracer {
         KernelCounters {
             ringbuf_full: c[counter::RINGBUF_FULL as usize],
             read_failed: c[counter::READ_FAILED as usize],
+            field_read_failed: c[counter::FIELD_READ_FAILED as usize],
             no_config: c[counter::NO_CONFIG as usize],
             stack_failed: c[counter::STACK_FAILED as usize],
         }
@@ -187,6 +188,9 @@ impl Tracer {
         let t = targets.get_mut(&pid)?;
         let target_exited = !t.target.is_alive();
         let now = monotonic_ns();
+        if !target_exited {
+            t.reconcile_creations(now);
+        }
         let records = t.observe_live(target_exited, now);
         let mut summaries = LiveSummary::per_site(&t.agg, &records, now);
         let keys: Vec<SiteKey> = t.agg.sites.keys().copied().collect();
@@ -224,6 +228,7 @@ impl Tracer {
             lost_events: kernel.lost_events(),
             kernel,
             reconciled_exits: t.agg.reconciled_exits,
+            reconciled_creations: t.agg.reconciled_creations,
             sites,
             gate: None,
         })
@@ -231,6 +236,16 @@ impl Tracer {
 }
 
 impl TracedTarget {
+    /// Picks up live goroutines whose creation event was lost, from the goroutine
+    /// table in memory (no stop; skipped where the table is not known).
+    fn reconcile_creations(&mut self, now: u64) {
+        let Ok(table) = &self.info.goroutine_table else { return };
+        match all_goroutines(&self.mem, table, &self.info.layout, self.target.load_bias) {
+            Ok(existing) => self.agg.reconcile_creations(&existing, now),
+            Err(e) => log::debug!("PID {}: goroutine table unreadable for reconciliation: {e}", self.target.pid),
+        }
+    }
+
     /// What memory says about every goroutine believed alive; retires the ones
     /// that died unseen. `None` where memory could not be read.
     fn observe_live(&mut self, target_exited: bool, now: u64) -> Records {

@@ -1,0 +1,58 @@
+//! Events lost on purpose: a 4 KiB ring buffer (50-odd events) drained every
+//! 50 ms cannot keep up with `mixed`'s bursts of short goroutines. The report must
+//! say so, count the loss, and still come out right: reconciliation with the
+//! goroutine table in memory finds the leaked goroutines whose creation was lost
+//! and retires the ones whose exit was.
+
+use std::time::Duration;
+
+use gleak_tests::*;
+
+#[test]
+fn report_is_right_despite_lost_events() {
+    if !require_root() {
+        return;
+    }
+    for_each_toolchain("event_loss", |tc| {
+        let fx = Fixture::build(tc, "mixed");
+        let _serial = serial_guard();
+        // 100 ticks: each leaks one goroutine at each of three sites, then stops.
+        let proc = fx.start_with_args(&["-max", "100"]);
+        let pid = proc.pid().to_string();
+        let args = ["attach", "-p", &pid, "--json", "--duration", "4s", "--interval", "1s", "--top", "100"];
+        let run = GleakChild::spawn(&gleak_bin(), &args, |cmd| {
+            cmd.env("GLEAK_RING_BUFFER_BYTES", "4096");
+        })
+        .wait(Duration::from_secs(60));
+        assert!(run.status.success(), "{run}");
+        let reports = json_reports(&run);
+        check_report_stream(&reports, proc.pid());
+        let last = reports.last().unwrap();
+        let ringbuf_full = count(&last["kernel"], "ringbuf_full");
+        assert!(ringbuf_full > 0, "{fx}: no event was lost with a 4 KiB ring buffer: {}", last["kernel"]);
+        assert_eq!(count(last, "lost_events"), ringbuf_full + count(&last["kernel"], "read_failed"));
+        let recovered = count(last, "reconciled_creations") + count(last, "reconciled_exits");
+        assert!(recovered > 0, "{fx}: nothing recovered from memory");
+        for (marker, reason) in
+            [("LEAK:chan_send", "chan send"), ("LEAK:wg_wait", ""), ("LEAK:ctx_never_cancelled", "select")]
+        {
+            let line = fx.marker_line(marker);
+            let site = find_site(last, &fx.file_suffix(), line)
+                .unwrap_or_else(|| panic!("{fx}: // {marker} missing\n{}", describe_sites(last, 10)));
+            assert_eq!(
+                count(site, "live"),
+                100,
+                "{fx}: // {marker}: every leaked goroutine, lost events or not\n{site}"
+            );
+            assert_eq!(site["verdict"], "leak", "{fx}: // {marker}\n{site}");
+            if !reason.is_empty() {
+                assert_eq!(site["top_wait_reason"], reason, "{fx}: // {marker}\n{site}");
+            }
+        }
+        // The short-lived goroutines are all gone, whatever events were lost.
+        let churn = find_site(last, &fx.file_suffix(), fx.marker_line("OK:churn"));
+        if let Some(site) = churn {
+            assert!(count(site, "live") <= 60, "{fx}: churn goroutines left live: {site}");
+        }
+    });
+}
