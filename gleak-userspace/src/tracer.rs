@@ -183,14 +183,18 @@ impl Tracer {
     /// retires the ones that died unseen, groups by creation site and judges each.
     pub fn report(&mut self, pid: u32, is_final: bool) -> Option<Report> {
         self.drain_now();
+        let target_exited = !self.targets.get(&pid)?.target.is_alive();
+        if !target_exited {
+            // The table read takes a while with many goroutines: drain what the
+            // target produced meanwhile before reading the live ones.
+            let now = monotonic_ns();
+            self.targets.get_mut(&pid)?.reconcile_creations(now);
+            self.drain_now();
+        }
         let kernel = self.kernel_counters();
         let Tracer { probes, targets, .. } = self;
         let t = targets.get_mut(&pid)?;
-        let target_exited = !t.target.is_alive();
         let now = monotonic_ns();
-        if !target_exited {
-            t.reconcile_creations(now);
-        }
         let records = t.observe_live(target_exited, now);
         let mut summaries = LiveSummary::per_site(&t.agg, &records, now);
         let keys: Vec<SiteKey> = t.agg.sites.keys().copied().collect();
