@@ -82,4 +82,32 @@ if [ $want_go -eq 1 ]; then
     rm -rf "$tmp"
   done
 fi
+
+# 4. A Go server gleak did not build: Debian's etcd (stripped, dynamically linked,
+#    Go 1.19) for the real-binary test (tests/tests/real_binaries.rs), which starts
+#    its own etcd on loopback ports. The package's init script would start one as a
+#    service on install; a temporary policy-rc.d refuses that (Debian's convention),
+#    and any etcd the package did start anyway is stopped.
+if [ $want_go -eq 1 ]; then
+  if ! dpkg-query -W -f='${Status}' etcd-server 2>/dev/null | grep -q "install ok installed"; then
+    policy=/usr/sbin/policy-rc.d
+    if [ ! -e "$policy" ]; then
+      need_root "install etcd-server"
+      printf '#!/bin/sh\n# bootstrap.sh: no service starts while etcd-server installs\nexit 101\n' >"$policy"
+      chmod 755 "$policy"
+      trap 'rm -f "$policy"' EXIT
+      apt_install etcd-server
+      rm -f "$policy"
+      trap - EXIT
+    else
+      apt_install etcd-server
+    fi
+  fi
+  # The init script's pid file: only an etcd started by the package, never the tests'.
+  if [ -s /run/etcd.pid ] && start-stop-daemon --status --pidfile /run/etcd.pid --exec /usr/bin/etcd; then
+    say "stopping the etcd service the package started"
+    start-stop-daemon --stop --oknodo --retry 10 --pidfile /run/etcd.pid --exec /usr/bin/etcd >&2
+    rm -f /run/etcd.pid
+  fi
+fi
 say "toolchains ready"
