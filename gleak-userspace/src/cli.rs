@@ -8,11 +8,13 @@ use std::{
     time::Duration,
 };
 
+use tokio::signal::unix::{signal, Signal, SignalKind};
+
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use gleak::{
     gate::{self, Ending},
-    launch,
+    launch::{self, signal_name, IfGleakDies},
     pprof::{write_goroutine_profile, ProfileSample},
     verdict::Verdict,
     AttachOptions, Report, Tracer,
@@ -28,7 +30,8 @@ EXAMPLES:
     gleak run --duration 60s -- ./server    # bound a command that does not end by itself
 
 EXIT CODES:
-    0    no leak (gleak run: the command's own status when it did not leak)
+    0    no leak (gleak run: the command's own status when it did not leak); gleak attach
+         ends with 0 on Ctrl-C, SIGTERM or SIGHUP, and when the target exits or is killed
     1    gleak run: a site reached --fail-on
     2    bad usage, or an error of no class below
     3    no such process, or it exited before gleak could attach
@@ -36,7 +39,16 @@ EXIT CODES:
     5    not permitted: not root, or missing CAP_BPF / CAP_PERFMON / CAP_SYS_PTRACE
     6    the kernel or this build lacks what tracing needs (uprobes, BPF ring buffers, eBPF object)
     7    the probe points cannot be found or placed safely in this binary
-    130  gleak run interrupted (Ctrl-C) and no leak found";
+    129  gleak run stopped by SIGHUP and no leak found
+    130  gleak run interrupted (Ctrl-C, SIGINT) and no leak found
+    143  gleak run stopped by SIGTERM and no leak found
+
+SIGNALS:
+    SIGINT, SIGTERM and SIGHUP end both commands the same way: probes detached, final
+    report printed. gleak run starts the command in a process group of its own (a
+    terminal's Ctrl-C reaches gleak only), judges it frozen, then passes the signal on
+    and waits for it (SIGKILL after 5s or on a second signal). The command never
+    outlives gleak, even if gleak is killed with SIGKILL, unless --leave-running.";
 
 /// Find goroutine leaks in a running Go program, from the kernel side with eBPF.
 #[derive(Parser, Debug)]
@@ -64,6 +76,10 @@ enum Command {
         /// Which verdict fails the gate.
         #[arg(long, value_enum, default_value_t = FailOn::Leak)]
         fail_on: FailOn,
+        /// When gleak ends before the command (--duration, a signal, gleak itself
+        /// killed), leave the command running, untraced, instead of stopping it.
+        #[arg(long)]
+        leave_running: bool,
         #[command(flatten)]
         common: Common,
         /// The command and its arguments.
@@ -126,10 +142,46 @@ pub fn main() -> Result<i32> {
     let cli = Cli::parse();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     gleak::probes::preflight()?;
+    // Current-thread: `gleak run` forks its command from the main thread, which the
+    // command's parent-death signal is tied to (see `launch::spawn_stopped`).
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    match cli.command {
-        Command::Attach { pid, common } => runtime.block_on(attach(pid, common)).map(|()| 0),
-        Command::Run { fail_on, common, command } => runtime.block_on(run(fail_on, common, command)),
+    runtime.block_on(async {
+        // First: from here on these signals end gleak with its final report.
+        let mut signals = Signals::install()?;
+        match cli.command {
+            Command::Attach { pid, common } => attach(pid, common, &mut signals).await.map(|()| 0),
+            Command::Run { fail_on, leave_running, common, command } => {
+                run(fail_on, leave_running, common, command, &mut signals).await
+            }
+        }
+    })
+}
+
+/// The signals that end a session: SIGINT (Ctrl-C), SIGTERM (what `kill`, a CI
+/// runner's timeout and a container stop send), SIGHUP (a closed terminal).
+struct Signals {
+    int: Signal,
+    term: Signal,
+    hup: Signal,
+}
+
+impl Signals {
+    fn install() -> Result<Self> {
+        let on = |kind: SignalKind| signal(kind).context("installing a signal handler");
+        Ok(Self {
+            int: on(SignalKind::interrupt())?,
+            term: on(SignalKind::terminate())?,
+            hup: on(SignalKind::hangup())?,
+        })
+    }
+
+    /// The next of them to arrive. Cancel-safe.
+    async fn recv(&mut self) -> i32 {
+        tokio::select! {
+            _ = self.int.recv() => libc::SIGINT,
+            _ = self.term.recv() => libc::SIGTERM,
+            _ = self.hup.recv() => libc::SIGHUP,
+        }
     }
 }
 
@@ -207,7 +259,7 @@ fn banner(tracer: &Tracer, pid: u32, what: &str) {
     eprintln!("gleak: {}", t.info.sources);
 }
 
-async fn attach(pid: u32, common: Common) -> Result<()> {
+async fn attach(pid: u32, common: Common, signals: &mut Signals) -> Result<()> {
     let mut tracer = Tracer::new()?;
     tracer.attach(pid, common.options(false)).with_context(|| format!("cannot trace PID {pid}"))?;
     let interval = common.interval.unwrap_or(Duration::from_secs(10));
@@ -223,8 +275,11 @@ async fn attach(pid: u32, common: Common) -> Result<()> {
             }
         ),
     );
-    if let LoopEnd::ImageChanged = trace_loop(&mut tracer, pid, &common, Some(interval), None).await? {
-        eprintln!("gleak: PID {pid} exec'd another program; stopped tracing it");
+    match trace_loop(&mut tracer, pid, &common, Some(interval), None, signals).await? {
+        LoopEnd::ImageChanged => eprintln!("gleak: PID {pid} exec'd a new program; stopped tracing it"),
+        LoopEnd::TargetExited(_) => eprintln!("gleak: PID {pid} is gone (exited or killed)"),
+        LoopEnd::Interrupted(sig) => eprintln!("gleak: {}: detaching from PID {pid}", signal_name(sig)),
+        LoopEnd::Deadline | LoopEnd::ExitStop => {}
     }
     let report = tracer.report(pid, true).context("target vanished")?;
     tracer.detach(pid);
@@ -237,7 +292,8 @@ async fn attach(pid: u32, common: Common) -> Result<()> {
 #[derive(Debug)]
 enum LoopEnd {
     Deadline,
-    Interrupted,
+    /// gleak received this signal.
+    Interrupted(i32),
     /// The target is gone; for a child of ours, with its status (already reaped).
     TargetExited(Option<ExitStatus>),
     /// The target exec'd another program: what gleak attached to is gone.
@@ -251,15 +307,14 @@ async fn trace_loop(
     pid: u32,
     common: &Common,
     interval: Option<Duration>,
-    mut child: Option<&mut Child>,
+    mut child: Option<&mut Launched>,
+    signals: &mut Signals,
 ) -> Result<LoopEnd> {
     let deadline = common.duration.map(|d| tokio::time::Instant::now() + d);
     let period = interval.unwrap_or(Duration::from_secs(3600 * 24 * 365));
     let mut report_tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
     let mut sample_tick = tokio::time::interval(Duration::from_secs(1));
     let mut liveness = tokio::time::interval(Duration::from_millis(100));
-    let ctrl_c = tokio::signal::ctrl_c();
-    tokio::pin!(ctrl_c);
     loop {
         tokio::select! {
             r = tracer.pump() => { r.context("reading events")?; }
@@ -275,41 +330,139 @@ async fn trace_loop(
                 if t.agg.exit_stop.is_some() {
                     return Ok(LoopEnd::ExitStop);
                 }
-                if !t.target.same_image() {
-                    return Ok(LoopEnd::ImageChanged);
-                }
+                // Gone first: the process, not the PID (which another may hold now).
                 match child.as_deref_mut() {
                     Some(c) => {
                         if let Some(status) = c.try_wait().context("waiting for the command")? {
                             return Ok(LoopEnd::TargetExited(Some(status)));
                         }
                     }
-                    None if !t.target.is_alive() => return Ok(LoopEnd::TargetExited(None)),
+                    None if !t.target.process_alive() => return Ok(LoopEnd::TargetExited(None)),
                     None => {}
                 }
+                if !t.target.same_image() {
+                    return Ok(LoopEnd::ImageChanged);
+                }
             }
-            _ = &mut ctrl_c => return Ok(LoopEnd::Interrupted),
+            sig = signals.recv() => return Ok(LoopEnd::Interrupted(sig)),
             _ = sleep_until(deadline) => return Ok(LoopEnd::Deadline),
         }
     }
 }
 
-async fn run(fail_on: FailOn, common: Common, command: Vec<OsString>) -> Result<i32> {
+/// How long a command gets to end after gleak passed it a signal, before SIGKILL.
+const FORWARD_GRACE: Duration = Duration::from_secs(5);
+
+/// The command of `gleak run`, our child. On every way out of `run` that does not
+/// reap it (an error included), it is stopped: killed and reaped, or with
+/// `--leave-running` resumed and left to run.
+struct Launched {
+    child: Child,
+    leave_running: bool,
+    /// Reaped, or deliberately left running: nothing to do on drop.
+    settled: bool,
+}
+
+impl Launched {
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn try_wait(&mut self) -> std::io::Result<Option<ExitStatus>> {
+        let status = self.child.try_wait()?;
+        self.settled |= status.is_some();
+        Ok(status)
+    }
+
+    /// Waits for the command to end. A signal gleak receives meanwhile is passed on
+    /// (the command is in its own process group: a terminal's did not reach it);
+    /// once one was (`forwarded`), the command is killed after [`FORWARD_GRACE`] or
+    /// at the next signal.
+    async fn wait(&mut self, signals: &mut Signals, mut forwarded: Option<i32>) -> Result<ExitStatus> {
+        let pid = self.pid();
+        let mut grace_end = forwarded.map(|_| tokio::time::Instant::now() + FORWARD_GRACE);
+        loop {
+            if let Some(status) = self.try_wait().context("waiting for the command")? {
+                return Ok(status);
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(10)) => {}
+                sig = signals.recv() => match forwarded {
+                    None => {
+                        eprintln!("gleak: {}: passing it on to PID {pid} and waiting for it", signal_name(sig));
+                        launch::signal(pid, sig);
+                        forwarded = Some(sig);
+                        grace_end = Some(tokio::time::Instant::now() + FORWARD_GRACE);
+                    }
+                    Some(_) => {
+                        eprintln!("gleak: {} again: killing PID {pid}", signal_name(sig));
+                        self.kill();
+                        grace_end = None;
+                    }
+                },
+                _ = sleep_until(grace_end) => {
+                    eprintln!(
+                        "gleak: PID {pid} still running {}s after {}; killing it",
+                        FORWARD_GRACE.as_secs(),
+                        signal_name(forwarded.unwrap_or(libc::SIGTERM))
+                    );
+                    self.kill();
+                    grace_end = None;
+                }
+            }
+        }
+    }
+
+    /// SIGKILL, which also ends a stopped process.
+    fn kill(&self) {
+        launch::signal(self.pid(), libc::SIGKILL);
+    }
+
+    /// Lets a command gleak stopped run on, untraced, and forgets it.
+    fn leave_running(&mut self) {
+        launch::signal(self.pid(), libc::SIGCONT);
+        self.settled = true;
+    }
+}
+
+impl Drop for Launched {
+    fn drop(&mut self) {
+        if self.settled {
+            return;
+        }
+        if self.leave_running {
+            launch::signal(self.pid(), libc::SIGCONT);
+        } else {
+            self.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+async fn run(
+    fail_on: FailOn,
+    leave_running: bool,
+    common: Common,
+    command: Vec<OsString>,
+    signals: &mut Signals,
+) -> Result<i32> {
     let (program, args) = command.split_first().context("no command given")?;
     let mut tracer = Tracer::new()?;
-    let mut child =
-        launch::spawn_stopped(program, args).with_context(|| format!("cannot start {}", program.to_string_lossy()))?;
-    let pid = child.id();
+    let if_gleak_dies = if leave_running { IfGleakDies::Continue } else { IfGleakDies::Kill };
+    let child = launch::spawn_stopped(program, args, if_gleak_dies)
+        .with_context(|| format!("cannot start {}", program.to_string_lossy()))?;
+    let mut child = Launched { child, leave_running, settled: false };
+    let pid = child.pid();
     if let Err(e) = tracer.attach(pid, common.options(true)) {
-        let _ = child.kill();
-        let _ = child.wait();
+        child.leave_running = false; // never traced: nothing to leave running
+        drop(child);
         return Err(anyhow::Error::new(e).context(format!("cannot trace {}", program.to_string_lossy())));
     }
     banner(&tracer, pid, "running it");
-    launch::release(&child).context("releasing the command")?;
+    launch::release(&child.child).context("releasing the command")?;
 
-    let mut end = trace_loop(&mut tracer, pid, &common, common.interval, Some(&mut child)).await?;
-    if let LoopEnd::Deadline | LoopEnd::Interrupted = end {
+    let mut end = trace_loop(&mut tracer, pid, &common, common.interval, Some(&mut child), signals).await?;
+    if let LoopEnd::Deadline | LoopEnd::Interrupted(_) = end {
         // Freeze it to read what is alive; it may have reached its exit meanwhile.
         launch::signal(pid, libc::SIGSTOP);
         wait_stopped(pid).await;
@@ -328,13 +481,13 @@ async fn run(fail_on: FailOn, common: Common, command: Vec<OsString>) -> Result<
             let report = tracer.report(pid, true).context("command vanished")?;
             tracer.detach(pid);
             launch::signal(pid, libc::SIGCONT);
-            let status = exit_code(child.wait().context("waiting for the command")?);
+            let status = exit_code(child.wait(signals, None).await?);
             return finish(report, fail_on, &common, Ending::Exited { status, states_known: true });
         }
         LoopEnd::TargetExited(status) => {
             let status = match status {
                 Some(s) => s,
-                None => child.wait().context("waiting for the command")?,
+                None => child.wait(signals, None).await?,
             };
             Ending::Exited { status: exit_code(status), states_known: false }
         }
@@ -342,23 +495,46 @@ async fn run(fail_on: FailOn, common: Common, command: Vec<OsString>) -> Result<
             eprintln!("gleak: the command exec'd another program; judging what was traced, then waiting for it");
             let report = tracer.report(pid, true).context("command vanished")?;
             tracer.detach(pid);
-            let status = exit_code(child.wait().context("waiting for the command")?);
+            let status = exit_code(child.wait(signals, None).await?);
             return finish(report, fail_on, &common, Ending::Exec { status });
         }
-        LoopEnd::Deadline => Ending::Stopped { interrupted: false },
-        LoopEnd::Interrupted => Ending::Stopped { interrupted: true },
+        LoopEnd::Deadline => Ending::Stopped { signal: None },
+        LoopEnd::Interrupted(sig) => Ending::Stopped { signal: Some(sig) },
     };
     let report = tracer.report(pid, true).context("command vanished")?;
     tracer.detach(pid);
-    if let Ending::Stopped { .. } = ending {
+    // Judged and printed first: what follows may take the command a while.
+    let code = finish(report, fail_on, &common, ending)?;
+    if let Ending::Stopped { signal } = ending {
         // Still our unreaped child: the PID cannot have been reused.
-        launch::signal(pid, libc::SIGKILL);
-        launch::signal(pid, libc::SIGCONT);
-        let _ = child.wait();
+        if leave_running {
+            child.leave_running();
+            eprintln!("gleak: left PID {pid} running, untraced (--leave-running)");
+        } else if let Some(sig) = signal {
+            eprintln!("gleak: passing {} on to PID {pid}", signal_name(sig));
+            launch::signal(pid, sig);
+            launch::signal(pid, libc::SIGCONT);
+            let status = child.wait(signals, Some(sig)).await?;
+            eprintln!("gleak: PID {pid} {}", describe_status(status));
+        } else {
+            child.kill();
+            child.wait(signals, None).await?;
+        }
     }
-    finish(report, fail_on, &common, ending)
+    Ok(code)
 }
 
+/// `exited with status 0`, `killed by SIGTERM`.
+fn describe_status(status: ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(code), _) => format!("exited with status {code}"),
+        (None, Some(sig)) => format!("killed by {}", signal_name(sig)),
+        _ => format!("ended ({status})"),
+    }
+}
+
+/// Judges the report, prints it (and the profile), and returns gleak's exit code.
 fn finish(mut report: Report, fail_on: FailOn, common: &Common, ending: Ending) -> Result<i32> {
     let fail_on = match fail_on {
         FailOn::Leak => Verdict::Leak,

@@ -110,8 +110,12 @@ pub mod exit_code {
     pub const UNSUPPORTED_SYSTEM: i32 = 6;
     /// The probe points cannot be found or placed safely in this binary.
     pub const NO_PROBE_POINT: i32 = 7;
-    /// `gleak run` stopped by Ctrl-C with no leak found.
+    /// `gleak run` stopped by SIGHUP with no leak found (128 + SIGHUP).
+    pub const HANGUP: i32 = 129;
+    /// `gleak run` stopped by Ctrl-C (SIGINT) with no leak found (128 + SIGINT).
     pub const INTERRUPTED: i32 = 130;
+    /// `gleak run` stopped by SIGTERM with no leak found (128 + SIGTERM).
+    pub const TERMINATED: i32 = 143;
 }
 
 impl Error {

@@ -35,8 +35,9 @@ pub enum Ending {
     /// `states_known`: it was held at `runtime.exit` while its goroutines were read;
     /// false when it ended some other way (killed by a signal).
     Exited { status: i32, states_known: bool },
-    /// gleak froze and killed it at the deadline, or on Ctrl-C (`interrupted`).
-    Stopped { interrupted: bool },
+    /// gleak froze it and judged it while it still ran: at the deadline (`signal`
+    /// `None`), or because gleak received `signal` (SIGINT, SIGTERM or SIGHUP).
+    Stopped { signal: Option<i32> },
     /// It exec'd another program (no longer traced), which then exited with `status`.
     Exec { status: i32 },
 }
@@ -68,17 +69,15 @@ pub fn judge(report: &mut Report, fail_on: Verdict, ending: Ending) {
         }
     }
     let failed = leaked > 0;
-    use crate::error::exit_code::{INTERRUPTED, LEAK, OK};
+    use crate::error::exit_code::{LEAK, OK};
     let (command_status, exit_code) = match ending {
         Ending::Exited { status, .. } | Ending::Exec { status } => (Some(status), if failed { LEAK } else { status }),
-        Ending::Stopped { interrupted } => (
+        Ending::Stopped { signal } => (
             None,
-            if failed {
-                LEAK
-            } else if interrupted {
-                INTERRUPTED
-            } else {
-                OK
+            match signal {
+                _ if failed => LEAK,
+                Some(signal) => exit_code_for_signal(signal),
+                None => OK,
             },
         ),
     };
@@ -88,9 +87,21 @@ pub fn judge(report: &mut Report, fail_on: Verdict, ending: Ending) {
         leaked_goroutines: leaked,
         command_status,
         exit_code,
-        stopped_at_deadline: ending == Ending::Stopped { interrupted: false },
-        interrupted: ending == Ending::Stopped { interrupted: true },
+        stopped_at_deadline: ending == Ending::Stopped { signal: None },
+        interrupted: matches!(ending, Ending::Stopped { signal: Some(_) }),
     });
+}
+
+/// `gleak run`'s exit code when `signal` stopped it and no leak was found: 128 +
+/// the signal, as a shell reports a command the signal killed.
+pub fn exit_code_for_signal(signal: i32) -> i32 {
+    use crate::error::exit_code::{HANGUP, INTERRUPTED, TERMINATED};
+    match signal {
+        libc::SIGHUP => HANGUP,
+        libc::SIGINT => INTERRUPTED,
+        libc::SIGTERM => TERMINATED,
+        other => 128 + other,
+    }
 }
 
 /// A site's verdict as of the program's exit; `None` if nothing of it is left.
@@ -145,5 +156,14 @@ mod tests {
         assert!(!is_infrastructure("main.leak"));
         assert!(is_infrastructure("main goroutine"));
         assert!(!is_infrastructure("runtimex.foo"));
+    }
+
+    #[test]
+    fn signal_exit_codes() {
+        use crate::error::exit_code::{HANGUP, INTERRUPTED, TERMINATED};
+        assert_eq!(exit_code_for_signal(libc::SIGINT), INTERRUPTED);
+        assert_eq!(exit_code_for_signal(libc::SIGTERM), TERMINATED);
+        assert_eq!(exit_code_for_signal(libc::SIGHUP), HANGUP);
+        assert_eq!((HANGUP, INTERRUPTED, TERMINATED), (129, 130, 143));
     }
 }

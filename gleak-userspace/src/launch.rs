@@ -1,6 +1,12 @@
 //! Starting a command so that it can be traced from its very first goroutine:
 //! the child stops right after `exec` (ptrace), gleak attaches its probes to the
 //! new image, then lets it run and stops ptracing it.
+//!
+//! The command gets a process group of its own, so that a terminal's Ctrl-C (sent
+//! to the foreground group) reaches gleak alone: gleak freezes and judges the
+//! command, then passes the signal on. And it does not outlive gleak: the kernel
+//! kills it if gleak dies, even by SIGKILL (`PR_SET_PDEATHSIG`), unless it was
+//! started with [`IfGleakDies::Continue`].
 
 use std::{
     ffi::OsString,
@@ -9,15 +15,43 @@ use std::{
     process::{Child, Command},
 };
 
-/// Starts `program args…`, stopped at its first instruction.
-pub fn spawn_stopped(program: &OsString, args: &[OsString]) -> io::Result<Child> {
+/// What becomes of the command if gleak dies before it (killed, crashed).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IfGleakDies {
+    /// The kernel kills it (SIGKILL).
+    Kill,
+    /// It runs on (SIGCONT, in case gleak had it stopped), untraced.
+    Continue,
+}
+
+/// Starts `program args…`, stopped at its first instruction, in a process group
+/// of its own.
+///
+/// Call it from the main thread: the parent-death signal fires when the *thread*
+/// that forked exits, and only the main thread lives as long as gleak.
+pub fn spawn_stopped(program: &OsString, args: &[OsString], if_gleak_dies: IfGleakDies) -> io::Result<Child> {
+    // SAFETY: no preconditions.
+    let (pid, tid) = unsafe { (libc::getpid(), libc::gettid()) };
+    if pid != tid {
+        // The command would be killed as soon as this thread ends.
+        return Err(io::Error::other("internal error: spawn_stopped called off the main thread"));
+    }
+    let death_signal = match if_gleak_dies {
+        IfGleakDies::Kill => libc::SIGKILL,
+        IfGleakDies::Continue => libc::SIGCONT,
+    };
     let mut cmd = Command::new(program);
-    cmd.args(args);
-    // SAFETY: only async-signal-safe calls between fork and exec.
+    cmd.args(args).process_group(0);
+    // SAFETY: only async-signal-safe calls between fork and exec, no allocation.
     unsafe {
-        cmd.pre_exec(|| {
-            // If gleak dies while the command is held at its exit, let it finish.
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGCONT);
+        cmd.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, death_signal as libc::c_ulong, 0, 0, 0) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // gleak died before the prctl: nobody would deliver the signal.
+            if libc::getppid() != pid {
+                return Err(io::Error::from_raw_os_error(libc::ESRCH));
+            }
             if libc::ptrace(
                 libc::PTRACE_TRACEME,
                 0,
@@ -64,7 +98,24 @@ pub fn release(child: &Child) -> io::Result<()> {
     Ok(())
 }
 
-/// Sends `signal` to `pid`.
+/// The name of a signal gleak handles or sends (`SIGTERM`), else `signal N`.
+pub fn signal_name(signal: i32) -> String {
+    match signal {
+        libc::SIGHUP => "SIGHUP".into(),
+        libc::SIGINT => "SIGINT".into(),
+        libc::SIGQUIT => "SIGQUIT".into(),
+        libc::SIGABRT => "SIGABRT".into(),
+        libc::SIGKILL => "SIGKILL".into(),
+        libc::SIGSEGV => "SIGSEGV".into(),
+        libc::SIGPIPE => "SIGPIPE".into(),
+        libc::SIGTERM => "SIGTERM".into(),
+        libc::SIGSTOP => "SIGSTOP".into(),
+        libc::SIGCONT => "SIGCONT".into(),
+        other => format!("signal {other}"),
+    }
+}
+
+/// Sends `signal` to `pid` (an unreaped child of ours: the PID cannot be reused).
 pub fn signal(pid: u32, signal: i32) {
     // SAFETY: plain syscall.
     unsafe { libc::kill(pid as libc::pid_t, signal) };

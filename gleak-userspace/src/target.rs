@@ -1,7 +1,15 @@
-//! Target discovery: from a PID to the Go binary it runs and where it is loaded.
+//! Target discovery: from a PID to the Go binary it runs and where it is loaded,
+//! and the process pinned by descriptor so that a PID reused by another process is
+//! never taken for it.
 
 use std::{
-    os::unix::fs::MetadataExt,
+    ffi::CString,
+    fs::File,
+    io::{self, Read},
+    os::{
+        fd::{AsRawFd, FromRawFd, OwnedFd},
+        unix::fs::MetadataExt,
+    },
     path::{Path, PathBuf},
 };
 
@@ -23,8 +31,11 @@ pub struct Target {
     pub binary: GoBinary,
     /// Runtime address − link address (0 unless PIE).
     pub load_bias: u64,
-    /// (device, inode) of the executable at attach, to notice an exec.
-    image: Option<(u64, u64)>,
+    /// The process itself, by descriptor: answers for the process gleak attached to
+    /// even once its PID belongs to another.
+    process: ProcessHandle,
+    /// What identifies the image at attach, to notice an exec.
+    image: Image,
 }
 
 impl Target {
@@ -34,26 +45,172 @@ impl Target {
         }
         // A thread id names its process: probes and layouts are per process.
         let pid = thread_group(pid).unwrap_or(pid);
+        // Pinned first: everything below is read by PID, and checked against the
+        // pinned process at the end, so none of it can come from a successor.
+        let process = ProcessHandle::open(pid).map_err(|source| {
+            let path = PathBuf::from(format!("/proc/{pid}"));
+            match source.raw_os_error() {
+                Some(libc::ESRCH | libc::ENOENT) => Error::NoSuchProcess(pid),
+                _ => proc_error(pid, &path, source),
+            }
+        })?;
         let proc_dir = PathBuf::from(format!("/proc/{pid}"));
         let attach_path = proc_dir.join("exe");
         let exe = std::fs::read_link(&attach_path).map_err(|source| proc_error(pid, &attach_path, source))?;
         let binary = GoBinary::open(&attach_path, &exe)?;
         let load_bias = load_bias(pid, &attach_path, &binary)?;
-        let image = std::fs::metadata(&attach_path).ok().map(|m| (m.dev(), m.ino()));
+        let image = Image::of(&process);
         let ns_pid = namespaced_pid(pid).filter(|&p| p != pid);
-        Ok(Self { pid, ns_pid, exe, attach_path, binary, load_bias, image })
+        if !process.is_alive() {
+            return Err(Error::NoSuchProcess(pid));
+        }
+        Ok(Self { pid, ns_pid, exe, attach_path, binary, load_bias, process, image })
     }
 
+    /// Whether the program gleak attached to still runs: the very process (not
+    /// another that got its PID since), not a zombie, and still the same image
+    /// (after an exec, what gleak traced is gone even though the process is not).
     pub fn is_alive(&self) -> bool {
-        process_alive(self.pid)
+        self.process.is_alive() && self.same_image()
     }
 
-    /// Whether the process still runs the image gleak attached to (not after an exec).
-    /// A process that is gone counts as unchanged: liveness is checked elsewhere.
+    /// Whether the process still runs the image gleak attached to (not after an exec,
+    /// even of the same file: the exec maps a new stack). A process that is gone
+    /// counts as unchanged: liveness is [`Target::process_alive`]'s.
     pub fn same_image(&self) -> bool {
-        let now = std::fs::metadata(&self.attach_path).ok().map(|m| (m.dev(), m.ino()));
-        now.is_none() || now == self.image
+        let now = Image::of(&self.process);
+        // Read after the facts: if the process is gone they may be anyone's.
+        if !self.process.is_alive() || now.exe.is_none() {
+            return true;
+        }
+        now.exe == self.image.exe && (now.start_stack == 0 || now.start_stack == self.image.start_stack)
     }
+
+    /// Whether the process gleak attached to exists and has not exited (whatever
+    /// it runs now).
+    pub fn process_alive(&self) -> bool {
+        self.process.is_alive()
+    }
+}
+
+/// What tells one exec of a process from the next: the executable's (device,
+/// inode), and where the exec put the initial stack (`startstack` in
+/// /proc/PID/stat: randomized per exec, so a re-exec of the same file shows too;
+/// 0 when unknown).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Image {
+    exe: Option<(u64, u64)>,
+    start_stack: u64,
+}
+
+impl Image {
+    fn of(process: &ProcessHandle) -> Image {
+        let exe = process.exe_id();
+        let start_stack = process.stat_field(28).unwrap_or(0);
+        Image { exe, start_stack }
+    }
+}
+
+/// A process held by descriptor rather than by PID number: a pidfd (Linux 5.3+)
+/// and an open `/proc/PID` directory. Both keep naming the process they were opened
+/// on: once it has exited, the pidfd polls readable and lookups in the directory
+/// fail, even if the PID number now belongs to another process.
+pub struct ProcessHandle {
+    pid: u32,
+    /// `None` on kernels without `pidfd_open`; the directory then decides alone.
+    pidfd: Option<OwnedFd>,
+    proc_dir: OwnedFd,
+}
+
+impl ProcessHandle {
+    /// Pins process `pid`. Fails with ESRCH if there is none, or only a zombie.
+    pub fn open(pid: u32) -> io::Result<Self> {
+        let pid_t = libc::pid_t::try_from(pid).map_err(|_| io::Error::from_raw_os_error(libc::ESRCH))?;
+        // SAFETY: plain system call; the result is a new descriptor we own, or -1.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid_t, 0) };
+        let pidfd = if fd >= 0 {
+            // SAFETY: a fresh descriptor returned by pidfd_open, owned by nobody else.
+            Some(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+        } else {
+            let err = io::Error::last_os_error();
+            match err.raw_os_error() {
+                Some(libc::ENOSYS) => None,
+                _ => return Err(err),
+            }
+        };
+        // Opened after the pidfd: if that process is still alive below, this
+        // directory is its own.
+        let path = CString::new(format!("/proc/{pid}")).expect("no NUL in a path of digits");
+        // SAFETY: valid C string; the result is a new descriptor we own, or -1.
+        let dir = unsafe { libc::open(path.as_ptr(), libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC) };
+        if dir < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: a fresh descriptor returned by open, owned by nobody else.
+        let proc_dir = unsafe { OwnedFd::from_raw_fd(dir) };
+        let handle = Self { pid, pidfd, proc_dir };
+        if !handle.is_alive() {
+            return Err(io::Error::from_raw_os_error(libc::ESRCH));
+        }
+        Ok(handle)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// Whether the pinned process has not exited (a zombie has).
+    pub fn is_alive(&self) -> bool {
+        if let Some(fd) = &self.pidfd {
+            let mut poll = libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+            // SAFETY: one valid pollfd, no wait.
+            let n = unsafe { libc::poll(&mut poll, 1, 0) };
+            if n >= 0 {
+                // Readable once every thread has exited.
+                return n == 0;
+            }
+        }
+        // No pidfd: the directory, which stops answering once the process is reaped.
+        match self.read("stat") {
+            Ok(stat) => state_of(&stat) != Some("Z"),
+            Err(_) => false,
+        }
+    }
+
+    /// Reads `/proc/PID/<name>` of the pinned process; fails once it is reaped.
+    pub fn read(&self, name: &str) -> io::Result<String> {
+        let name = CString::new(name).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+        // SAFETY: valid directory descriptor and C string; the result is ours, or -1.
+        let fd = unsafe { libc::openat(self.proc_dir.as_raw_fd(), name.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: a fresh descriptor returned by openat, owned by nobody else.
+        let mut file = unsafe { File::from_raw_fd(fd) };
+        let mut text = String::new();
+        file.read_to_string(&mut text)?;
+        Ok(text)
+    }
+
+    /// Field `n` (1-based, as in proc(5)) of `/proc/PID/stat`, if numeric.
+    fn stat_field(&self, n: usize) -> Option<u64> {
+        let stat = self.read("stat").ok()?;
+        // Fields 1 and 2 are the PID and `(comm)`; the rest follow the last ')'.
+        stat.rsplit_once(')')?.1.split_whitespace().nth(n.checked_sub(3)?)?.parse().ok()
+    }
+
+    /// (device, inode) of the executable the pinned process runs now.
+    fn exe_id(&self) -> Option<(u64, u64)> {
+        // SAFETY: `stat` is plain old data: all zeroes is a valid value.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: valid directory descriptor, C string literal and out pointer.
+        let r = unsafe { libc::fstatat(self.proc_dir.as_raw_fd(), c"exe".as_ptr(), &mut st, 0) };
+        (r == 0).then_some((st.st_dev, st.st_ino))
+    }
+}
+
+fn state_of(stat: &str) -> Option<&str> {
+    stat.rsplit(')').next().and_then(|rest| rest.split_whitespace().next())
 }
 
 /// The innermost of the PIDs in `NSpid:` (/proc/PID/status): the PID the process
@@ -69,10 +226,13 @@ fn thread_group(tid: u32) -> Option<u32> {
     status.lines().find_map(|l| l.strip_prefix("Tgid:")).and_then(|v| v.trim().parse().ok())
 }
 
+/// Whether some process, not a zombie, has PID `pid` now. Only for a PID that
+/// cannot have been reused (an unreaped child of ours); otherwise hold a
+/// [`ProcessHandle`].
 pub fn process_alive(pid: u32) -> bool {
     // A zombie still has /proc/PID; check its state too.
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => stat.rsplit(')').next().and_then(|rest| rest.split_whitespace().next()) != Some("Z"),
+        Ok(stat) => state_of(&stat) != Some("Z"),
         Err(_) => false,
     }
 }
@@ -118,4 +278,54 @@ fn load_bias(pid: u32, exe: &Path, binary: &GoBinary) -> Result<u64> {
     }
     // Guessing 0 would make every address wrong, silently.
     Err(Error::NoMapping { pid, path: binary.path.clone() })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::process::{Command, Stdio};
+
+    fn sleeper() -> std::process::Child {
+        Command::new("sleep").arg("30").stdin(Stdio::null()).spawn().expect("run `sleep 30`")
+    }
+
+    #[test]
+    fn handle_follows_the_process_not_the_pid() {
+        let mut child = sleeper();
+        let handle = ProcessHandle::open(child.id()).unwrap();
+        assert!(handle.is_alive());
+        assert!(handle.read("stat").unwrap().contains("(sleep)"));
+        let exe = handle.exe_id().expect("exe of a running process");
+        assert_eq!(Some(exe), std::fs::metadata(format!("/proc/{}/exe", child.id())).ok().map(|m| (m.dev(), m.ino())));
+        assert!(handle.stat_field(28).is_some(), "startstack");
+
+        child.kill().unwrap();
+        // A zombie (not yet reaped) has exited.
+        for _ in 0..200 {
+            if !handle.is_alive() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert!(!handle.is_alive(), "a killed, unreaped child counts as alive");
+        child.wait().unwrap();
+        assert!(!handle.is_alive());
+        // Reaped: the directory no longer answers, whoever has the PID now.
+        assert!(handle.read("stat").is_err());
+        assert!(handle.exe_id().is_none());
+    }
+
+    #[test]
+    fn no_handle_on_a_zombie_or_nothing() {
+        let mut child = sleeper();
+        let pid = child.id();
+        child.kill().unwrap();
+        while process_alive(pid) {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert_eq!(ProcessHandle::open(pid).err().and_then(|e| e.raw_os_error()), Some(libc::ESRCH));
+        child.wait().unwrap();
+        let err = ProcessHandle::open(pid).err().and_then(|e| e.raw_os_error());
+        assert!(matches!(err, Some(libc::ESRCH | libc::ENOENT)), "{err:?}");
+    }
 }

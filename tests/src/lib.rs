@@ -836,14 +836,6 @@ fn collect_in_background(mut source: impl Read + Send + 'static) -> (Arc<Mutex<V
     (buf, reader)
 }
 
-fn read_all(mut r: impl Read + Send + 'static) -> JoinHandle<Vec<u8>> {
-    thread::spawn(move || {
-        let mut buf = Vec::new();
-        let _ = r.read_to_end(&mut buf);
-        buf
-    })
-}
-
 /// Runs `gleak <args>` to completion, killing it (and panicking) after
 /// `timeout`. Does not look at the exit status.
 pub fn run_gleak(args: &[&str], timeout: Duration) -> GleakRun {
@@ -857,12 +849,17 @@ pub fn spawn_gleak(args: &[&str]) -> GleakChild {
     GleakChild::spawn(&gleak_bin(), args, |_| {})
 }
 
+/// How long the pipes of a gleak that exited may stay silent before its output
+/// counts as complete (see [`GleakChild::wait`]).
+const PIPE_QUIET: Duration = Duration::from_millis(500);
+
 /// A gleak process started by [`spawn_gleak`] or [`GleakChild::spawn`].
 /// Killed (SIGKILL) and reaped when dropped before [`GleakChild::wait`].
 pub struct GleakChild {
     child: Child,
     args: Vec<String>,
-    stdout: Option<JoinHandle<Vec<u8>>>,
+    stdout: Arc<Mutex<Vec<u8>>>,
+    stdout_reader: Option<JoinHandle<()>>,
     stderr: Arc<Mutex<Vec<u8>>>,
     stderr_reader: Option<JoinHandle<()>>,
     status: Option<ExitStatus>,
@@ -877,13 +874,13 @@ impl GleakChild {
         cmd.args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
         configure(&mut cmd);
         let mut child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
-        let stdout = read_all(child.stdout.take().expect("stdout is piped"));
-        let err = child.stderr.take().expect("stderr is piped");
-        let (stderr, stderr_reader) = collect_in_background(err);
+        let (stdout, stdout_reader) = collect_in_background(child.stdout.take().expect("stdout is piped"));
+        let (stderr, stderr_reader) = collect_in_background(child.stderr.take().expect("stderr is piped"));
         GleakChild {
             child,
             args: args.iter().map(|s| s.to_string()).collect(),
-            stdout: Some(stdout),
+            stdout,
+            stdout_reader: Some(stdout_reader),
             stderr,
             stderr_reader: Some(stderr_reader),
             status: None,
@@ -953,14 +950,22 @@ impl GleakChild {
             }
         };
         self.status = Some(status);
-        let stdout = self.stdout.take().map(|h| h.join().unwrap_or_default()).unwrap_or_default();
-        if let Some(h) = self.stderr_reader.take() {
-            let _ = h.join();
+        // A command gleak left running (`gleak run --leave-running`) still holds
+        // the pipes: everything gleak wrote is in them, but no end of file comes.
+        // Read until the readers go quiet instead of waiting for it.
+        let readers = [self.stdout_reader.take(), self.stderr_reader.take()];
+        let total = || lock(&self.stdout).len() + lock(&self.stderr).len();
+        let (mut seen, mut quiet_since) = (total(), Instant::now());
+        while readers.iter().flatten().any(|h| !h.is_finished()) && quiet_since.elapsed() < PIPE_QUIET {
+            thread::sleep(Duration::from_millis(10));
+            if total() != seen {
+                (seen, quiet_since) = (total(), Instant::now());
+            }
         }
         let run = GleakRun {
             args: std::mem::take(&mut self.args),
             status,
-            stdout: String::from_utf8_lossy(&stdout).into_owned(),
+            stdout: String::from_utf8_lossy(&lock(&self.stdout)).into_owned(),
             stderr: self.stderr_text(),
         };
         if timed_out {

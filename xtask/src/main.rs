@@ -12,6 +12,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod fuzz;
 
 #[derive(Parser)]
 #[command(name = "xtask", about = "gleak project tasks")]
@@ -38,6 +39,15 @@ enum Task {
         #[arg(long, default_value_t = 200_000)]
         goroutines: u64,
     },
+    /// Fuzz the readers of untrusted binaries (ELF, buildinfo, pclntab, DWARF) for longer than CI.
+    Fuzz {
+        /// How long to run.
+        #[arg(long, default_value_t = 600)]
+        seconds: u64,
+        /// PRNG seed (decimal or 0x-hex); the harness's fixed one by default.
+        #[arg(long)]
+        seed: Option<String>,
+    },
 }
 
 fn main() -> Result<()> {
@@ -46,6 +56,7 @@ fn main() -> Result<()> {
         Task::Demo { duration } => demo(&duration),
         Task::Test => test(),
         Task::Bench { goroutines } => bench::run(goroutines),
+        Task::Fuzz { seconds, seed } => fuzz::run(seconds, seed.as_deref()),
     }
 }
 

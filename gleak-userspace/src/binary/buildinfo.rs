@@ -24,17 +24,18 @@ impl GoVersion {
     pub fn parse(raw: &str) -> Option<Self> {
         let s = raw.trim();
         let start = s.find("go1.")?;
+        // "1.N[.P]": digit runs split by single dots, read by position (the text
+        // after them may be anything, multi-byte characters included).
+        let digits = |t: &str| -> Option<(u32, usize)> {
+            let n = t.bytes().take_while(u8::is_ascii_digit).count();
+            Some((t[..n].parse().ok()?, n))
+        };
         let rest = &s[start + 2..];
-        let mut nums = rest.split(|c: char| !c.is_ascii_digit()).filter(|p| !p.is_empty());
-        let major = nums.next()?.parse().ok()?;
-        let minor = nums.next()?.parse().ok()?;
+        let (major, n) = digits(rest)?;
+        let rest = rest[n..].strip_prefix('.')?;
+        let (minor, n) = digits(rest)?;
         // A patch only counts if it directly follows "1.N.".
-        let after_minor = &rest[format!("{major}.{minor}").len()..];
-        let patch = after_minor
-            .strip_prefix('.')
-            .and_then(|p| p.split(|c: char| !c.is_ascii_digit()).next())
-            .and_then(|p| p.parse().ok())
-            .unwrap_or(0);
+        let patch = rest[n..].strip_prefix('.').and_then(digits).map_or(0, |(p, _)| p);
         Some(Self { major, minor, patch, raw: raw.to_string() })
     }
 
@@ -61,7 +62,7 @@ pub fn version_from_buildinfo(data: &[u8]) -> Option<String> {
     }
     let (len, n) = read_uvarint(&header[32..])?;
     let start = 32 + n;
-    let bytes = header.get(start..start + len as usize)?;
+    let bytes = header.get(start..start.checked_add(usize::try_from(len).ok()?)?)?;
     String::from_utf8(bytes.to_vec()).ok()
 }
 
@@ -107,5 +108,26 @@ mod tests {
         section.extend(header);
         assert_eq!(version_from_buildinfo(&section).as_deref(), Some("go1.27.3"));
         assert_eq!(version_from_buildinfo(b"nothing here at all, not even close......"), None);
+        // A length varint near u64::MAX must not wrap the end offset (it did).
+        let mut huge = section[..16 + 32].to_vec();
+        huge.extend([0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01]);
+        huge.extend([b'x'; 32]);
+        assert_eq!(version_from_buildinfo(&huge), None);
+    }
+
+    /// Hostile version strings: the minor's digits followed by text that is not
+    /// what "1.N" reprinted would be (it was sliced at that length, inside a
+    /// multi-byte character: a panic).
+    #[test]
+    fn odd_version_strings() {
+        assert!(GoVersion::parse("go1.é7").is_none());
+        assert!(GoVersion::parse("go1.07é").is_some_and(|v| (v.minor, v.patch) == (7, 0)));
+        assert!(GoVersion::parse("go1.007.é").is_some_and(|v| (v.minor, v.patch) == (7, 0)));
+        assert!(GoVersion::parse("go1.22.é3").is_some_and(|v| (v.minor, v.patch) == (22, 0)));
+        assert!(GoVersion::parse("go1.22.3é").is_some_and(|v| (v.minor, v.patch) == (22, 3)));
+        assert!(GoVersion::parse("go1.x22").is_none());
+        assert!(GoVersion::parse("go1.").is_none());
+        assert!(GoVersion::parse("go1.99999999999").is_none());
+        assert!(GoVersion::parse("go1.22.99999999999").is_some_and(|v| v.patch == 0));
     }
 }

@@ -12,7 +12,7 @@ fn decode(code: &[u8], func_addr: u64) -> Result<Vec<Instruction>, u64> {
     let mut out = Vec::new();
     for insn in &mut decoder {
         if insn.is_invalid() {
-            return Err(insn.ip() - func_addr);
+            return Err(insn.ip().wrapping_sub(func_addr));
         }
         out.push(insn);
     }
@@ -24,7 +24,7 @@ pub fn call_offsets(code: &[u8], func_addr: u64, target: u64) -> Result<Vec<u64>
     Ok(decode(code, func_addr)?
         .iter()
         .filter(|i| i.flow_control() == FlowControl::Call && i.near_branch_target() == target)
-        .map(|i| i.ip() - func_addr)
+        .map(|i| i.ip().wrapping_sub(func_addr))
         .collect())
 }
 
@@ -43,7 +43,7 @@ pub fn call_taking_result(code: &[u8], func_addr: u64, after: u64, target: u64) 
     for i in &insns[first + 1..] {
         if i.flow_control() == FlowControl::Call {
             let ok = holder == Some(Register::RBX) && i.near_branch_target() == target;
-            return Ok(ok.then(|| i.ip() - func_addr));
+            return Ok(ok.then(|| i.ip().wrapping_sub(func_addr)));
         }
         if i.flow_control() != FlowControl::Next {
             return Ok(None); // a branch in between: not the straight-line shape we know
@@ -69,7 +69,7 @@ pub fn after_first_call(code: &[u8], func_addr: u64, target: u64) -> Result<Opti
         .iter()
         .position(|i| i.flow_control() == FlowControl::Call && i.near_branch_target() == target)
         .and_then(|p| insns.get(p + 1))
-        .map(|i| i.ip() - func_addr))
+        .map(|i| i.ip().wrapping_sub(func_addr)))
 }
 
 /// Offsets (from the function start) of every RET in `code`, decoded linearly from
@@ -80,7 +80,7 @@ pub fn ret_offsets(code: &[u8], func_addr: u64) -> Result<Vec<u64>, u64> {
     Ok(decode(code, func_addr)?
         .iter()
         .filter(|i| matches!(i.mnemonic(), Mnemonic::Ret | Mnemonic::Retf))
-        .map(|i| i.ip() - func_addr)
+        .map(|i| i.ip().wrapping_sub(func_addr))
         .collect())
 }
 

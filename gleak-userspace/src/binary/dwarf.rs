@@ -29,6 +29,26 @@ pub struct StructLayout {
     pub member_types: HashMap<String, String>,
 }
 
+/// How many times the file's size its DWARF sections may take decompressed, in
+/// total. Go's zlib-compressed DWARF inflates 3–5×, and the file holds far more
+/// than DWARF: real binaries stay under 2×.
+const MAX_DWARF_EXPANSION: u64 = 16;
+/// The most the DWARF sections may take decompressed, whatever the file's size.
+const MAX_DWARF_BYTES: u64 = 4 << 30;
+
+/// The bytes DWARF sections of a `file_len`-byte file may take decompressed.
+fn dwarf_budget(file_len: usize) -> u64 {
+    (file_len as u64).saturating_mul(MAX_DWARF_EXPANSION).min(MAX_DWARF_BYTES)
+}
+
+/// Bound on member offsets of a struct whose DWARF gives no size (Go's always do).
+const MAX_STRUCT_SIZE: u64 = 1 << 16;
+/// Deepest DIE nesting accepted. Go's DWARF nests a handful deep (unit,
+/// function, inlined calls, lexical blocks); addr2line follows inlined calls by
+/// recursion, so a hostile chain would overflow the stack, and a deep chain of
+/// same-named structs makes the struct search quadratic.
+const MAX_DIE_DEPTH: isize = 256;
+
 /// DWARF sections of a binary, decompressed once.
 pub struct DwarfInfo {
     dwarf: Arc<gimli::Dwarf<Reader>>,
@@ -42,18 +62,38 @@ impl DwarfInfo {
         if file.section_by_name(".debug_info").is_none() {
             return Err(Error::NoDwarf { path: path.clone() });
         }
-        let load = |id: gimli::SectionId| -> Result<Reader> {
+        // What the sections may take decompressed, all together, checked against the
+        // sizes their compression headers claim before anything is allocated.
+        let mut budget = dwarf_budget(binary.data().len());
+        let mut load = |id: gimli::SectionId| -> Result<Reader> {
             let bytes: Arc<[u8]> = match file.section_by_name(id.name()) {
-                Some(section) => section
-                    .uncompressed_data()
-                    .map_err(|e| Error::Dwarf { path: path.clone(), reason: format!("{}: {e}", id.name()) })?
-                    .into_owned()
-                    .into(),
+                Some(section) => {
+                    let bad = |reason: String| Error::Dwarf {
+                        path: path.clone(),
+                        reason: format!("{}: {reason}", id.name()),
+                    };
+                    let data = section.compressed_data().map_err(|e| bad(e.to_string()))?;
+                    let size = match data.format {
+                        object::CompressionFormat::None => data.data.len() as u64,
+                        _ => data.uncompressed_size,
+                    };
+                    budget = budget.checked_sub(size).ok_or_else(|| {
+                        bad(format!(
+                            "{size} bytes decompressed is more than the DWARF of a {}-byte file can hold",
+                            binary.data().len()
+                        ))
+                    })?;
+                    data.decompress().map_err(|e| bad(e.to_string()))?.into_owned().into()
+                }
                 None => Arc::from(&[][..]),
             };
             Ok(EndianArcSlice::new(bytes, LittleEndian))
         };
-        let dwarf = gimli::Dwarf::load(load)?;
+        let dwarf = gimli::Dwarf::load(&mut load)?;
+        if let Some(depth) = too_deep(&dwarf) {
+            let reason = format!("entries nest {depth} deep (more than {MAX_DIE_DEPTH})");
+            return Err(Error::Dwarf { path: path.clone(), reason });
+        }
         Ok(Self { dwarf: Arc::new(dwarf) })
     }
 
@@ -141,7 +181,11 @@ impl DwarfInfo {
                     if let Some(short) = name.strip_prefix("runtime.waitReason") {
                         if let Ok(Some(value)) = entry.attr_value(gimli::DW_AT_const_value) {
                             if let Some(v) = value.udata_value().or_else(|| value.sdata_value().map(|v| v as u64)) {
-                                wait_consts.insert(v as u8, short.to_string());
+                                // Wait reasons are a uint8: a larger value is not one
+                                // (truncated, it would rename another).
+                                if let Ok(v) = u8::try_from(v) {
+                                    wait_consts.insert(v, short.to_string());
+                                }
                             }
                         }
                     }
@@ -151,25 +195,37 @@ impl DwarfInfo {
             Ok(())
         })?;
         // As before: a struct without members counts as missing.
-        let structs: HashMap<String, HashMap<String, u64>> =
-            layouts.into_iter().filter(|(_, s)| !s.members.is_empty()).map(|(name, s)| (name, s.members)).collect();
+        let structs: HashMap<String, StructLayout> =
+            layouts.into_iter().filter(|(_, s)| !s.members.is_empty()).collect();
         let missing = |what: &str| Error::MissingDwarf { path: binary.path.clone(), what: what.to_string() };
         let g = structs.get("runtime.g").ok_or_else(|| missing("struct runtime.g"))?;
         let m = structs.get("runtime.m").ok_or_else(|| missing("struct runtime.m"))?;
         let stack = structs.get("runtime.stack").ok_or_else(|| missing("struct runtime.stack"))?;
-        let field = |s: &HashMap<String, u64>, owner: &str, name: &str| -> Result<u32> {
-            s.get(name).map(|&v| v as u32).ok_or_else(|| missing(&format!("field {owner}.{name}")))
+        // Offsets address the target's memory: each must lie inside its struct.
+        let inside = |s: &StructLayout, off: u64| off < if s.size > 0 { s.size } else { MAX_STRUCT_SIZE };
+        let offset = |s: &StructLayout, name: &str| -> Option<u32> {
+            s.members.get(name).copied().filter(|&v| inside(s, v)).and_then(|v| u32::try_from(v).ok())
+        };
+        let field = |s: &StructLayout, owner: &str, name: &str| -> Result<u32> {
+            offset(s, name).ok_or_else(|| missing(&format!("field {owner}.{name} (at an offset inside the struct)")))
         };
         let stack_off = field(g, "runtime.g", "stack")?;
+        let stack_field = |name: &str| -> Result<u32> {
+            let off = field(stack, "runtime.stack", name)?;
+            stack_off
+                .checked_add(off)
+                .filter(|&v| inside(g, u64::from(v)))
+                .ok_or_else(|| missing(&format!("field runtime.g.stack.{name} (inside runtime.g)")))
+        };
         let layout = RuntimeLayout {
-            g_stack_lo: stack_off + field(stack, "runtime.stack", "lo")?,
-            g_stack_hi: stack_off + field(stack, "runtime.stack", "hi")?,
+            g_stack_lo: stack_field("lo")?,
+            g_stack_hi: stack_field("hi")?,
             g_m: field(g, "runtime.g", "m")?,
             g_status: field(g, "runtime.g", "atomicstatus")?,
             g_goid: field(g, "runtime.g", "goid")?,
             g_waitsince: field(g, "runtime.g", "waitsince")?,
             g_waitreason: field(g, "runtime.g", "waitreason")?,
-            g_parent_goid: g.get("parentGoid").map(|&v| v as u32),
+            g_parent_goid: offset(g, "parentGoid"),
             g_gopc: field(g, "runtime.g", "gopc")?,
             g_startpc: field(g, "runtime.g", "startpc")?,
             m_curg: field(m, "runtime.m", "curg")?,
@@ -238,6 +294,32 @@ impl DwarfInfo {
     }
 }
 
+/// The depth of the first entry nested deeper than [`MAX_DIE_DEPTH`], if any. A
+/// unit that does not parse stops its own walk (its readers report it, as before).
+fn too_deep(dwarf: &gimli::Dwarf<Reader>) -> Option<isize> {
+    let mut units = dwarf.units();
+    while let Ok(Some(header)) = units.next() {
+        let Ok(abbrevs) = dwarf.abbreviations(&header) else { continue };
+        let Ok(mut entries) = header.entries_raw(&abbrevs, None) else { continue };
+        while !entries.is_empty() {
+            let depth = entries.next_depth();
+            if depth > MAX_DIE_DEPTH {
+                return Some(depth);
+            }
+            match entries.read_abbreviation() {
+                Ok(Some(abbrev)) => {
+                    if entries.skip_attributes(abbrev.attributes()).is_err() {
+                        break;
+                    }
+                }
+                Ok(None) => {}
+                Err(_) => break,
+            }
+        }
+    }
+    None
+}
+
 /// PC → frames through DWARF line tables and inlined-subroutine records.
 pub struct DwarfSymbolizer {
     ctx: addr2line::Context<Reader>,
@@ -246,6 +328,11 @@ pub struct DwarfSymbolizer {
 impl Symbolizer for DwarfSymbolizer {
     fn frames(&self, pc: u64) -> Vec<Frame> {
         let mut out = Vec::new();
+        // addr2line looks up [pc, pc + 1): the last address would overflow (a panic
+        // in debug builds). No code is there.
+        if pc == u64::MAX {
+            return out;
+        }
         let Ok(mut iter) = self.ctx.find_frames(pc).skip_all_loads() else {
             return out;
         };
@@ -263,5 +350,125 @@ impl Symbolizer for DwarfSymbolizer {
             out.push(Frame { function, file, line });
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::binary::testelf::{zlib_section, DieWriter, TestElf, BASE, SHF_COMPRESSED};
+
+    /// A runtime unit with `runtime.g`, `runtime.m` and `runtime.stack` (`stack` at
+    /// `stack_at` in a 0x200-byte g), then whatever `more` writes.
+    fn runtime_unit(stack_at: u64, more: impl FnOnce(&mut DieWriter)) -> DieWriter {
+        let mut w = DieWriter::default();
+        w.unit("runtime", BASE, 0x1000);
+        w.structure("runtime.stack", 16).member("lo", 0).member("hi", 8).end();
+        w.structure("runtime.g", 0x200).member("stack", stack_at).member("m", 0x30).member("atomicstatus", 0x90);
+        w.member("goid", 0x98).member("waitsince", 0xa0).member("waitreason", 0xb0);
+        w.member("gopc", 0x118).member("startpc", 0x128).end();
+        w.structure("runtime.m", 0x100).member("curg", 0xc0).end();
+        more(&mut w);
+        w.end();
+        w
+    }
+
+    fn load(dies: &mut DieWriter) -> (GoBinary, Result<DwarfInfo>) {
+        let bin = TestElf::go("go1.22.4").dwarf(dies).binary().unwrap();
+        let dwarf = DwarfInfo::load(&bin);
+        (bin, dwarf)
+    }
+
+    #[test]
+    fn layout_and_wait_reasons_of_a_minimal_unit() {
+        let (bin, dwarf) = load(&mut runtime_unit(0, |w| {
+            w.constant("runtime.waitReasonChanSend", 20);
+            // Not a uint8: it used to be truncated to 44 and rename that reason.
+            w.constant("runtime.waitReasonTooBig", 300);
+        }));
+        let (layout, consts) = dwarf.unwrap().runtime_layout(&bin).unwrap();
+        assert_eq!((layout.g_goid, layout.g_stack_hi, layout.m_curg, layout.g_parent_goid), (0x98, 8, 0xc0, None));
+        assert_eq!(consts, HashMap::from([(20, "ChanSend".to_string())]));
+    }
+
+    /// Member offsets index the target's memory: past the struct, or past u32 (once
+    /// truncated), or `g.stack + stack.hi` past u32 (once an overflow), they are
+    /// missing, not wrapped.
+    #[test]
+    fn offsets_outside_their_struct_are_missing() {
+        for stack_at in [0x200, 0xffff_fff8, (1 << 32) + 8] {
+            let (bin, dwarf) = load(&mut runtime_unit(stack_at, |_| {}));
+            let err = dwarf.unwrap().runtime_layout(&bin).unwrap_err();
+            assert!(matches!(err, Error::MissingDwarf { ref what, .. } if what.contains("runtime.g.stack")), "{err}");
+        }
+        let (bin, dwarf) = load(&mut runtime_unit(0x1f8, |_| {}));
+        let err = dwarf.unwrap().runtime_layout(&bin).unwrap_err();
+        assert!(err.to_string().contains("runtime.g.stack.hi"), "{err}");
+    }
+
+    /// A compression header may claim any size: past the budget (16× the file),
+    /// the section is refused before anything is allocated (object would reserve
+    /// the claimed size first).
+    #[test]
+    fn compressed_sections_claiming_too_much_are_refused() {
+        let (abbrev, info) = runtime_unit(0, |_| {}).finish();
+        let with_claim = |claim: u64| {
+            let mut elf = TestElf::go("go1.22.4");
+            elf.section(".debug_abbrev", 0, abbrev.clone());
+            elf.section(".debug_info", SHF_COMPRESSED, zlib_section(&info, claim));
+            let bin = elf.binary().unwrap();
+            assert!(bin.has_dwarf);
+            DwarfInfo::load(&bin).map(|d| d.runtime_layout(&bin).map(|(l, _)| l.g_goid))
+        };
+        assert_eq!(with_claim(info.len() as u64).unwrap().unwrap(), 0x98);
+        for claim in [1 << 40, u64::MAX, 64 << 20] {
+            let err = with_claim(claim).err().unwrap();
+            assert!(matches!(err, Error::Dwarf { ref reason, .. } if reason.contains("more than")), "{claim}: {err}");
+        }
+        // Within the budget but not what the stream holds: refused by the inflater.
+        assert!(matches!(with_claim(info.len() as u64 + 1), Err(Error::Dwarf { .. })));
+    }
+
+    /// addr2line follows inlined calls by recursion: a chain 100 000 deep used to
+    /// overflow the stack at the first symbolized PC. Such DWARF is refused (the
+    /// tables take over); real nesting is a few levels.
+    #[test]
+    fn deep_nesting_is_refused() {
+        let chain = |depth: usize| {
+            let mut w = runtime_unit(0, |w| {
+                w.subprogram("main.f", BASE, 0x100);
+                for _ in 0..depth {
+                    w.inlined(BASE, 0x10);
+                }
+                for _ in 0..depth + 1 {
+                    w.end();
+                }
+            });
+            load(&mut w)
+        };
+        let (bin, dwarf) = chain(10);
+        let dwarf_symbolizer = |bin: &GoBinary| DwarfInfo::load(bin).unwrap().symbolizer(bin).unwrap();
+        let frames = dwarf.unwrap().symbolizer(&bin).unwrap().frames(BASE + 1);
+        assert_eq!(frames.len(), 11, "the shallow chain reaches addr2line's inline parsing");
+        // addr2line computes pc + 1.
+        assert!(dwarf_symbolizer(&bin).frames(u64::MAX).is_empty());
+        let (bin, dwarf) = chain(100_000);
+        let err = dwarf.err().unwrap();
+        assert!(err.to_string().contains("nest"), "{err}");
+        let info = crate::debuginfo::RuntimeInfo::load(&bin).unwrap();
+        assert_eq!(info.sources.layout, "gleak's Go 1.22 table");
+        assert!(info.symbolizer.frames(BASE + 1).is_empty());
+
+        // Same-named structs nested in each other: each one's member search walked
+        // all the deeper ones (quadratic).
+        let mut w = runtime_unit(0, |w| {
+            for _ in 0..50_000 {
+                w.structure("runtime.hchan", 8);
+            }
+            for _ in 0..50_000 {
+                w.end();
+            }
+        });
+        assert!(load(&mut w).1.is_err());
     }
 }

@@ -62,15 +62,46 @@ pub fn from_allgadd(bin: &GoBinary) -> Result<GoroutineTable, String> {
     let allgs = touched
         .iter()
         .copied()
-        .filter(|a| touched.contains(&(a + 8)) && touched.contains(&(a + 16)))
+        .filter(|a| {
+            // Addresses come from the code: near u64::MAX in a hostile binary.
+            let field = |off: u64| a.checked_add(off).is_some_and(|f| touched.contains(&f));
+            field(8) && field(16)
+        })
         .min()
         .ok_or("runtime.allgadd touches no slice header (runtime.allgs)")?;
     let allglen = accesses
         .iter()
         .find_map(|&(addr, access)| match access {
-            DataAccess::AtomicStore { value_from: Some(from) } if from == allgs + 8 => Some(addr),
+            DataAccess::AtomicStore { value_from: Some(from) } if Some(from) == allgs.checked_add(8) => Some(addr),
             _ => None,
         })
         .ok_or("runtime.allgadd stores len(allgs) nowhere (runtime.allglen)")?;
     Ok(GoroutineTable { allgs, allglen })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::binary::testelf::{TestElf, SHF_ALLOC, SHF_EXECINSTR};
+
+    /// `runtime.allgadd` reading RIP-relatively from the last word of the address
+    /// space (a displacement that wraps): its "slice header" fields at +8 and +16
+    /// overflowed.
+    #[test]
+    fn accesses_at_the_top_of_the_address_space() {
+        let mut elf = TestElf::go("go1.22.4");
+        elf.section(".text", SHF_ALLOC | SHF_EXECINSTR, vec![0; 16]);
+        let text = elf.addr_of(".text");
+        let target = u64::MAX - 7;
+        let disp = target.wrapping_sub(text + 7) as i64 as i32; // after `mov rax, [rip+disp32]`
+        let mut code = vec![0x48, 0x8b, 0x05];
+        code.extend(disp.to_le_bytes());
+        code.push(0xc3);
+        let mut elf = TestElf::go("go1.22.4");
+        elf.section(".text", SHF_ALLOC | SHF_EXECINSTR, code).symbol("runtime.allgadd", text, 8);
+        let bin = elf.binary().unwrap();
+        let accesses = data_accesses(bin.function_code("runtime.allgadd").unwrap().1, text).unwrap();
+        assert_eq!(accesses, [(target, DataAccess::Plain)]);
+        assert!(from_allgadd(&bin).unwrap_err().contains("no slice header"));
+    }
 }

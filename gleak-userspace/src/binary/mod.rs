@@ -11,6 +11,8 @@ pub mod dwarf;
 pub mod globals;
 pub mod moduledata;
 pub mod pclntab;
+#[cfg(test)]
+mod testelf;
 
 use std::{
     collections::HashMap,
@@ -32,6 +34,11 @@ pub const MIN_GO: (u32, u32) = (1, 19);
 const R_X86_64_RELATIVE: u32 = 8;
 /// `p_flags` bit of a writable segment.
 const PF_W: u32 = 2;
+/// Writable segments searched for the buildinfo header when there are no section headers.
+const MAX_SCANNED_SEGMENTS: usize = 8;
+/// Header matches checked against a module data when `.gopclntab` is found by its
+/// header (real binaries have exactly one).
+const MAX_PCLNTAB_CANDIDATES: usize = 16;
 
 /// A function or data symbol of the binary (virtual address as linked).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -132,9 +139,12 @@ impl GoBinary {
         let raw_version = match section_bytes(".go.buildinfo") {
             Some(bytes) => buildinfo::version_from_buildinfo(bytes),
             // Section headers stripped: the header sits 16-byte aligned in writable data.
+            // Real binaries have one or two writable segments; a hostile one could
+            // list thousands, each over the whole file.
             None => file
                 .segments()
                 .filter(|s| matches!(s.flags(), object::SegmentFlags::Elf { p_flags } if p_flags & PF_W != 0))
+                .take(MAX_SCANNED_SEGMENTS)
                 .filter_map(|s| s.data().ok())
                 .find_map(buildinfo::version_from_buildinfo),
         };
@@ -234,8 +244,8 @@ impl GoBinary {
             .or_else(|| self.moduledata.and_then(|md| moduledata::gofunc(self, md)))
             .and_then(|vaddr| {
                 let seg = self.segment_of(vaddr)?;
-                let off = vaddr - seg.vaddr + seg.file_offset;
-                Some((off, seg.file_offset + seg.file_size - off))
+                let off = self.file_offset(vaddr)?;
+                Some((off, seg.file_offset.checked_add(seg.file_size)? - off))
             });
         match Pclntab::parse(self.image.clone(), range, text_start, gofunc) {
             Ok(table) => self.pclntab = Some(Arc::new(table)),
@@ -253,21 +263,31 @@ impl GoBinary {
             return Some((section.vaddr, section.file_range?));
         }
         let data = self.data();
+        // Sections may overlap (a hostile file can list thousands over the whole
+        // file): scan at most twice the file's bytes, check a few candidates.
+        let mut budget = data.len().saturating_mul(2);
+        let mut candidates = 0;
         for section in &self.sections {
             let Some((off, len)) = section.file_range else { continue };
             if section.name == ".text" || section.name.starts_with(".debug") {
                 continue;
             }
-            let bytes = self.file_bytes(off, len)?;
+            let Some(bytes) = self.file_bytes(off, len) else { continue };
+            let left = budget.checked_sub(bytes.len())?;
+            budget = left;
             for at in (0..bytes.len().saturating_sub(8)).step_by(8) {
                 let word = &bytes[at..at + 8];
                 let magic = u32::from_le_bytes([word[0], word[1], word[2], word[3]]);
                 if !matches!(magic, pclntab::MAGIC_GO118 | pclntab::MAGIC_GO120) || word[4..8] != [0, 0, 1, 8] {
                     continue;
                 }
-                let vaddr = section.vaddr + at as u64;
+                candidates += 1;
+                if candidates > MAX_PCLNTAB_CANDIDATES {
+                    return None;
+                }
+                let Some(vaddr) = section.vaddr.checked_add(at as u64) else { continue };
                 let range = (off + at as u64, len - at as u64);
-                if moduledata::locate(self, vaddr).is_some() && data.len() as u64 >= range.0 + range.1 {
+                if moduledata::locate(self, vaddr).is_some() {
                     return Some((vaddr, range));
                 }
             }
@@ -321,7 +341,7 @@ impl GoBinary {
 
     /// File offset of a link-time virtual address (what uprobes attach to).
     pub fn file_offset(&self, vaddr: u64) -> Option<u64> {
-        self.segment_of(vaddr).map(|s| vaddr - s.vaddr + s.file_offset)
+        self.segment_of(vaddr).and_then(|s| (vaddr - s.vaddr).checked_add(s.file_offset))
     }
 
     /// Link address of the segment mapped at file offset 0 (for the load bias).
@@ -338,10 +358,11 @@ impl GoBinary {
     /// `len` bytes of the file image at link address `vaddr`, all within one segment.
     pub fn bytes_at(&self, vaddr: u64, len: u64) -> Option<&[u8]> {
         let seg = self.segment_of(vaddr)?;
-        if len > seg.file_size - (vaddr - seg.vaddr) {
+        // The range must not wrap either: callers add offsets inside it to `vaddr`.
+        if len > seg.file_size - (vaddr - seg.vaddr) || vaddr.checked_add(len).is_none() {
             return None;
         }
-        self.file_bytes(vaddr - seg.vaddr + seg.file_offset, len)
+        self.file_bytes((vaddr - seg.vaddr).checked_add(seg.file_offset)?, len)
     }
 
     /// The pointer-sized value the loader leaves at `vaddr` (before the program
@@ -396,8 +417,8 @@ impl GoBinary {
         let entries = (sym.size / 16).min(256);
         (0..entries)
             .map(|i| {
-                let entry = sym.addr + i * 16;
-                let (ptr, len) = (self.pointer_at(entry)?, self.u64_at(entry + 8)?);
+                let entry = sym.addr.checked_add(i * 16)?;
+                let (ptr, len) = (self.pointer_at(entry)?, self.u64_at(entry.checked_add(8)?)?);
                 if len == 0 {
                     return Some(String::new());
                 }
@@ -405,5 +426,73 @@ impl GoBinary {
                 Some(String::from_utf8_lossy(bytes).into_owned())
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use super::testelf::{buildinfo, TestElf, BASE, SHF_ALLOC, SHF_WRITE};
+    use super::*;
+
+    /// Generous: the shapes below took minutes to hours before they were bounded,
+    /// and take milliseconds now.
+    const QUICK: Duration = Duration::from_secs(10);
+
+    /// Without section headers naming `.go.buildinfo`, the version is searched in
+    /// writable segments: a file listing 60 000 of them over the whole file was
+    /// scanned 20 000 times.
+    #[test]
+    fn buildinfo_search_over_many_segments_is_bounded() {
+        let mut elf = TestElf::default();
+        elf.symbol("runtime.main", BASE, 1).extra_segments(60_000);
+        let started = Instant::now();
+        assert!(matches!(elf.binary(), Err(Error::NotGo { .. })));
+        assert!(started.elapsed() < QUICK, "{:?}", started.elapsed());
+        // The search itself still works.
+        elf.section(".noptrdata", SHF_ALLOC | SHF_WRITE, buildinfo("go1.23.1"));
+        assert_eq!(elf.binary().unwrap().go_version.minor, 23);
+    }
+
+    /// `.gopclntab` found by its header: a data section full of header-looking
+    /// words, listed 2 000 times, made every candidate scan every copy for a
+    /// module data (quadratic twice over).
+    #[test]
+    fn pclntab_search_over_overlapping_sections_is_bounded() {
+        let word = [0xf1, 0xff, 0xff, 0xff, 0, 0, 1, 8];
+        let mut elf = TestElf::go("go1.22.4");
+        elf.section(".data", SHF_ALLOC | SHF_WRITE, word.repeat(8192)).extra_section_copies(2000);
+        let started = Instant::now();
+        let bin = elf.binary().unwrap();
+        assert!(started.elapsed() < QUICK, "{:?}", started.elapsed());
+        assert!(bin.pclntab().is_none());
+    }
+
+    /// A segment whose file offset is near u64::MAX: offsets of addresses in it
+    /// overflowed (a panic in debug builds, a wrapped offset in release).
+    #[test]
+    fn segment_file_offsets_do_not_wrap() {
+        let mut data = TestElf::go("go1.22.4").build();
+        data[64 + 8..64 + 16].copy_from_slice(&(u64::MAX - 0x10).to_le_bytes()); // p_offset
+        let bin = GoBinary::from_bytes(data, Path::new("test")).unwrap();
+        assert_eq!(bin.file_offset(BASE + 0x100), None);
+        assert_eq!(bin.u64_at(BASE + 0x100), None);
+        assert!(bin.function_code("runtime.main").is_err());
+    }
+
+    /// A segment and a function at the top of the address space: addresses of
+    /// instructions in it wrapped (placement adds offsets to the function's address).
+    #[test]
+    fn code_ranges_do_not_wrap() {
+        let top = u64::MAX - 0xfff;
+        let mut elf = TestElf::go("go1.22.4");
+        elf.section(".filler", 0, vec![0xcc; 0x2000]);
+        elf.symbol("runtime.newproc1", u64::MAX - 0x10, 0x20).symbol("runtime.gopark", u64::MAX - 0x30, 0x30);
+        let mut data = elf.build();
+        data[64 + 16..64 + 24].copy_from_slice(&top.to_le_bytes()); // p_vaddr
+        let bin = GoBinary::from_bytes(data, Path::new("test")).unwrap();
+        assert!(bin.function_code("runtime.newproc1").is_err());
+        assert_eq!(bin.function_code("runtime.gopark").unwrap().1.len(), 0x30, "ends at the last address");
     }
 }
