@@ -67,7 +67,7 @@ pub fn current_pid() -> u32 {
 /// given a thread id instead of a process id: counted and logged.
 #[inline(always)]
 pub fn target_config(ctx: &ProbeContext, pid: u32) -> Option<TargetConfig> {
-    match unsafe { TARGETS.get(&pid) } {
+    match unsafe { TARGETS.get(pid) } {
         Some(cfg) => Some(*cfg),
         None => {
             bump(counter::NO_CONFIG);

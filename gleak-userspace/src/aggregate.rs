@@ -9,7 +9,7 @@ use std::collections::{HashMap, VecDeque};
 use gleak_common::{EventKind, GoroutineEvent};
 use hdrhistogram::Histogram;
 
-use crate::{layout::gstatus, snapshot::GRecord};
+use crate::snapshot::GRecord;
 
 /// A creation site is the `go` statement: the return address of its call to
 /// `runtime.newproc` (`g.gopc`), as a runtime address.
@@ -168,7 +168,8 @@ impl Aggregator {
     /// (`gopc`), marked as recovered; its creation stack is unknown.
     pub fn reconcile_creations(&mut self, table: &[(u64, GRecord)], now_ns: u64) {
         for (g_addr, rec) in table {
-            if self.live.contains_key(&rec.goid) {
+            // Known; or the goroutine calling exit, which `gleak run` counts as gone.
+            if self.live.contains_key(&rec.goid) || self.exit_stop == Some(rec.goid) {
                 continue;
             }
             let site = self.sites.entry(rec.gopc).or_insert_with(|| SiteStats::new(rec.startpc));
@@ -258,8 +259,7 @@ impl Aggregator {
             return false;
         }
         if let Some(g) = self.live.get_mut(&goid) {
-            let woke =
-                rec.status != gstatus::WAITING || (g.seen_wait_since != 0 && rec.wait_since_ns != g.seen_wait_since);
+            let woke = !rec.is_blocked() || (g.seen_wait_since != 0 && rec.wait_since_ns != g.seen_wait_since);
             g.ran |= woke;
             g.seen_wait_since = rec.wait_since_ns;
         }
@@ -290,6 +290,7 @@ impl Aggregator {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::layout::gstatus;
 
     fn create(goid: u64, gopc: u64, ts: u64) -> GoroutineEvent {
         GoroutineEvent {
@@ -318,6 +319,7 @@ mod tests {
             startpc: 0x2000,
             parent_goid: 0,
             stack_bytes: 8192,
+            ..GRecord::default()
         }
     }
 

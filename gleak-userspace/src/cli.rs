@@ -15,7 +15,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use gleak::{
     gate::{self, Ending},
     launch::{self, signal_name, IfGleakDies},
-    pprof::{write_goroutine_profile, ProfileSample},
+    pprof::{goroutine_samples, write_goroutine_profile},
     verdict::Verdict,
     AttachOptions, Report, Tracer,
 };
@@ -99,8 +99,9 @@ struct Common {
     /// One JSON document per report, one per line, on stdout (schema: docs/report.schema.json).
     #[arg(long)]
     json: bool,
-    /// Also write the leak and suspect goroutines of the final report as a goroutine
-    /// profile that `go tool pprof` reads.
+    /// Also write the final report's goroutines as a goroutine profile that `go tool
+    /// pprof` reads: blocked ones by their current stack, the others by their
+    /// creation stack; labels verdict, created_at, wait_reason.
     #[arg(long, value_name = "FILE")]
     pprof: Option<PathBuf>,
     /// Show at most this many creation sites.
@@ -120,6 +121,14 @@ struct Common {
     /// kernel emulates (two traps per hit instead of one; for comparison).
     #[arg(long, hide_short_help = true)]
     classic_probes: bool,
+    /// Do not prove which blocked goroutines can never run again (the proof reads
+    /// the target's heap at each report, without stopping it).
+    #[arg(long)]
+    no_proof: bool,
+    /// List the runtime's own goroutines (GC workers, finalizer, sweeper…) site by
+    /// site instead of folding them into one `runtime` row.
+    #[arg(long)]
+    all: bool,
     /// Colour: auto (when stdout is a terminal), always, never.
     #[arg(long, value_enum, default_value_t = ColorChoice::Auto)]
     color: ColorChoice,
@@ -192,7 +201,17 @@ impl Common {
             trace_parks: self.trace_parks,
             stop_at_exit,
             classic_sites: self.classic_probes,
+            prove: !self.no_proof,
         }
+    }
+
+    /// A report of `pid`, the runtime's own goroutines folded into one row unless `--all`.
+    fn report(&self, tracer: &mut Tracer, pid: u32, is_final: bool) -> Option<Report> {
+        let mut report = tracer.report(pid, is_final)?;
+        if !self.all {
+            report.fold_runtime_sites();
+        }
+        Some(report)
     }
 
     fn print(&self, report: &Report) {
@@ -212,22 +231,7 @@ impl Common {
         let Some(path) = &self.pprof else {
             return Ok(());
         };
-        let samples: Vec<ProfileSample> = report
-            .sites
-            .iter()
-            .filter(|s| matches!(s.verdict, Verdict::Leak | Verdict::Suspect))
-            .flat_map(|s| {
-                s.paths.iter().filter(|p| p.live > 0).map(move |p| ProfileSample {
-                    locations: p.locations.clone(),
-                    count: p.live,
-                    labels: vec![
-                        ("verdict".into(), s.verdict.as_str().into()),
-                        ("wait_reason".into(), s.top_wait_reason.clone().unwrap_or_default()),
-                        ("go_func".into(), s.go_func.clone()),
-                    ],
-                })
-            })
-            .collect();
+        let samples = goroutine_samples(report);
         write_goroutine_profile(path, &samples).with_context(|| format!("writing {}", path.display()))?;
         eprintln!(
             "gleak: wrote {} goroutines in {} stacks to {} (go tool pprof -traces {})",
@@ -281,7 +285,7 @@ async fn attach(pid: u32, common: Common, signals: &mut Signals) -> Result<()> {
         LoopEnd::Interrupted(sig) => eprintln!("gleak: {}: detaching from PID {pid}", signal_name(sig)),
         LoopEnd::Deadline | LoopEnd::ExitStop => {}
     }
-    let report = tracer.report(pid, true).context("target vanished")?;
+    let report = common.report(&mut tracer, pid, true).context("target vanished")?;
     tracer.detach(pid);
     common.print(&report);
     common.write_pprof(&report)?;
@@ -317,11 +321,11 @@ async fn trace_loop(
     let mut liveness = tokio::time::interval(Duration::from_millis(100));
     loop {
         tokio::select! {
-            r = tracer.pump() => { r.context("reading events")?; }
+            _ = tracer.pump() => {}
             _ = sample_tick.tick() => tracer.sample(),
             _ = report_tick.tick(), if interval.is_some() => {
                 tracer.flush_logs();
-                if let Some(report) = tracer.report(pid, false) {
+                if let Some(report) = common.report(tracer, pid, false) {
                     common.print(&report);
                 }
             }
@@ -478,7 +482,7 @@ async fn run(
             if let Some(goid) = exiting {
                 tracer.retire(pid, goid); // goleak does not count the goroutine calling exit
             }
-            let report = tracer.report(pid, true).context("command vanished")?;
+            let report = common.report(&mut tracer, pid, true).context("command vanished")?;
             tracer.detach(pid);
             launch::signal(pid, libc::SIGCONT);
             let status = exit_code(child.wait(signals, None).await?);
@@ -493,7 +497,7 @@ async fn run(
         }
         LoopEnd::ImageChanged => {
             eprintln!("gleak: the command exec'd another program; judging what was traced, then waiting for it");
-            let report = tracer.report(pid, true).context("command vanished")?;
+            let report = common.report(&mut tracer, pid, true).context("command vanished")?;
             tracer.detach(pid);
             let status = exit_code(child.wait(signals, None).await?);
             return finish(report, fail_on, &common, Ending::Exec { status });
@@ -501,7 +505,7 @@ async fn run(
         LoopEnd::Deadline => Ending::Stopped { signal: None },
         LoopEnd::Interrupted(sig) => Ending::Stopped { signal: Some(sig) },
     };
-    let report = tracer.report(pid, true).context("command vanished")?;
+    let report = common.report(&mut tracer, pid, true).context("command vanished")?;
     tracer.detach(pid);
     // Judged and printed first: what follows may take the command a while.
     let code = finish(report, fail_on, &common, ending)?;

@@ -26,6 +26,11 @@ pub struct RuntimeInfo {
     pub symbolizer: Box<dyn Symbolizer + Send>,
     /// Where `runtime.allgs`/`allglen` are, or why that is unknown.
     pub goroutine_table: std::result::Result<GoroutineTable, String>,
+    /// Where `runtime.semtable` is (link address), or why that is unknown: where
+    /// goroutines blocked on a mutex or WaitGroup are found before Go 1.26.
+    pub semtable: std::result::Result<u64, String>,
+    /// Where `runtime.mheap_` is (link address), or why that is unknown.
+    pub mheap: std::result::Result<u64, String>,
     /// Which backend gave each fact, for the banner and the JSON report.
     pub sources: FactSources,
     /// Facts no backend had, in words for the report.
@@ -40,6 +45,8 @@ pub struct FactSources {
     pub wait_reasons: String,
     pub lines: String,
     pub goroutine_table: String,
+    pub semaphore_table: String,
+    pub heap: String,
 }
 
 impl std::fmt::Display for FactSources {
@@ -81,7 +88,7 @@ impl RuntimeInfo {
                 None
             }
         });
-        let (layout, wait_consts) = match (dwarf_layout, release) {
+        let (mut layout, wait_consts) = match (dwarf_layout, release) {
             (Some((layout, consts)), _) => {
                 sources.layout = "DWARF".into();
                 (layout, consts)
@@ -98,6 +105,22 @@ impl RuntimeInfo {
                 })
             }
         };
+
+        // Blocked goroutines' structures (sched, sudog, hchan): DWARF, else the table.
+        if layout.blocked.is_none() {
+            layout.blocked = release.map(|facts| facts.blocked_layout());
+        }
+        if layout.heap.is_none() {
+            layout.heap = release.and_then(|facts| facts.heap);
+        }
+        if layout.blocked.is_none() {
+            gaps.push(format!(
+                "where blocked goroutines are stuck is not shown: neither DWARF nor gleak's tables (Go 1.{}–1.{}) \
+                 describe this release's runtime.gobuf/sudog/hchan",
+                gotables::OLDEST_KNOWN_MINOR,
+                gotables::NEWEST_KNOWN_MINOR
+            ));
+        }
 
         // Wait-reason names: the binary's own strings, else DWARF constants, else the table.
         let wait_reasons = match binary.wait_reason_strings() {
@@ -152,7 +175,27 @@ impl RuntimeInfo {
         if let Err(why) = &goroutine_table {
             sources.goroutine_table = format!("not found ({why})");
         }
-        Ok(Self { layout, wait_reasons, symbolizer, goroutine_table, sources, gaps })
+        let semtable = globals::semtable(binary).map(|(addr, how)| {
+            sources.semaphore_table = match how {
+                FoundBy::Symbols => "from symbols".into(),
+                FoundBy::MachineCode => "from runtime.semacquire1's code".into(),
+            };
+            addr
+        });
+        if let Err(why) = &semtable {
+            sources.semaphore_table = format!("not found ({why})");
+        }
+        let mheap = globals::mheap(binary).map(|(addr, how)| {
+            sources.heap = match how {
+                FoundBy::Symbols => "from symbols".into(),
+                FoundBy::MachineCode => "from runtime.mallocinit's code".into(),
+            };
+            addr
+        });
+        if let Err(why) = &mheap {
+            sources.heap = format!("not found ({why})");
+        }
+        Ok(Self { layout, wait_reasons, symbolizer, goroutine_table, semtable, mheap, sources, gaps })
     }
 }
 

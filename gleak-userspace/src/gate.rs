@@ -4,21 +4,14 @@
 
 use crate::{
     report::{Gate, Report, SiteReport},
+    symbolize::package_of,
+    unwind::is_blocking_machinery,
     verdict::Verdict,
 };
 
 /// Packages whose goroutines are infrastructure, not the program's: the runtime,
 /// the testing framework, signal delivery.
 const IGNORED_PACKAGES: &[&str] = &["runtime", "testing", "os/signal"];
-
-/// The import path of a Go function name: `net/http.(*Server).Serve` → `net/http`.
-pub fn package_of(function: &str) -> &str {
-    let slash = function.rfind('/').map_or(0, |i| i + 1);
-    match function[slash..].find('.') {
-        Some(dot) => &function[..slash + dot],
-        None => function,
-    }
-}
 
 pub fn is_infrastructure(function: &str) -> bool {
     if function == crate::tracer::MAIN_GOROUTINE {
@@ -51,6 +44,13 @@ pub fn judge(report: &mut Report, fail_on: Verdict, ending: Ending) {
     report.target_exited = matches!(ending, Ending::Exited { .. });
     let mut leaked = 0;
     for site in &mut report.sites {
+        if let (Ending::Exited { .. }, Some(hung)) = (ending, hung_test(site)) {
+            (site.verdict, site.verdict_reason) = (Verdict::Leak, hung.reason);
+            if site.verdict <= fail_on {
+                leaked += hung.goroutines;
+            }
+            continue;
+        }
         if is_infrastructure(&site.function) {
             if site.live > 0 && site.verdict <= fail_on {
                 site.verdict = Verdict::Ok;
@@ -102,6 +102,36 @@ pub fn exit_code_for_signal(signal: i32) -> i32 {
         libc::SIGTERM => TERMINATED,
         other => 128 + other,
     }
+}
+
+/// Test goroutines of package `testing` blocked in the test's own code when the
+/// program ended: a test that hung (and usually died by `-test.timeout`).
+struct HungTest {
+    goroutines: u64,
+    reason: String,
+}
+
+/// The test goroutines (`tRunner`, created in package `testing`) of `site` stuck
+/// in code outside `testing` and the runtime's machinery, if any: the framework's
+/// own bookkeeping goroutines block inside `testing` and stay ignored.
+fn hung_test(site: &SiteReport) -> Option<HungTest> {
+    if package_of(&site.function) != "testing" || site.live == 0 {
+        return None;
+    }
+    let stuck: Vec<_> = site
+        .blocked_at
+        .iter()
+        .filter(|b| package_of(&b.at.function) != "testing" && !is_blocking_machinery(&b.at.function))
+        .collect();
+    let first = stuck.first()?;
+    let goroutines = stuck.iter().map(|b| b.goroutines).sum();
+    Some(HungTest {
+        goroutines,
+        reason: format!(
+            "a test hung: {goroutines} test goroutine(s) still blocked in {} at {}:{} ({}) when the program ended",
+            first.at.function, first.at.file, first.at.line, first.wait_reason
+        ),
+    })
 }
 
 /// A site's verdict as of the program's exit; `None` if nothing of it is left.

@@ -14,7 +14,9 @@
 
 use std::ops::RangeInclusive;
 
-use crate::layout::{gstatus, RuntimeLayout};
+use crate::layout::{
+    gstatus, BlockedLayout, GobufOffsets, HchanOffsets, HeapLayout, RuntimeLayout, SudogOffsets, WaitqOffsets,
+};
 
 /// What gleak knows about one family of Go releases (a contiguous range of minor
 /// versions with the same layout).
@@ -37,6 +39,8 @@ pub struct ReleaseFacts {
     pub dead_statuses: &'static [u32],
     /// `_Gleaked` (1.26+): a goroutine the GC's leak detector found unreachable-blocked.
     pub leaked_status: Option<u32>,
+    /// The heap's span metadata (see [`HeapLayout`]); `None` where only the source was read.
+    pub heap: Option<HeapLayout>,
 }
 
 /// `runtime.g`. `stack_lo`/`stack_hi` are `g.stack.lo`/`g.stack.hi`; `atomicstatus`
@@ -72,58 +76,6 @@ pub struct MOffsets {
     pub procid: u32,
 }
 
-/// `runtime.gobuf`, relative to the gobuf (`g.sched`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct GobufOffsets {
-    pub sp: u32,
-    pub pc: u32,
-    pub bp: u32,
-}
-
-/// `runtime.sudog`: one goroutine waiting on one channel (or semaphore). A goroutine
-/// in a channel operation has `g.waiting` → sudog → `waitlink` → … (one per select case).
-/// From 1.26 `elem` and `c` are `maybeTraceablePtr`s `{vp, vu}` whose `vp` the leak-
-/// detecting GC may clear: the offsets here are those of `vu`, the "source of truth".
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct SudogOffsets {
-    /// `*g`: the waiting goroutine.
-    pub g: u32,
-    /// Next waiter in the channel's (or semaphore's) queue.
-    pub next: u32,
-    /// Data element (may point to the waiter's stack); for semaphores the semaphore's address.
-    pub elem: u32,
-    /// `*hchan` waited on.
-    pub c: u32,
-    /// Next sudog of the same goroutine (`g.waiting` list, select cases).
-    pub waitlink: u32,
-    /// `isSelect bool`.
-    pub isselect: u32,
-}
-
-/// `runtime.hchan`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct HchanOffsets {
-    /// `uint`: elements queued.
-    pub qcount: u32,
-    /// `uint`: capacity.
-    pub dataqsiz: u32,
-    /// `uint16`.
-    pub elemsize: u32,
-    /// `uint32`.
-    pub closed: u32,
-    /// `waitq` of blocked receivers (see [`WaitqOffsets`]).
-    pub recvq: u32,
-    /// `waitq` of blocked senders.
-    pub sendq: u32,
-}
-
-/// `runtime.waitq`, relative to the waitq (`hchan.recvq`/`hchan.sendq`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct WaitqOffsets {
-    pub first: u32,
-    pub last: u32,
-}
-
 /// `runtime.moduledata` (`runtime.firstmoduledata`): where pclntab and the sections are.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ModuledataOffsets {
@@ -155,6 +107,20 @@ impl ReleaseFacts {
             g_gopc: self.g.gopc,
             g_startpc: self.g.startpc,
             m_curg: self.m.curg,
+            blocked: Some(self.blocked_layout()),
+            heap: self.heap,
+        }
+    }
+
+    /// Where blocked goroutines are stuck and on what.
+    pub fn blocked_layout(&self) -> BlockedLayout {
+        BlockedLayout {
+            g_sched_sp: self.g.sched + self.gobuf.sp,
+            g_sched_pc: self.g.sched + self.gobuf.pc,
+            g_waiting: self.g.waiting,
+            sudog: self.sudog,
+            hchan: self.hchan,
+            waitq: self.waitq,
         }
     }
 
@@ -261,11 +227,11 @@ const GOBUF_1_25: GobufOffsets = GobufOffsets { bp: 0x28, ..GOBUF_1_19 };
 
 /// 1.19–1.25 (1.22 added `waiters uint16` in padding: no move) (DWARF of each but 1.20).
 const SUDOG_1_19: SudogOffsets =
-    SudogOffsets { g: 0x0, next: 0x8, elem: 0x18, c: 0x50, waitlink: 0x40, isselect: 0x34 };
+    SudogOffsets { g: 0x0, next: 0x8, prev: 0x10, elem: 0x18, c: 0x50, waitlink: 0x40, isselect: 0x34 };
 /// 1.26: `elem` and `c` became 16-byte `maybeTraceablePtr`s; offsets are of their
 /// `vu` word (elem 0x18+8, c 0x58+8) (DWARF, go1.26.6 and go1.27.3).
 const SUDOG_1_26: SudogOffsets =
-    SudogOffsets { g: 0x0, next: 0x8, elem: 0x20, c: 0x60, waitlink: 0x48, isselect: 0x3c };
+    SudogOffsets { g: 0x0, next: 0x8, prev: 0x10, elem: 0x20, c: 0x60, waitlink: 0x48, isselect: 0x3c };
 
 /// 1.19–1.22 (DWARF of each but 1.20).
 const HCHAN_1_19: HchanOffsets =
@@ -294,6 +260,50 @@ const MODULEDATA_1_20: ModuledataOffsets = ModuledataOffsets { gofunc: 0x140, ..
 /// 1.27: typedesclen/itaboffset/itabsize inserted before rodata (DWARF, go1.27.3).
 const MODULEDATA_1_27: ModuledataOffsets = ModuledataOffsets { gofunc: 0x158, ..MODULEDATA_1_19 };
 
+/// 1.19 (DWARF, go1.19.8).
+const HEAP_1_19: HeapLayout = HeapLayout {
+    mheap_allspans: 0x10140,
+    mspan_start: 0x18,
+    mspan_limit: 0x70,
+    mspan_elemsize: 0x68,
+    mspan_spanclass: 0x62,
+    mspan_state: 0x63,
+    mspan_specials: 0x80,
+    special_offset: 0x8,
+    special_offset_bytes: 2,
+    g_size: 392,
+    g_syscallsp: 0x70,
+};
+/// 1.21: user arena fields move mspan's tail +8, mheap +8 (DWARF, go1.21.13).
+const HEAP_1_21: HeapLayout = HeapLayout {
+    mheap_allspans: 0x10148,
+    mspan_limit: 0x78,
+    mspan_elemsize: 0x70,
+    mspan_spanclass: 0x6a,
+    mspan_state: 0x6b,
+    mspan_specials: 0x88,
+    g_size: 408,
+    ..HEAP_1_19
+};
+/// 1.22: mspan.nelems became uint16 (back to 1.19's tail offsets) (DWARF, go1.22.10).
+const HEAP_1_22: HeapLayout = HeapLayout {
+    mspan_limit: 0x70,
+    mspan_elemsize: 0x68,
+    mspan_spanclass: 0x62,
+    mspan_state: 0x63,
+    mspan_specials: 0x80,
+    g_size: 424,
+    ..HEAP_1_21
+};
+/// 1.23: sizeof(g) 432 (DWARF, go1.23.9).
+const HEAP_1_23: HeapLayout = HeapLayout { g_size: 432, ..HEAP_1_22 };
+/// 1.24: special.offset widened to uintptr (DWARF, go1.24.11).
+const HEAP_1_24: HeapLayout = HeapLayout { special_offset_bytes: 8, g_size: 440, ..HEAP_1_23 };
+/// 1.25: g.syscallsp −8 with gobuf.ret gone (DWARF, go1.25.5).
+const HEAP_1_25: HeapLayout = HeapLayout { g_syscallsp: 0x68, ..HEAP_1_24 };
+/// 1.26 and 1.27 (DWARF, go1.26.6 and go1.27.3).
+const HEAP_1_26: HeapLayout = HeapLayout { g_size: 456, ..HEAP_1_25 };
+
 // ---------------------------------------------------------------------------
 // The table: one entry per family, oldest first, no gaps.
 // ---------------------------------------------------------------------------
@@ -312,6 +322,7 @@ static RELEASES: &[ReleaseFacts] = &[
         wait_reasons: WAIT_REASONS_1_19,
         dead_statuses: DEAD_UNTIL_1_25,
         leaked_status: None,
+        heap: Some(HEAP_1_19),
     },
     // Go 1.20: moduledata.covctrs, new wait reasons. SOURCE ONLY: reference notes, no 1.20 toolchain here.
     ReleaseFacts {
@@ -326,6 +337,7 @@ static RELEASES: &[ReleaseFacts] = &[
         wait_reasons: WAIT_REASONS_1_20,
         dead_statuses: DEAD_UNTIL_1_25,
         leaked_status: None,
+        heap: None,
     },
     // Go 1.21: g.parentGoid, trace fields moved; wait reasons as 1.20 (DWARF + waitReasonStrings of go1.21.13).
     ReleaseFacts {
@@ -340,6 +352,7 @@ static RELEASES: &[ReleaseFacts] = &[
         wait_reasons: WAIT_REASONS_1_20,
         dead_statuses: DEAD_UNTIL_1_25,
         leaked_status: None,
+        heap: Some(HEAP_1_21),
     },
     // Go 1.22: sizeof(g) 424; wait reasons up to "coroutine" (DWARF + waitReasonStrings of go1.22.10).
     ReleaseFacts {
@@ -354,6 +367,7 @@ static RELEASES: &[ReleaseFacts] = &[
         wait_reasons: WAIT_REASONS_1_22,
         dead_statuses: DEAD_UNTIL_1_25,
         leaked_status: None,
+        heap: Some(HEAP_1_22),
     },
     // Go 1.23: g +8 from atomicstatus (syscallbp), hchan.timer, a wait reason (DWARF + strings of go1.23.9).
     ReleaseFacts {
@@ -368,6 +382,7 @@ static RELEASES: &[ReleaseFacts] = &[
         wait_reasons: WAIT_REASONS_1_23,
         dead_statuses: DEAD_UNTIL_1_25,
         leaked_status: None,
+        heap: Some(HEAP_1_23),
     },
     // Go 1.24: sizeof(g) 440; WaitGroup and "(synctest)" wait reasons (DWARF + strings of go1.24.11).
     ReleaseFacts {
@@ -382,6 +397,7 @@ static RELEASES: &[ReleaseFacts] = &[
         wait_reasons: WAIT_REASONS_1_24,
         dead_statuses: DEAD_UNTIL_1_25,
         leaked_status: None,
+        heap: Some(HEAP_1_24),
     },
     // Go 1.25: gobuf.ret gone (g −8 after sched, m −8); "(durable)" reasons (DWARF + strings of go1.25.5).
     ReleaseFacts {
@@ -396,6 +412,7 @@ static RELEASES: &[ReleaseFacts] = &[
         wait_reasons: WAIT_REASONS_1_25,
         dead_statuses: DEAD_UNTIL_1_25,
         leaked_status: None,
+        heap: Some(HEAP_1_25),
     },
     // Go 1.26: g +8 from parentGoid, sudog.elem/c wrapped, reasons reordered, 2 statuses (DWARF + strings of go1.26.6).
     ReleaseFacts {
@@ -410,6 +427,7 @@ static RELEASES: &[ReleaseFacts] = &[
         wait_reasons: WAIT_REASONS_1_26,
         dead_statuses: DEAD_FROM_1_26,
         leaked_status: Some(gstatus::LEAKED),
+        heap: Some(HEAP_1_26),
     },
     // Go 1.27: only moduledata.gofunc moved (DWARF + waitReasonStrings of go1.27.3).
     ReleaseFacts {
@@ -424,6 +442,7 @@ static RELEASES: &[ReleaseFacts] = &[
         wait_reasons: WAIT_REASONS_1_26,
         dead_statuses: DEAD_FROM_1_26,
         leaked_status: Some(gstatus::LEAKED),
+        heap: Some(HEAP_1_26),
     },
 ];
 

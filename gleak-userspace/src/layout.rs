@@ -18,6 +18,53 @@ pub struct RuntimeLayout {
     pub g_gopc: u32,
     pub g_startpc: u32,
     pub m_curg: u32,
+    /// Where blocked goroutines are stuck and on what; `None` when no backend
+    /// knows these structures (reports then lack blocking stacks and wait objects).
+    pub blocked: Option<BlockedLayout>,
+    /// The heap's span metadata, for the reachability proof; `None` when no backend
+    /// knows it (Go 1.20 without DWARF: its table entry is from source only).
+    pub heap: Option<HeapLayout>,
+}
+
+/// Where the heap's spans are described: `runtime.mheap_.allspans`, each
+/// `runtime.mspan`, and the special records (finalizers, cleanups) hung off spans.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HeapLayout {
+    /// `mheap.allspans`: a `[]*mspan` slice header.
+    pub mheap_allspans: u32,
+    pub mspan_start: u32,
+    /// `mspan.limit`: the end of the span's objects.
+    pub mspan_limit: u32,
+    pub mspan_elemsize: u32,
+    /// `mspan.spanclass` (`uint8`): bit 0 set for noscan spans.
+    pub mspan_spanclass: u32,
+    /// `mspan.state` (`uint8`): `mSpanInUse` = 1 for heap spans.
+    pub mspan_state: u32,
+    /// `mspan.specials`: a list of `runtime.special`.
+    pub mspan_specials: u32,
+    /// `special.offset`: the object's offset in its span; 2 bytes until Go 1.23, 8 from 1.24.
+    pub special_offset: u32,
+    pub special_offset_bytes: u32,
+    /// `sizeof(runtime.g)`: a runnable goroutine's `g` is scanned whole.
+    pub g_size: u32,
+    /// `g.syscallsp`: where the live frames of a goroutine in a system call start.
+    pub g_syscallsp: u32,
+}
+
+/// `mSpanInUse`: a span of heap objects (`runtime.mSpanState`, stable since Go 1.14).
+pub const MSPAN_IN_USE: u8 = 1;
+
+/// The structures that say where a blocked goroutine is stuck and on what.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BlockedLayout {
+    /// `g.sched.sp` and `g.sched.pc`: where a descheduled goroutine stopped.
+    pub g_sched_sp: u32,
+    pub g_sched_pc: u32,
+    /// `g.waiting`: the sudogs of a goroutine blocked in a channel operation.
+    pub g_waiting: u32,
+    pub sudog: SudogOffsets,
+    pub hchan: HchanOffsets,
+    pub waitq: WaitqOffsets,
 }
 
 impl RuntimeLayout {
@@ -34,6 +81,61 @@ impl RuntimeLayout {
             _reserved: 0,
         }
     }
+}
+
+/// `runtime.gobuf`, relative to the gobuf (`g.sched`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GobufOffsets {
+    pub sp: u32,
+    pub pc: u32,
+    pub bp: u32,
+}
+
+/// `runtime.sudog`: one goroutine waiting on one channel (or semaphore). A goroutine
+/// in a channel operation has `g.waiting` → sudog → `waitlink` → … (one per select case).
+/// From 1.26 `elem` and `c` are `maybeTraceablePtr`s `{vp, vu}` whose `vp` the leak-
+/// detecting GC may clear: the offsets here are those of `vu`, the "source of truth".
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SudogOffsets {
+    /// `*g`: the waiting goroutine.
+    pub g: u32,
+    /// Next waiter in the channel's (or semaphore's) queue; in the semaphore
+    /// table's treap, the right child.
+    pub next: u32,
+    /// Previous waiter; in the semaphore table's treap, the left child.
+    pub prev: u32,
+    /// Data element (may point to the waiter's stack); for semaphores the semaphore's address.
+    pub elem: u32,
+    /// `*hchan` waited on.
+    pub c: u32,
+    /// Next sudog of the same goroutine (`g.waiting` list, select cases).
+    pub waitlink: u32,
+    /// `isSelect bool`.
+    pub isselect: u32,
+}
+
+/// `runtime.hchan`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HchanOffsets {
+    /// `uint`: elements queued.
+    pub qcount: u32,
+    /// `uint`: capacity.
+    pub dataqsiz: u32,
+    /// `uint16`.
+    pub elemsize: u32,
+    /// `uint32`.
+    pub closed: u32,
+    /// `waitq` of blocked receivers (see [`WaitqOffsets`]).
+    pub recvq: u32,
+    /// `waitq` of blocked senders.
+    pub sendq: u32,
+}
+
+/// `runtime.waitq`, relative to the waitq (`hchan.recvq`/`hchan.sendq`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WaitqOffsets {
+    pub first: u32,
+    pub last: u32,
 }
 
 /// Go's goroutine status values (`runtime._G*`), stable since Go 1.0 except the two

@@ -20,7 +20,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use flate2::{write::GzEncoder, Compression};
 
-use crate::symbolize::Frame;
+use crate::{report::Report, symbolize::Frame};
 
 /// One stack of goroutines in the profile.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -33,6 +33,56 @@ pub struct ProfileSample {
     /// String labels, e.g. ("verdict","leak"), ("wait_reason","chan send"), ("created_by","main.handle").
     /// A label with an empty value is dropped by pprof's reader.
     pub labels: Vec<(String, String)>,
+}
+
+/// The live goroutines of a report as profile samples, as a goroutine profile
+/// shows them: blocked ones by their current stack (where they are stuck), the
+/// others (running, or not unwound) by their creation stack. Labels: `verdict`,
+/// `created_at` (the `go` statement), `go_func`, `state`, `wait_reason`.
+pub fn goroutine_samples(report: &Report) -> Vec<ProfileSample> {
+    let mut samples = Vec::new();
+    for s in report.sites.iter().filter(|s| s.live > 0) {
+        let created_at = if s.line == 0 { s.function.clone() } else { format!("{}:{}", s.file, s.line) };
+        let labels = |state: &str, wait_reason: &str| {
+            vec![
+                ("verdict".to_string(), s.verdict.as_str().to_string()),
+                ("created_at".to_string(), created_at.clone()),
+                ("go_func".to_string(), s.go_func.clone()),
+                ("state".to_string(), state.to_string()),
+                ("wait_reason".to_string(), wait_reason.to_string()),
+            ]
+        };
+        let mut left = s.live;
+        for b in s.blocked_at.iter().filter(|b| !b.locations.is_empty()) {
+            let count = b.goroutines.min(left);
+            left -= count;
+            samples.push(ProfileSample {
+                locations: b.locations.clone(),
+                count,
+                labels: labels("waiting", &b.wait_reason),
+            });
+        }
+        if left == 0 {
+            continue;
+        }
+        // The rest under the site's busiest creation path.
+        let creation = |locations: Vec<(u64, Vec<Frame>)>, count: u64| ProfileSample {
+            locations,
+            count,
+            labels: labels("created", ""),
+        };
+        let paths: Vec<_> = s.paths.iter().filter(|p| p.live > 0 && !p.locations.is_empty()).collect();
+        match paths.first() {
+            Some(first) => {
+                samples.push(creation(first.locations.clone(), left));
+            }
+            None => {
+                let frame = Frame { function: s.function.clone(), file: s.file.clone(), line: s.line };
+                samples.push(creation(vec![(0, vec![frame])], left));
+            }
+        }
+    }
+    samples
 }
 
 /// Encodes a goroutine profile (sample type "goroutine"/"count", period type "goroutine"/"count",

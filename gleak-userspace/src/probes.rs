@@ -48,11 +48,14 @@ pub struct AttachOptions {
     /// Probe function entries and RETs only, not the cheaper CALL sites (for
     /// comparison, or should a future Go change the code shape the CALL search expects).
     pub classic_sites: bool,
+    /// Prove, at each report, which blocked goroutines can never run again (reads
+    /// the target's heap; see [`crate::proof`]).
+    pub prove: bool,
 }
 
 impl Default for AttachOptions {
     fn default() -> Self {
-        Self { capture_stacks: true, trace_parks: false, stop_at_exit: false, classic_sites: false }
+        Self { capture_stacks: true, trace_parks: false, stop_at_exit: false, classic_sites: false, prove: true }
     }
 }
 

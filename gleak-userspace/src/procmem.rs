@@ -71,4 +71,59 @@ impl ProcessMemory {
         }
         (out, ok)
     }
+
+    /// Reads each `(address, length)` range into one buffer: the range of the buffer
+    /// holding each, `None` where the target's memory was unreadable.
+    pub fn read_ranges(&self, ranges: &[(u64, usize)]) -> (Vec<u8>, Vec<Option<std::ops::Range<usize>>>) {
+        let total = ranges.iter().map(|&(_, len)| len).sum();
+        let mut out = vec![0u8; total];
+        let mut spans = Vec::with_capacity(ranges.len());
+        let mut at = 0;
+        for &(_, len) in ranges {
+            spans.push(at..at + len);
+            at += len;
+        }
+        let mut ok = vec![false; ranges.len()];
+        let mut first = 0;
+        while first < ranges.len() {
+            let batch = &ranges[first..(first + BATCH).min(ranges.len())];
+            let start = spans[first].start;
+            let end = spans[first + batch.len() - 1].end;
+            let mut rest = &mut out[start..end];
+            let mut locals = Vec::with_capacity(batch.len());
+            for &(_, len) in batch {
+                let (head, tail) = rest.split_at_mut(len);
+                locals.push(libc::iovec { iov_base: head.as_mut_ptr().cast(), iov_len: len });
+                rest = tail;
+            }
+            let remotes: Vec<libc::iovec> =
+                batch.iter().map(|&(a, len)| libc::iovec { iov_base: a as *mut libc::c_void, iov_len: len }).collect();
+            // SAFETY: locals point into `out` with their stated lengths; remote is checked by the kernel.
+            let n = unsafe {
+                libc::process_vm_readv(
+                    self.pid as libc::pid_t,
+                    locals.as_ptr(),
+                    locals.len() as libc::c_ulong,
+                    remotes.as_ptr(),
+                    remotes.len() as libc::c_ulong,
+                    0,
+                )
+            };
+            // Whole ranges read before the first unreadable one; retry the rest one by one.
+            let mut left = usize::try_from(n).unwrap_or(0);
+            let mut i = 0;
+            while i < batch.len() && left >= batch[i].1 {
+                left -= batch[i].1;
+                ok[first + i] = true;
+                i += 1;
+            }
+            for j in i..batch.len() {
+                let span = spans[first + j].clone();
+                ok[first + j] = self.read(batch[j].0, &mut out[span]).is_ok();
+            }
+            first += batch.len();
+        }
+        let spans = spans.into_iter().zip(ok).map(|(span, ok)| ok.then_some(span)).collect();
+        (out, spans)
+    }
 }

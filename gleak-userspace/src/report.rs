@@ -7,8 +7,9 @@ use serde::Serialize;
 
 use crate::{
     debuginfo::FactSources,
-    symbolize::Frame,
+    symbolize::{package_of, Frame},
     verdict::{secs, Verdict},
+    waits::{ChanState, WaitKind},
 };
 
 #[derive(Clone, Debug, Serialize)]
@@ -40,9 +41,29 @@ pub struct Report {
     /// (counted as created at their `go` statement).
     pub reconciled_creations: u64,
     pub sites: Vec<SiteReport>,
+    /// The last reachability proof: which blocked goroutines can never run again.
+    /// Absent when none was needed (or `--no-proof`).
+    pub proof: Option<ProofReport>,
     /// `gleak run` only: the CI gate's decision.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub gate: Option<Gate>,
+}
+
+/// The reachability proof: marking the target's heap from its roots (data, bss,
+/// the stacks of goroutines that can run), twice.
+#[derive(Clone, Debug, Serialize)]
+pub struct ProofReport {
+    /// Blocked goroutines whose wait objects were known: what the proof judged.
+    pub candidates: u64,
+    /// Goroutines proven unable to run again, in all.
+    pub proven: u64,
+    /// Why the last run proved nothing (its budget ran out, memory unreadable…).
+    pub inconclusive: Option<String>,
+    /// Bytes of in-use heap spans.
+    pub heap_bytes: u64,
+    /// Bytes of target memory read, both passes.
+    pub bytes_read: u64,
+    pub elapsed_ms: f64,
 }
 
 /// The probes' own failure counters, summed over CPUs.
@@ -172,11 +193,132 @@ pub struct SiteReport {
     pub stack: Vec<Frame>,
     /// Every distinct creation path.
     pub paths: Vec<PathReport>,
+    /// Where the blocked goroutines are stuck, by their current stacks, busiest first.
+    pub blocked_at: Vec<BlockedAt>,
+    /// What the blocked goroutines wait on; absent when none has a known wait object.
+    pub wait_objects: Option<WaitSummary>,
+    /// Live goroutines proven unable to run again (see the report's `proof`).
+    pub proven: u64,
     /// Where the creating goroutine was created, and so on up.
     pub parent_chain: Vec<Frame>,
 }
 
+/// What a site's blocked goroutines wait on.
+#[derive(Clone, Debug, Serialize)]
+pub struct WaitSummary {
+    /// Blocked goroutines whose wait objects are known.
+    pub goroutines: u64,
+    /// Distinct objects they wait on.
+    pub objects: u64,
+    /// Of those, objects goroutines of other sites wait on too.
+    pub shared: u64,
+    /// The most of this site's goroutines waiting on one object.
+    pub most_on_one: u64,
+    /// In words: "500 goroutines wait on 500 distinct channels, one each, none shared with other sites".
+    pub summary: String,
+    /// The objects most waited on.
+    pub busiest: Vec<WaitObjectReport>,
+}
+
+/// One object blocked goroutines wait on.
+#[derive(Clone, Debug, Serialize)]
+pub struct WaitObjectReport {
+    pub kind: WaitKind,
+    /// Its address in the target.
+    pub addr: String,
+    /// This site's goroutines waiting on it.
+    pub of_site: u64,
+    /// Goroutines of every site waiting on it.
+    pub waiters: u64,
+    /// A channel's buffer and whether it is closed.
+    pub channel: Option<ChanState>,
+}
+
+/// Goroutines of one site blocked at one place: same current stack, same wait reason.
+#[derive(Clone, Debug, Serialize)]
+pub struct BlockedAt {
+    pub goroutines: u64,
+    pub wait_reason: String,
+    /// The first frame outside the runtime's and `sync`'s machinery: the line that blocks.
+    pub at: Frame,
+    /// The whole current stack, innermost (`runtime.gopark`) first.
+    pub stack: Vec<Frame>,
+    /// The same stack by return address (as linked), for profiles.
+    #[serde(skip)]
+    pub locations: Vec<(u64, Vec<Frame>)>,
+}
+
+/// How the row folding the runtime's own goroutines is named.
+pub const RUNTIME_ROW: &str = "runtime";
+
+/// Whether a site's goroutines are the runtime's own (GC workers, finalizer,
+/// sweeper, scavenger, forced GC): created by a `go` statement in package runtime.
+pub fn is_runtime_site(function: &str) -> bool {
+    package_of(function) == "runtime"
+}
+
 impl Report {
+    /// Folds the runtime's own goroutines into one `runtime` row (`--all` keeps them
+    /// apart), as goleak ignores them: they are never a leak.
+    pub fn fold_runtime_sites(&mut self) {
+        let (runtime, rest): (Vec<SiteReport>, Vec<SiteReport>) =
+            std::mem::take(&mut self.sites).into_iter().partition(|s| is_runtime_site(&s.function));
+        self.sites = rest;
+        let n = runtime.len();
+        let mut rows = runtime.into_iter();
+        let Some(mut row) = rows.next() else { return };
+        let mut go_funcs = vec![row.go_func.clone()];
+        for s in rows {
+            row.live += s.live;
+            row.created += s.created;
+            row.exited += s.exited;
+            row.preexisting += s.preexisting;
+            row.blocked += s.blocked;
+            row.stack_bytes += s.stack_bytes;
+            row.trend.live_start += s.trend.live_start;
+            row.trend.live_end += s.trend.live_end;
+            row.trend.live_per_s += s.trend.live_per_s;
+            row.rates.created_per_s += s.rates.created_per_s;
+            row.rates.exited_per_s += s.rates.exited_per_s;
+            for (k, v) in s.wait_reasons {
+                *row.wait_reasons.entry(k).or_default() += v;
+            }
+            for (k, v) in s.states {
+                *row.states.entry(k).or_default() += v;
+            }
+            row.oldest_age_s = match (row.oldest_age_s, s.oldest_age_s) {
+                (Some(a), Some(b)) => Some(a.max(b)),
+                (a, b) => a.or(b),
+            };
+            go_funcs.push(s.go_func);
+        }
+        go_funcs.sort();
+        go_funcs.dedup();
+        row.top_wait_reason =
+            row.wait_reasons.iter().max_by_key(|(name, n)| (**n, std::cmp::Reverse(*name))).map(|(r, _)| r.clone());
+        row.verdict = if row.live > 0 { Verdict::Stable } else { Verdict::Ok };
+        row.verdict_reason = format!(
+            "the runtime's own goroutines ({n} sites: {}): never a leak; --all lists them one by one",
+            go_funcs.join(", ")
+        );
+        row.function = RUNTIME_ROW.into();
+        row.file = String::new();
+        row.line = 0;
+        row.go_func = go_funcs.join(", ");
+        row.age_s = None;
+        row.blocked_s = None;
+        row.goroutines.clear();
+        row.lifetime_p50_ms = None;
+        row.stack.clear();
+        row.paths.clear();
+        row.blocked_at.clear();
+        row.wait_objects = None;
+        row.proven = 0;
+        row.parent_chain.clear();
+        let at = self.sites.iter().position(|s| s.live < row.live).unwrap_or(self.sites.len());
+        self.sites.insert(at, row);
+    }
+
     pub fn to_json_line(&self) -> String {
         serde_json::to_string(self).expect("report serializes")
     }
@@ -289,6 +431,24 @@ impl Report {
                 s.go_func
             );
             let _ = writeln!(out, "  why: {}", s.verdict_reason);
+            for b in s.blocked_at.iter().take(BLOCKED_AT_SHOWN) {
+                let _ = writeln!(
+                    out,
+                    "  blocked: {} at {}:{} in {} ← {}",
+                    b.goroutines,
+                    short_path(&b.at.file),
+                    b.at.line,
+                    b.at.function,
+                    b.wait_reason
+                );
+            }
+            if let Some(w) = &s.wait_objects {
+                let _ = writeln!(out, "  waits: {}", w.summary);
+            }
+            if let Some(b) = s.blocked_at.first() {
+                let _ = writeln!(out, "  stuck in:");
+                write_frames(&mut out, &b.stack[..b.stack.len().min(STUCK_FRAMES)]);
+            }
             if !s.goroutines.is_empty() {
                 let shown: Vec<String> = s
                     .goroutines
@@ -338,6 +498,11 @@ impl Report {
         out
     }
 }
+
+/// How many blocking places of a site the table explains.
+const BLOCKED_AT_SHOWN: usize = 3;
+/// How many frames of the busiest blocking stack the table explains.
+const STUCK_FRAMES: usize = 10;
 
 /// `function (dir/file.go:line)`, or just the name for sites with no source line.
 fn site_label(s: &SiteReport) -> String {

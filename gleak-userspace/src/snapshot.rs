@@ -9,7 +9,7 @@ use crate::{
 };
 
 /// What memory says about one goroutine right now.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct GRecord {
     pub goid: u64,
     /// `_G*` status without the scan bit.
@@ -24,9 +24,22 @@ pub struct GRecord {
     pub parent_goid: u64,
     /// `stack.hi - stack.lo`: what the goroutine's stack costs.
     pub stack_bytes: u64,
+    /// `stack.hi`: where its stack ends.
+    pub stack_hi: u64,
+    /// `g.sched.sp`/`g.sched.pc` (where it stopped, if descheduled) and `g.waiting`
+    /// (its sudogs, in a channel operation); 0 when the layout lacks them.
+    pub sched_sp: u64,
+    pub sched_pc: u64,
+    pub waiting: u64,
 }
 
 impl GRecord {
+    /// Blocked: parked in `gopark` (`_Gwaiting`), or found leaked by Go's own leak
+    /// detector (`_Gleaked`, 1.26+), which leaves its wait reason in place.
+    pub fn is_blocked(&self) -> bool {
+        matches!(self.status, gstatus::WAITING | gstatus::LEAKED)
+    }
+
     pub fn is_dead(&self) -> bool {
         matches!(self.status, gstatus::DEAD | gstatus::DEAD_EXTRA | gstatus::IDLE)
     }
@@ -45,6 +58,9 @@ pub fn read_records(mem: &ProcessMemory, layout: &RuntimeLayout, addrs: &[u64]) 
         layout.g_startpc,
     ];
     fields.extend(layout.g_parent_goid);
+    if let Some(b) = &layout.blocked {
+        fields.extend([b.g_sched_sp, b.g_sched_pc, b.g_waiting]);
+    }
     let lo = *fields.iter().min().unwrap();
     let len = (*fields.iter().max().unwrap() + 8 - lo) as usize;
     let starts: Vec<u64> = addrs.iter().map(|&g| g + lo as u64).collect();
@@ -67,6 +83,10 @@ pub fn read_records(mem: &ProcessMemory, layout: &RuntimeLayout, addrs: &[u64]) 
                 startpc: u64_at(layout.g_startpc),
                 parent_goid: layout.g_parent_goid.map(u64_at).unwrap_or(0),
                 stack_bytes: u64_at(layout.g_stack_hi).saturating_sub(u64_at(layout.g_stack_lo)),
+                stack_hi: u64_at(layout.g_stack_hi),
+                sched_sp: layout.blocked.map_or(0, |b| u64_at(b.g_sched_sp)),
+                sched_pc: layout.blocked.map_or(0, |b| u64_at(b.g_sched_pc)),
+                waiting: layout.blocked.map_or(0, |b| u64_at(b.g_waiting)),
             })
         })
         .collect()

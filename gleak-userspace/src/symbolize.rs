@@ -26,3 +26,13 @@ pub trait Symbolizer {
         self.frames(entry).into_iter().last().map(|f| f.function)
     }
 }
+
+/// The import path of a Go function's package: `net/http` of
+/// `net/http.(*conn).serve`, `main` of `main.main.func1`.
+pub fn package_of(function: &str) -> &str {
+    let slash = function.rfind('/').map_or(0, |i| i + 1);
+    match function[slash..].find('.') {
+        Some(dot) => &function[..slash + dot],
+        None => function,
+    }
+}

@@ -2,32 +2,32 @@
 //! event stream. The CLI is a thin shell over this; `gleak audit` will hold many
 //! targets in one long-running process.
 
-use std::{
-    collections::{BTreeMap, HashMap},
-    io,
-};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
-use aya::maps::{MapData, RingBuf};
 use gleak_common::{counter, GoroutineEvent, CONFIG_CAPTURE_STACKS};
 use hdrhistogram::Histogram;
-use tokio::io::unix::AsyncFd;
 
 use crate::{
     aggregate::{Aggregator, LiveGoroutine, Sample, SiteKey},
     debuginfo::RuntimeInfo,
     error::Result,
+    intake::Intake,
     layout::gstatus,
+    netconn,
     probes::{AttachOptions, AttachedProbe, Probes},
     procmem::ProcessMemory,
-    report::{GoroutineSample, KernelCounters, PathReport, Percentiles, Rates, Report, SiteReport, Totals, Trend},
+    proof::{self, ProofBudget},
+    report::{
+        is_runtime_site, BlockedAt, GoroutineSample, KernelCounters, PathReport, Percentiles, ProofReport, Rates,
+        Report, SiteReport, Totals, Trend, WaitObjectReport, WaitSummary,
+    },
     snapshot::{all_goroutines, read_records, GRecord},
     symbolize::Frame,
     target::Target,
+    unwind::{is_blocking_machinery, BlockingStacks, Parked, Sched, StackId},
     verdict::{judge, never_wakes, SiteFacts},
+    waits::{self, ChanState, WaitKind, WaitObject},
 };
-
-/// How often the ring buffer is drained when no wakeup came.
-pub const POLL_INTERVAL: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// A process being traced.
 pub struct TracedTarget {
@@ -40,6 +40,19 @@ pub struct TracedTarget {
     attached_ns: u64,
     labels: SiteLabels,
     stacks: StackCache,
+    /// Where each blocked goroutine is stuck, cached per goroutine.
+    blocking: BlockingStacks,
+    /// Goroutines proven unable to run again, with where they were blocked and on
+    /// what: the proof holds as long as both stay the same.
+    proven: HashMap<u64, (Sched, Vec<u64>)>,
+    prove: bool,
+    /// Goroutines whose wait objects a goroutine waiting on the network holds (the
+    /// last proof): a live connection's other goroutines.
+    network_held: HashSet<u64>,
+    /// The last proof run, for the report.
+    last_proof: Option<ProofReport>,
+    /// Blocking stacks symbolized, once per stack.
+    blocking_frames: HashMap<StackId, Vec<Location>>,
     /// What cannot be seen in this target (said in every report).
     gaps: Vec<String>,
 }
@@ -56,20 +69,17 @@ struct SiteLabel {
 
 pub struct Tracer {
     probes: Probes,
-    events: AsyncFd<RingBuf<MapData>>,
+    intake: Intake,
     targets: HashMap<u32, TracedTarget>,
 }
 
 impl Tracer {
-    /// Loads the probes. Must run inside a tokio runtime.
+    /// Loads the probes and starts draining their events.
     pub fn new() -> Result<Self> {
         let mut probes = Probes::load()?;
-        let ring = probes.take_events()?;
-        // SAFETY: the ring buffer owns its fd and lives inside the AsyncFd, so the fd
-        // stays open for as long as it is registered.
-        let events = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
-            .map_err(|e| crate::error::Error::Load(format!("ring buffer: {}", e.into_parts().1)))?;
-        Ok(Self { probes, events, targets: HashMap::new() })
+        let intake = Intake::start(probes.take_events()?)
+            .map_err(|e| crate::error::Error::Load(format!("starting the event intake thread: {e}")))?;
+        Ok(Self { probes, intake, targets: HashMap::new() })
     }
 
     /// Reads the target's binary and starts tracing it.
@@ -104,6 +114,12 @@ impl Tracer {
             attached_ns,
             labels: SiteLabels::default(),
             stacks: StackCache::default(),
+            blocking: BlockingStacks::default(),
+            blocking_frames: HashMap::new(),
+            proven: HashMap::new(),
+            prove: opts.prove,
+            network_held: HashSet::new(),
+            last_proof: None,
             gaps,
         };
         self.targets.insert(pid, traced);
@@ -123,26 +139,15 @@ impl Tracer {
         self.targets.keys().copied().collect()
     }
 
-    /// Waits for events and applies every one available. Cancel-safe.
-    ///
-    /// The probes wake the reader only when the ring buffer is a quarter full (a
-    /// wakeup per event would cost the target more than the probe itself), so this
-    /// also polls every [`POLL_INTERVAL`].
-    pub async fn pump(&mut self) -> io::Result<usize> {
-        tokio::select! {
-            guard = self.events.readable_mut() => {
-                let mut guard = guard?;
-                let n = drain(guard.get_inner_mut(), &mut self.targets);
-                guard.clear_ready();
-                Ok(n)
-            }
-            _ = tokio::time::sleep(POLL_INTERVAL) => Ok(self.drain_now()),
-        }
+    /// Waits for the intake's next batch of events and applies it. Cancel-safe.
+    pub async fn pump(&mut self) -> usize {
+        let batch = self.intake.next().await;
+        apply(&batch, &mut self.targets)
     }
 
-    /// Applies the events already in the ring buffer without waiting.
+    /// Applies every event produced so far, the ones still in the ring included.
     pub fn drain_now(&mut self) -> usize {
-        drain(self.events.get_mut(), &mut self.targets)
+        self.intake.flush().iter().map(|batch| apply(batch, &mut self.targets)).sum()
     }
 
     /// Forwards the probes' log records; call now and then.
@@ -196,11 +201,25 @@ impl Tracer {
         let t = targets.get_mut(&pid)?;
         let now = monotonic_ns();
         let records = t.observe_live(target_exited, now);
-        let mut summaries = LiveSummary::per_site(&t.agg, &records, now);
+        let waits = if target_exited {
+            Waits::default()
+        } else {
+            t.unwind_blocked(&records);
+            let waits = t.observe_waits(&records);
+            t.refresh_proof(&records, &waits);
+            waits
+        };
+        let mut summaries =
+            LiveSummary::per_site(&t.agg, &records, &t.blocking, &waits, &t.proven, &t.network_held, now);
+        let live_connections = if target_exited { None } else { netconn::live_connections(pid).ok() };
+        let observed = Observed { records, waits, live_connections, at: now };
         let keys: Vec<SiteKey> = t.agg.sites.keys().copied().collect();
         let mut sites: Vec<SiteReport> = keys
             .into_iter()
-            .map(|key| t.site_report(probes, key, summaries.remove(&key).unwrap_or_default(), &records, now))
+            .map(|key| {
+                let summary = summaries.remove(&key).unwrap_or_default();
+                t.site_report(probes, key, summary, &observed)
+            })
             .collect();
         sites.sort_by(|a, b| {
             b.live
@@ -234,6 +253,7 @@ impl Tracer {
             reconciled_exits: t.agg.reconciled_exits,
             reconciled_creations: t.agg.reconciled_creations,
             sites,
+            proof: t.last_proof.clone(),
             gate: None,
         })
     }
@@ -269,15 +289,176 @@ impl TracedTarget {
         by_goid
     }
 
+    /// Reads the current stack of every blocked goroutine not already known where
+    /// it is (see [`BlockingStacks`]).
+    fn unwind_blocked(&mut self, records: &Records) {
+        if self.info.layout.blocked.is_none() {
+            return;
+        }
+        let Some(pcln) = self.target.binary.pclntab().cloned() else { return };
+        let parked: Vec<Parked> = records
+            .iter()
+            .filter_map(|(&goid, rec)| {
+                let rec = rec.as_ref().filter(|r| r.is_blocked() && r.sched_pc != 0)?;
+                let g_addr = self.agg.live.get(&goid)?.g_addr;
+                Some(Parked { goid, g_addr, sched: sched_of(rec) })
+            })
+            .collect();
+        let (mem, layout) = (&self.mem, &self.info.layout);
+        let reread = |addrs: &[u64]| -> Vec<Option<Sched>> {
+            read_records(mem, layout, addrs)
+                .into_iter()
+                .map(|r| r.filter(GRecord::is_blocked).map(|r| sched_of(&r)))
+                .collect()
+        };
+        self.blocking.refresh(mem, &pcln, self.target.load_bias, &parked, reread);
+    }
+
+    /// What each blocked goroutine waits on: the channels of its sudogs, or its
+    /// semaphore (from `g.waiting` on Go ≥ 1.26, else from `runtime.semtable`).
+    fn observe_waits(&self, records: &Records) -> Waits {
+        let Some(layout) = self.info.layout.blocked else { return Waits::default() };
+        let mut blocked = Vec::new();
+        for (&goid, rec) in records {
+            let Some(rec) = rec.as_ref().filter(|r| r.is_blocked()) else { continue };
+            let Some(kind) = waits::kind_for_reason(&self.info.wait_reasons.name(rec.wait_reason)) else { continue };
+            let Some(g) = self.agg.live.get(&goid) else { continue };
+            blocked.push(waits::Blocked { goid, g_addr: g.g_addr, waiting: rec.waiting, kind });
+        }
+        let semtable = self.info.semtable.as_ref().ok().map(|t| t.wrapping_add(self.target.load_bias));
+        let by_goid = waits::read(&self.mem, &layout, semtable, &blocked).by_goid;
+        let mut waiters: HashMap<WaitObject, u64> = HashMap::new();
+        for objects in by_goid.values() {
+            for o in objects {
+                *waiters.entry(*o).or_default() += 1;
+            }
+        }
+        let channels: Vec<u64> = waiters.keys().filter(|o| o.kind == WaitKind::Channel).map(|o| o.addr).collect();
+        let channels = waits::channel_states(&self.mem, &layout, &channels);
+        Waits { by_goid, waiters, channels }
+    }
+
+    /// Keeps the proofs that still hold (same goroutine, blocked at the same place
+    /// on the same objects) and, if some blocked goroutine of the program's own
+    /// code is not proven yet, runs the proof again.
+    fn refresh_proof(&mut self, records: &Records, waits: &Waits) {
+        let still_proven = |goid: &u64, (sched, objects): &(Sched, Vec<u64>)| {
+            let same_place =
+                records.get(goid).copied().flatten().is_some_and(|r| r.is_blocked() && sched_of(&r) == *sched);
+            let same_objects =
+                waits.by_goid.get(goid).is_some_and(|o| o.iter().map(|w| w.addr).collect::<Vec<_>>() == *objects);
+            same_place && same_objects
+        };
+        self.proven.retain(|goid, held| still_proven(goid, held));
+        self.network_held.retain(|goid| waits.by_goid.contains_key(goid));
+        if !self.prove {
+            return;
+        }
+        let (bias, info, labels, agg) = (self.target.load_bias, &self.info, &mut self.labels, &self.agg);
+        let open = waits.by_goid.keys().filter(|goid| !self.proven.contains_key(goid)).any(|goid| {
+            agg.live.get(goid).is_some_and(|g| {
+                let startpc = agg.sites.get(&g.site).map_or(0, |s| s.startpc);
+                !is_runtime_site(&labels.get(g.site, startpc, bias, info).at.function)
+            })
+        });
+        if !open {
+            return;
+        }
+        let outcome = proof::prove(&self.mem, &self.target.binary, &self.info, bias, ProofBudget::default());
+        if outcome.inconclusive.is_none() {
+            self.network_held = outcome.network_held.clone();
+        }
+        for (goid, objects) in &outcome.proven {
+            if let Some(Some(rec)) = records.get(goid) {
+                self.proven.insert(*goid, (sched_of(rec), objects.clone()));
+            }
+        }
+        self.last_proof = Some(ProofReport {
+            candidates: outcome.candidates as u64,
+            proven: self.proven.len() as u64,
+            inconclusive: outcome.inconclusive,
+            heap_bytes: outcome.heap_bytes,
+            bytes_read: outcome.bytes_read,
+            elapsed_ms: outcome.elapsed.as_secs_f64() * 1e3,
+        });
+    }
+
+    /// The site's wait objects, summarised.
+    fn wait_summary(&self, objects: &HashMap<WaitObject, u64>, goroutines: u64, waits: &Waits) -> Option<WaitSummary> {
+        if objects.is_empty() {
+            return None;
+        }
+        let shared = objects.iter().filter(|(o, &n)| waits.waiters.get(o).copied().unwrap_or(0) > n).count() as u64;
+        let most = objects.values().copied().max().unwrap_or(0);
+        let mut busiest: Vec<(&WaitObject, &u64)> = objects.iter().collect();
+        busiest.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+        let busiest: Vec<WaitObjectReport> = busiest
+            .into_iter()
+            .take(BUSIEST_OBJECTS)
+            .map(|(o, &of_site)| WaitObjectReport {
+                kind: o.kind,
+                addr: format!("{:#x}", o.addr),
+                of_site,
+                waiters: waits.waiters.get(o).copied().unwrap_or(of_site),
+                channel: waits.channels.get(&o.addr).copied().filter(|_| o.kind == WaitKind::Channel),
+            })
+            .collect();
+        let mut kinds: Vec<WaitKind> = objects.keys().map(|o| o.kind).collect();
+        kinds.sort();
+        kinds.dedup();
+        let summary = describe_waits(goroutines, objects.len() as u64, shared, most, &kinds, busiest.first());
+        Some(WaitSummary { goroutines, objects: objects.len() as u64, shared, most_on_one: most, summary, busiest })
+    }
+
+    /// A blocking stack symbolized: each return address (as linked) with its frames
+    /// (inlined ones expanded), `runtime.goexit` dropped.
+    fn blocking_stack(&mut self, id: StackId) -> &[Location] {
+        let (sym, bias, blocking) = (&self.info.symbolizer, self.target.load_bias, &self.blocking);
+        self.blocking_frames.entry(id).or_insert_with(|| {
+            blocking
+                .pcs(id)
+                .iter()
+                .map(|&pc| {
+                    let pc = pc.wrapping_sub(bias);
+                    let frames: Vec<Frame> = sym
+                        .frames(pc.saturating_sub(1))
+                        .into_iter()
+                        .filter(|f| f.function != "runtime.goexit")
+                        .collect();
+                    (pc, frames)
+                })
+                .filter(|(_, frames)| !frames.is_empty())
+                .collect()
+        })
+    }
+
+    /// The site's blocked goroutines grouped by where they are stuck, busiest first.
+    fn blocked_at(&mut self, groups: &HashMap<(StackId, u8), u64>) -> Vec<BlockedAt> {
+        let mut groups: Vec<(&(StackId, u8), &u64)> = groups.iter().collect();
+        groups.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+        groups
+            .into_iter()
+            .take(BLOCKED_AT_GROUPS)
+            .map(|(&(id, reason), &goroutines)| {
+                let wait_reason = self.info.wait_reasons.name(reason);
+                let locations = self.blocking_stack(id).to_vec();
+                let stack: Vec<Frame> = locations.iter().flat_map(|(_, f)| f.iter().cloned()).collect();
+                let at = stack
+                    .iter()
+                    .find(|f| !is_blocking_machinery(&f.function))
+                    .or_else(|| stack.iter().find(|f| !f.function.starts_with("runtime.")))
+                    .or(stack.first())
+                    .cloned()
+                    .unwrap_or_else(|| unknown_frame(self.blocking.pcs(id).first().copied().unwrap_or(0)));
+                BlockedAt { goroutines, wait_reason, at, stack, locations }
+            })
+            .collect()
+    }
+
     /// One report row: the site's counts, trend, live goroutines, paths, verdict.
-    fn site_report(
-        &mut self,
-        probes: &Probes,
-        key: SiteKey,
-        a: LiveSummary,
-        records: &Records,
-        now: u64,
-    ) -> SiteReport {
+    fn site_report(&mut self, probes: &Probes, key: SiteKey, a: LiveSummary, observed: &Observed) -> SiteReport {
+        let Observed { records, waits, live_connections, at: now } = observed;
+        let (live_connections, now) = (*live_connections, *now);
         let t = self;
         let traced_s = now.saturating_sub(t.attached_ns) as f64 / 1e9;
         let bias = t.target.load_bias;
@@ -318,10 +499,20 @@ impl TracedTarget {
             blocked_p50_s: quantile_s(&a.blocked_us, 0.5),
             traced_s,
             is_main: label.at.function == MAIN_GOROUTINE,
+            proven: a.proven,
+            proof_ran: t.prove && t.last_proof.as_ref().is_some_and(|p| p.inconclusive.is_none()),
+            waiting_on_known: a.with_objects,
+            distinct_objects: a.objects.len() as u64,
+            object_noun: object_noun(&a.objects),
+            network_held: a.network_held,
+            io_waiting: wait_reasons.get("IO wait").copied().unwrap_or(0),
+            live_connections,
         };
         let (verdict, verdict_reason) = judge(&facts);
         let (created, exited, live) = (stats.created, stats.exited, stats.live);
         let paths = t.paths(probes, key, &a, &label);
+        let blocked_at = t.blocked_at(&a.blocking);
+        let wait_objects = t.wait_summary(&a.objects, a.with_objects, waits);
         let stack = paths.first().map(|p| p.stack.clone()).unwrap_or_else(|| label.inlined.clone());
 
         SiteReport {
@@ -358,6 +549,9 @@ impl TracedTarget {
             lifetime_p50_ms: facts.lifetime_p50_s.map(|s| s * 1e3),
             stack,
             paths,
+            blocked_at,
+            wait_objects,
+            proven: a.proven,
             parent_chain: parent_chain(&t.agg, key, &mut t.labels, bias, &t.info),
         }
     }
@@ -366,7 +560,7 @@ impl TracedTarget {
     fn goroutine_sample(&self, goid: u64, records: &Records, now: u64) -> Option<GoroutineSample> {
         let g = self.agg.live.get(&goid)?;
         let rec = records.get(&goid).copied().flatten();
-        let waiting = rec.filter(|r| r.status == gstatus::WAITING);
+        let waiting = rec.filter(GRecord::is_blocked);
         Some(GoroutineSample {
             goid,
             state: rec.map_or("unknown", |r| gstatus::name(r.status)),
@@ -434,6 +628,16 @@ struct LiveSummary {
     states: BTreeMap<&'static str, u64>,
     reasons: BTreeMap<u8, u64>,
     per_stack: HashMap<i64, u64>,
+    /// Blocked goroutines by (current stack, wait reason).
+    blocking: HashMap<(StackId, u8), u64>,
+    /// Goroutines per object they wait on (a `select` counts once per channel).
+    objects: HashMap<WaitObject, u64>,
+    /// Blocked goroutines whose wait objects are known.
+    with_objects: u64,
+    /// Live goroutines proven unable to run again.
+    proven: u64,
+    /// Blocked goroutines whose wait objects a goroutine serving the network holds.
+    network_held: u64,
     /// (creation time, 0 if before attach; goid) of the oldest few.
     oldest: Vec<(u64, u64)>,
 }
@@ -441,9 +645,92 @@ struct LiveSummary {
 /// How many goroutines of each site a report details.
 const EXAMPLES: usize = 5;
 
+/// How many distinct blocking places of each site a report keeps (the human table
+/// shows fewer).
+const BLOCKED_AT_GROUPS: usize = 32;
+
+/// How many of a site's wait objects a report details.
+const BUSIEST_OBJECTS: usize = 3;
+
+/// What one report read of the target, for every site's row.
+struct Observed {
+    records: Records,
+    waits: Waits,
+    live_connections: Option<u64>,
+    /// CLOCK_MONOTONIC when read.
+    at: u64,
+}
+
+/// What the blocked goroutines of one report wait on.
+#[derive(Default)]
+struct Waits {
+    /// Per goroutine, the objects it waits on.
+    by_goid: HashMap<u64, Vec<WaitObject>>,
+    /// Per object, the goroutines (of every site) waiting on it.
+    waiters: HashMap<WaitObject, u64>,
+    /// The state of each channel waited on.
+    channels: HashMap<u64, ChanState>,
+}
+
+/// "500 goroutines wait on 500 distinct channels, none shared", "300 goroutines
+/// wait on one channel (unbuffered, open)".
+fn describe_waits(
+    goroutines: u64,
+    distinct: u64,
+    shared: u64,
+    most: u64,
+    kinds: &[WaitKind],
+    busiest: Option<&WaitObjectReport>,
+) -> String {
+    let noun = match kinds {
+        [WaitKind::Channel] => ("channel", "channels"),
+        [WaitKind::Semaphore] => ("semaphore (mutex or WaitGroup)", "semaphores (mutexes or WaitGroups)"),
+        [WaitKind::Cond] => ("sync.Cond", "sync.Conds"),
+        _ => ("object", "objects"),
+    };
+    let who = if goroutines == 1 { "1 goroutine waits".to_string() } else { format!("{goroutines} goroutines wait") };
+    let on = if distinct == 1 {
+        let state = busiest.and_then(|b| b.channel).map(|c| format!(" ({})", c.describe())).unwrap_or_default();
+        format!("on one {}{state}", noun.0)
+    } else if most == 1 {
+        format!("on {distinct} distinct {}, one each", noun.1)
+    } else {
+        format!("on {distinct} distinct {}, up to {most} on one", noun.1)
+    };
+    let shared = match shared {
+        0 => ", none shared with other sites".to_string(),
+        n if n == distinct && distinct == 1 => ", shared with other sites".to_string(),
+        n => format!(", {n} shared with other sites"),
+    };
+    format!("{who} {on}{shared}")
+}
+
+/// What a site's goroutines wait on, as one word.
+fn object_noun(objects: &HashMap<WaitObject, u64>) -> &'static str {
+    let mut kinds = objects.keys().map(|o| o.kind);
+    match (kinds.next(), kinds.all(|k| Some(k) == objects.keys().next().map(|o| o.kind))) {
+        (Some(WaitKind::Channel), true) => "channel",
+        (Some(WaitKind::Semaphore), true) => "semaphore",
+        (Some(WaitKind::Cond), true) => "sync.Cond",
+        _ => "object",
+    }
+}
+
+fn sched_of(rec: &GRecord) -> Sched {
+    Sched { sp: rec.sched_sp, pc: rec.sched_pc, stack_hi: rec.stack_hi }
+}
+
 impl LiveSummary {
     /// Summarises the live goroutines of every site.
-    fn per_site(agg: &Aggregator, records: &Records, now: u64) -> HashMap<SiteKey, LiveSummary> {
+    fn per_site(
+        agg: &Aggregator,
+        records: &Records,
+        blocking: &BlockingStacks,
+        waits: &Waits,
+        proven: &HashMap<u64, (Sched, Vec<u64>)>,
+        network_held: &HashSet<u64>,
+        now: u64,
+    ) -> HashMap<SiteKey, LiveSummary> {
         let mut acc: HashMap<SiteKey, LiveSummary> = HashMap::new();
         for (goid, g) in &agg.live {
             let a = acc.entry(g.site).or_default();
@@ -462,8 +749,19 @@ impl LiveSummary {
             };
             a.stack_bytes += rec.stack_bytes;
             *a.states.entry(gstatus::name(rec.status)).or_default() += 1;
-            if rec.status == gstatus::WAITING {
+            if rec.is_blocked() {
                 *a.reasons.entry(rec.wait_reason).or_default() += 1;
+                if let Some(id) = blocking.get(*goid, &sched_of(rec)) {
+                    *a.blocking.entry((id, rec.wait_reason)).or_default() += 1;
+                }
+                if let Some(objects) = waits.by_goid.get(goid) {
+                    a.with_objects += 1;
+                    for o in objects {
+                        *a.objects.entry(*o).or_default() += 1;
+                    }
+                }
+                a.proven += proven.contains_key(goid) as u64;
+                a.network_held += network_held.contains(goid) as u64;
                 if let Some(since) = blocked_since(g, rec) {
                     a.blocked_us.record((now.saturating_sub(since) / 1000).max(1)).ok();
                 }
@@ -504,6 +802,11 @@ impl Default for LiveSummary {
             states: BTreeMap::new(),
             reasons: BTreeMap::new(),
             per_stack: HashMap::new(),
+            blocking: HashMap::new(),
+            objects: HashMap::new(),
+            with_objects: 0,
+            proven: 0,
+            network_held: 0,
             oldest: Vec::new(),
         }
     }
@@ -574,20 +877,13 @@ impl StackCache {
     }
 }
 
-fn drain(ring: &mut RingBuf<MapData>, targets: &mut HashMap<u32, TracedTarget>) -> usize {
-    let mut n = 0;
-    while let Some(item) = ring.next() {
-        if item.len() < GoroutineEvent::SIZE {
-            continue;
-        }
-        // SAFETY: the kernel wrote a `GoroutineEvent` (plain integers) into this slot.
-        let ev: GoroutineEvent = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
+fn apply(batch: &[GoroutineEvent], targets: &mut HashMap<u32, TracedTarget>) -> usize {
+    for ev in batch {
         if let Some(t) = targets.get_mut(&ev.pid) {
-            t.agg.on_event(&ev);
+            t.agg.on_event(ev);
         }
-        n += 1;
     }
-    n
+    batch.len()
 }
 
 /// One return address of a creation stack with its source frames (inlining expanded).

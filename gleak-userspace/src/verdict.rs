@@ -66,6 +66,25 @@ pub struct SiteFacts {
     pub traced_s: f64,
     /// The site is the main goroutine (`select {}` at the end of `main` is an idiom).
     pub is_main: bool,
+    /// Live goroutines proven unable to run again: blocked on objects nothing that
+    /// can run reaches (see `crate::proof`).
+    pub proven: u64,
+    /// A conclusive proof judged this site's blocked goroutines: those not proven
+    /// wait on objects running code can reach.
+    pub proof_ran: bool,
+    /// Blocked goroutines whose wait objects are known, and how many distinct
+    /// objects they wait on.
+    pub waiting_on_known: u64,
+    pub distinct_objects: u64,
+    /// What they wait on, in words ("channel", "semaphore").
+    pub object_noun: &'static str,
+    /// Blocked goroutines whose wait objects a goroutine waiting on the network
+    /// holds on its stack: a connection's writer next to its reader.
+    pub network_held: u64,
+    /// Live goroutines waiting on the network (`IO wait`).
+    pub io_waiting: u64,
+    /// The process's established TCP and connected Unix stream sockets.
+    pub live_connections: Option<u64>,
 }
 
 /// Minimum growth, in goroutines, that counts as a trend.
@@ -79,6 +98,39 @@ pub fn judge(f: &SiteFacts) -> (Verdict, String) {
     }
     if f.never_wake > 0 && !f.is_main {
         return (Verdict::Leak, format!("{} goroutines blocked on {reason}: nothing can ever wake them", f.never_wake));
+    }
+    if f.proven > 0 && !f.is_main {
+        let of = if f.proven == f.live { format!("all {}", f.live) } else { format!("{} of {}", f.proven, f.live) };
+        return (
+            Verdict::Leak,
+            format!(
+                "{of} goroutines can never run again: blocked on {reason}, on {} that nothing able to run can reach \
+                 (proven by marking the heap from the globals and every runnable goroutine's stack, twice)",
+                if f.proven == 1 { format!("a {}", f.object_noun) } else { format!("{}s", f.object_noun) }
+            ),
+        );
+    }
+    // Goroutines serving live connections: waiting on the network, no more of them
+    // than the process has connections; or waiting on what such a goroutine holds.
+    if let Some(connections) = f.live_connections.filter(|&c| c > 0) {
+        if f.io_waiting * 2 >= f.live && f.io_waiting <= connections {
+            return (
+                Verdict::Stable,
+                format!(
+                    "{} goroutines wait on the network and the process holds {connections} live connections: serving connections, not stuck",
+                    f.io_waiting
+                ),
+            );
+        }
+        if f.network_held > 0 && f.network_held * 10 >= f.blocked * 9 && f.blocked * 2 >= f.live {
+            return (
+                Verdict::Stable,
+                format!(
+                    "{} goroutines wait on {}s that goroutines serving live connections hold: a connection's goroutines",
+                    f.network_held, f.object_noun
+                ),
+            );
+        }
     }
     let growth = f.live.saturating_sub(f.live_start);
     let growing =
@@ -111,7 +163,16 @@ pub fn judge(f: &SiteFacts) -> (Verdict, String) {
             );
         }
         if blocked_pct >= 50 && old {
-            return (Verdict::Leak, format!("{trend}; {blocked_pct}% blocked on {reason}, {age}{exited_note}"));
+            // Woken again and again (timers) yet never exiting: a loop without an end.
+            let looping = if f.ran * 2 >= f.live {
+                format!("; {} of them woke during the trace and blocked again: a loop that never ends", f.ran)
+            } else {
+                String::new()
+            };
+            return (
+                Verdict::Leak,
+                format!("{trend}; {blocked_pct}% blocked on {reason}, {age}{exited_note}{looping}"),
+            );
         }
         if blocked_pct < 50 {
             return (
@@ -130,6 +191,20 @@ pub fn judge(f: &SiteFacts) -> (Verdict, String) {
         return (Verdict::Ok, format!("short-lived: the oldest live goroutine is {}", secs(f.oldest_s.unwrap_or(0.0))));
     }
     let steady = format!("count steady ({}→{} over {})", f.live_start, f.live, secs(f.window_s));
+    // An idle pool: blocked on a few objects running code can still reach (the jobs channel).
+    let shared = f.distinct_objects > 0 && f.distinct_objects * 2 <= f.waiting_on_known;
+    if f.proof_ran && blocked_pct >= 50 && shared && f.waiting_on_known * 2 >= f.blocked {
+        return (
+            Verdict::Stable,
+            format!(
+                "an idle pool: {} goroutines wait on {} {}{} that running code can reach, {steady}",
+                f.waiting_on_known,
+                f.distinct_objects,
+                f.object_noun,
+                if f.distinct_objects == 1 { "" } else { "s" }
+            ),
+        );
+    }
     let stuck = blocked_pct >= 90 && f.ran == 0 && f.traced_s >= 2.0 && old;
     if stuck && f.live >= 10 && reason == "chan send" {
         return (

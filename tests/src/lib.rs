@@ -10,8 +10,9 @@
 //!   looked up in `$GLEAK_CACHE/go/<version>/bin/go`, fixtures are built into
 //!   `$GLEAK_CACHE/fixtures/<version>/<name>`, with `GOCACHE=$GLEAK_CACHE/gocache-<version>`.
 //! - `GLEAK_BIN`: the gleak binary to test (default `<target>/release/gleak`).
-//! - `CI=true`: missing prerequisites (root, a second Go toolchain) fail loudly
-//!   instead of being skipped.
+//! - `CI=true`, or `GLEAK_STRICT=1` (what `cargo xtask test` sets): missing
+//!   prerequisites (root, a second Go toolchain) fail loudly instead of being
+//!   skipped. Only a bare `cargo test` run by hand may skip.
 //! - `GLEAK_TEST_PARALLEL=1`: let tests trace their fixtures concurrently
 //!   (default: one traced fixture at a time, see [`serial_guard`]).
 
@@ -46,10 +47,12 @@ pub const DEMO_READY: &str = "demo order service running";
 // Environment
 // ---------------------------------------------------------------------------
 
-/// True when running on CI (`CI=true` or `CI=1`): prerequisites are then
-/// mandatory and missing ones make tests fail instead of skip.
-pub fn is_ci() -> bool {
-    std::env::var("CI").map(|v| v.eq_ignore_ascii_case("true") || v == "1").unwrap_or(false)
+/// True on CI (`CI=true` or `CI=1`) and under `cargo xtask test`
+/// (`GLEAK_STRICT=1`): prerequisites are then mandatory and missing ones make
+/// tests fail instead of skip.
+pub fn is_strict() -> bool {
+    let set = |name: &str| std::env::var(name).is_ok_and(|v| v.eq_ignore_ascii_case("true") || v == "1");
+    set("CI") || set("GLEAK_STRICT")
 }
 
 /// The cargo workspace root (parent of this crate).
@@ -95,8 +98,8 @@ pub fn require_root() -> bool {
     if is_root() {
         return true;
     }
-    if is_ci() {
-        panic!("gleak end-to-end tests need root (CI=true, so not skipping): run them with sudo");
+    if is_strict() {
+        panic!("gleak end-to-end tests need root (CI or cargo xtask test: not skipping): run them with sudo");
     }
     eprintln!("skipping: gleak end-to-end tests need root to load eBPF programs (run with sudo)");
     false
@@ -162,7 +165,7 @@ fn is_executable(p: &Path) -> bool {
 }
 
 /// The Go toolchains present: Debian's `/usr/lib/go-1.19/bin/go` and every
-/// `$GLEAK_CACHE/go/*/bin/go`, oldest first. With `CI=true` fewer than two is a
+/// `$GLEAK_CACHE/go/*/bin/go`, oldest first. In strict mode ([`is_strict`]) fewer than two is a
 /// panic; otherwise a note is printed (once) and the tests use what exists.
 pub fn go_toolchains() -> Vec<GoToolchain> {
     static FOUND: OnceLock<Vec<GoToolchain>> = OnceLock::new();
@@ -192,8 +195,8 @@ pub fn go_toolchains() -> Vec<GoToolchain> {
                     DEBIAN_GO_119,
                     dir.display()
                 );
-                if is_ci() {
-                    panic!("{msg} (CI=true, so not skipping)");
+                if is_strict() {
+                    panic!("{msg} (CI or cargo xtask test: not skipping)");
                 }
                 eprintln!("note: {msg}; continuing with what exists");
             }
@@ -516,8 +519,9 @@ pub fn marker_line_in(path: &Path, marker: &str) -> u32 {
     let hits: Vec<(usize, &str)> = text.lines().enumerate().filter(|(_, l)| l.trim_end().ends_with(&needle)).collect();
     match hits.as_slice() {
         [(idx, l)] => {
+            // `BLOCK:` marks the line a goroutine blocks at, not its `go` statement.
             assert!(
-                l.trim_start().starts_with("go "),
+                marker.starts_with("BLOCK:") || l.trim_start().starts_with("go "),
                 "{}:{}: marker `{needle}` is not on a `go` statement line: {l:?}",
                 path.display(),
                 idx + 1
@@ -1180,6 +1184,17 @@ pub fn site_live(report: &Value, file_suffix: &str, line: u32) -> u64 {
 /// The site of `fx`'s `// <marker>` in `report`, if reported.
 pub fn marker_site<'a>(report: &'a Value, fx: &Fixture, marker: &str) -> Option<&'a Value> {
     find_site(report, &fx.file_suffix(), fx.marker_line(marker))
+}
+
+/// The line a site's blocked goroutines are stuck at, by its busiest blocking
+/// stack (`blocked_at[0].at`): (file, line, wait reason).
+pub fn blocked_line(site: &Value) -> Option<(String, u32, String)> {
+    let b = site["blocked_at"].get(0)?;
+    Some((
+        b["at"]["file"].as_str()?.to_string(),
+        u32::try_from(b["at"]["line"].as_u64()?).ok()?,
+        b["wait_reason"].as_str()?.to_string(),
+    ))
 }
 
 /// A site's `verdict` ("" when missing).

@@ -1,8 +1,9 @@
-//! Events lost on purpose: a 4 KiB ring buffer (50-odd events) drained every
-//! 50 ms cannot keep up with `mixed`'s bursts of short goroutines. The report must
+//! Lost events. On purpose: a 4 KiB ring buffer (50-odd events) drained every
+//! 20 ms cannot keep up with `mixed`'s bursts of short goroutines. The report must
 //! say so, count the loss, and still come out right: reconciliation with the
 //! goroutine table in memory finds the leaked goroutines whose creation was lost
-//! and retires the ones whose exit was.
+//! and retires the ones whose exit was. And not by accident: the intake drains the
+//! ring while reports are built.
 
 use std::time::Duration;
 
@@ -55,4 +56,41 @@ fn report_is_right_despite_lost_events() {
             assert!(count(site, "live") <= 60, "{fx}: churn goroutines left live: {site}");
         }
     });
+}
+
+/// The intake keeps draining while a report is built: with 100 000 goroutines to
+/// read at every report (most of a second each) and 8 000 events a second from
+/// short-lived goroutines, a 128 KiB ring (1 600 events, 0.2 s) overflows at every
+/// report unless something empties it meanwhile. Nothing may be lost, and every
+/// short-lived goroutine is seen born and seen exit.
+#[test]
+fn intake_keeps_up_while_reports_are_built() {
+    if !require_root() {
+        return;
+    }
+    let tc = go_toolchains().pop().expect("a Go toolchain");
+    let fx = Fixture::build(&tc, "preattach");
+    let _serial = serial_guard();
+    let proc = fx.start_with_args(&["-n", "100000", "-churn", "40"]);
+    let pid = proc.pid().to_string();
+    let args = ["attach", "-p", &pid, "--json", "--duration", "5s", "--interval", "1s"];
+    let run = GleakChild::spawn(&gleak_bin(), &args, |cmd| {
+        cmd.env("GLEAK_RING_BUFFER_BYTES", "131072");
+    })
+    .wait(Duration::from_secs(120));
+    assert!(run.status.success(), "{run}");
+    let reports = json_reports(&run);
+    check_report_stream(&reports, proc.pid());
+    assert!(reports.len() >= 5, "{fx}: one report a second for 5 s: {} reports\n{run}", reports.len());
+    let last = reports.last().unwrap();
+    assert_eq!(count(last, "lost_events"), 0, "{fx}: events lost while reports were built: {}", last["kernel"]);
+    assert!(count(&last["totals"], "preexisting") >= 100_000, "{fx}: {}", last["totals"]);
+    let churn = marker_site(last, &fx, "OK:preattach_churn")
+        .unwrap_or_else(|| panic!("{fx}: no churn site\n{}", describe_sites(last, 10)));
+    // 4 000 a second for about 5 s; the 40 of the last tick may still be alive.
+    let created = count(churn, "created");
+    assert!(created >= 10_000, "{fx}: only {created} short-lived goroutines seen born\n{churn}");
+    assert!(count(churn, "live") <= 40, "{fx}: short-lived goroutines left live\n{churn}");
+    assert_eq!(count(churn, "exited") + count(churn, "live"), created, "{fx}\n{churn}");
+    assert_eq!(verdict(churn), "ok", "{fx}\n{churn}");
 }

@@ -35,6 +35,9 @@ const STRUCTS: &[&str] = &[
     "runtime.hchan",
     "runtime.waitq",
     "runtime.moduledata",
+    "runtime.mheap",
+    "runtime.mspan",
+    "runtime.special",
 ];
 
 /// The struct layouts of one binary.
@@ -135,9 +138,31 @@ fn check_offsets(check: &mut Check, facts: &ReleaseFacts, dwarf: &Dwarf) {
     check.field("gobuf.pc", facts.gobuf.pc, dwarf.offset("runtime.gobuf", &["pc"]));
     check.field("gobuf.bp", facts.gobuf.bp, dwarf.offset("runtime.gobuf", &["bp"]));
 
+    match &facts.heap {
+        Some(h) => {
+            check.field("mheap.allspans", h.mheap_allspans, dwarf.offset("runtime.mheap", &["allspans"]));
+            check.field("mspan.startAddr", h.mspan_start, dwarf.offset("runtime.mspan", &["startAddr"]));
+            check.field("mspan.limit", h.mspan_limit, dwarf.offset("runtime.mspan", &["limit"]));
+            check.field("mspan.elemsize", h.mspan_elemsize, dwarf.offset("runtime.mspan", &["elemsize"]));
+            check.field("mspan.spanclass", h.mspan_spanclass, dwarf.offset("runtime.mspan", &["spanclass"]));
+            check.field("mspan.state", h.mspan_state, dwarf.offset("runtime.mspan", &["state"]));
+            check.field("mspan.specials", h.mspan_specials, dwarf.offset("runtime.mspan", &["specials"]));
+            check.field("special.offset", h.special_offset, dwarf.offset("runtime.special", &["offset"]));
+            let width = match dwarf.member_type("runtime.special", "offset") {
+                Some("uint16") => Ok(2),
+                Some("uintptr") => Ok(8),
+                other => Err(format!("special.offset of type {other:?}")),
+            };
+            check.field("special.offset width", h.special_offset_bytes, width);
+            check.field("g.size (heap)", h.g_size, dwarf.layout("runtime.g").map(|s| s.size));
+            check.field("g.syscallsp", h.g_syscallsp, dwarf.offset("runtime.g", &["syscallsp"]));
+        }
+        None => check.expect(false, || "no heap layout in the table".to_string()),
+    }
     let s = &facts.sudog;
     check.field("sudog.g", s.g, dwarf.offset("runtime.sudog", &["g"]));
     check.field("sudog.next", s.next, dwarf.offset("runtime.sudog", &["next"]));
+    check.field("sudog.prev", s.prev, dwarf.offset("runtime.sudog", &["prev"]));
     check.field("sudog.elem", s.elem, dwarf.offset("runtime.sudog", &["elem"]));
     check.field("sudog.c", s.c, dwarf.offset("runtime.sudog", &["c"]));
     check.field("sudog.waitlink", s.waitlink, dwarf.offset("runtime.sudog", &["waitlink"]));

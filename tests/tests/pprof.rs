@@ -11,7 +11,7 @@ use std::process::{Command, Stdio};
 use gleak::pprof::{write_goroutine_profile, ProfileSample};
 use gleak::symbolize::Frame;
 use gleak_tests::{
-    count, find_site, go_toolchains, is_ci, require_root, run_gleak_attach, serial_guard, Fixture, GoToolchain,
+    count, find_site, go_toolchains, is_strict, require_root, run_gleak_attach, serial_guard, Fixture, GoToolchain,
 };
 
 fn frame(function: &str, file: &str, line: u32) -> Frame {
@@ -48,8 +48,8 @@ fn samples() -> Vec<ProfileSample> {
 fn newest_toolchain() -> Option<GoToolchain> {
     let tc = go_toolchains().into_iter().last();
     if tc.is_none() {
-        if is_ci() {
-            panic!("no Go toolchain found (CI=true, so not skipping)");
+        if is_strict() {
+            panic!("no Go toolchain found (CI or cargo xtask test: not skipping)");
         }
         eprintln!("skipping: no Go toolchain found to run `go tool pprof`");
     }
@@ -173,7 +173,8 @@ fn go_tool_pprof_reads_goroutine_profile() {
 }
 
 /// End to end: `gleak attach --pprof` on a leaking fixture writes a profile that
-/// `go tool pprof` reads back, with the leak's goroutines under its creation stack.
+/// `go tool pprof` reads back: every live goroutine, the leak's blocked ones under
+/// their current stack (`runtime.gopark` ← the send), labelled with their site.
 #[test]
 fn gleak_attach_writes_a_profile_pprof_reads() {
     if !require_root() {
@@ -196,15 +197,24 @@ fn gleak_attach_writes_a_profile_pprof_reads() {
     assert!(raw.contains("main.handleRequest"), "{raw}");
     assert!(raw.contains(&format!("chan_send.go:{line}")), "{raw}");
     assert!(raw.contains("verdict:[leak]"), "{raw}");
-    // The profile's goroutines are the leak's live ones (plus none from ok/stable sites).
+    // Blocked goroutines by where they are stuck: the send in the leaking goroutine,
+    // under gopark, labelled with their creation site.
+    assert!(raw.contains("runtime.gopark"), "no blocking stack in the profile:\n{raw}");
+    assert!(raw.contains("runtime.chansend"), "{raw}");
+    assert!(raw.contains("state:[waiting]"), "{raw}");
+    assert!(raw.contains(&format!("chan_send.go:{line}]")), "no created_at label:\n{raw}");
+    // A goroutine profile: every live goroutine of the final report, whatever its verdict.
     let top = pprof(&tc, &["-top", "-nodecount=5"], &profile.0);
-    let leaked: u64 = reports.last().unwrap()["sites"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|s| s["verdict"] == "leak" || s["verdict"] == "suspect")
-        .map(|s| count(s, "live"))
-        .sum();
-    assert!(live > 20 && leaked >= live, "live={live} leaked={leaked}");
-    assert!(top.contains(&format!("{leaked} total")), "want {leaked} total:\n{top}");
+    let all: u64 = last["sites"].as_array().unwrap().iter().map(|s| count(s, "live")).sum();
+    assert_eq!(all, count(&last["totals"], "live"), "sites and totals disagree:\n{last}");
+    assert!(live > 20 && all > live, "live={live} all={all}");
+    assert!(top.contains(&format!("{all} total")), "want {all} total:\n{top}");
+    let focused = pprof(&tc, &["-top", "-nodecount=5", "-tagfocus=verdict=leak"], &profile.0);
+    let leaked: u64 =
+        last["sites"].as_array().unwrap().iter().filter(|s| s["verdict"] == "leak").map(|s| count(s, "live")).sum();
+    assert!(
+        focused.contains(&format!("{leaked} ({:.2}%) of {all} total", 100.0 * leaked as f64 / all as f64))
+            || focused.contains(&format!("{leaked}, ")),
+        "want {leaked} leaked of {all}:\n{focused}"
+    );
 }

@@ -4,7 +4,12 @@
 //! file:line, its counts, its wait reason by name, the goroutines from before
 //! attach, and a creation stack in the program's own sources.
 
-use gleak::{binary::GoBinary, debuginfo::RuntimeInfo, placement::plan, AttachOptions};
+use gleak::{
+    binary::{globals, GoBinary},
+    debuginfo::RuntimeInfo,
+    placement::plan,
+    AttachOptions,
+};
 use gleak_tests::*;
 
 const LEAK_MARKER: &str = "LEAK:chan_send";
@@ -39,6 +44,20 @@ fn every_variant_reads_like_the_plain_build() {
             assert_eq!(info.sources.lines, lines, "{tc} {variant}: {}", info.sources);
             assert_eq!(info.sources.goroutine_table, table, "{tc} {variant}: {}", info.sources);
             assert!(info.goroutine_table.is_ok(), "{tc} {variant}: {}", info.sources);
+            // The semaphore table, from the machine code, where the symbol is too.
+            let semtable = info.semtable.clone().unwrap_or_else(|e| panic!("{tc} {variant}: semtable: {e}"));
+            let decoded = globals::from_semacquire1(&bin).unwrap_or_else(|e| panic!("{tc} {variant}: {e}"));
+            assert_eq!(decoded, semtable, "{tc} {variant}: semtable");
+            if let Some(sym) = bin.data_symbol("runtime.semtable") {
+                assert_eq!(decoded, sym.addr, "{tc} {variant}: runtime.semacquire1's code vs the symbol");
+            }
+            // The heap, likewise.
+            let mheap = info.mheap.clone().unwrap_or_else(|e| panic!("{tc} {variant}: mheap_: {e}"));
+            let decoded = globals::from_mallocinit(&bin).unwrap_or_else(|e| panic!("{tc} {variant}: {e}"));
+            assert_eq!(decoded, mheap, "{tc} {variant}: mheap_");
+            if let Some(sym) = bin.data_symbol("runtime.mheap_") {
+                assert_eq!(decoded, sym.addr, "{tc} {variant}: runtime.mallocinit's code vs the symbol");
+            }
             let sites: Vec<String> = plan(&bin, AttachOptions::default())
                 .unwrap_or_else(|e| panic!("{tc} {variant}: {e}"))
                 .into_iter()

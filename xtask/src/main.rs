@@ -32,7 +32,13 @@ enum Task {
         duration: String,
     },
     /// Run every check: fmt, clippy, unit tests, eBPF end-to-end tests on real Go programs.
-    Test,
+    ///
+    /// The end-to-end tests need root; without it this fails rather than skip them.
+    Test {
+        /// Only fmt, clippy and the unit tests: no root, no eBPF, no Go programs.
+        #[arg(long)]
+        unit_only: bool,
+    },
     /// Measure probe overhead on goroutine-heavy workloads, side by side in one run.
     Bench {
         /// Goroutines per measurement.
@@ -54,7 +60,7 @@ fn main() -> Result<()> {
     match Cli::parse().task {
         Task::Setup => bootstrap(&[]),
         Task::Demo { duration } => demo(&duration),
-        Task::Test => test(),
+        Task::Test { unit_only } => test(unit_only),
         Task::Bench { goroutines } => bench::run(goroutines),
         Task::Fuzz { seconds, seed } => fuzz::run(seconds, seed.as_deref()),
     }
@@ -167,23 +173,49 @@ fn demo(duration: &str) -> Result<()> {
     Ok(())
 }
 
-fn test() -> Result<()> {
+fn test(unit_only: bool) -> Result<()> {
     let started = Instant::now();
-    bootstrap(&[])?;
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if !unit_only && unsafe { libc::geteuid() } != 0 {
+        bail!(
+            "the end-to-end tests load eBPF programs and need root: run `sudo cargo xtask test`, \
+             or `cargo xtask test --unit-only` for fmt, clippy and the unit tests alone"
+        );
+    }
+    if !unit_only {
+        bootstrap(&[])?;
+    }
     step("cargo fmt --check");
     run(cargo().args(["fmt", "--all", "--check"]))?;
     // The eBPF crate is its own workspace (bpfel target): check it too.
     run(cargo().args(["fmt", "--check", "--manifest-path", "gleak-ebpf/Cargo.toml"]))?;
     step("cargo clippy -D warnings");
     run(cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;
+    step("cargo clippy -D warnings on the eBPF crate (checked for the host: clippy is not in Debian's rustc)");
+    run(cargo()
+        .args(["clippy", "--manifest-path", "gleak-ebpf/Cargo.toml", "--target-dir"])
+        .arg(root().join("target/ebpf-clippy"))
+        .args(["--", "-D", "warnings"])
+        .env("RUSTFLAGS", "--cfg bpf_target_arch=\"x86_64\""))?;
+    // Debug build: overflow checks on, so arithmetic on untrusted input that
+    // would wrap fails here rather than pass silently.
+    step("unit tests (debug build: overflow checks on)");
+    run(cargo().args(["test", "--workspace", "--exclude", "gleak-tests"]))?;
+    if unit_only {
+        step(&format!(
+            "unit checks passed in {:.0}s (end-to-end tests not run: --unit-only)",
+            started.elapsed().as_secs_f64()
+        ));
+        return Ok(());
+    }
     let gleak = build_gleak()?;
-    step("unit tests");
-    run(cargo().args(["test", "--workspace", "--release", "--exclude", "gleak-tests"]))?;
     step("end-to-end tests: real Go programs (Go 1.19 and newer) traced by the real gleak");
     run(cargo()
         .args(["test", "--release", "-p", "gleak-tests"])
         .env("GLEAK_BIN", &gleak)
-        .env("GLEAK_CACHE", cache_dir()))?;
+        .env("GLEAK_CACHE", cache_dir())
+        // Missing prerequisites fail instead of skipping.
+        .env("GLEAK_STRICT", "1"))?;
     step(&format!("all checks passed in {:.0}s", started.elapsed().as_secs_f64()));
     Ok(())
 }

@@ -84,11 +84,36 @@ pub fn ret_offsets(code: &[u8], func_addr: u64) -> Result<Vec<u64>, u64> {
         .collect())
 }
 
+/// The data address loaded into RAX (Go's first argument) by a RIP-relative `LEA`
+/// and passed to the first call of `target`: `LEAQ runtime.mheap_(SB), AX; CALL
+/// runtime.(*mheap).init(SB)`. `None` if the call's RAX came from anything else.
+pub fn address_argument(code: &[u8], func_addr: u64, target: u64) -> Result<Option<u64>, u64> {
+    let mut rax = None;
+    for i in decode(code, func_addr)? {
+        if i.flow_control() == FlowControl::Call {
+            if i.near_branch_target() == target {
+                return Ok(rax);
+            }
+            rax = None;
+            continue;
+        }
+        let writes_rax = i.op_count() > 0
+            && i.op0_kind() == iced_x86::OpKind::Register
+            && i.op0_register().full_register() == Register::RAX;
+        if writes_rax {
+            rax = (i.mnemonic() == Mnemonic::Lea && i.is_ip_rel_memory_operand()).then(|| i.ip_rel_memory_address());
+        }
+    }
+    Ok(None)
+}
+
 /// What an instruction does with a RIP-relative (or LEA-loaded) data address.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DataAccess {
     /// Read or written by an ordinary instruction (`MOV`, `CMP`…).
     Plain,
+    /// Its address taken (`LEA`), e.g. to index into it.
+    Address,
     /// The destination of an atomic exchange (`XCHG`: Go's atomic stores), with the
     /// data address the stored register was loaded from, if it was.
     AtomicStore { value_from: Option<u64> },
@@ -123,7 +148,7 @@ pub fn data_accesses(code: &[u8], func_addr: u64) -> Result<Vec<(u64, DataAccess
                     loaded.remove(&r);
                     lea.insert(r, addr);
                 }
-                out.push((addr, DataAccess::Plain));
+                out.push((addr, DataAccess::Address));
                 continue;
             }
             (Mnemonic::Xchg, Some(addr)) => {

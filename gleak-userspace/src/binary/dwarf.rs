@@ -10,7 +10,7 @@ use object::{Object, ObjectSection};
 use super::GoBinary;
 use crate::{
     error::{Error, Result},
-    layout::RuntimeLayout,
+    layout::{BlockedLayout, HchanOffsets, HeapLayout, RuntimeLayout, SudogOffsets, WaitqOffsets},
     symbolize::{Frame, Symbolizer},
 };
 
@@ -167,7 +167,20 @@ impl DwarfInfo {
 
     /// Reads the runtime structures and `runtime.waitReason*` constants.
     pub fn runtime_layout(&self, binary: &GoBinary) -> Result<(RuntimeLayout, HashMap<u8, String>)> {
-        let wanted = ["runtime.g", "runtime.m", "runtime.stack"];
+        let wanted = [
+            "runtime.g",
+            "runtime.m",
+            "runtime.stack",
+            "runtime.gobuf",
+            "runtime.sudog",
+            "runtime.hchan",
+            "runtime.waitq",
+            "runtime.maybeTraceablePtr",
+            "runtime.maybeTraceableChan",
+            "runtime.mheap",
+            "runtime.mspan",
+            "runtime.special",
+        ];
         let mut layouts: HashMap<String, StructLayout> = HashMap::new();
         let mut wait_consts = HashMap::new();
         // One pass for both structs and constants: the runtime unit holds every type.
@@ -217,7 +230,97 @@ impl DwarfInfo {
                 .filter(|&v| inside(g, u64::from(v)))
                 .ok_or_else(|| missing(&format!("field runtime.g.stack.{name} (inside runtime.g)")))
         };
+        // Offset of a member path (`sched.sp`), each step inside its struct; a
+        // member of a single-word wrapper type (`maybeTraceablePtr`) is followed to
+        // the word the runtime reads.
+        let path = |owner: &str, steps: &[&str]| -> Result<u32> {
+            let what = || missing(&format!("field {owner}.{} (inside the struct)", steps.join(".")));
+            let mut total = 0u32;
+            let mut ty = owner.to_string();
+            let mut steps: Vec<&str> = steps.iter().rev().copied().collect();
+            while let Some(step) = steps.pop() {
+                let s = structs.get(&ty).ok_or_else(what)?;
+                total = total.checked_add(offset(s, step).ok_or_else(what)?).ok_or_else(what)?;
+                ty = s.member_types.get(step).cloned().unwrap_or_default();
+                if steps.is_empty() {
+                    match ty.as_str() {
+                        "runtime.maybeTraceableChan" => steps.extend(["vu", "maybeTraceablePtr"]),
+                        "runtime.maybeTraceablePtr" => steps.push("vu"),
+                        _ => {}
+                    }
+                }
+            }
+            Ok(total)
+        };
+        let blocked = || -> Result<BlockedLayout> {
+            Ok(BlockedLayout {
+                g_sched_sp: path("runtime.g", &["sched", "sp"])?,
+                g_sched_pc: path("runtime.g", &["sched", "pc"])?,
+                g_waiting: path("runtime.g", &["waiting"])?,
+                sudog: SudogOffsets {
+                    g: path("runtime.sudog", &["g"])?,
+                    next: path("runtime.sudog", &["next"])?,
+                    prev: path("runtime.sudog", &["prev"])?,
+                    elem: path("runtime.sudog", &["elem"])?,
+                    c: path("runtime.sudog", &["c"])?,
+                    waitlink: path("runtime.sudog", &["waitlink"])?,
+                    isselect: path("runtime.sudog", &["isSelect"])?,
+                },
+                hchan: HchanOffsets {
+                    qcount: path("runtime.hchan", &["qcount"])?,
+                    dataqsiz: path("runtime.hchan", &["dataqsiz"])?,
+                    elemsize: path("runtime.hchan", &["elemsize"])?,
+                    closed: path("runtime.hchan", &["closed"])?,
+                    recvq: path("runtime.hchan", &["recvq"])?,
+                    sendq: path("runtime.hchan", &["sendq"])?,
+                },
+                waitq: WaitqOffsets {
+                    first: path("runtime.waitq", &["first"])?,
+                    last: path("runtime.waitq", &["last"])?,
+                },
+            })
+        };
+        let blocked = match blocked() {
+            Ok(b) => Some(b),
+            Err(e) => {
+                log::debug!("{e}: blocked goroutines' structures from gleak's tables instead");
+                None
+            }
+        };
+        let heap = || -> Result<HeapLayout> {
+            let special = structs.get("runtime.special").ok_or_else(|| missing("struct runtime.special"))?;
+            let special_offset_bytes = match special.member_types.get("offset").map(String::as_str) {
+                Some("uint16") => 2,
+                Some("uintptr" | "uint64") => 8,
+                other => return Err(missing(&format!("field runtime.special.offset of a known width ({other:?})"))),
+            };
+            Ok(HeapLayout {
+                mheap_allspans: path("runtime.mheap", &["allspans"])?,
+                mspan_start: path("runtime.mspan", &["startAddr"])?,
+                mspan_limit: path("runtime.mspan", &["limit"])?,
+                mspan_elemsize: path("runtime.mspan", &["elemsize"])?,
+                mspan_spanclass: path("runtime.mspan", &["spanclass"])?,
+                mspan_state: path("runtime.mspan", &["state"])?,
+                mspan_specials: path("runtime.mspan", &["specials"])?,
+                special_offset: path("runtime.special", &["offset"])?,
+                special_offset_bytes,
+                g_size: u32::try_from(g.size)
+                    .ok()
+                    .filter(|&s| s > 0)
+                    .ok_or_else(|| missing("the size of runtime.g"))?,
+                g_syscallsp: path("runtime.g", &["syscallsp"])?,
+            })
+        };
+        let heap = match heap() {
+            Ok(h) => Some(h),
+            Err(e) => {
+                log::debug!("{e}: heap spans from gleak's tables instead");
+                None
+            }
+        };
         let layout = RuntimeLayout {
+            heap,
+            blocked,
             g_stack_lo: stack_field("lo")?,
             g_stack_hi: stack_field("hi")?,
             g_m: field(g, "runtime.g", "m")?,

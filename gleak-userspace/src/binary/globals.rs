@@ -11,7 +11,7 @@
 use std::collections::HashSet;
 
 use super::{
-    disasm::{data_accesses, DataAccess},
+    disasm::{address_argument, data_accesses, DataAccess},
     GoBinary,
 };
 
@@ -52,6 +52,79 @@ pub fn goroutine_table(bin: &GoBinary) -> Result<(GoroutineTable, FoundBy), Stri
         (None, Ok(code)) => Ok((code, FoundBy::MachineCode)),
         (None, Err(why)) => Err(why),
     }
+}
+
+/// Finds `runtime.semtable` (the semaphore table, where goroutines blocked on a
+/// `sync.Mutex`, `RWMutex` or `WaitGroup` wait before Go 1.26): by the symbol
+/// when present (cross-checked with the machine code), else by the machine code.
+pub fn semtable(bin: &GoBinary) -> Result<(u64, FoundBy), String> {
+    let decoded = from_semacquire1(bin);
+    match (bin.data_symbol("runtime.semtable").map(|s| s.addr), decoded) {
+        (Some(sym), Ok(code)) if sym != code => {
+            log::warn!(
+                "{}: runtime.semacquire1 decodes to {code:#x}, the symbol says {sym:#x}; using the symbol",
+                bin.path.display()
+            );
+            Ok((sym, FoundBy::Symbols))
+        }
+        (Some(sym), _) => Ok((sym, FoundBy::Symbols)),
+        (None, Ok(code)) => Ok((code, FoundBy::MachineCode)),
+        (None, Err(why)) => Err(why),
+    }
+}
+
+/// Decodes `runtime.semacquire1`: `semtable.rootFor(addr)` is inlined as
+/// `LEAQ runtime.semtable(SB), R` then an indexed `LEAQ`, at every use. The only
+/// writable data whose address the function takes is the table (its other `LEAQ`s
+/// load read-only function values and types).
+pub fn from_semacquire1(bin: &GoBinary) -> Result<u64, String> {
+    let (sym, code) = bin.function_code("runtime.semacquire1").map_err(|e| e.to_string())?;
+    let accesses =
+        data_accesses(code, sym.addr).map_err(|at| format!("runtime.semacquire1+{at:#x} does not decode"))?;
+    let mut targets: Vec<u64> = accesses
+        .iter()
+        .filter(|&&(addr, access)| access == DataAccess::Address && bin.is_writable_data(addr))
+        .map(|&(addr, _)| addr)
+        .collect();
+    targets.sort_unstable();
+    targets.dedup();
+    match targets[..] {
+        [table] => Ok(table),
+        [] => Err("runtime.semacquire1 takes the address of no writable data (runtime.semtable)".into()),
+        _ => Err(format!("runtime.semacquire1 takes the address of several writable globals: {targets:#x?}")),
+    }
+}
+
+/// Finds `runtime.mheap_` (the heap, whose `allspans` the reachability proof
+/// reads): by the symbol when present (cross-checked with the machine code), else
+/// from `runtime.mallocinit`'s `LEAQ runtime.mheap_(SB), AX; CALL runtime.(*mheap).init`.
+pub fn mheap(bin: &GoBinary) -> Result<(u64, FoundBy), String> {
+    let decoded = from_mallocinit(bin);
+    match (bin.data_symbol("runtime.mheap_").map(|s| s.addr), decoded) {
+        (Some(sym), Ok(code)) if sym != code => {
+            log::warn!(
+                "{}: runtime.mallocinit decodes to {code:#x}, the symbol says {sym:#x}; using the symbol",
+                bin.path.display()
+            );
+            Ok((sym, FoundBy::Symbols))
+        }
+        (Some(sym), _) => Ok((sym, FoundBy::Symbols)),
+        (None, Ok(code)) => Ok((code, FoundBy::MachineCode)),
+        (None, Err(why)) => Err(why),
+    }
+}
+
+/// Decodes `runtime.mallocinit` (see [`mheap`]).
+pub fn from_mallocinit(bin: &GoBinary) -> Result<u64, String> {
+    let init = bin.function("runtime.(*mheap).init").ok_or("no function runtime.(*mheap).init")?;
+    let (sym, code) = bin.function_code("runtime.mallocinit").map_err(|e| e.to_string())?;
+    let addr = address_argument(code, sym.addr, init.addr)
+        .map_err(|at| format!("runtime.mallocinit+{at:#x} does not decode"))?
+        .ok_or("runtime.mallocinit passes no data address to runtime.(*mheap).init")?;
+    if !bin.is_writable_data(addr) {
+        return Err(format!("runtime.mallocinit passes {addr:#x}, not writable data, to runtime.(*mheap).init"));
+    }
+    Ok(addr)
 }
 
 /// Decodes `runtime.allgadd`.

@@ -62,6 +62,10 @@ pub struct Section {
     pub vaddr: u64,
     /// `None` for sections without file bytes (`.bss`).
     pub file_range: Option<(u64, u64)>,
+    /// Bytes in memory.
+    pub size: u64,
+    /// Allocated and writable: the program's data and bss.
+    pub writable: bool,
 }
 
 /// Where a function's address came from.
@@ -128,7 +132,10 @@ impl GoBinary {
             .sections()
             .filter_map(|s| {
                 let name = s.name().ok()?.to_string();
-                Some(Section { name, vaddr: s.address(), file_range: s.file_range() })
+                let writable = matches!(s.flags(), object::SectionFlags::Elf { sh_flags }
+                    if sh_flags & u64::from(object::elf::SHF_ALLOC | object::elf::SHF_WRITE)
+                        == u64::from(object::elf::SHF_ALLOC | object::elf::SHF_WRITE));
+                Some(Section { name, vaddr: s.address(), file_range: s.file_range(), size: s.size(), writable })
             })
             .collect();
         let section_bytes = |name: &str| -> Option<&[u8]> {
@@ -387,6 +394,19 @@ impl GoBinary {
     /// `value` is found in data whose file bytes are left for the loader to fill).
     pub fn relocations_to(&self, value: u64) -> impl Iterator<Item = u64> + '_ {
         self.relative_relocs.iter().filter(move |(_, &v)| v == value).map(|(&at, _)| at)
+    }
+
+    /// Whether `vaddr` (as linked) lies in the program's variables: Go's data and
+    /// bss sections (not the relocated read-only data of a PIE, `.data.rel.ro`).
+    pub fn is_writable_data(&self, vaddr: u64) -> bool {
+        self.variable_sections().any(|s| vaddr >= s.vaddr && vaddr - s.vaddr < s.size)
+    }
+
+    /// The sections holding the program's variables: `.data`, `.bss` and their
+    /// pointer-free twins `.noptrdata`, `.noptrbss` (with external linking, C's too).
+    pub fn variable_sections(&self) -> impl Iterator<Item = &Section> + '_ {
+        const VARIABLES: [&str; 4] = [".noptrdata", ".data", ".bss", ".noptrbss"];
+        self.sections.iter().filter(|s| s.writable && VARIABLES.contains(&s.name.as_str()))
     }
 
     /// Sections with file bytes that hold writable data, as (vaddr, bytes).

@@ -158,6 +158,7 @@ struct FuncEntry {
 struct FuncRecord {
     /// Bytes from `entry` to the next function's entry.
     extent: u64,
+    pcsp: u32,
     pcfile: u32,
     pcln: u32,
     npcdata: u32,
@@ -546,6 +547,16 @@ impl Pclntab {
         (pc < range.end).then(|| (self.name_of(i), range))
     }
 
+    /// How far the stack pointer at `pc` is below its value at the function's
+    /// entry, return address excluded (the `pcsp` table): what unwinding a Go stack
+    /// without frame pointers needs, as the runtime's own traceback does. `None`
+    /// outside any function or its table.
+    pub fn sp_delta(&self, pc: u64) -> Option<i32> {
+        let (i, off) = self.index_containing(pc)?;
+        let f = self.record(i)?;
+        self.pcvalue(&f, f.pcsp, off)
+    }
+
     fn bytes(&self) -> &[u8] {
         (*self.image).as_ref()
     }
@@ -617,6 +628,7 @@ impl Pclntab {
         let header_len = self.format.func_header_len();
         Some(FuncRecord {
             extent: u64::from(f.limit_off - f.entry_off),
+            pcsp: self.record_u32(r, 16)?,
             pcfile: self.record_u32(r, 20)?,
             pcln: self.record_u32(r, 24)?,
             npcdata: self.record_u32(r, 28)?,

@@ -1,0 +1,122 @@
+//! Ring-buffer intake: a thread of its own empties the kernel's event ring into
+//! batches, so the ring keeps draining while reports are built, symbolized and
+//! written (the moments a busy target would otherwise overflow it).
+//!
+//! Events keep their ring order: the thread hands a batch over while it still holds
+//! the ring, and [`Intake::flush`] drains the ring itself under the same lock after
+//! taking every batch already handed over.
+
+use std::{
+    os::fd::{AsFd, AsRawFd, RawFd},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, Mutex, MutexGuard,
+    },
+    thread::JoinHandle,
+    time::Duration,
+};
+
+use aya::maps::{MapData, RingBuf};
+use gleak_common::GoroutineEvent;
+use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
+
+/// How often the intake thread empties the ring when no wakeup came. The probes
+/// wake it only once the ring is a quarter full (or at a process exit): a wakeup
+/// per event would cost the target more than the probe itself.
+pub const POLL_INTERVAL: Duration = Duration::from_millis(20);
+
+/// Events handed over in ring order, a batch at a time.
+pub type Batch = Vec<GoroutineEvent>;
+
+struct Shared {
+    ring: Mutex<RingBuf<MapData>>,
+    /// The ring's descriptor, polled without holding the lock.
+    fd: RawFd,
+    stop: AtomicBool,
+}
+
+/// The thread that drains the ring, and the batches it produced.
+pub struct Intake {
+    shared: Arc<Shared>,
+    /// Keeps the channel open even once the thread has ended, so that [`Intake::next`]
+    /// waits rather than returning at once.
+    _sender: UnboundedSender<Batch>,
+    batches: UnboundedReceiver<Batch>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Intake {
+    /// Starts draining `ring` on a thread named `gleak-intake`.
+    pub fn start(ring: RingBuf<MapData>) -> std::io::Result<Self> {
+        let fd = ring.as_fd().as_raw_fd();
+        let shared = Arc::new(Shared { ring: Mutex::new(ring), fd, stop: AtomicBool::new(false) });
+        let (sender, batches) = unbounded_channel();
+        let thread = {
+            let (shared, sender) = (Arc::clone(&shared), sender.clone());
+            std::thread::Builder::new().name("gleak-intake".into()).spawn(move || run(&shared, &sender))?
+        };
+        Ok(Self { shared, _sender: sender, batches, thread: Some(thread) })
+    }
+
+    /// Waits for the next batch. Cancel-safe.
+    pub async fn next(&mut self) -> Batch {
+        // `_sender` keeps the channel open: `None` cannot happen.
+        self.batches.recv().await.unwrap_or_default()
+    }
+
+    /// Every event produced so far, in ring order: the batches already handed over,
+    /// then what is still in the ring.
+    pub fn flush(&mut self) -> Vec<Batch> {
+        let mut ring = lock(&self.shared.ring);
+        let mut out = Vec::new();
+        while let Ok(batch) = self.batches.try_recv() {
+            out.push(batch);
+        }
+        let rest = drain(&mut ring);
+        if !rest.is_empty() {
+            out.push(rest);
+        }
+        out
+    }
+}
+
+impl Drop for Intake {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn run(shared: &Shared, sender: &UnboundedSender<Batch>) {
+    let timeout_ms = POLL_INTERVAL.as_millis() as libc::c_int;
+    while !shared.stop.load(Ordering::Relaxed) {
+        let mut pollfd = libc::pollfd { fd: shared.fd, events: libc::POLLIN, revents: 0 };
+        // SAFETY: one valid pollfd; the descriptor lives as long as `shared`.
+        unsafe { libc::poll(&mut pollfd, 1, timeout_ms) };
+        let mut ring = lock(&shared.ring);
+        let batch = drain(&mut ring);
+        if !batch.is_empty() && sender.send(batch).is_err() {
+            return; // the tracer is gone
+        }
+    }
+}
+
+/// Copies every record now in the ring into a batch.
+fn drain(ring: &mut RingBuf<MapData>) -> Batch {
+    let mut batch = Batch::new();
+    while let Some(item) = ring.next() {
+        // Every record is reserved as a `GoroutineEvent`; anything shorter is not one.
+        if item.len() < GoroutineEvent::SIZE {
+            continue;
+        }
+        // SAFETY: the kernel wrote a `GoroutineEvent` (plain integers) into this slot.
+        batch.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) });
+    }
+    batch
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}

@@ -1,0 +1,248 @@
+//! Running the reachability proof ([`crate::reach`]) on a live target: reads the
+//! goroutine table, what each blocked goroutine waits on, the heap's in-use spans
+//! and their special records, marks, and does it all a second time; a goroutine is
+//! proven unable to run again only if both passes find it unreachable, blocked at
+//! the same place on the same objects.
+
+use std::{
+    collections::{HashMap, HashSet},
+    time::{Duration, Instant},
+};
+
+use crate::{
+    binary::GoBinary,
+    debuginfo::RuntimeInfo,
+    layout::{gstatus, HeapLayout, MSPAN_IN_USE},
+    procmem::ProcessMemory,
+    reach::{self, Budget, Goroutine, HeapIndex, Marking, Roots, Span},
+    snapshot::{all_goroutines, GRecord},
+    waits::{self, Blocked},
+};
+
+/// Most spans read (a 1 TiB heap of 8 KiB spans).
+const MAX_SPANS: u64 = 1 << 27;
+/// Bytes of a special record scanned (a finalizer's is 48 with its header).
+const SPECIAL_BYTES: u64 = 64;
+/// Most special records followed in all.
+const MAX_SPECIALS: usize = 1 << 22;
+/// Time between the two passes.
+const PASS_GAP: Duration = Duration::from_millis(100);
+
+/// How much a proof may cost gleak, per pass.
+#[derive(Clone, Copy, Debug)]
+pub struct ProofBudget {
+    pub bytes: u64,
+    pub time: Duration,
+}
+
+impl Default for ProofBudget {
+    fn default() -> Self {
+        Self { bytes: 2 << 30, time: Duration::from_secs(20) }
+    }
+}
+
+/// What a proof found.
+#[derive(Clone, Debug, Default)]
+pub struct ProofOutcome {
+    /// goid → the objects it waits on: goroutines that can never run again.
+    pub proven: HashMap<u64, Vec<u64>>,
+    /// Blocked goroutines whose wait objects were known: what the proof judged.
+    pub candidates: usize,
+    /// Blocked goroutines whose wait objects a goroutine waiting on the network
+    /// holds (the last pass): a live connection's goroutines.
+    pub network_held: HashSet<u64>,
+    /// Why no proof could be made (budget, unreadable memory, unknown layout).
+    pub inconclusive: Option<String>,
+    pub heap_bytes: u64,
+    pub bytes_read: u64,
+    pub elapsed: Duration,
+}
+
+/// Runs the proof on the process behind `mem`.
+pub fn prove(
+    mem: &ProcessMemory,
+    binary: &GoBinary,
+    info: &RuntimeInfo,
+    bias: u64,
+    budget: ProofBudget,
+) -> ProofOutcome {
+    let started = Instant::now();
+    let mut outcome = ProofOutcome::default();
+    let mut passes: Vec<HashMap<u64, (Vec<u64>, u64)>> = Vec::new();
+    for pass in 0..2 {
+        if pass > 0 {
+            std::thread::sleep(PASS_GAP);
+        }
+        match one_pass(mem, binary, info, bias, budget, &mut outcome) {
+            Ok(found) => passes.push(found),
+            Err(why) => {
+                outcome.inconclusive = Some(why);
+                outcome.elapsed = started.elapsed();
+                return outcome;
+            }
+        }
+    }
+    let (first, second) = (&passes[0], &passes[1]);
+    outcome.proven = first
+        .iter()
+        .filter(|(goid, found)| second.get(goid) == Some(found))
+        .map(|(&goid, (objects, _))| (goid, objects.clone()))
+        .collect();
+    outcome.elapsed = started.elapsed();
+    outcome
+}
+
+/// One marking pass: goid → (wait objects, `g.sched.sp`) of the unreachable.
+fn one_pass(
+    mem: &ProcessMemory,
+    binary: &GoBinary,
+    info: &RuntimeInfo,
+    bias: u64,
+    budget: ProofBudget,
+    outcome: &mut ProofOutcome,
+) -> Result<HashMap<u64, (Vec<u64>, u64)>, String> {
+    let layout = &info.layout;
+    let heap_layout = layout.heap.ok_or("the heap's layout is not known for this release")?;
+    let blocked_layout = layout.blocked.ok_or("blocked goroutines' structures are not known for this release")?;
+    let table = info.goroutine_table.as_ref().map_err(|why| format!("no goroutine table: {why}"))?;
+    let mheap = info.mheap.as_ref().map_err(|why| format!("no runtime.mheap_: {why}"))?.wrapping_add(bias);
+    let deadline = Instant::now() + budget.time;
+
+    let goroutines =
+        all_goroutines(mem, table, layout, bias).map_err(|e| format!("goroutine table unreadable: {e}"))?;
+    let blocked: Vec<Blocked> = goroutines
+        .iter()
+        .filter(|(_, r)| r.is_blocked())
+        .filter_map(|&(g_addr, r)| {
+            let kind = waits::kind_for_reason(&info.wait_reasons.name(r.wait_reason))?;
+            Some(Blocked { goid: r.goid, g_addr, waiting: r.waiting, kind })
+        })
+        .collect();
+    let semtable = info.semtable.as_ref().ok().map(|t| t.wrapping_add(bias));
+    let waits = waits::read(mem, &blocked_layout, semtable, &blocked);
+    outcome.candidates = waits.by_goid.len();
+
+    let (heap, specials) = read_heap(mem, &heap_layout, mheap)?;
+    outcome.heap_bytes = heap.bytes();
+    let syscall_sps = read_syscall_sps(mem, &heap_layout, &goroutines);
+
+    let mut roots = Roots {
+        data: binary
+            .variable_sections()
+            .filter(|s| !s.name.starts_with(".noptr"))
+            .map(|s| s.vaddr.wrapping_add(bias)..s.vaddr.wrapping_add(bias).saturating_add(s.size))
+            .collect(),
+        g_size: u64::from(heap_layout.g_size),
+        opaque: waits.sudogs.clone(),
+        extra: specials,
+        goroutines: Vec::with_capacity(goroutines.len()),
+    };
+    for &(g_addr, r) in &goroutines {
+        roots.opaque.insert(g_addr);
+        let lo = r.stack_hi.saturating_sub(r.stack_bytes);
+        let sp = match r.status {
+            gstatus::SYSCALL => syscall_sps.get(&g_addr).copied().unwrap_or(lo),
+            gstatus::RUNNING => lo,
+            _ => r.sched_sp,
+        };
+        let waits_on = if never_wakes(info, &r) {
+            Vec::new()
+        } else {
+            waits.by_goid.get(&r.goid).map(|o| o.iter().map(|w| w.addr).collect()).unwrap_or_default()
+        };
+        roots.goroutines.push(Goroutine {
+            goid: r.goid,
+            g_addr,
+            stack: lo..r.stack_hi,
+            sp,
+            never_wakes: never_wakes(info, &r),
+            on_network: r.is_blocked() && info.wait_reasons.name(r.wait_reason) == "IO wait",
+            waits_on,
+        });
+    }
+    let sched_sp: HashMap<u64, u64> = goroutines.iter().map(|(_, r)| (r.goid, r.sched_sp)).collect();
+    let (marking, stats) = reach::mark(mem, &heap, &roots, Budget { bytes: budget.bytes, deadline });
+    outcome.bytes_read += stats.bytes_read;
+    match marking {
+        Marking::Inconclusive(why) => Err(why),
+        Marking::Done { unreachable, network_held } => {
+            outcome.network_held = network_held;
+            Ok(roots
+                .goroutines
+                .iter()
+                .filter(|g| unreachable.contains(&g.goid))
+                .map(|g| (g.goid, (g.waits_on.clone(), sched_sp.get(&g.goid).copied().unwrap_or(0))))
+                .collect())
+        }
+    }
+}
+
+fn never_wakes(info: &RuntimeInfo, r: &GRecord) -> bool {
+    r.is_blocked() && crate::verdict::never_wakes(&info.wait_reasons.name(r.wait_reason))
+}
+
+/// The in-use spans (from `mheap_.allspans`) and the special records hung off
+/// them: (record, its size) and (the object it is about, 0), as extra roots.
+fn read_heap(mem: &ProcessMemory, h: &HeapLayout, mheap: u64) -> Result<(HeapIndex, Vec<(u64, u64)>), String> {
+    let header = mheap + u64::from(h.mheap_allspans);
+    let ptr = mem.read_u64(header).map_err(|e| format!("mheap_.allspans unreadable: {e}"))?;
+    let len = mem.read_u64(header + 8).map_err(|e| format!("mheap_.allspans unreadable: {e}"))?;
+    if len > MAX_SPANS {
+        return Err(format!("mheap_.allspans claims {len} spans"));
+    }
+    let mut raw = vec![0u8; len as usize * 8];
+    mem.read(ptr, &mut raw).map_err(|e| format!("mheap_.allspans' array unreadable: {e}"))?;
+    let addrs: Vec<u64> =
+        raw.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes"))).filter(|&a| a != 0).collect();
+    let fields = [h.mspan_start, h.mspan_limit, h.mspan_elemsize, h.mspan_spanclass, h.mspan_state, h.mspan_specials];
+    let span_len = fields.iter().max().copied().unwrap_or(0) as usize + 8;
+    let (buf, ok) = mem.read_many(&addrs, span_len);
+    let mut spans = Vec::new();
+    let mut specials = Vec::new();
+    for i in (0..addrs.len()).filter(|&i| ok[i]) {
+        let chunk = &buf[i * span_len..(i + 1) * span_len];
+        let word = |off: u32| u64::from_le_bytes(chunk[off as usize..off as usize + 8].try_into().expect("8 bytes"));
+        if chunk[h.mspan_state as usize] != MSPAN_IN_USE {
+            continue;
+        }
+        let span = Span {
+            start: word(h.mspan_start),
+            limit: word(h.mspan_limit),
+            elem_size: word(h.mspan_elemsize),
+            noscan: chunk[h.mspan_spanclass as usize] & 1 != 0,
+        };
+        let head = word(h.mspan_specials);
+        if head != 0 {
+            specials.push((span.start, head));
+        }
+        spans.push(span);
+    }
+    let mut extra = Vec::new();
+    let mut seen = HashSet::new();
+    for (start, mut special) in specials {
+        while special != 0 && seen.len() < MAX_SPECIALS && seen.insert(special) {
+            let mut rec = [0u8; 24];
+            if mem.read(special, &mut rec).is_err() {
+                break;
+            }
+            let at = h.special_offset as usize;
+            let offset = match h.special_offset_bytes {
+                2 => u64::from(u16::from_le_bytes([rec[at], rec[at + 1]])),
+                _ => u64::from_le_bytes(rec[at..at + 8].try_into().expect("8 bytes")),
+            };
+            extra.push((special, SPECIAL_BYTES));
+            extra.push((start.saturating_add(offset), 0));
+            special = u64::from_le_bytes(rec[..8].try_into().expect("8 bytes"));
+        }
+    }
+    Ok((HeapIndex::new(spans), extra))
+}
+
+/// `g.syscallsp` of the goroutines in a system call.
+fn read_syscall_sps(mem: &ProcessMemory, h: &HeapLayout, goroutines: &[(u64, GRecord)]) -> HashMap<u64, u64> {
+    goroutines
+        .iter()
+        .filter(|(_, r)| r.status == gstatus::SYSCALL)
+        .filter_map(|&(g, _)| Some((g, mem.read_u64(g + u64::from(h.g_syscallsp)).ok()?)))
+        .collect()
+}

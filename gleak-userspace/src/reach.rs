@@ -1,0 +1,645 @@
+//! Reachability proof, from outside the process: which blocked goroutines can
+//! never run again.
+//!
+//! The idea of the Go runtime's own leak detector (Go 1.26's goroutine leak
+//! profile), done by reading memory while the target runs. Marking starts from the
+//! roots: the binary's data and bss, and the stacks (and `g`s) of every goroutine
+//! that can run by itself (running, runnable, in a system call, sleeping, waiting
+//! on the network or a timer…). It follows every word that points into an object
+//! of an in-use heap span (conservatively: any word, so it can only over-estimate
+//! what is reachable; objects of `noscan` spans hold no pointers and are not
+//! scanned). The `g`s and sudogs are never scanned as heap objects: through them
+//! every blocked goroutine would reach its own wait object. A goroutine blocked on
+//! a channel, semaphore or `sync.Cond` whose object gets marked could be woken:
+//! its stack and `g` become roots too, until nothing changes (a fixpoint). The
+//! goroutines left blocked on objects nothing runnable can reach can never run
+//! again.
+//!
+//! Go's heap does not move, so memory read while the target runs describes real
+//! objects; what the target changes meanwhile can make a pass wrong, which is why
+//! the caller counts a proof only when a second pass agrees.
+
+use std::{
+    collections::{HashMap, HashSet},
+    ops::Range,
+    time::Instant,
+};
+
+/// Reads ranges of the target's memory (a live process, or a synthetic heap in tests).
+pub trait Memory {
+    /// Each `(address, length)` read into one buffer: where in it each landed,
+    /// `None` for ranges that could not be read.
+    fn read_ranges(&self, ranges: &[(u64, usize)]) -> (Vec<u8>, Vec<Option<Range<usize>>>);
+}
+
+impl Memory for crate::procmem::ProcessMemory {
+    fn read_ranges(&self, ranges: &[(u64, usize)]) -> (Vec<u8>, Vec<Option<Range<usize>>>) {
+        crate::procmem::ProcessMemory::read_ranges(self, ranges)
+    }
+}
+
+/// One in-use heap span: `[start, limit)` holds objects of `elem_size` bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Span {
+    pub start: u64,
+    pub limit: u64,
+    pub elem_size: u64,
+    /// Its objects hold no pointers.
+    pub noscan: bool,
+}
+
+/// The in-use spans of a heap, sorted, for pointer → object lookups.
+#[derive(Debug, Default)]
+pub struct HeapIndex {
+    spans: Vec<Span>,
+}
+
+impl HeapIndex {
+    /// Drops spans that are empty, overlap a previous one or have no object size.
+    pub fn new(mut spans: Vec<Span>) -> Self {
+        spans.retain(|s| s.elem_size > 0 && s.limit > s.start);
+        spans.sort_by_key(|s| s.start);
+        let mut kept: Vec<Span> = Vec::with_capacity(spans.len());
+        for s in spans {
+            if kept.last().is_none_or(|last| s.start >= last.limit) {
+                kept.push(s);
+            }
+        }
+        Self { spans: kept }
+    }
+
+    pub fn len(&self) -> usize {
+        self.spans.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.spans.is_empty()
+    }
+
+    /// Bytes the spans' objects cover.
+    pub fn bytes(&self) -> u64 {
+        self.spans.iter().map(|s| s.limit - s.start).sum()
+    }
+
+    /// The span and object (its index in the span) holding `addr`.
+    pub fn find(&self, addr: u64) -> Option<(usize, u64)> {
+        let i = self.spans.partition_point(|s| s.start <= addr).checked_sub(1)?;
+        let s = &self.spans[i];
+        (addr < s.limit).then(|| (i, (addr - s.start) / s.elem_size))
+    }
+
+    fn object(&self, span: usize, index: u64) -> (u64, u64) {
+        let s = &self.spans[span];
+        let base = s.start + index * s.elem_size;
+        (base, s.elem_size.min(s.limit - base))
+    }
+}
+
+/// A goroutine as the marker sees it.
+#[derive(Clone, Debug)]
+pub struct Goroutine {
+    pub goid: u64,
+    /// Its `g`, scanned (`g_size` bytes) once it is a root.
+    pub g_addr: u64,
+    /// Its stack: `[lo, hi)`.
+    pub stack: Range<u64>,
+    /// Where its live frames start (its `sp` when descheduled); `stack.start` when
+    /// unknown (a running goroutine).
+    pub sp: u64,
+    /// What it waits on, if it is blocked in a way only another goroutine can end
+    /// (channel, semaphore, `sync.Cond`); empty: it can run by itself, a root
+    /// (unless it never wakes).
+    pub waits_on: Vec<u64>,
+    /// Blocked on nothing that can ever wake it (a nil channel, `select {}`).
+    pub never_wakes: bool,
+    /// Waiting on the network (`IO wait`): serving a connection.
+    pub on_network: bool,
+}
+
+/// What marking needs besides the heap.
+#[derive(Clone, Debug, Default)]
+pub struct Roots {
+    /// The binary's data and bss (runtime addresses).
+    pub data: Vec<Range<u64>>,
+    pub goroutines: Vec<Goroutine>,
+    /// `sizeof(runtime.g)`.
+    pub g_size: u64,
+    /// Objects never scanned as heap objects: every `g` and the sudogs of blocked
+    /// goroutines (through them each blocked goroutine would reach its own wait object).
+    pub opaque: HashSet<u64>,
+    /// Extra conservative roots: finalizer and cleanup records, and the objects
+    /// they will be called with.
+    pub extra: Vec<(u64, u64)>,
+}
+
+/// When to give up.
+#[derive(Clone, Copy, Debug)]
+pub struct Budget {
+    /// Most bytes of target memory read.
+    pub bytes: u64,
+    pub deadline: Instant,
+}
+
+/// The result of one marking pass.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Marking {
+    Done {
+        /// goids of the blocked goroutines nothing runnable can reach.
+        unreachable: HashSet<u64>,
+        /// goids of blocked goroutines whose wait object a goroutine waiting on
+        /// the network reaches from its stack (a connection's other goroutine).
+        network_held: HashSet<u64>,
+    },
+    /// The budget ran out (or the memory was unreadable); in words.
+    Inconclusive(String),
+}
+
+/// Stats of a pass, for the report and the benchmark.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PassStats {
+    pub bytes_read: u64,
+    pub objects_marked: u64,
+    pub goroutines_woken: u64,
+}
+
+/// Most bytes of ranges read per batch.
+const BATCH_BYTES: usize = 8 << 20;
+/// Large objects are scanned in chunks of this many bytes.
+const CHUNK: u64 = 1 << 20;
+
+/// Marks from `roots` through `heap`, then answers which blocked goroutines stay
+/// unreachable.
+pub fn mark(mem: &dyn Memory, heap: &HeapIndex, roots: &Roots, budget: Budget) -> (Marking, PassStats) {
+    let mut m = Marker::new(heap, roots);
+    let mut stats = PassStats::default();
+    let mut woken: HashSet<usize> = HashSet::new();
+    // First what goroutines serving the network hold, through their stacks alone…
+    for (i, g) in roots.goroutines.iter().enumerate() {
+        if g.waits_on.is_empty() && !g.never_wakes && g.on_network {
+            m.wake(g);
+            woken.insert(i);
+        }
+    }
+    if let Err(why) = m.fixpoint(mem, budget, &mut stats, &mut woken) {
+        return (Marking::Inconclusive(why), stats);
+    }
+    let network_held: HashSet<u64> = roots
+        .goroutines
+        .iter()
+        .enumerate()
+        .filter(|(i, g)| woken.contains(i) && !g.waits_on.is_empty())
+        .map(|(_, g)| g.goid)
+        .collect();
+    // …then everything: globals, finalizers, every goroutine that can run.
+    for r in &roots.data {
+        m.push(r.start, r.end - r.start);
+    }
+    for &(addr, len) in &roots.extra {
+        m.mark_pointer(addr);
+        m.push(addr, len);
+    }
+    for (i, g) in roots.goroutines.iter().enumerate() {
+        if g.waits_on.is_empty() && !g.never_wakes && !woken.contains(&i) {
+            m.wake(g);
+            woken.insert(i);
+        }
+    }
+    if let Err(why) = m.fixpoint(mem, budget, &mut stats, &mut woken) {
+        return (Marking::Inconclusive(why), stats);
+    }
+    stats.objects_marked = m.marked_count;
+    let unreachable =
+        roots.goroutines.iter().enumerate().filter(|(i, _)| !woken.contains(i)).map(|(_, g)| g.goid).collect();
+    (Marking::Done { unreachable, network_held }, stats)
+}
+
+struct Marker<'a> {
+    heap: &'a HeapIndex,
+    roots: &'a Roots,
+    /// Per span, a bit per object.
+    marks: Vec<Vec<u64>>,
+    marked_count: u64,
+    queue: Vec<(u64, u64)>,
+    /// Stacks of goroutines that are roots: objects on them are reachable.
+    live_stacks: Vec<Range<u64>>,
+}
+
+impl<'a> Marker<'a> {
+    fn new(heap: &'a HeapIndex, roots: &'a Roots) -> Self {
+        let marks = heap
+            .spans
+            .iter()
+            .map(|s| vec![0u64; ((s.limit - s.start) / s.elem_size).div_ceil(64) as usize + 1])
+            .collect();
+        Self { heap, roots, marks, marked_count: 0, queue: Vec::new(), live_stacks: Vec::new() }
+    }
+
+    /// Scans what is queued, wakes the blocked goroutines whose wait objects are
+    /// now marked (their stacks become roots), and repeats until nothing changes.
+    fn fixpoint(
+        &mut self,
+        mem: &dyn Memory,
+        budget: Budget,
+        stats: &mut PassStats,
+        woken: &mut HashSet<usize>,
+    ) -> Result<(), String> {
+        let roots = self.roots;
+        loop {
+            self.drain(mem, budget, stats)?;
+            let newly: Vec<usize> = roots
+                .goroutines
+                .iter()
+                .enumerate()
+                .filter(|(i, g)| !woken.contains(i) && g.waits_on.iter().any(|&o| self.reachable(o)))
+                .map(|(i, _)| i)
+                .collect();
+            if newly.is_empty() {
+                return Ok(());
+            }
+            for i in newly {
+                self.wake(&roots.goroutines[i]);
+                woken.insert(i);
+                stats.goroutines_woken += 1;
+            }
+        }
+    }
+
+    fn push(&mut self, addr: u64, len: u64) {
+        let mut at = addr;
+        let end = addr.saturating_add(len);
+        while at < end {
+            let n = (end - at).min(CHUNK);
+            self.queue.push((at, n));
+            at += n;
+        }
+    }
+
+    /// A goroutine that can run: its live frames and its `g` are roots.
+    fn wake(&mut self, g: &Goroutine) {
+        let sp = if g.stack.contains(&g.sp) { g.sp } else { g.stack.start };
+        self.push(sp, g.stack.end.saturating_sub(sp));
+        self.push(g.g_addr, self.roots.g_size);
+        self.live_stacks.push(g.stack.clone());
+    }
+
+    /// Marks the object `word` points into, if it is a heap object not yet marked,
+    /// and queues it for scanning unless its span is noscan or it is opaque.
+    fn mark_pointer(&mut self, word: u64) {
+        let Some((span, index)) = self.heap.find(word) else { return };
+        let bits = &mut self.marks[span];
+        let (slot, bit) = ((index / 64) as usize, 1u64 << (index % 64));
+        if bits[slot] & bit != 0 {
+            return;
+        }
+        bits[slot] |= bit;
+        self.marked_count += 1;
+        let (base, size) = self.heap.object(span, index);
+        if !self.heap.spans[span].noscan && !self.roots.opaque.contains(&base) {
+            self.push(base, size);
+        }
+    }
+
+    fn is_marked(&self, addr: u64) -> bool {
+        match self.heap.find(addr) {
+            Some((span, index)) => self.marks[span][(index / 64) as usize] & (1u64 << (index % 64)) != 0,
+            None => false,
+        }
+    }
+
+    /// Whether a wait object at `addr` can be reached by code that can run: a
+    /// marked heap object, a global, or on the stack of a goroutine that can run.
+    /// Memory that is none of these (unknown to the marker) counts as reachable.
+    fn reachable(&self, addr: u64) -> bool {
+        if self.heap.find(addr).is_some() {
+            return self.is_marked(addr);
+        }
+        if self.roots.data.iter().any(|r| r.contains(&addr)) {
+            return true;
+        }
+        if self.roots.goroutines.iter().any(|g| g.stack.contains(&addr)) {
+            return self.live_stacks.iter().any(|s| s.contains(&addr));
+        }
+        true
+    }
+
+    /// Scans everything queued, batch by batch.
+    fn drain(&mut self, mem: &dyn Memory, budget: Budget, stats: &mut PassStats) -> Result<(), String> {
+        while !self.queue.is_empty() {
+            if Instant::now() > budget.deadline {
+                return Err(format!("out of time after reading {} MiB", stats.bytes_read >> 20));
+            }
+            let mut batch = Vec::new();
+            let mut bytes = 0usize;
+            while let Some(&(addr, len)) = self.queue.last() {
+                if bytes > 0 && bytes + len as usize > BATCH_BYTES {
+                    break;
+                }
+                self.queue.pop();
+                batch.push((addr, len as usize));
+                bytes += len as usize;
+            }
+            stats.bytes_read += bytes as u64;
+            if stats.bytes_read > budget.bytes {
+                return Err(format!("read budget of {} MiB exhausted", budget.bytes >> 20));
+            }
+            let (buf, spans) = mem.read_ranges(&batch);
+            for span in spans.into_iter().flatten() {
+                for word in buf[span].chunks_exact(8) {
+                    let w = u64::from_le_bytes(word.try_into().expect("8 bytes"));
+                    if w >= 4096 {
+                        self.mark_pointer(w);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Goroutines found unreachable by both of two passes, blocked in the same place
+/// on the same objects both times: the proof.
+pub fn confirmed(first: &HashMap<u64, Vec<u64>>, second: &HashMap<u64, Vec<u64>>) -> HashSet<u64> {
+    first.iter().filter(|(goid, objs)| second.get(goid) == Some(objs)).map(|(&goid, _)| goid).collect()
+}
+
+#[cfg(test)]
+// One data range is what these synthetic programs have.
+#[allow(clippy::single_range_in_vec_init)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    /// A synthetic address space: regions of bytes.
+    #[derive(Default)]
+    struct Fake {
+        regions: Vec<(u64, Vec<u8>)>,
+    }
+
+    impl Fake {
+        fn region(&mut self, base: u64, words: &[u64]) {
+            self.regions.push((base, words.iter().flat_map(|w| w.to_le_bytes()).collect()));
+        }
+    }
+
+    impl Memory for Fake {
+        fn read_ranges(&self, ranges: &[(u64, usize)]) -> (Vec<u8>, Vec<Option<Range<usize>>>) {
+            let mut out = Vec::new();
+            let mut spans = Vec::new();
+            for &(addr, len) in ranges {
+                let found = self.regions.iter().find_map(|(base, bytes)| {
+                    let off = addr.checked_sub(*base)? as usize;
+                    bytes.get(off..off + len)
+                });
+                match found {
+                    Some(bytes) => {
+                        spans.push(Some(out.len()..out.len() + len));
+                        out.extend_from_slice(bytes);
+                    }
+                    None => spans.push(None),
+                }
+            }
+            (out, spans)
+        }
+    }
+
+    const HEAP: u64 = 0xc000_000000;
+    const DATA: u64 = 0x50_0000;
+    const STACKS: u64 = 0xc100_000000;
+
+    fn budget() -> Budget {
+        Budget { bytes: 1 << 30, deadline: Instant::now() + Duration::from_secs(10) }
+    }
+
+    /// A heap of 32-byte objects in one span (pointers allowed) and 16-byte ones in
+    /// a noscan span.
+    fn heap() -> HeapIndex {
+        HeapIndex::new(vec![
+            Span { start: HEAP, limit: HEAP + 32 * 64, elem_size: 32, noscan: false },
+            Span { start: HEAP + 0x10000, limit: HEAP + 0x10000 + 16 * 64, elem_size: 16, noscan: true },
+        ])
+    }
+
+    fn obj(i: u64) -> u64 {
+        HEAP + 32 * i
+    }
+
+    fn noscan(i: u64) -> u64 {
+        HEAP + 0x10000 + 16 * i
+    }
+
+    fn blocked(goid: u64, stack: u64, on: u64) -> Goroutine {
+        Goroutine {
+            goid,
+            g_addr: 0,
+            stack: stack..stack + 64,
+            sp: stack,
+            waits_on: vec![on],
+            never_wakes: false,
+            on_network: false,
+        }
+    }
+
+    fn runnable(goid: u64, stack: u64) -> Goroutine {
+        Goroutine {
+            goid,
+            g_addr: 0,
+            stack: stack..stack + 64,
+            sp: stack,
+            waits_on: vec![],
+            never_wakes: false,
+            on_network: false,
+        }
+    }
+
+    fn run(mem: &Fake, roots: &Roots) -> HashSet<u64> {
+        match mark(mem, &heap(), roots, budget()).0 {
+            Marking::Done { unreachable, .. } => unreachable,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// A global points to object 0, which points to 1 (a channel goroutine 1 waits
+    /// on); object 2 (goroutine 2's channel) is referenced only by 3, which only 2's
+    /// own stack references: 2 can never run, 1 can.
+    #[test]
+    fn globals_reach_through_objects_but_a_blocked_stack_does_not() {
+        let mut mem = Fake::default();
+        mem.region(DATA, &[obj(0)]);
+        let mut heap_words = vec![0u64; 32 * 64 / 8];
+        heap_words[0] = obj(1) + 8; // interior pointer into object 1
+        heap_words[(32 * 3) / 8] = obj(2);
+        mem.region(HEAP, &heap_words);
+        mem.region(STACKS, &[obj(3), 0, 0, 0, 0, 0, 0, 0]);
+        mem.region(STACKS + 0x100, &[0; 8]);
+        let roots = Roots {
+            data: vec![DATA..DATA + 8],
+            goroutines: vec![blocked(1, STACKS + 0x100, obj(1)), blocked(2, STACKS, obj(2))],
+            ..Roots::default()
+        };
+        assert_eq!(run(&mem, &roots), HashSet::from([2]));
+    }
+
+    /// Goroutine 1 waits on object 0; a runnable goroutine's stack holds a pointer
+    /// to object 1, which holds one to object 0: 1 can be woken. Goroutine 2 waits
+    /// on object 4, which only goroutine 1's stack references: once 1 is reachable,
+    /// 2 is too (the fixpoint).
+    #[test]
+    fn woken_goroutines_become_roots() {
+        let mut mem = Fake::default();
+        let mut heap_words = vec![0u64; 32 * 64 / 8];
+        heap_words[32 / 8] = obj(0);
+        mem.region(HEAP, &heap_words);
+        mem.region(STACKS, &[obj(1), 0, 0, 0, 0, 0, 0, 0]);
+        mem.region(STACKS + 0x100, &[obj(4), 0, 0, 0, 0, 0, 0, 0]);
+        mem.region(STACKS + 0x200, &[0; 8]);
+        let roots = Roots {
+            goroutines: vec![
+                runnable(9, STACKS),
+                blocked(1, STACKS + 0x100, obj(0)),
+                blocked(2, STACKS + 0x200, obj(4)),
+            ],
+            ..Roots::default()
+        };
+        assert_eq!(run(&mem, &roots), HashSet::new());
+    }
+
+    /// A cycle of objects (0 → 1 → 0) that nothing else references: goroutines
+    /// waiting on either can never run; marking terminates.
+    #[test]
+    fn cycles_unreferenced_from_roots_stay_unreachable() {
+        let mut mem = Fake::default();
+        let mut heap_words = vec![0u64; 32 * 64 / 8];
+        heap_words[0] = obj(1);
+        heap_words[32 / 8] = obj(0);
+        mem.region(HEAP, &heap_words);
+        mem.region(STACKS, &[obj(0), 0, 0, 0, 0, 0, 0, 0]);
+        mem.region(STACKS + 0x100, &[obj(1), 0, 0, 0, 0, 0, 0, 0]);
+        let roots = Roots {
+            goroutines: vec![blocked(1, STACKS, obj(0)), blocked(2, STACKS + 0x100, obj(1))],
+            ..Roots::default()
+        };
+        assert_eq!(run(&mem, &roots), HashSet::from([1, 2]));
+        // Referenced from a global: both reachable.
+        mem.region(DATA, &[obj(1)]);
+        let roots = Roots { data: vec![DATA..DATA + 8], ..roots };
+        assert_eq!(run(&mem, &roots), HashSet::new());
+    }
+
+    /// A noscan object is marked but not scanned: what its bytes "point to" is not
+    /// reached. An opaque object (a g or sudog) is not scanned either.
+    #[test]
+    fn noscan_and_opaque_objects_are_not_scanned() {
+        let mut mem = Fake::default();
+        let mut noscan_words = vec![0u64; 16 * 64 / 8];
+        noscan_words[0] = obj(5);
+        mem.region(HEAP + 0x10000, &noscan_words);
+        let mut heap_words = vec![0u64; 32 * 64 / 8];
+        heap_words[(32 * 6) / 8] = obj(7); // object 6 (opaque) → 7
+        mem.region(HEAP, &heap_words);
+        mem.region(DATA, &[noscan(0), obj(6)]);
+        mem.region(STACKS, &[0; 8]);
+        mem.region(STACKS + 0x100, &[0; 8]);
+        let roots = Roots {
+            data: vec![DATA..DATA + 16],
+            goroutines: vec![blocked(1, STACKS, obj(5)), blocked(2, STACKS + 0x100, obj(7))],
+            opaque: HashSet::from([obj(6)]),
+            ..Roots::default()
+        };
+        assert_eq!(run(&mem, &roots), HashSet::from([1, 2]));
+        // Without the opaque mark, 6 is scanned and 7 reached.
+        let roots = Roots { opaque: HashSet::new(), ..roots };
+        assert_eq!(run(&mem, &roots), HashSet::from([1]));
+    }
+
+    /// A semaphore on the waiter's own stack (a local WaitGroup nothing else can
+    /// see) is unreachable; one on a runnable goroutine's stack, or in a global, is
+    /// reachable; an address the marker knows nothing of counts as reachable.
+    #[test]
+    fn wait_objects_outside_the_heap() {
+        let mut mem = Fake::default();
+        for i in 0..4 {
+            mem.region(STACKS + 0x100 * i, &[0; 8]);
+        }
+        let roots = Roots {
+            data: vec![DATA..DATA + 64],
+            goroutines: vec![
+                blocked(1, STACKS, STACKS + 8),
+                blocked(2, STACKS + 0x100, STACKS + 0x208),
+                runnable(3, STACKS + 0x200),
+                blocked(4, STACKS + 0x300, DATA + 16),
+                blocked(5, STACKS + 0x400, 0x7fff_0000),
+            ],
+            ..Roots::default()
+        };
+        mem.region(STACKS + 0x400, &[0; 8]);
+        assert_eq!(run(&mem, &roots), HashSet::from([1]));
+    }
+
+    /// A goroutine waiting on the network holds object 2 on its stack: goroutine 1,
+    /// waiting on it, is held by the network. Goroutine 3 waits on object 4, reached
+    /// only from a global: reachable, but not held by the network. Goroutine 5 never
+    /// wakes (a nil channel): its stack is no root, so goroutine 6, waiting on what
+    /// only that stack references, can never run either.
+    #[test]
+    fn network_held_and_never_waking() {
+        let mut mem = Fake::default();
+        mem.region(DATA, &[obj(4)]);
+        mem.region(STACKS, &[obj(2), 0, 0, 0, 0, 0, 0, 0]);
+        mem.region(STACKS + 0x500, &[obj(9), 0, 0, 0, 0, 0, 0, 0]);
+        for i in 1..5 {
+            mem.region(STACKS + 0x100 * i, &[0; 8]);
+        }
+        mem.region(STACKS + 0x600, &[0; 8]);
+        let mut reader = runnable(10, STACKS);
+        reader.on_network = true;
+        let mut nil_chan = runnable(5, STACKS + 0x500);
+        nil_chan.never_wakes = true;
+        let roots = Roots {
+            data: vec![DATA..DATA + 8],
+            goroutines: vec![
+                reader,
+                blocked(1, STACKS + 0x100, obj(2)),
+                blocked(3, STACKS + 0x200, obj(4)),
+                nil_chan,
+                blocked(6, STACKS + 0x600, obj(9)),
+            ],
+            ..Roots::default()
+        };
+        match mark(&mem, &heap(), &roots, budget()).0 {
+            Marking::Done { unreachable, network_held } => {
+                assert_eq!(unreachable, HashSet::from([5, 6]));
+                assert_eq!(network_held, HashSet::from([1]));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_budget_makes_it_inconclusive() {
+        let mut mem = Fake::default();
+        mem.region(DATA, &[0; 64]);
+        let roots = Roots { data: vec![DATA..DATA + 512], ..Roots::default() };
+        let tight = Budget { bytes: 100, deadline: Instant::now() + Duration::from_secs(10) };
+        assert!(matches!(mark(&mem, &heap(), &roots, tight).0, Marking::Inconclusive(why) if why.contains("budget")));
+    }
+
+    #[test]
+    fn lookups() {
+        let h = heap();
+        assert_eq!(h.find(HEAP + 33), Some((0, 1)));
+        assert_eq!(h.find(HEAP + 32 * 64), None);
+        assert_eq!(h.find(HEAP - 1), None);
+        assert_eq!(h.find(HEAP + 0x10000 + 17), Some((1, 1)));
+        // Overlapping and empty spans are dropped.
+        let h = HeapIndex::new(vec![
+            Span { start: 0x1000, limit: 0x2000, elem_size: 16, noscan: false },
+            Span { start: 0x1800, limit: 0x2800, elem_size: 16, noscan: false },
+            Span { start: 0x3000, limit: 0x3000, elem_size: 16, noscan: false },
+            Span { start: 0x4000, limit: 0x5000, elem_size: 0, noscan: false },
+        ]);
+        assert_eq!(h.len(), 1);
+        let both = HashMap::from([(1, vec![0xa]), (2, vec![0xb])]);
+        let again = HashMap::from([(1, vec![0xa]), (2, vec![0xc])]);
+        assert_eq!(confirmed(&both, &again), HashSet::from([1]));
+    }
+}

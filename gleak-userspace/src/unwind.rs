@@ -1,0 +1,186 @@
+//! Where each blocked goroutine is stuck: its current stack, read from memory
+//! without stopping the target and unwound as Go's own traceback does, from
+//! `g.sched` (pc, sp) through the `pcsp` tables of `.gopclntab`. Frame pointers
+//! are not used: how `mcall` saves them changed between releases (1.21 stores the
+//! caller's), while every binary, stripped or not, has `pcsp`.
+//!
+//! A goroutine can wake while its stack is read. Each unwound stack is kept only if
+//! the goroutine's status and `g.sched` read again afterwards are unchanged; a
+//! goroutine still parked at the same pc and sp has the same frames above them.
+//! The answer is cached per goroutine until its `g.sched` changes, so a population
+//! blocked for hours costs one read.
+
+use std::collections::HashMap;
+
+use crate::{binary::pclntab::Pclntab, procmem::ProcessMemory, symbolize::package_of};
+
+/// Deepest stack unwound; deeper ones are cut (the innermost frames are what matter).
+pub const MAX_FRAMES: usize = 64;
+/// Most bytes of one goroutine's stack read (from its sp up).
+pub const MAX_STACK_BYTES: u64 = 64 << 10;
+/// Most bytes of stacks read in one refresh; goroutines past it stay unknown until
+/// the next one (each refresh starts where the cache has nothing).
+pub const MAX_BYTES_PER_REFRESH: u64 = 256 << 20;
+
+/// Index of an interned stack in a [`BlockingStacks`].
+pub type StackId = u32;
+
+/// Unwinds a parked goroutine's stack held in `stack` (the bytes from `sp` up),
+/// starting at `pc`. Returns return addresses as found in memory (runtime
+/// addresses, load bias included), innermost first, `pc` itself first. Stops at
+/// `runtime.goexit`, at an address no function contains, at a return address
+/// outside `stack`, or after [`MAX_FRAMES`].
+pub fn unwind(stack: &[u8], sp: u64, pc: u64, pcln: &Pclntab, bias: u64) -> Vec<u64> {
+    let mut pcs = vec![pc];
+    let (mut pc, mut sp) = (pc, sp);
+    let base = sp;
+    while pcs.len() < MAX_FRAMES {
+        // A return address may sit just past its function's last instruction (a
+        // call that never returns): look it up by the call, as Go's traceback does.
+        let link_pc = pc.wrapping_sub(bias);
+        let lookup = if pcln.function_containing(link_pc).is_some() { link_pc } else { link_pc.wrapping_sub(1) };
+        let Some((name, _)) = pcln.function_containing(lookup) else { break };
+        if name == "runtime.goexit" || name == "runtime.goexit.abi0" || name == "runtime.mstart" {
+            break;
+        }
+        let Some(delta) = pcln.sp_delta(lookup).and_then(|d| u64::try_from(d).ok()) else { break };
+        // The return address sits just above the frame.
+        let Some(at) = sp.checked_add(delta).and_then(|a| a.checked_sub(base)) else { break };
+        let Some(word) = usize::try_from(at).ok().and_then(|at| stack.get(at..at.checked_add(8)?)) else { break };
+        let ret = u64::from_le_bytes(word.try_into().expect("8 bytes"));
+        if ret == 0 {
+            break;
+        }
+        sp = base + at + 8;
+        pc = ret;
+        pcs.push(pc);
+    }
+    pcs
+}
+
+/// `g.sched` of a parked goroutine, as read with its other fields.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Sched {
+    pub sp: u64,
+    pub pc: u64,
+    pub stack_hi: u64,
+}
+
+/// One goroutine to look at: its `g`'s address and what was read of it.
+#[derive(Clone, Copy, Debug)]
+pub struct Parked {
+    pub goid: u64,
+    pub g_addr: u64,
+    pub sched: Sched,
+}
+
+/// The blocking stacks of one target's goroutines, cached per goroutine.
+#[derive(Default)]
+pub struct BlockingStacks {
+    /// goid → (the `g.sched` it was unwound at, its stack).
+    by_goid: HashMap<u64, (Sched, StackId)>,
+    interned: HashMap<Vec<u64>, StackId>,
+    stacks: Vec<Vec<u64>>,
+    /// Goroutines whose stack changed while it was read, in the last refresh.
+    pub torn: u64,
+    /// Goroutines left for a later refresh: the byte budget ran out.
+    pub deferred: u64,
+}
+
+impl BlockingStacks {
+    /// The stack of `goid` if it is known at `sched`.
+    pub fn get(&self, goid: u64, sched: &Sched) -> Option<StackId> {
+        self.by_goid.get(&goid).filter(|(at, _)| at == sched).map(|&(_, id)| id)
+    }
+
+    /// The return addresses of an interned stack (runtime addresses, innermost first).
+    pub fn pcs(&self, id: StackId) -> &[u64] {
+        self.stacks.get(id as usize).map_or(&[], Vec::as_slice)
+    }
+
+    /// Unwinds every goroutine of `parked` not already known at its current
+    /// `g.sched`, and forgets goroutines not in `parked` (gone, or running again).
+    /// `reread` reads the `g.sched` (and the status) of goroutines again after their
+    /// stacks were read; a goroutine is kept only if it is still parked there.
+    pub fn refresh(
+        &mut self,
+        mem: &ProcessMemory,
+        pcln: &Pclntab,
+        bias: u64,
+        parked: &[Parked],
+        reread: impl FnOnce(&[u64]) -> Vec<Option<Sched>>,
+    ) {
+        let live: HashMap<u64, Sched> = parked.iter().map(|p| (p.goid, p.sched)).collect();
+        self.by_goid.retain(|goid, (at, _)| live.get(goid) == Some(at));
+        self.torn = 0;
+        self.deferred = 0;
+        let mut budget = MAX_BYTES_PER_REFRESH;
+        let mut todo: Vec<(&Parked, u64)> = Vec::new();
+        for p in parked.iter().filter(|p| !self.by_goid.contains_key(&p.goid)) {
+            let s = p.sched;
+            // A sane parked stack: sp below hi, within the most Go lets a stack grow.
+            let Some(len) = s.stack_hi.checked_sub(s.sp).filter(|&l| l > 0 && l <= 1 << 30 && s.pc != 0) else {
+                continue;
+            };
+            let len = len.min(MAX_STACK_BYTES);
+            if len > budget {
+                self.deferred += 1;
+                continue;
+            }
+            budget -= len;
+            todo.push((p, len));
+        }
+        if todo.is_empty() {
+            return;
+        }
+        let ranges: Vec<(u64, usize)> = todo.iter().map(|(p, len)| (p.sched.sp, *len as usize)).collect();
+        let (buf, spans) = mem.read_ranges(&ranges);
+        let after = reread(&todo.iter().map(|(p, _)| p.g_addr).collect::<Vec<_>>());
+        for (((p, _), span), now) in todo.iter().zip(spans).zip(after) {
+            let Some(span) = span else { continue };
+            if now != Some(p.sched) {
+                self.torn += 1;
+                continue;
+            }
+            let pcs = unwind(&buf[span], p.sched.sp, p.sched.pc, pcln, bias);
+            let id = self.intern(pcs);
+            self.by_goid.insert(p.goid, (p.sched, id));
+        }
+    }
+
+    fn intern(&mut self, pcs: Vec<u64>) -> StackId {
+        if let Some(&id) = self.interned.get(&pcs) {
+            return id;
+        }
+        let id = self.stacks.len() as StackId;
+        self.stacks.push(pcs.clone());
+        self.interned.insert(pcs, id);
+        id
+    }
+}
+
+/// Whether `function` belongs to the machinery a goroutine blocks *through*
+/// (the runtime, `sync`, `internal/…`, `time`'s sleep) rather than the code that
+/// blocked: the first frame that does not is where the goroutine is stuck.
+pub fn is_blocking_machinery(function: &str) -> bool {
+    let package = package_of(function);
+    matches!(package, "runtime" | "sync" | "sync/atomic" | "time" | "iter" | "unique" | "weak")
+        || package.starts_with("internal/")
+        || package.starts_with("runtime/")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn machinery() {
+        assert!(is_blocking_machinery("runtime.gopark"));
+        assert!(is_blocking_machinery("internal/poll.(*FD).Read"));
+        assert!(is_blocking_machinery("sync.(*Mutex).Lock"));
+        assert!(is_blocking_machinery("time.Sleep"));
+        assert!(!is_blocking_machinery("main.worker"));
+        assert!(!is_blocking_machinery("net.(*conn).Read"));
+        assert!(!is_blocking_machinery("example.com/runtime.F"));
+    }
+}
