@@ -83,25 +83,36 @@ if [ $want_go -eq 1 ]; then
   done
 fi
 
-# 4. A Go server gleak did not build: Debian's etcd (stripped, dynamically linked,
+# 4. Go servers gleak did not build: Debian's etcd (stripped, dynamically linked,
 #    Go 1.19) for the real-binary test (tests/tests/real_binaries.rs), which starts
-#    its own etcd on loopback ports. The package's init script would start one as a
-#    service on install; a temporary policy-rc.d refuses that (Debian's convention),
-#    and any etcd the package did start anyway is stopped.
+#    its own etcd on loopback ports, and Debian's Prometheus, which the audit test
+#    (tests/tests/audit.rs) starts on a loopback port to scrape gleak. The packages'
+#    init scripts would start them as services on install; a temporary policy-rc.d
+#    refuses that (Debian's convention), and any the packages did start are stopped.
+install_quietly() {
+  if dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; then
+    return 0
+  fi
+  local policy=/usr/sbin/policy-rc.d
+  if [ ! -e "$policy" ]; then
+    need_root "install $1"
+    printf '#!/bin/sh\n# bootstrap.sh: no service starts while packages install\nexit 101\n' >"$policy"
+    chmod 755 "$policy"
+    trap 'rm -f "$policy"' EXIT
+    apt_install "$1"
+    rm -f "$policy"
+    trap - EXIT
+  else
+    apt_install "$1"
+  fi
+}
 if [ $want_go -eq 1 ]; then
-  if ! dpkg-query -W -f='${Status}' etcd-server 2>/dev/null | grep -q "install ok installed"; then
-    policy=/usr/sbin/policy-rc.d
-    if [ ! -e "$policy" ]; then
-      need_root "install etcd-server"
-      printf '#!/bin/sh\n# bootstrap.sh: no service starts while etcd-server installs\nexit 101\n' >"$policy"
-      chmod 755 "$policy"
-      trap 'rm -f "$policy"' EXIT
-      apt_install etcd-server
-      rm -f "$policy"
-      trap - EXIT
-    else
-      apt_install etcd-server
-    fi
+  install_quietly etcd-server
+  install_quietly prometheus
+  if [ -s /run/prometheus.pid ] && start-stop-daemon --status --pidfile /run/prometheus.pid; then
+    say "stopping the prometheus service the package started"
+    start-stop-daemon --stop --oknodo --retry 10 --pidfile /run/prometheus.pid >&2
+    rm -f /run/prometheus.pid
   fi
   # The init script's pid file: only an etcd started by the package, never the tests'.
   if [ -s /run/etcd.pid ] && start-stop-daemon --status --pidfile /run/etcd.pid --exec /usr/bin/etcd; then
@@ -109,5 +120,12 @@ if [ $want_go -eq 1 ]; then
     start-stop-daemon --stop --oknodo --retry 10 --pidfile /run/etcd.pid --exec /usr/bin/etcd >&2
     rm -f /run/etcd.pid
   fi
+fi
+# 5. Offline validation of the deployment manifests (tests/tests/deploy.rs):
+#    PyPI's kubernetes-validate in a virtualenv of its own under $GLEAK_CACHE.
+if [ $want_go -eq 1 ] && [ ! -x "$GLEAK_CACHE/venv/bin/kubernetes-validate" ]; then
+  say "installing kubernetes-validate (PyPI) into $GLEAK_CACHE/venv"
+  python3 -m venv "$GLEAK_CACHE/venv" >&2
+  "$GLEAK_CACHE/venv/bin/pip" install -q kubernetes-validate >&2
 fi
 say "toolchains ready"

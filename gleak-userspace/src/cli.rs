@@ -13,6 +13,7 @@ use tokio::signal::unix::{signal, Signal, SignalKind};
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use gleak::{
+    audit,
     gate::{self, Ending},
     launch::{self, signal_name, IfGleakDies},
     pprof::{goroutine_samples, write_goroutine_profile},
@@ -86,6 +87,62 @@ enum Command {
         #[arg(required = true, last = true)]
         command: Vec<OsString>,
     },
+    /// Audit every Go process of this host, continuously: findings as JSON lines,
+    /// metrics for Prometheus. Reads goroutine tables from memory; a process with a
+    /// leak or suspect site gets the uprobes and the proof until its verdicts settle.
+    #[command(after_help = AUDIT_EXAMPLES)]
+    Audit(AuditArgs),
+}
+
+const AUDIT_EXAMPLES: &str = "EXAMPLES:
+    gleak audit                                   # every Go process; metrics on 127.0.0.1:9781/metrics
+    gleak audit --exe '/usr/bin/*' --log /var/log/gleak.jsonl
+    gleak audit --cgroup kubepods --listen 0.0.0.0:9781   # every pod's Go processes, for a fleet
+    gleak audit --pid 4242 --interval 5s --duration 10m
+
+FINDINGS (one JSON object per line): kind `process` (audited from now on), `verdict`
+(a site's verdict changed; `site.previous` says from what), `gone`, `skipped` (with
+the reason), `final` (at the end, every leak or suspect site once more).";
+
+#[derive(Parser, Debug)]
+struct AuditArgs {
+    /// How often every process is read.
+    #[arg(short, long, value_parser = parse_duration, default_value = "10s")]
+    interval: Duration,
+    /// Stop after this long (default: until SIGINT, SIGTERM or SIGHUP).
+    #[arg(short, long, value_parser = parse_duration)]
+    duration: Option<Duration>,
+    /// Serve Prometheus metrics at http://ADDR/metrics; `off` for none. Another
+    /// address than loopback exposes them to the network: an explicit choice.
+    #[arg(long, default_value = "127.0.0.1:9781")]
+    listen: String,
+    /// Append findings to this file instead of printing them.
+    #[arg(long, value_name = "FILE")]
+    log: Option<PathBuf>,
+    /// Only these processes (repeatable).
+    #[arg(long)]
+    pid: Vec<u32>,
+    /// Only executables whose path matches this glob (repeatable).
+    #[arg(long, value_name = "GLOB")]
+    exe: Vec<String>,
+    /// Never executables whose path matches this glob (repeatable).
+    #[arg(long, value_name = "GLOB")]
+    exclude: Vec<String>,
+    /// Only processes whose cgroup path contains this (a container id, `kubepods`, a unit).
+    #[arg(long, value_name = "TEXT")]
+    cgroup: Option<String>,
+    /// Most processes audited at once (the rest are counted in the metrics).
+    #[arg(long, default_value_t = 256)]
+    max_processes: usize,
+    /// Leave out processes with more live goroutines than this (looked at again later).
+    #[arg(long, default_value_t = 1_000_000)]
+    max_goroutines: u64,
+    /// Sites per process with metric series of their own; the rest are folded.
+    #[arg(long, default_value_t = 10)]
+    top_sites: usize,
+    /// No creation stacks while a process has the uprobes.
+    #[arg(long)]
+    no_stacks: bool,
 }
 
 #[derive(Parser, Debug)]
@@ -162,6 +219,7 @@ pub fn main() -> Result<i32> {
             Command::Run { fail_on, leave_running, common, command } => {
                 run(fail_on, leave_running, common, command, &mut signals).await
             }
+            Command::Audit(args) => audit(args, &mut signals).await.map(|()| 0),
         }
     })
 }
@@ -202,6 +260,7 @@ impl Common {
             stop_at_exit,
             classic_sites: self.classic_probes,
             prove: !self.no_proof,
+            probes: true,
         }
     }
 
@@ -577,6 +636,85 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
 const MAX_DURATION_S: f64 = 365.0 * 24.0 * 3600.0;
 
 /// `500ms`, `30s`, `5m`, `1h`, or bare seconds.
+async fn audit(args: AuditArgs, signals: &mut Signals) -> Result<()> {
+    let globs = |patterns: &[String], what: &str| -> Result<Option<globset::GlobSet>> {
+        if patterns.is_empty() {
+            return Ok(None);
+        }
+        let mut set = globset::GlobSetBuilder::new();
+        for p in patterns {
+            set.add(globset::Glob::new(p).with_context(|| format!("--{what} {p}: not a glob"))?);
+        }
+        Ok(Some(set.build().with_context(|| format!("--{what}"))?))
+    };
+    let filter = audit::discover::Filter {
+        pids: args.pid.clone(),
+        exe: globs(&args.exe, "exe")?,
+        exclude: globs(&args.exclude, "exclude")?,
+        cgroup: args.cgroup.clone(),
+    };
+    let opts = audit::AuditOptions {
+        filter,
+        max_processes: args.max_processes,
+        max_goroutines: args.max_goroutines,
+        top_sites: args.top_sites,
+        capture_stacks: !args.no_stacks,
+        ..audit::AuditOptions::default()
+    };
+    let out: Box<dyn std::io::Write + Send> = match &args.log {
+        Some(path) => Box::new(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .with_context(|| format!("opening --log {}", path.display()))?,
+        ),
+        None => Box::new(std::io::stdout()),
+    };
+    let registry = prometheus::Registry::new();
+    let metrics = audit::metrics::Metrics::new(&registry).context("setting up the metrics")?;
+    let _server = match args.listen.as_str() {
+        "off" => None,
+        addr => {
+            let addr: std::net::SocketAddr =
+                addr.parse().with_context(|| format!("--listen {addr}: not an address like 127.0.0.1:9781"))?;
+            let server =
+                audit::metrics::Server::start(addr, registry).with_context(|| format!("cannot listen on {addr}"))?;
+            eprintln!("gleak: metrics at http://{}/metrics", server.addr);
+            Some(server)
+        }
+    };
+    let mut auditor = audit::Auditor::new(opts, out, Some(metrics))?;
+    auditor.discover();
+    eprintln!(
+        "gleak: auditing {} Go processes · every {} · {}",
+        auditor.watched(),
+        humantime::format_duration(args.interval),
+        args.duration.map_or("until Ctrl-C".to_string(), |d| format!("for {}", humantime::format_duration(d)))
+    );
+    auditor.review();
+    let deadline = args.duration.map(|d| tokio::time::Instant::now() + d);
+    let mut scan = tokio::time::interval_at(tokio::time::Instant::now() + args.interval, args.interval);
+    let mut sample = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = auditor.pump() => {}
+            _ = sample.tick() => auditor.tracer_mut().sample(),
+            _ = scan.tick() => {
+                auditor.discover();
+                auditor.review();
+            }
+            sig = signals.recv() => {
+                eprintln!("gleak: {}: detaching from every process", signal_name(sig));
+                break;
+            }
+            _ = sleep_until(deadline) => break,
+        }
+    }
+    auditor.finish();
+    Ok(())
+}
+
 fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());

@@ -11,6 +11,7 @@
 //! - [`report`]: the table and JSON output.
 
 pub mod aggregate;
+pub mod audit;
 pub mod binary;
 pub mod debuginfo;
 pub mod error;

@@ -51,11 +51,21 @@ pub struct AttachOptions {
     /// Prove, at each report, which blocked goroutines can never run again (reads
     /// the target's heap; see [`crate::proof`]).
     pub prove: bool,
+    /// Attach the uprobes. Without them (`gleak audit`'s first tier) the target
+    /// is only read from memory at each report: nothing on its hot path.
+    pub probes: bool,
 }
 
 impl Default for AttachOptions {
     fn default() -> Self {
-        Self { capture_stacks: true, trace_parks: false, stop_at_exit: false, classic_sites: false, prove: true }
+        Self {
+            capture_stacks: true,
+            trace_parks: false,
+            stop_at_exit: false,
+            classic_sites: false,
+            prove: true,
+            probes: true,
+        }
     }
 }
 

@@ -86,8 +86,7 @@ impl Tracer {
     pub fn attach(&mut self, pid: u32, opts: AttachOptions) -> Result<&TracedTarget> {
         let target = Target::from_pid(pid)?;
         let info = RuntimeInfo::load(&target.binary)?;
-        let flags = if opts.capture_stacks { CONFIG_CAPTURE_STACKS } else { 0 };
-        let probes = self.probes.attach(&target, info.layout.target_config(flags), opts)?;
+        let probes = if opts.probes { attach_probes(&mut self.probes, &target, &info, opts)? } else { Vec::new() };
         let mem = ProcessMemory::new(pid);
         let mut agg = Aggregator::default();
         let mut gaps = info.gaps.clone();
@@ -124,6 +123,28 @@ impl Tracer {
         };
         self.targets.insert(pid, traced);
         Ok(&self.targets[&pid])
+    }
+
+    /// Adds the uprobes to a target watched from memory only (see
+    /// [`AttachOptions::probes`]): from now on its creations and exits are exact.
+    /// Goroutines born meanwhile were or will be picked up by reconciliation.
+    pub fn add_probes(&mut self, pid: u32, opts: AttachOptions) -> Result<()> {
+        let Tracer { probes, targets, .. } = self;
+        let Some(t) = targets.get_mut(&pid) else { return Ok(()) };
+        if t.probes.is_empty() {
+            t.probes = attach_probes(probes, &t.target, &t.info, opts)?;
+        }
+        t.prove = opts.prove;
+        Ok(())
+    }
+
+    /// Takes the uprobes off a target but keeps watching it from memory.
+    pub fn remove_probes(&mut self, pid: u32) {
+        self.probes.detach(pid);
+        if let Some(t) = self.targets.get_mut(&pid) {
+            t.probes.clear();
+            t.prove = false;
+        }
     }
 
     pub fn detach(&mut self, pid: u32) -> Option<TracedTarget> {
@@ -875,6 +896,16 @@ impl StackCache {
                 .unwrap_or_default()
         })
     }
+}
+
+fn attach_probes(
+    probes: &mut Probes,
+    target: &Target,
+    info: &RuntimeInfo,
+    opts: AttachOptions,
+) -> Result<Vec<AttachedProbe>> {
+    let flags = if opts.capture_stacks { CONFIG_CAPTURE_STACKS } else { 0 };
+    probes.attach(target, info.layout.target_config(flags), opts)
 }
 
 fn apply(batch: &[GoroutineEvent], targets: &mut HashMap<u32, TracedTarget>) -> usize {

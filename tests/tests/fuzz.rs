@@ -40,7 +40,11 @@ use std::{
 };
 
 use gleak::{
-    binary::{buildinfo::version_from_buildinfo, dwarf::DwarfInfo, globals, GoBinary},
+    binary::{
+        buildinfo::{main_path_from_buildinfo, version_from_buildinfo},
+        dwarf::DwarfInfo,
+        globals, GoBinary,
+    },
     debuginfo::RuntimeInfo,
     symbolize::Symbolizer,
     AttachOptions,
@@ -833,6 +837,7 @@ fn exercise(data: Vec<u8>, pcs: &[u64], buildinfo: Option<(usize, usize)>) -> u8
         let end = off.saturating_add(len).min(data.len());
         if let Some(bytes) = data.get(off..end) {
             let _ = version_from_buildinfo(bytes);
+            let _ = main_path_from_buildinfo(bytes);
         }
     }
     let Ok(bin) = GoBinary::from_bytes(data, Path::new("fuzz-input")) else {
@@ -858,6 +863,13 @@ fn exercise(data: Vec<u8>, pcs: &[u64], buildinfo: Option<(usize, usize)>) -> u8
         let _ = gleak::placement::plan(&bin, opts);
     }
     let _ = globals::from_allgadd(&bin);
+    let _ = globals::from_semacquire1(&bin);
+    let _ = globals::from_mallocinit(&bin);
+    if let Some(t) = bin.pclntab() {
+        for &pc in pcs {
+            let _ = t.sp_delta(pc);
+        }
+    }
     if bin.has_dwarf {
         if let Ok(d) = DwarfInfo::load(&bin) {
             let _ = d.struct_layouts(&bin, &["runtime.hchan", "runtime.sudog", "runtime.g"]);

@@ -66,6 +66,30 @@ pub fn version_from_buildinfo(data: &[u8]) -> Option<String> {
     String::from_utf8(bytes.to_vec()).ok()
 }
 
+/// What precedes the module info (`cmd/go`'s `infoStart`).
+const MODINFO_START: [u8; 16] = *b"0w\xaf\x0c\x92t\x08\x02A\xe1\xc1\x07\xe6\xd6\x18\xe6";
+
+/// The main package's import path (`path` line of the module info that follows
+/// the version: `example.com/cmd/server`, `command-line-arguments` for a file
+/// built by name), from the same bytes as [`version_from_buildinfo`].
+pub fn main_path_from_buildinfo(data: &[u8]) -> Option<String> {
+    let at = (0..data.len().saturating_sub(32)).step_by(16).find(|&i| data[i..].starts_with(MAGIC))?;
+    let header = &data[at..];
+    if header[15] & FLAG_VERSION_INLINE == 0 {
+        return None;
+    }
+    let (len, n) = read_uvarint(&header[32..])?;
+    let modinfo_at = 32usize.checked_add(n)?.checked_add(usize::try_from(len).ok()?)?;
+    let (len, n) = read_uvarint(header.get(modinfo_at..)?)?;
+    let start = modinfo_at.checked_add(n)?;
+    let modinfo = header.get(start..start.checked_add(usize::try_from(len).ok()?)?)?;
+    // The text sits between two 16-byte sentinels (`runtime/debug`'s infoStart/End).
+    let modinfo = modinfo.strip_prefix(&MODINFO_START[..]).unwrap_or(modinfo);
+    let text = String::from_utf8_lossy(modinfo);
+    let path = text.lines().find_map(|l| l.strip_prefix("path\t"))?;
+    Some(path.chars().filter(|c| !c.is_control()).collect())
+}
+
 fn read_uvarint(buf: &[u8]) -> Option<(u64, usize)> {
     let mut value = 0u64;
     for (i, &b) in buf.iter().enumerate().take(10) {
@@ -118,6 +142,23 @@ mod tests {
     /// Hostile version strings: the minor's digits followed by text that is not
     /// what "1.N" reprinted would be (it was sliced at that length, inside a
     /// multi-byte character: a panic).
+    #[test]
+    fn reads_the_main_path() {
+        let mut header = MAGIC.to_vec();
+        header.extend([8, FLAG_VERSION_INLINE]);
+        header.resize(32, 0);
+        header.push(8);
+        header.extend(b"go1.27.3");
+        let mut modinfo = MODINFO_START.to_vec();
+        modinfo.extend(b"path\texample.com/cmd/server\nmod\texample.com\t(devel)\t\n");
+        header.push(modinfo.len() as u8);
+        header.extend(&modinfo);
+        header.resize(header.len() + 32, 0);
+        assert_eq!(main_path_from_buildinfo(&header).as_deref(), Some("example.com/cmd/server"));
+        // No module info after the version: nothing, no panic.
+        assert_eq!(main_path_from_buildinfo(&header[..42]), None);
+    }
+
     #[test]
     fn odd_version_strings() {
         assert!(GoVersion::parse("go1.é7").is_none());

@@ -82,6 +82,8 @@ pub struct GoBinary {
     pub path: PathBuf,
     image: Image,
     pub go_version: GoVersion,
+    /// The main package's import path, from `.go.buildinfo`.
+    pub main_path: Option<String>,
     /// Position-independent: runtime addresses = link addresses + load bias.
     pub is_pie: bool,
     /// Linked by an external linker (gcc: cgo or `-linkmode=external`).
@@ -143,8 +145,8 @@ impl GoBinary {
             data.get(usize::try_from(off).ok()?..usize::try_from(off.checked_add(len)?).ok()?)
         };
         // The version first: it says whether this is Go at all.
-        let raw_version = match section_bytes(".go.buildinfo") {
-            Some(bytes) => buildinfo::version_from_buildinfo(bytes),
+        let buildinfo_bytes = match section_bytes(".go.buildinfo") {
+            Some(bytes) => Some(bytes),
             // Section headers stripped: the header sits 16-byte aligned in writable data.
             // Real binaries have one or two writable segments; a hostile one could
             // list thousands, each over the whole file.
@@ -153,8 +155,10 @@ impl GoBinary {
                 .filter(|s| matches!(s.flags(), object::SegmentFlags::Elf { p_flags } if p_flags & PF_W != 0))
                 .take(MAX_SCANNED_SEGMENTS)
                 .filter_map(|s| s.data().ok())
-                .find_map(buildinfo::version_from_buildinfo),
+                .find(|d| buildinfo::version_from_buildinfo(d).is_some()),
         };
+        let raw_version = buildinfo_bytes.and_then(buildinfo::version_from_buildinfo);
+        let main_path = buildinfo_bytes.and_then(buildinfo::main_path_from_buildinfo);
         let go_version = match raw_version {
             Some(v) => {
                 GoVersion::parse(&v).ok_or_else(|| Error::UnsupportedGoVersion { path: path.clone(), version: v })?
@@ -200,6 +204,7 @@ impl GoBinary {
             path,
             image,
             go_version,
+            main_path,
             is_pie,
             externally_linked,
             has_dwarf,
