@@ -80,8 +80,14 @@ pub struct TargetConfig {
     pub g_waitreason: u32,
     /// [`CONFIG_CAPTURE_STACKS`] and friends.
     pub flags: u32,
-    pub _reserved: u32,
+    /// `g.parentGoid` (Go ≥ 1.21: the creator's goid, in the new g itself); 0 when
+    /// absent, and the creator is found through `g0.m.curg`.
+    pub g_parent_goid: u32,
 }
+
+/// Bytes of a new `g` the creation probe reads at once, from `g.goid` on: every
+/// field it needs lies there (checked by the user side before attaching).
+pub const CREATE_SPAN: u32 = 192;
 
 /// Take the user stack at each goroutine creation.
 pub const CONFIG_CAPTURE_STACKS: u32 = 1;

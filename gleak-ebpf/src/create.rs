@@ -11,12 +11,38 @@
 
 use aya_ebpf::{
     bindings::BPF_F_USER_STACK,
-    macros::uprobe,
+    helpers::{bpf_probe_read_user, bpf_probe_read_user_buf},
+    macros::{map, uprobe},
+    maps::{LruHashMap, PerCpuArray},
     programs::{tracing::StackIdContext, ProbeContext},
 };
-use gleak_common::{counter, EventKind, CONFIG_CAPTURE_STACKS};
+use gleak_common::{counter, EventKind, CONFIG_CAPTURE_STACKS, CREATE_SPAN};
 
-use crate::maps::{bump, current_pid, emit, read_optional, read_u64, target_config, STACKS};
+use crate::maps::{bump, current_pid, emit, read_optional, target_config, STACKS};
+
+/// The scratch buffer: a power of two at least the span, so that masking an
+/// offset with [`SPAN_MASK`] keeps it 8-aligned and 8 bytes inside.
+const SCRATCH: usize = 256;
+const SPAN_MASK: u32 = SCRATCH as u32 - 8;
+const _: () = assert!(CREATE_SPAN as usize <= SCRATCH && SCRATCH.is_power_of_two());
+
+/// Per CPU, where the creation probe reads the new g's fields.
+#[map]
+static SPAN: PerCpuArray<[u8; SCRATCH]> = PerCpuArray::with_max_entries(1, 0);
+
+/// Return addresses that key a creation path: the runtime's few (newproc,
+/// systemstack) and the innermost frames of the code with the `go` statement.
+const KEY_FRAMES: usize = 8;
+/// One keyed creation in this many walks its whole stack anyway.
+const RESAMPLE_EVERY: u32 = 64;
+
+/// Creation path key → stack id.
+#[map]
+static STACK_KEYS: LruHashMap<[u64; KEY_FRAMES], i64> = LruHashMap::with_max_entries(16384, 0);
+
+/// Creations seen, per CPU, to resample.
+#[map]
+static WALK_TICKS: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
 
 /// The new g in RAX (RET of newproc1, after CALL newproc1 in newcoro).
 #[uprobe]
@@ -38,24 +64,31 @@ fn on_create(ctx: &ProbeContext, newg: u64) -> u32 {
     let Some(cfg) = target_config(ctx, pid) else {
         return 0;
     };
-    let Some(goid) = read_u64(newg, cfg.g_goid) else {
+    // One read for every field: helper calls are most of a probe's cost. Into a
+    // per-CPU scratch buffer (the stack is too small for it), so that a field's
+    // offset, masked to the buffer, needs no other bounds check.
+    let Some(scratch) = SPAN.get_ptr_mut(0) else { return 0 };
+    let scratch = unsafe { &mut *scratch };
+    let src = (newg + u64::from(cfg.g_goid)) as *const u8;
+    if unsafe { bpf_probe_read_user_buf(src, &mut scratch[..CREATE_SPAN as usize]) }.is_err() {
+        bump(counter::READ_FAILED);
         return 0;
+    }
+    let field = |off: u32| {
+        let at = (off.wrapping_sub(cfg.g_goid) & SPAN_MASK) as usize;
+        // SAFETY: at + 8 <= SPAN_MASK + 8 == the scratch buffer's length.
+        unsafe { core::ptr::read_unaligned(scratch.as_ptr().add(at).cast::<u64>()) }
     };
-    let gopc = read_optional(newg, cfg.g_gopc).unwrap_or(0);
-    let startpc = read_optional(newg, cfg.g_startpc).unwrap_or(0);
-    let g0 = unsafe { (*ctx.regs).r14 };
-    let parent_goid = creator_goid(g0, &cfg).unwrap_or(0);
-    let stack_id = if cfg.flags & CONFIG_CAPTURE_STACKS != 0 {
-        match ctx.get_stackid(&STACKS, BPF_F_USER_STACK as u64) {
-            Ok(id) => id,
-            Err(_) => {
-                bump(counter::STACK_FAILED);
-                -1
-            }
-        }
+    let goid = field(cfg.g_goid);
+    let gopc = field(cfg.g_gopc);
+    let startpc = field(cfg.g_startpc);
+    let parent_goid = if cfg.g_parent_goid != 0 {
+        field(cfg.g_parent_goid)
     } else {
-        -1
+        let g0 = unsafe { (*ctx.regs).r14 };
+        creator_goid(g0, &cfg).unwrap_or(0)
     };
+    let stack_id = if cfg.flags & CONFIG_CAPTURE_STACKS != 0 { creation_stack(ctx) } else { -1 };
     emit(EventKind::Create, pid, goid, newg, |e| {
         e.parent_goid = parent_goid;
         e.gopc = gopc;
@@ -63,6 +96,49 @@ fn on_create(ctx: &ProbeContext, newg: u64) -> u32 {
         e.stack_id = stack_id;
     });
     0
+}
+
+/// The creation stack's id in `STACKS`. Walking the whole user stack is most of a
+/// creation probe's cost, and most creations come from a few call paths: the
+/// innermost return addresses (followed through frame pointers, which Go keeps)
+/// key the path in an LRU map, and only a new key (or one hit in
+/// [`RESAMPLE_EVERY`], so that paths that differ deeper are found too) walks it.
+#[inline(always)]
+fn creation_stack(ctx: &ProbeContext) -> i64 {
+    let mut key = [0u64; KEY_FRAMES];
+    let mut bp = unsafe { (*ctx.regs).rbp };
+    for slot in key.iter_mut() {
+        if bp == 0 {
+            break;
+        }
+        // {saved BP, return address} at every frame pointer.
+        let Ok(frame) = (unsafe { bpf_probe_read_user(bp as *const [u64; 2]) }) else { break };
+        *slot = frame[1];
+        bp = frame[0];
+    }
+    let resample = match WALK_TICKS.get_ptr_mut(0) {
+        // Per-CPU counter: no other writer.
+        Some(ticks) => unsafe {
+            *ticks = (*ticks).wrapping_add(1);
+            *ticks % RESAMPLE_EVERY == 0
+        },
+        None => true,
+    };
+    if !resample {
+        if let Some(&id) = unsafe { STACK_KEYS.get(key) } {
+            return id;
+        }
+    }
+    match ctx.get_stackid(&STACKS, BPF_F_USER_STACK as u64) {
+        Ok(id) => {
+            let _ = STACK_KEYS.insert(key, id, 0);
+            id
+        }
+        Err(_) => {
+            bump(counter::STACK_FAILED);
+            -1
+        }
+    }
 }
 
 /// `g0.m.curg.goid`; `None` when no user goroutine runs (the main goroutine's birth).

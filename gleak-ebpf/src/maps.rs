@@ -10,13 +10,17 @@ use aya_ebpf::{
 use aya_log_ebpf::warn;
 use gleak_common::{counter, EventKind, GoroutineEvent, TargetConfig};
 
-/// Lifecycle events to user space. 8 MiB holds ~100k events: several seconds of a
-/// very busy target even if user space stalls.
+/// Lifecycle events to user space. 8 MiB holds ~100k events: at a million events a
+/// second, five times what arrives between two polls of the intake thread.
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(RING_BYTES, 0);
 
 const RING_BYTES: u32 = 8 << 20;
-const WAKEUP_THRESHOLD: u64 = (RING_BYTES / 4) as u64;
+
+/// Bytes waiting in the ring that wake the reader: a quarter of it. Set by the
+/// loader, which may give the ring another size.
+#[unsafe(no_mangle)]
+static WAKEUP_BYTES: u64 = (RING_BYTES / 4) as u64;
 
 /// Per traced process (tgid): where the fields of `runtime.g` are.
 #[map]
@@ -124,10 +128,12 @@ pub fn emit(kind: EventKind, pid: u32, goid: u64, g_addr: u64, fill: impl FnOnce
     fill(&mut event);
     entry.write(event);
     // Waking the reader per event would cost the target a cross-CPU wakeup each time:
-    // the reader polls on a short timer instead, and is woken only once the buffer
-    // fills past a quarter.
+    // the intake thread polls every 20 ms instead, and is woken only once the buffer
+    // fills past a quarter (a burst faster than the polls), or at a process exit
+    // (gleak run holds the process until it is read).
     let urgent = matches!(kind, EventKind::ProcessExit);
-    let flags = if urgent || EVENTS.query(BPF_RB_AVAIL_DATA as u64) > WAKEUP_THRESHOLD {
+    let threshold = unsafe { core::ptr::read_volatile(&WAKEUP_BYTES) };
+    let flags = if urgent || EVENTS.query(BPF_RB_AVAIL_DATA as u64) > threshold {
         BPF_RB_FORCE_WAKEUP
     } else {
         BPF_RB_NO_WAKEUP

@@ -95,9 +95,26 @@ pub struct Aggregator {
     /// Set when the process reached its exit and was stopped (`gleak run`): the goid
     /// of the goroutine calling exit.
     pub exit_stop: Option<u64>,
+    /// The live goroutine on each `g` (Go reuses a dead goroutine's `g` for a new one).
+    by_g: HashMap<u64, u64>,
 }
 
 impl Aggregator {
+    fn insert_live(&mut self, goid: u64, g: LiveGoroutine) {
+        if g.g_addr != 0 {
+            self.by_g.insert(g.g_addr, goid);
+        }
+        self.live.insert(goid, g);
+    }
+
+    fn remove_live(&mut self, goid: u64) -> Option<LiveGoroutine> {
+        let g = self.live.remove(&goid)?;
+        if self.by_g.get(&g.g_addr) == Some(&goid) {
+            self.by_g.remove(&g.g_addr);
+        }
+        Some(g)
+    }
+
     pub fn on_event(&mut self, ev: &GoroutineEvent) {
         match EventKind::from_u32(ev.kind) {
             Some(EventKind::Create) => self.on_create(ev),
@@ -126,9 +143,17 @@ impl Aggregator {
     fn on_create(&mut self, ev: &GoroutineEvent) {
         // The creator is running the `go` statement, so if tracked it is live now.
         let parent_site = self.live.get(&ev.parent_goid).map(|p| p.site);
+        // A new goroutine on the `g` of a live one: that one died first (its exit
+        // not traced, or its event lost). Go reuses dead `g`s at once, so the
+        // creation's time bounds the death closely.
+        if let Some(&dead) = self.by_g.get(&ev.g_addr).filter(|_| ev.g_addr != 0) {
+            if dead != ev.goid {
+                self.on_exit(dead, ev.ts_ns);
+            }
+        }
         // Seen in the attach snapshot and then reported by the probe: keep one.
         // Or found by reconciliation just before its event was drained.
-        if let Some(old) = self.live.remove(&ev.goid) {
+        if let Some(old) = self.remove_live(ev.goid) {
             if let Some(site) = self.sites.get_mut(&old.site) {
                 site.live -= 1;
                 if old.recovered {
@@ -146,7 +171,7 @@ impl Aggregator {
         if let Some(p) = parent_site {
             *site.parents.entry(p).or_default() += 1;
         }
-        self.live.insert(
+        self.insert_live(
             ev.goid,
             LiveGoroutine {
                 site: ev.gopc,
@@ -176,7 +201,7 @@ impl Aggregator {
             site.created += 1;
             site.live += 1;
             self.reconciled_creations += 1;
-            self.live.insert(
+            self.insert_live(
                 rec.goid,
                 LiveGoroutine {
                     site: rec.gopc,
@@ -200,7 +225,7 @@ impl Aggregator {
         }
         let site = self.sites.entry(rec.gopc).or_insert_with(|| SiteStats::new(rec.startpc));
         site.live += 1;
-        self.live.insert(
+        self.insert_live(
             rec.goid,
             LiveGoroutine {
                 site: rec.gopc,
@@ -233,7 +258,7 @@ impl Aggregator {
 
     /// Records an exit; `false` if the goroutine was not being tracked.
     pub fn on_exit(&mut self, goid: u64, ts_ns: u64) -> bool {
-        let Some(g) = self.live.remove(&goid) else {
+        let Some(g) = self.remove_live(goid) else {
             return false; // born before attach and never adopted
         };
         if let Some(site) = self.sites.get_mut(&g.site) {
@@ -301,6 +326,7 @@ mod tests {
             ts_ns: ts,
             stack_id: 7,
             parent_goid: 1,
+            g_addr: 0xc000_0000 + goid * 0x1c0,
             ..Default::default()
         }
     }
@@ -391,6 +417,29 @@ mod tests {
         assert!(!agg.observe(11, Some(&record(42, 0xa, gstatus::WAITING)), 300));
         assert_eq!(agg.reconciled_exits, 1);
         assert_eq!(agg.sites[&0xa].live, 1);
+    }
+
+    #[test]
+    fn a_creation_on_a_live_goroutines_g_retires_it() {
+        let mut agg = Aggregator::default();
+        agg.on_event(&create(10, 0xa, 1_000));
+        let mut reused = create(11, 0xb, 9_000);
+        reused.g_addr = create(10, 0xa, 0).g_addr;
+        agg.on_event(&reused);
+        assert!(!agg.live.contains_key(&10), "goroutine 10 died before its g was reused");
+        assert_eq!(agg.sites[&0xa].live, 0);
+        assert_eq!(agg.sites[&0xa].exited, 1);
+        assert_eq!(agg.sites[&0xb].live, 1);
+        // Its exit event arriving late changes nothing.
+        assert!(!agg.on_exit(10, 9_500));
+        // Unknown g addresses (0) never retire anything.
+        let mut a = create(20, 0xc, 10_000);
+        a.g_addr = 0;
+        let mut b = create(21, 0xc, 11_000);
+        b.g_addr = 0;
+        agg.on_event(&a);
+        agg.on_event(&b);
+        assert_eq!(agg.sites[&0xc].live, 2);
     }
 
     #[test]

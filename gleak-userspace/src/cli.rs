@@ -178,6 +178,11 @@ struct Common {
     /// kernel emulates (two traps per hit instead of one; for comparison).
     #[arg(long, hide_short_help = true)]
     classic_probes: bool,
+    /// Do not probe goroutine exits (one probe hit per goroutine instead of two):
+    /// exits are read from memory, from reused `g`s and a status read every second,
+    /// so lifetimes are less exact.
+    #[arg(long)]
+    no_exit_probe: bool,
     /// Do not prove which blocked goroutines can never run again (the proof reads
     /// the target's heap at each report, without stopping it).
     #[arg(long)]
@@ -260,6 +265,7 @@ impl Common {
             stop_at_exit,
             classic_sites: self.classic_probes,
             prove: !self.no_proof,
+            exit_probe: !self.no_exit_probe,
             probes: true,
         }
     }

@@ -269,6 +269,9 @@ const HEAP_1_19: HeapLayout = HeapLayout {
     mspan_spanclass: 0x62,
     mspan_state: 0x63,
     mspan_specials: 0x80,
+    mspan_freeindex: 0x30,
+    mspan_freeindex_bytes: 8,
+    mspan_alloc_bits: 0x48,
     special_offset: 0x8,
     special_offset_bytes: 2,
     g_size: 392,
@@ -285,13 +288,16 @@ const HEAP_1_21: HeapLayout = HeapLayout {
     g_size: 408,
     ..HEAP_1_19
 };
-/// 1.22: mspan.nelems became uint16 (back to 1.19's tail offsets) (DWARF, go1.22.10).
+/// 1.22: mspan.freeindex and nelems became uint16 (back to 1.19's tail offsets)
+/// (DWARF, go1.22.10).
 const HEAP_1_22: HeapLayout = HeapLayout {
     mspan_limit: 0x70,
     mspan_elemsize: 0x68,
     mspan_spanclass: 0x62,
     mspan_state: 0x63,
     mspan_specials: 0x80,
+    mspan_freeindex_bytes: 2,
+    mspan_alloc_bits: 0x40,
     g_size: 424,
     ..HEAP_1_21
 };
@@ -764,6 +770,14 @@ mod tests {
             format!("Go 1.{first}")
         } else {
             format!("Go 1.{first}–1.{last}")
+        }
+    }
+
+    /// The creation probe reads one span from `g.goid`: every release's fields fit.
+    #[test]
+    fn creation_fields_fit_the_probe_span() {
+        for facts in RELEASES {
+            assert!(facts.runtime_layout().fits_create_span(), "Go 1.{:?}", facts.minors);
         }
     }
 

@@ -40,6 +40,12 @@ pub struct HeapLayout {
     pub mspan_spanclass: u32,
     /// `mspan.state` (`uint8`): `mSpanInUse` = 1 for heap spans.
     pub mspan_state: u32,
+    /// `mspan.freeindex`: every object below it is allocated; 8 bytes until Go
+    /// 1.21, 2 from 1.22.
+    pub mspan_freeindex: u32,
+    pub mspan_freeindex_bytes: u32,
+    /// `mspan.allocBits`: a bit per object, set for those allocated at the last sweep.
+    pub mspan_alloc_bits: u32,
     /// `mspan.specials`: a list of `runtime.special`.
     pub mspan_specials: u32,
     /// `special.offset`: the object's offset in its span; 2 bytes until Go 1.23, 8 from 1.24.
@@ -68,6 +74,16 @@ pub struct BlockedLayout {
 }
 
 impl RuntimeLayout {
+    /// Whether the fields the creation probe reads lie in the
+    /// [`gleak_common::CREATE_SPAN`] bytes it reads from `g.goid` on.
+    pub fn fits_create_span(&self) -> bool {
+        let last = gleak_common::CREATE_SPAN - 8;
+        [Some(self.g_gopc), Some(self.g_startpc), self.g_parent_goid]
+            .into_iter()
+            .flatten()
+            .all(|off| off >= self.g_goid && off - self.g_goid <= last)
+    }
+
     /// The subset the probes need, as handed to the kernel.
     pub fn target_config(&self, flags: u32) -> TargetConfig {
         TargetConfig {
@@ -78,7 +94,7 @@ impl RuntimeLayout {
             m_curg: self.m_curg,
             g_waitreason: self.g_waitreason,
             flags,
-            _reserved: 0,
+            g_parent_goid: self.g_parent_goid.unwrap_or(0),
         }
     }
 }

@@ -32,7 +32,9 @@ const MAX_PROLOGUE: u64 = 0x80;
 /// before creation, so that every goroutine seen born is also seen die.
 pub fn plan(bin: &GoBinary, opts: AttachOptions) -> Result<Vec<ProbeSite>> {
     let mut sites = Vec::new();
-    sites.push(exit_site(bin, opts.classic_sites)?);
+    if opts.exit_probe {
+        sites.push(exit_site(bin, opts.classic_sites)?);
+    }
     if opts.trace_parks {
         sites.push(park_site(bin, opts.classic_sites)?);
     }

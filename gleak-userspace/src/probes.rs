@@ -51,6 +51,10 @@ pub struct AttachOptions {
     /// Prove, at each report, which blocked goroutines can never run again (reads
     /// the target's heap; see [`crate::proof`]).
     pub prove: bool,
+    /// Probe goroutine exits. Without it (one probe hit per goroutine instead of
+    /// two) exits are read from memory: a new goroutine on a dead one's `g` (Go
+    /// reuses them at once) and, every second, the statuses of the live ones.
+    pub exit_probe: bool,
     /// Attach the uprobes. Without them (`gleak audit`'s first tier) the target
     /// is only read from memory at each report: nothing on its hot path.
     pub probes: bool,
@@ -64,6 +68,7 @@ impl Default for AttachOptions {
             stop_at_exit: false,
             classic_sites: false,
             prove: true,
+            exit_probe: true,
             probes: true,
         }
     }
@@ -94,10 +99,14 @@ impl Probes {
         // are not the kernel's: the probes translate through its namespace.
         let (pidns_dev, pidns_ino) = own_pid_namespace();
         let mut loader = EbpfLoader::new();
-        if let Some(bytes) = ring_buffer_bytes_override()? {
+        let ring_bytes = ring_buffer_bytes_override()?;
+        if let Some(bytes) = ring_bytes {
             loader.map_max_entries("EVENTS", bytes);
         }
+        // The probes wake the intake thread once the ring is a quarter full.
+        let wakeup_bytes = u64::from(ring_bytes.unwrap_or(DEFAULT_RING_BYTES)) / 4;
         let mut ebpf = loader
+            .override_global("WAKEUP_BYTES", &wakeup_bytes, true)
             .override_global("PIDNS_DEV", &pidns_dev, true)
             .override_global("PIDNS_INO", &pidns_ino, true)
             .load(OBJECT)
@@ -252,6 +261,9 @@ pub fn preflight() -> Result<()> {
     }
     Ok(())
 }
+
+/// The ring buffer's size in the eBPF object (`gleak-ebpf/src/maps.rs`).
+const DEFAULT_RING_BYTES: u32 = 8 << 20;
 
 /// `GLEAK_RING_BUFFER_BYTES`: a smaller event ring buffer than the built-in
 /// 8 MiB, to force event loss in tests (a power of two, at least 4096).

@@ -10,11 +10,11 @@ use std::{
 };
 
 use crate::{
-    binary::GoBinary,
+    binary::{pclntab::Pclntab, GoBinary},
     debuginfo::RuntimeInfo,
     layout::{gstatus, HeapLayout, MSPAN_IN_USE},
     procmem::ProcessMemory,
-    reach::{self, Budget, Goroutine, HeapIndex, Marking, Roots, Span},
+    reach::{self, Budget, Goroutine, HeapIndex, Marking, Memory, Roots, Span, StackMaps, WholeStacks},
     snapshot::{all_goroutines, GRecord},
     waits::{self, Blocked},
 };
@@ -24,6 +24,8 @@ const MAX_SPANS: u64 = 1 << 27;
 /// Bytes of a special record scanned (a finalizer's is 48 with its header).
 const SPECIAL_BYTES: u64 = 64;
 /// Most special records followed in all.
+/// Objects in one span, at most (8-byte objects in a 64 KiB span, with room).
+const MAX_SPAN_OBJECTS: u64 = 1 << 16;
 const MAX_SPECIALS: usize = 1 << 22;
 /// Time between the two passes.
 const PASS_GAP: Duration = Duration::from_millis(100);
@@ -155,13 +157,22 @@ fn one_pass(
             g_addr,
             stack: lo..r.stack_hi,
             sp,
+            pc: match r.status {
+                gstatus::SYSCALL | gstatus::RUNNING => 0,
+                _ => r.sched_pc,
+            },
             never_wakes: never_wakes(info, &r),
             on_network: r.is_blocked() && info.wait_reasons.name(r.wait_reason) == "IO wait",
             waits_on,
         });
     }
     let sched_sp: HashMap<u64, u64> = goroutines.iter().map(|(_, r)| (r.goid, r.sched_sp)).collect();
-    let (marking, stats) = reach::mark(mem, &heap, &roots, Budget { bytes: budget.bytes, deadline });
+    let stack_maps: Box<dyn StackMaps> = match binary.pclntab() {
+        Some(pcln) => Box::new(GoStackMaps { pcln, bias }),
+        None => Box::new(WholeStacks),
+    };
+    let (marking, stats) =
+        reach::mark(mem, &heap, &roots, stack_maps.as_ref(), Budget { bytes: budget.bytes, deadline });
     outcome.bytes_read += stats.bytes_read;
     match marking {
         Marking::Inconclusive(why) => Err(why),
@@ -194,29 +205,48 @@ fn read_heap(mem: &ProcessMemory, h: &HeapLayout, mheap: u64) -> Result<(HeapInd
     mem.read(ptr, &mut raw).map_err(|e| format!("mheap_.allspans' array unreadable: {e}"))?;
     let addrs: Vec<u64> =
         raw.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes"))).filter(|&a| a != 0).collect();
-    let fields = [h.mspan_start, h.mspan_limit, h.mspan_elemsize, h.mspan_spanclass, h.mspan_state, h.mspan_specials];
+    let fields = [
+        h.mspan_start,
+        h.mspan_limit,
+        h.mspan_elemsize,
+        h.mspan_spanclass,
+        h.mspan_state,
+        h.mspan_specials,
+        h.mspan_freeindex,
+        h.mspan_alloc_bits,
+    ];
     let span_len = fields.iter().max().copied().unwrap_or(0) as usize + 8;
     let (buf, ok) = mem.read_many(&addrs, span_len);
     let mut spans = Vec::new();
     let mut specials = Vec::new();
+    let mut alloc_bits = Vec::new();
     for i in (0..addrs.len()).filter(|&i| ok[i]) {
         let chunk = &buf[i * span_len..(i + 1) * span_len];
         let word = |off: u32| u64::from_le_bytes(chunk[off as usize..off as usize + 8].try_into().expect("8 bytes"));
         if chunk[h.mspan_state as usize] != MSPAN_IN_USE {
             continue;
         }
-        let span = Span {
-            start: word(h.mspan_start),
-            limit: word(h.mspan_limit),
-            elem_size: word(h.mspan_elemsize),
-            noscan: chunk[h.mspan_spanclass as usize] & 1 != 0,
-        };
+        let span = Span::new(
+            word(h.mspan_start),
+            word(h.mspan_limit),
+            word(h.mspan_elemsize),
+            chunk[h.mspan_spanclass as usize] & 1 != 0,
+        );
         let head = word(h.mspan_specials);
         if head != 0 {
             specials.push((span.start, head));
         }
+        let freeindex = match h.mspan_freeindex_bytes {
+            2 => u64::from(u16::from_le_bytes([
+                chunk[h.mspan_freeindex as usize],
+                chunk[h.mspan_freeindex as usize + 1],
+            ])),
+            _ => word(h.mspan_freeindex),
+        };
+        alloc_bits.push((word(h.mspan_alloc_bits), freeindex));
         spans.push(span);
     }
+    read_allocated(mem, &mut spans, &alloc_bits);
     let mut extra = Vec::new();
     let mut seen = HashSet::new();
     for (start, mut special) in specials {
@@ -236,6 +266,62 @@ fn read_heap(mem: &ProcessMemory, h: &HeapLayout, mheap: u64) -> Result<(HeapInd
         }
     }
     Ok((HeapIndex::new(spans), extra))
+}
+
+/// Which objects of each span are allocated: its `allocBits` (allocated at the
+/// last sweep) plus every object below `freeindex` (allocated since). A span
+/// whose bits are implausible or unreadable keeps `None`: every slot counts.
+fn read_allocated(mem: &ProcessMemory, spans: &mut [Span], alloc_bits: &[(u64, u64)]) {
+    let mut reads = Vec::new();
+    let mut which = Vec::new();
+    for (i, (span, &(bits, freeindex))) in spans.iter().zip(alloc_bits).enumerate() {
+        let Some(objects) = (span.limit.checked_sub(span.start)).and_then(|b| b.checked_div(span.elem_size)) else {
+            continue;
+        };
+        if bits == 0 || objects == 0 || objects > MAX_SPAN_OBJECTS || freeindex > objects {
+            continue;
+        }
+        reads.push((bits, objects.div_ceil(8) as usize));
+        which.push((i, objects, freeindex));
+    }
+    let (buf, landed) = mem.read_ranges(&reads);
+    let read = landed.iter().filter(|r| r.is_some()).count();
+    log::debug!("allocation bits of {read} of {} heap spans", spans.len());
+    for (&(i, objects, freeindex), range) in which.iter().zip(landed) {
+        let Some(range) = range else { continue };
+        let mut words = vec![0u64; objects.div_ceil(64) as usize];
+        for (byte, &b) in buf[range].iter().enumerate() {
+            words[byte / 8] |= u64::from(b) << ((byte % 8) * 8);
+        }
+        for index in 0..freeindex {
+            words[(index / 64) as usize] |= 1 << (index % 64);
+        }
+        spans[i].allocated = Some(words);
+    }
+}
+
+/// A descheduled goroutine's stack as Go's collector sees it: the pointer words
+/// its frames' stack maps name (see [`crate::unwind::pointer_ranges`]).
+struct GoStackMaps<'a> {
+    pcln: &'a Pclntab,
+    bias: u64,
+}
+
+impl StackMaps for GoStackMaps<'_> {
+    fn pointer_ranges(&self, mem: &dyn Memory, g: &Goroutine) -> Option<Vec<(u64, u64)>> {
+        if g.pc == 0 || !g.stack.contains(&g.sp) {
+            return None;
+        }
+        let len = (g.stack.end - g.sp).min(crate::unwind::MAX_STACK_BYTES);
+        let (buf, landed) = mem.read_ranges(&[(g.sp, len as usize)]);
+        let bytes = &buf[landed.first()?.clone()?];
+        let mut ranges = crate::unwind::pointer_ranges(bytes, g.sp, g.pc, self.pcln, self.bias);
+        // A stack deeper than what was read: the rest whole.
+        if g.sp + len < g.stack.end {
+            ranges.push((g.sp + len, g.stack.end - (g.sp + len)));
+        }
+        Some(ranges)
+    }
 }
 
 /// `g.syscallsp` of the goroutines in a system call.

@@ -2,7 +2,10 @@
 //! event stream. The CLI is a thin shell over this; `gleak audit` will hold many
 //! targets in one long-running process.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    time::{Duration, Instant},
+};
 
 use gleak_common::{counter, GoroutineEvent, CONFIG_CAPTURE_STACKS};
 use hdrhistogram::Histogram;
@@ -29,6 +32,10 @@ use crate::{
     waits::{self, ChanState, WaitKind, WaitObject},
 };
 
+/// How long a goroutine a proof could not settle waits before the proof runs
+/// again for it alone (blocked goroutines that move, or new ones, run it at once).
+const PROOF_RETRY: Duration = Duration::from_secs(30);
+
 /// A process being traced.
 pub struct TracedTarget {
     pub target: Target,
@@ -45,7 +52,14 @@ pub struct TracedTarget {
     /// Goroutines proven unable to run again, with where they were blocked and on
     /// what: the proof holds as long as both stay the same.
     proven: HashMap<u64, (Sched, Vec<u64>)>,
+    /// Blocked goroutines the last proof looked at and could not prove, where
+    /// they were then: not a reason to run it again until they move or
+    /// [`PROOF_RETRY`] passes (what holds their objects may let go).
+    unproven: HashMap<u64, Sched>,
+    last_proof_at: Option<Instant>,
     prove: bool,
+    /// Exits come from the probe (else from memory, see [`AttachOptions::exit_probe`]).
+    exit_probe: bool,
     /// Goroutines whose wait objects a goroutine waiting on the network holds (the
     /// last proof): a live connection's other goroutines.
     network_held: HashSet<u64>,
@@ -116,7 +130,10 @@ impl Tracer {
             blocking: BlockingStacks::default(),
             blocking_frames: HashMap::new(),
             proven: HashMap::new(),
+            unproven: HashMap::new(),
+            last_proof_at: None,
             prove: opts.prove,
+            exit_probe: opts.exit_probe,
             network_held: HashSet::new(),
             last_proof: None,
             gaps,
@@ -135,6 +152,7 @@ impl Tracer {
             t.probes = attach_probes(probes, &t.target, &t.info, opts)?;
         }
         t.prove = opts.prove;
+        t.exit_probe = opts.exit_probe;
         Ok(())
     }
 
@@ -201,6 +219,10 @@ impl Tracer {
         self.drain_now();
         let now = monotonic_ns();
         for t in self.targets.values_mut() {
+            // Without an exit probe, exits are read from memory here.
+            if !t.exit_probe && !t.probes.is_empty() && t.target.is_alive() {
+                t.observe_live(false, now);
+            }
             t.agg.sample(now);
         }
     }
@@ -376,15 +398,23 @@ impl TracedTarget {
             return;
         }
         let (bias, info, labels, agg) = (self.target.load_bias, &self.info, &mut self.labels, &self.agg);
-        let open = waits.by_goid.keys().filter(|goid| !self.proven.contains_key(goid)).any(|goid| {
-            agg.live.get(goid).is_some_and(|g| {
-                let startpc = agg.sites.get(&g.site).map_or(0, |s| s.startpc);
-                !is_runtime_site(&labels.get(g.site, startpc, bias, info).at.function)
-            })
-        });
+        let retry = self.last_proof_at.is_none_or(|at| at.elapsed() >= PROOF_RETRY);
+        let unproven = &self.unproven;
+        let seen_unproven = |goid: &u64| {
+            let now = records.get(goid).copied().flatten().map(|r| sched_of(&r));
+            !retry && now.is_some() && unproven.get(goid) == now.as_ref()
+        };
+        let open =
+            waits.by_goid.keys().filter(|goid| !self.proven.contains_key(goid) && !seen_unproven(goid)).any(|goid| {
+                agg.live.get(goid).is_some_and(|g| {
+                    let startpc = agg.sites.get(&g.site).map_or(0, |s| s.startpc);
+                    !is_runtime_site(&labels.get(g.site, startpc, bias, info).at.function)
+                })
+            });
         if !open {
             return;
         }
+        self.last_proof_at = Some(Instant::now());
         let outcome = proof::prove(&self.mem, &self.target.binary, &self.info, bias, ProofBudget::default());
         if outcome.inconclusive.is_none() {
             self.network_held = outcome.network_held.clone();
@@ -394,6 +424,16 @@ impl TracedTarget {
                 self.proven.insert(*goid, (sched_of(rec), objects.clone()));
             }
         }
+        self.unproven = if outcome.inconclusive.is_none() {
+            waits
+                .by_goid
+                .keys()
+                .filter(|goid| !self.proven.contains_key(goid))
+                .filter_map(|goid| Some((*goid, sched_of(&records.get(goid).copied().flatten()?))))
+                .collect()
+        } else {
+            HashMap::new()
+        };
         self.last_proof = Some(ProofReport {
             candidates: outcome.candidates as u64,
             proven: self.proven.len() as u64,
@@ -904,6 +944,12 @@ fn attach_probes(
     info: &RuntimeInfo,
     opts: AttachOptions,
 ) -> Result<Vec<AttachedProbe>> {
+    if !info.layout.fits_create_span() {
+        return Err(crate::error::Error::Load(format!(
+            "{}: runtime.g's gopc/startpc/parentGoid lie too far from goid for the creation probe",
+            target.exe.display()
+        )));
+    }
     let flags = if opts.capture_stacks { CONFIG_CAPTURE_STACKS } else { 0 };
     probes.attach(target, info.layout.target_config(flags), opts)
 }

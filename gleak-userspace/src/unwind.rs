@@ -22,6 +22,82 @@ pub const MAX_STACK_BYTES: u64 = 64 << 10;
 /// the next one (each refresh starts where the cache has nothing).
 pub const MAX_BYTES_PER_REFRESH: u64 = 256 << 20;
 
+/// Most frames whose stack maps are followed; deeper stacks are scanned whole.
+pub const MAX_SCANNED_FRAMES: usize = 1024;
+
+/// The parts of a descheduled goroutine's stack that Go's own collector scans,
+/// as `(address, length)` ranges: in each frame the words its stack maps mark as
+/// live pointers at its pc, and its address-taken objects whole. A frame's other
+/// words may hold stale values (slots not yet written, dead variables) that would
+/// keep unrelated objects reachable. A frame with `_defer` records is scanned
+/// whole (the runtime scans those records apart from the maps). From the first
+/// frame whose maps are unknown
+/// (assembly, an asynchronous preemption, a torn read) up to the end of `stack`,
+/// everything is scanned: never less than the collector would.
+///
+/// `stack` holds the bytes from `sp` up; `pc` is the goroutine's saved pc.
+pub fn pointer_ranges(stack: &[u8], sp: u64, pc: u64, pcln: &Pclntab, bias: u64) -> Vec<(u64, u64)> {
+    let end = sp + stack.len() as u64;
+    let word_at = |addr: u64| -> Option<u64> {
+        let at = usize::try_from(addr.checked_sub(sp)?).ok()?;
+        Some(u64::from_le_bytes(stack.get(at..at.checked_add(8)?)?.try_into().ok()?))
+    };
+    let mut out: Vec<(u64, u64)> = Vec::new();
+    let mut add = |addr: u64, len: u64| match out.last_mut() {
+        Some(last) if last.0 + last.1 == addr => last.1 += len,
+        _ => out.push((addr, len)),
+    };
+    let (mut pc, mut frame_sp) = (pc, sp);
+    for _ in 0..MAX_SCANNED_FRAMES {
+        let link_pc = pc.wrapping_sub(bias);
+        let name = pcln
+            .function_containing(link_pc)
+            .or_else(|| pcln.function_containing(link_pc.wrapping_sub(1)))
+            .map(|(name, _)| name);
+        match name {
+            Some("runtime.goexit" | "runtime.goexit.abi0" | "runtime.mstart") => return out,
+            Some(name) if !name.starts_with("runtime.asyncPreempt") && !name.starts_with("runtime.debugCall") => {}
+            _ => break,
+        }
+        let Some(map) = pcln.frame_map(link_pc) else { break };
+        let fp = frame_sp.saturating_add(map.sp_delta).saturating_add(8);
+        if fp > end {
+            break;
+        }
+        // As the runtime's unwinder: varp is below the return address and, in a
+        // frame, below the saved frame pointer; argp is the caller's sp.
+        let varp = if map.sp_delta > 0 { fp - 16 } else { fp - 8 };
+        let locals_base = varp - 8 * map.locals.len() as u64;
+        if map.defers {
+            add(frame_sp, fp - frame_sp);
+        } else {
+            for (k, _) in map.locals.iter().enumerate().filter(|(_, &live)| live) {
+                add(locals_base + 8 * k as u64, 8);
+            }
+        }
+        for (k, _) in map.args.iter().enumerate().filter(|(_, &live)| live) {
+            let at = fp + 8 * k as u64;
+            if at + 8 <= end {
+                add(at, 8);
+            }
+        }
+        for &(off, size) in &map.stack_objects {
+            let base = if off < 0 { varp } else { fp };
+            let Some(at) = base.checked_add_signed(off) else { continue };
+            if at >= frame_sp && at.saturating_add(size) <= end {
+                add(at, size);
+            }
+        }
+        match word_at(fp - 8) {
+            Some(0) => return out,
+            Some(ret) => (pc, frame_sp) = (ret, fp),
+            None => break,
+        }
+    }
+    add(frame_sp, end.saturating_sub(frame_sp));
+    out
+}
+
 /// Index of an interned stack in a [`BlockingStacks`].
 pub type StackId = u32;
 

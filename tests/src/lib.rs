@@ -387,7 +387,7 @@ fn build_cached(
 
     // Build next to the target and rename over it: atomic for other readers,
     // and works while an older copy of the binary is still running.
-    let tmp = out_dir.join(format!(".{name}.tmp.{}", std::process::id()));
+    let tmp = out_dir.join(format!(".{name}.tmp.{}", unique_suffix()));
     let mut cmd = go_command(tc);
     args(&mut cmd, &tmp);
     let output = cmd.stdin(Stdio::null()).output().unwrap_or_else(|e| panic!("cannot run {}: {e}", tc.go.display()));
@@ -403,6 +403,13 @@ fn build_cached(
     fs::rename(&tmp, &out).unwrap_or_else(|e| panic!("rename {} -> {}: {e}", tmp.display(), out.display()));
     fs::write(&stamp_path, &stamp).unwrap_or_else(|e| panic!("write {}: {e}", stamp_path.display()));
     out
+}
+
+/// A name part no other test thread, here or in another process, uses at once:
+/// the process id and the thread's.
+pub fn unique_suffix() -> String {
+    let thread = format!("{:?}", std::thread::current().id());
+    format!("{}.{}", std::process::id(), thread.trim_start_matches("ThreadId(").trim_end_matches(')'))
 }
 
 /// How a Go program is built: the ways shipped binaries differ from `go build`.

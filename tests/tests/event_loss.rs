@@ -94,3 +94,44 @@ fn intake_keeps_up_while_reports_are_built() {
     assert_eq!(count(churn, "exited") + count(churn, "live"), created, "{fx}\n{churn}");
     assert_eq!(verdict(churn), "ok", "{fx}\n{churn}");
 }
+
+/// `--no-exit-probe`: one probe hit per goroutine life. Exits come from memory
+/// (a `g` reused by a new goroutine, the goroutine table read every second), so
+/// short-lived goroutines are still all seen to exit, and the leaked ones stay.
+#[test]
+fn exits_are_derived_without_the_exit_probe() {
+    if !require_root() {
+        return;
+    }
+    let tc = go_toolchains().pop().expect("a Go toolchain");
+    let fx = Fixture::build(&tc, "preattach");
+    let _serial = serial_guard();
+    let proc = fx.start_with_args(&["-n", "500", "-churn", "40"]);
+    let pid = proc.pid().to_string();
+    let args = ["attach", "-p", &pid, "--json", "--duration", "4s", "--interval", "1h", "--no-exit-probe"];
+    let run = GleakChild::spawn(&gleak_bin(), &args, |_| {}).wait(Duration::from_secs(60));
+    assert!(run.status.success(), "{run}");
+    assert!(
+        !run.stderr.contains("runtime.gdestroy") && !run.stderr.contains("runtime.goexit0"),
+        "{fx}: an exit probe was placed\n{run}"
+    );
+    let reports = json_reports(&run);
+    check_report_stream(&reports, proc.pid());
+    let last = reports.last().unwrap();
+    let churn = marker_site(last, &fx, "OK:preattach_churn")
+        .unwrap_or_else(|| panic!("{fx}: no churn site\n{}", describe_sites(last, 10)));
+    let created = count(churn, "created");
+    assert!(
+        created >= 8_000,
+        "{fx}: only {created} short-lived goroutines seen born (4 000 a second for 4 s)\n{churn}"
+    );
+    assert_eq!(count(churn, "exited") + count(churn, "live"), created, "{fx}\n{churn}");
+    // The last second's goroutines may not be read as gone yet: 100 ticks of 40.
+    assert!(count(churn, "live") <= 4_000, "{fx}: short-lived goroutines left live\n{churn}");
+    assert!(count(churn, "exited") >= created - 4_000, "{fx}\n{churn}");
+    assert_eq!(verdict(churn), "ok", "{fx}\n{churn}");
+    let leak = marker_site(last, &fx, "LEAK:preattach")
+        .unwrap_or_else(|| panic!("{fx}: no leak site\n{}", describe_sites(last, 10)));
+    assert_eq!(count(leak, "live"), 500, "{fx}\n{leak}");
+    assert_eq!(verdict(leak), "leak", "{fx}\n{leak}");
+}

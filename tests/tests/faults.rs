@@ -173,7 +173,8 @@ fn faults() -> Fixture {
     let src = dir.join("faults.go");
     // Rewritten only when it differs: its mtime decides whether to rebuild.
     if fs::read_to_string(&src).ok().as_deref() != Some(FAULTS_GO) {
-        let tmp = dir.join(format!(".faults.go.{}", std::process::id()));
+        // Tests run on several threads of one process: the name is per thread.
+        let tmp = dir.join(format!(".faults.go.{}", unique_suffix()));
         fs::write(&tmp, FAULTS_GO).unwrap_or_else(|e| panic!("write {}: {e}", tmp.display()));
         fs::rename(&tmp, &src).unwrap_or_else(|e| panic!("rename to {}: {e}", src.display()));
     }

@@ -765,14 +765,16 @@ fn structural(data: &mut Vec<u8>, seed: &Seed, rng: &mut Rng) -> String {
         0 => {
             // The section header table again at the end, one header repeated.
             let (shoff, shnum) = (u64_at(data, 0x28) as usize, u16_at(data, 0x3c) as usize);
-            let Some(table) = data.get(shoff..shoff + shnum * 64).map(<[u8]>::to_vec) else {
+            // A mutated header may put the table anywhere, even past the address space.
+            let Some(table) = shoff.checked_add(shnum * 64).and_then(|end| data.get(shoff..end)).map(<[u8]>::to_vec)
+            else {
                 return "nothing (section headers gone)".into();
             };
             let pick = rng.below(shnum.max(1));
             let Some(one) = table.get(pick * 64..pick * 64 + 64).map(<[u8]>::to_vec) else {
                 return "nothing".into();
             };
-            let copies = copies.min(0xff00 - shnum);
+            let copies = copies.min(0xff00usize.saturating_sub(shnum));
             let at = data.len().next_multiple_of(8);
             data.resize(at, 0);
             data.extend(&table);
@@ -784,14 +786,15 @@ fn structural(data: &mut Vec<u8>, seed: &Seed, rng: &mut Rng) -> String {
         1 => {
             // The program header table again at the end, one header repeated.
             let (phoff, phnum) = (u64_at(data, 0x20) as usize, u16_at(data, 0x38) as usize);
-            let Some(table) = data.get(phoff..phoff + phnum * 56).map(<[u8]>::to_vec) else {
+            let Some(table) = phoff.checked_add(phnum * 56).and_then(|end| data.get(phoff..end)).map(<[u8]>::to_vec)
+            else {
                 return "nothing (program headers gone)".into();
             };
             let pick = rng.below(phnum.max(1));
             let Some(one) = table.get(pick * 56..pick * 56 + 56).map(<[u8]>::to_vec) else {
                 return "nothing".into();
             };
-            let copies = copies.min(0xfffe - phnum);
+            let copies = copies.min(0xfffeusize.saturating_sub(phnum));
             let at = data.len().next_multiple_of(8);
             data.resize(at, 0);
             data.extend(&table);

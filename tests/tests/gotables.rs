@@ -147,6 +147,14 @@ fn check_offsets(check: &mut Check, facts: &ReleaseFacts, dwarf: &Dwarf) {
             check.field("mspan.spanclass", h.mspan_spanclass, dwarf.offset("runtime.mspan", &["spanclass"]));
             check.field("mspan.state", h.mspan_state, dwarf.offset("runtime.mspan", &["state"]));
             check.field("mspan.specials", h.mspan_specials, dwarf.offset("runtime.mspan", &["specials"]));
+            check.field("mspan.freeindex", h.mspan_freeindex, dwarf.offset("runtime.mspan", &["freeindex"]));
+            let width = match dwarf.member_type("runtime.mspan", "freeindex") {
+                Some("uint16") => Ok(2),
+                Some("uintptr") => Ok(8),
+                other => Err(format!("mspan.freeindex of type {other:?}")),
+            };
+            check.field("mspan.freeindex width", h.mspan_freeindex_bytes, width);
+            check.field("mspan.allocBits", h.mspan_alloc_bits, dwarf.offset("runtime.mspan", &["allocBits"]));
             check.field("special.offset", h.special_offset, dwarf.offset("runtime.special", &["offset"]));
             let width = match dwarf.member_type("runtime.special", "offset") {
                 Some("uint16") => Ok(2),

@@ -39,11 +39,17 @@ enum Task {
         #[arg(long)]
         unit_only: bool,
     },
-    /// Measure probe overhead on goroutine-heavy workloads, side by side in one run.
+    /// Measure what gleak costs, side by side in one run; writes BENCHMARKS.md.
     Bench {
-        /// Goroutines per measurement.
+        /// Goroutines per overhead measurement.
         #[arg(long, default_value_t = 200_000)]
         goroutines: u64,
+        /// Attach/detach cycles of the soak.
+        #[arg(long, default_value_t = 1000)]
+        soak_cycles: u32,
+        /// Only these sections: overhead, intake, attach, pause, proof, audit, soak.
+        #[arg(long, value_delimiter = ',')]
+        only: Vec<String>,
     },
     /// Fuzz the readers of untrusted binaries (ELF, buildinfo, pclntab, DWARF) for longer than CI.
     Fuzz {
@@ -61,7 +67,7 @@ fn main() -> Result<()> {
         Task::Setup => bootstrap(&[]),
         Task::Demo { duration } => demo(&duration),
         Task::Test { unit_only } => test(unit_only),
-        Task::Bench { goroutines } => bench::run(goroutines),
+        Task::Bench { goroutines, soak_cycles, only } => bench::run(bench::BenchArgs { goroutines, soak_cycles, only }),
         Task::Fuzz { seconds, seed } => fuzz::run(seconds, seed.as_deref()),
     }
 }

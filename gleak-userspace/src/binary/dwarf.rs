@@ -294,6 +294,12 @@ impl DwarfInfo {
                 Some("uintptr" | "uint64") => 8,
                 other => return Err(missing(&format!("field runtime.special.offset of a known width ({other:?})"))),
             };
+            let span = structs.get("runtime.mspan").ok_or_else(|| missing("struct runtime.mspan"))?;
+            let mspan_freeindex_bytes = match span.member_types.get("freeindex").map(String::as_str) {
+                Some("uint16") => 2,
+                Some("uintptr" | "uint64") => 8,
+                other => return Err(missing(&format!("field runtime.mspan.freeindex of a known width ({other:?})"))),
+            };
             Ok(HeapLayout {
                 mheap_allspans: path("runtime.mheap", &["allspans"])?,
                 mspan_start: path("runtime.mspan", &["startAddr"])?,
@@ -302,6 +308,9 @@ impl DwarfInfo {
                 mspan_spanclass: path("runtime.mspan", &["spanclass"])?,
                 mspan_state: path("runtime.mspan", &["state"])?,
                 mspan_specials: path("runtime.mspan", &["specials"])?,
+                mspan_freeindex: path("runtime.mspan", &["freeindex"])?,
+                mspan_freeindex_bytes,
+                mspan_alloc_bits: path("runtime.mspan", &["allocBits"])?,
                 special_offset: path("runtime.special", &["offset"])?,
                 special_offset_bytes,
                 g_size: u32::try_from(g.size)

@@ -41,6 +41,17 @@ const OLD_MAGICS: [u32; 2] = [0xffff_fffa, 0xffff_fffb];
 /// `_func.flag` bit: the function is written in assembly (`abi.FuncFlagAsm`, the
 /// same bit in Go 1.17 through 1.27).
 const FUNC_FLAG_ASM: u8 = 1 << 2;
+/// `abi.PCDATA_StackMapIndex`: which of a function's stack maps holds at a pc.
+const PCDATA_STACK_MAP_INDEX: u32 = 1;
+/// `abi.FUNCDATA_ArgsPointerMaps`, `FUNCDATA_LocalsPointerMaps`, `FUNCDATA_StackObjects`.
+const FUNCDATA_ARGS_POINTER_MAPS: u32 = 0;
+const FUNCDATA_LOCALS_POINTER_MAPS: u32 = 1;
+const FUNCDATA_STACK_OBJECTS: u32 = 2;
+/// `abi.ArgsSizeUnknown`: `_func.args` of assembly functions that did not declare it.
+const ARGS_SIZE_UNKNOWN: i32 = i32::MIN;
+/// Bounds on what a frame's maps may claim.
+const MAX_MAP_BITS: i32 = 1 << 16;
+const MAX_STACK_OBJECTS: u64 = 1 << 10;
 /// `abi.PCDATA_InlTreeIndex`.
 const PCDATA_INL_TREE_INDEX: u32 = 2;
 /// `abi.FUNCDATA_InlTree`.
@@ -735,6 +746,127 @@ impl Pclntab {
         }
         let bytes = self.bytes();
         Some((read_u32(bytes, entry + name_at)? as i32, read_u32(bytes, entry + parent_at)? as i32))
+    }
+}
+
+/// What Go's garbage collector knows of one frame at its pc (as
+/// `runtime.getStackMap`): which of its words hold live pointers.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FrameMap {
+    /// The frame's size below its return address (the `pcsp` value).
+    pub sp_delta: u64,
+    /// Live pointer slots among the words just below `varp` (`locals[i]`: word
+    /// `i` of the `locals.len()` words ending at `varp`).
+    pub locals: Vec<bool>,
+    /// Live pointer slots among the argument words, from `argp` up.
+    pub args: Vec<bool>,
+    /// Address-taken locals, scanned whole: (offset from `varp` if negative,
+    /// from `argp` otherwise; size in bytes).
+    pub stack_objects: Vec<(i64, u64)>,
+    /// The function defers through `_defer` records (`_func.deferreturn` set),
+    /// which the runtime scans apart from the maps: its frame is scanned whole.
+    pub defers: bool,
+}
+
+impl Pclntab {
+    /// The frame map of the function running at `pc` (a link-time address:
+    /// the goroutine's saved pc, or a return address). `None` when the function
+    /// or a map it needs is unknown, or the maps are implausible: the caller then
+    /// scans the frame conservatively.
+    pub fn frame_map(&self, pc: u64) -> Option<FrameMap> {
+        // A return address may sit just past its function's last instruction.
+        let (lookup, at_call) = match self.index_containing(pc) {
+            Some(_) => (pc, pc.checked_sub(1)),
+            None => (pc.checked_sub(1)?, pc.checked_sub(1)),
+        };
+        let (i, off) = self.index_containing(lookup)?;
+        let f = self.record(i)?;
+        let sp_delta = u64::try_from(self.pcvalue(&f, f.pcsp, off)?).ok()?;
+        // The map at the call instruction; at the entry, map 0 (as the runtime).
+        let entry = self.text_start + u64::from(self.funcs[i].entry_off);
+        let index = match at_call.filter(|_| lookup != entry) {
+            Some(call) => {
+                let table = self.pcdata_table(&f, PCDATA_STACK_MAP_INDEX);
+                let call_off = call.checked_sub(entry)?;
+                if table == 0 {
+                    None
+                } else {
+                    self.pcvalue(&f, table, call_off)
+                }
+            }
+            None => None,
+        }
+        .filter(|&ix| ix != -1)
+        .unwrap_or(0);
+        // varp: below the return address and, in a frame, the saved frame pointer.
+        let locals_bytes = sp_delta.saturating_sub(8);
+        let locals =
+            if locals_bytes > 0 { self.stack_map(&f, FUNCDATA_LOCALS_POINTER_MAPS, index)? } else { Vec::new() };
+        if locals.len() as u64 * 8 > locals_bytes {
+            return None;
+        }
+        let args_size = self.record_i32(self.funcs[i].record, 8)?;
+        let args = match args_size {
+            ARGS_SIZE_UNKNOWN => {
+                // Reflect's stubs carry their argument maps elsewhere.
+                if self.raw_name_of(i).starts_with("reflect.") {
+                    return None;
+                }
+                Vec::new()
+            }
+            n if n > 0 => self.stack_map(&f, FUNCDATA_ARGS_POINTER_MAPS, index)?,
+            _ => Vec::new(),
+        };
+        let stack_objects = self.stack_objects(&f)?;
+        let defers = self.record_u32(self.funcs[i].record, 12)? != 0;
+        Some(FrameMap { sp_delta, locals, args, stack_objects, defers })
+    }
+
+    /// Bitmap `index` of the `runtime.stackmap` in `f`'s funcdata `which`;
+    /// `None` if absent or out of bounds.
+    fn stack_map(&self, f: &FuncRecord, which: u32, index: i32) -> Option<Vec<bool>> {
+        let (gofunc, gofunc_end) = self.gofunc?;
+        let start = gofunc.checked_add(self.funcdata(f, which)? as usize).filter(|&s| s < gofunc_end)?;
+        let bytes = self.bytes();
+        let n = read_u32(bytes, start)? as i32;
+        let nbit = read_u32(bytes, start.checked_add(4)?)? as i32;
+        if n <= 0 || !(0..=MAX_MAP_BITS).contains(&nbit) {
+            return None;
+        }
+        if nbit == 0 {
+            return Some(Vec::new());
+        }
+        if index < 0 || index >= n {
+            return None;
+        }
+        let per_map = (nbit as usize).div_ceil(8);
+        let at = start.checked_add(8)?.checked_add((index as usize).checked_mul(per_map)?)?;
+        let map = bytes.get(at..at.checked_add(per_map)?.min(gofunc_end))?;
+        if map.len() != per_map {
+            return None;
+        }
+        Some((0..nbit as usize).map(|b| map[b / 8] & (1 << (b % 8)) != 0).collect())
+    }
+
+    /// `f`'s stack object records (a count, then 16-byte records whose first
+    /// two words are the offset and size); empty without any.
+    fn stack_objects(&self, f: &FuncRecord) -> Option<Vec<(i64, u64)>> {
+        let Some(off) = self.funcdata(f, FUNCDATA_STACK_OBJECTS) else { return Some(Vec::new()) };
+        let (gofunc, gofunc_end) = self.gofunc?;
+        let start = gofunc.checked_add(off as usize).filter(|&s| s < gofunc_end)?;
+        let bytes = self.bytes().get(..gofunc_end)?;
+        let n = u64::from_le_bytes(bytes.get(start..start.checked_add(8)?)?.try_into().ok()?);
+        if n > MAX_STACK_OBJECTS {
+            return None;
+        }
+        (0..n as usize)
+            .map(|k| {
+                let at = start + 8 + k * 16;
+                let off = read_u32(bytes, at)? as i32;
+                let size = read_u32(bytes, at + 4)? as i32;
+                Some((i64::from(off), u64::try_from(size).ok()?))
+            })
+            .collect()
     }
 }
 

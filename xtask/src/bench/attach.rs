@@ -1,0 +1,161 @@
+//! Attach time, first-report time and gleak's peak memory on large real
+//! binaries: the Go toolchain's own `go` and `compile` (symbols, no DWARF), `go`
+//! rebuilt with DWARF and stripped, and a target with 100 000 live goroutines.
+
+use std::{
+    fmt::Write as _,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context, Result};
+
+use super::{proc_status_kib, Env};
+use crate::{cache_dir, run as run_cmd};
+
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// gleak attached for 1 s: (time to its banner, time to its final report, peak RSS MiB).
+fn measure(env: &Env, pid: u32) -> Result<(Duration, Duration, f64)> {
+    let started = Instant::now();
+    let mut child = Command::new(&env.gleak)
+        .args(["attach", "-p", &pid.to_string(), "--json", "--duration", "1s", "--interval", "1h"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let gpid = child.id();
+    let err = child.stderr.take().unwrap();
+    let banner = std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(err).lines().map_while(Result::ok) {
+            if line.contains("tracing PID") {
+                return Some(Instant::now());
+            }
+        }
+        None
+    });
+    let mut peak = 0u64;
+    loop {
+        if let Some(kib) = proc_status_kib(gpid, "VmHWM:") {
+            peak = peak.max(kib);
+        }
+        if child.try_wait()?.is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let done = started.elapsed();
+    let attached = banner.join().ok().flatten().context("gleak printed no banner")?.duration_since(started);
+    // The final report comes 1 s (--duration) after the banner.
+    let report = done.saturating_sub(Duration::from_secs(1));
+    Ok((attached, report, peak as f64 / 1024.0))
+}
+
+/// A `go` command that stays alive: `go run` of a program that sleeps.
+fn start_go(go: &Path, goroot: &Path) -> Result<Killed> {
+    let dir = cache_dir().join("bench");
+    let src = dir.join("sleeper.go");
+    std::fs::write(&src, "package main\n\nimport \"time\"\n\nfunc main() { time.Sleep(time.Hour) }\n")?;
+    let child = Command::new(go)
+        .args(["run"])
+        .arg(&src)
+        .env("GOROOT", goroot)
+        .env("GO111MODULE", "off")
+        .env("GOCACHE", cache_dir().join("gocache-bench"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    // Built and running its child once `go run` waits: give it time.
+    std::thread::sleep(Duration::from_secs(5));
+    Ok(Killed(child))
+}
+
+/// The toolchain's `compile`, held at its start: it blocks opening a FIFO.
+fn start_compile(compile: &Path) -> Result<Killed> {
+    let fifo = cache_dir().join("bench/blocked.go");
+    let _ = std::fs::remove_file(&fifo);
+    let c = std::ffi::CString::new(fifo.to_string_lossy().as_bytes())?;
+    // SAFETY: valid C string.
+    if unsafe { libc::mkfifo(c.as_ptr(), 0o600) } != 0 {
+        bail!("mkfifo {}: {}", fifo.display(), std::io::Error::last_os_error());
+    }
+    let child = Command::new(compile)
+        .args(["-p", "main", "-o", "/dev/null"])
+        .arg(&fifo)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    std::thread::sleep(Duration::from_secs(1));
+    Ok(Killed(child))
+}
+
+pub fn run(env: &Env) -> Result<String> {
+    let goroot: PathBuf = env.go.parent().and_then(Path::parent).context("GOROOT of the newest toolchain")?.into();
+    let compile = std::fs::read_dir(goroot.join("pkg/tool"))?
+        .flatten()
+        .map(|d| d.path().join("compile"))
+        .find(|p| p.is_file())
+        .context("no compile in the toolchain")?;
+    // `go` rebuilt from the same sources: with DWARF, and stripped.
+    let go_dwarf = cache_dir().join("bench/go-dwarf");
+    let go_stripped = cache_dir().join("bench/go-stripped");
+    for (out, flags) in [(&go_dwarf, ""), (&go_stripped, "-s -w")] {
+        if !out.exists() {
+            run_cmd(
+                Command::new(&env.go)
+                    .args(["build", "-ldflags", flags, "-o"])
+                    .arg(out)
+                    .arg("cmd/go")
+                    .env("GOCACHE", cache_dir().join("gocache-bench"))
+                    .env("GOFLAGS", ""),
+            )?;
+        }
+    }
+    let mut s = String::new();
+    let _ = writeln!(s, "## Attach, first report, memory\n");
+    let _ = writeln!(
+        s,
+        "`gleak attach -p PID --duration 1s`: time to the banner (binary read, probes placed and attached, \
+         goroutine table read), time from the end of the trace to the final report, and gleak's peak \
+         resident memory.\n"
+    );
+    let _ = writeln!(s, "| target | binary | attach | final report | peak RSS |");
+    let _ = writeln!(s, "|---|---|---|---|---|");
+    let size = |p: &Path| std::fs::metadata(p).map_or(0.0, |m| m.len() as f64 / (1 << 20) as f64);
+    let mut row = |what: &str, bin: &Path, pid: u32| -> Result<()> {
+        let (attach, report, rss) = measure(env, pid)?;
+        let _ = writeln!(
+            s,
+            "| {what} | {:.0} MiB | {:.0} ms | {:.0} ms | {rss:.0} MiB |",
+            size(bin),
+            attach.as_secs_f64() * 1e3,
+            report.as_secs_f64() * 1e3
+        );
+        Ok(())
+    };
+    let go = goroot.join("bin/go");
+    for (what, bin) in [
+        ("the toolchain's `go` (symbols, no DWARF)", &go),
+        ("`go` rebuilt with DWARF", &go_dwarf),
+        ("`go` rebuilt stripped (`-s -w`)", &go_stripped),
+    ] {
+        let p = start_go(bin, &goroot)?;
+        row(what, bin, p.0.id())?;
+    }
+    let p = start_compile(&compile)?;
+    row("the toolchain's `compile` (symbols, no DWARF)", &compile, p.0.id())?;
+    drop(p);
+    let pre = env.fixture("preattach")?;
+    let mut target = super::Driven::start(&pre, &["-n", "100000"])?;
+    row("100 000 live goroutines (fixture `preattach`)", &pre, target.pid())?;
+    let _ = target.child.kill();
+    Ok(s)
+}

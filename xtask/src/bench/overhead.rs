@@ -1,0 +1,209 @@
+//! Overhead per goroutine life (spawn + exit) and per park (an unbuffered channel
+//! round trip), on one process, side by side: untraced; the floor, i.e. bare
+//! uprobes with no BPF program at exactly gleak's probe instructions (created
+//! through tracefs `uprobe_events`); and each gleak mode. The ratio that matters
+//! is gleak's extra cost over the floor's extra cost at the same sites.
+
+use std::{fmt::Write as _, path::Path};
+
+use anyhow::{Context, Result};
+use gleak::{binary::GoBinary, placement::plan, AttachOptions};
+
+use super::{median, ns, reports, Driven, Env, Gleak};
+
+/// Repetitions per measurement; the median is kept.
+const REPEAT: usize = 5;
+
+struct Row {
+    mode: String,
+    spawn_ns: f64,
+    chan_ns: f64,
+    /// Probe hits (floor) or events delivered (gleak) per goroutine life.
+    per_life: Option<f64>,
+    lost: Option<u64>,
+}
+
+pub fn run(env: &Env) -> Result<String> {
+    let bin = env.build("workload")?;
+    let n = env.args.goroutines;
+    let mut wl = Driven::start(&bin, &[])?;
+    let measure = |wl: &mut Driven| -> Result<(f64, f64)> {
+        let mut spawn = Vec::new();
+        let mut chan = Vec::new();
+        for _ in 0..REPEAT {
+            spawn.push(wl.ask_f64(&format!("spawn {n}"))?);
+            chan.push(wl.ask_f64(&format!("chan {n}"))?);
+        }
+        Ok((median(spawn), median(chan)))
+    };
+    let mut rows = Vec::new();
+    let (spawn, chan) = measure(&mut wl)?;
+    rows.push(Row { mode: "untraced".into(), spawn_ns: spawn, chan_ns: chan, per_life: None, lost: None });
+
+    // The floor: the same instructions gleak probes, bare.
+    let binary = GoBinary::open(&bin, &bin).context("reading the workload binary")?;
+    for (label, opts) in [
+        ("floor: bare uprobes at gleak's creation + exit sites", AttachOptions::default()),
+        (
+            "floor: bare uprobes at gleak's creation + exit + park sites",
+            AttachOptions { trace_parks: true, ..AttachOptions::default() },
+        ),
+    ] {
+        let sites: Vec<u64> = plan(&binary, opts)?
+            .iter()
+            .map(|s| binary.file_offset(s.vaddr).context("probe site outside the file"))
+            .collect::<Result<_>>()?;
+        let floor = tracefs::Uprobes::create(&bin, &sites)?;
+        let before = floor.hits()?;
+        let (spawn, chan) = measure(&mut wl)?;
+        let hits = floor.hits()?.saturating_sub(before);
+        drop(floor);
+        // Per goroutine life: all the hits over the spawns (chan round trips create
+        // one goroutine per measurement, negligible).
+        let lives = (REPEAT as u64 * n) as f64;
+        rows.push(Row {
+            mode: label.into(),
+            spawn_ns: spawn,
+            chan_ns: chan,
+            per_life: Some(hits as f64 / lives),
+            lost: None,
+        });
+    }
+
+    let pid = wl.pid().to_string();
+    for (mode, extra) in [
+        ("gleak default (creation + exit, stacks)", &[][..]),
+        ("gleak --no-stacks", &["--no-stacks"][..]),
+        ("gleak --no-exit-probe (exits read from memory)", &["--no-exit-probe"][..]),
+        ("gleak --no-exit-probe --no-stacks", &["--no-exit-probe", "--no-stacks"][..]),
+        ("gleak --trace-parks", &["--trace-parks"][..]),
+        ("gleak --classic-probes (entry/RET sites)", &["--classic-probes"][..]),
+    ] {
+        let mut args = vec!["attach", "-p", pid.as_str(), "--json", "--interval", "1h", "--no-proof"];
+        args.extend(extra);
+        let g = Gleak::start(env, &args, "tracing PID")?;
+        let (spawn, chan) = measure(&mut wl)?;
+        let out = g.stop()?;
+        let last = reports(&out).pop().context("gleak printed no report")?;
+        let events = last["totals"]["created"].as_u64().unwrap_or(0) + last["totals"]["exited"].as_u64().unwrap_or(0);
+        let lives = last["totals"]["created"].as_u64().unwrap_or(0).max(1) as f64;
+        rows.push(Row {
+            mode: mode.into(),
+            spawn_ns: spawn,
+            chan_ns: chan,
+            per_life: Some(events as f64 / lives),
+            lost: last["lost_events"].as_u64(),
+        });
+    }
+    Ok(render(env, &bin, &rows))
+}
+
+fn render(env: &Env, bin: &Path, rows: &[Row]) -> String {
+    let base = &rows[0];
+    let floor_spawn = rows[1].spawn_ns - base.spawn_ns;
+    let floor_chan = rows[2].chan_ns - base.chan_ns;
+    let mut s = String::new();
+    let _ = writeln!(s, "## Overhead per goroutine and per park\n");
+    let _ = writeln!(
+        s,
+        "One process ({}), {} goroutines spawned and joined (`spawn`) and as many unbuffered channel round \
+         trips (`chan`, each a park), median of {REPEAT}. The floor is bare uprobes created through tracefs \
+         `uprobe_events` with no BPF program, at gleak's own probe instructions: what any uprobe-based \
+         tracer pays there. *extra/floor* is gleak's cost above untraced over the floor's (creation + exit \
+         floor for `spawn`, + park floor for `chan`).\n",
+        bin.file_name().unwrap_or_default().to_string_lossy(),
+        env.args.goroutines
+    );
+    let _ = writeln!(
+        s,
+        "| mode | spawn+exit | extra/floor | chan round trip | extra/floor | hits or events per goroutine | lost |"
+    );
+    let _ = writeln!(s, "|---|---|---|---|---|---|---|");
+    for r in rows {
+        let ratio = |v: f64, b: f64, f: f64| {
+            if r.mode == "untraced" || f <= 0.0 {
+                "-".to_string()
+            } else {
+                format!("{:.2}×", (v - b) / f)
+            }
+        };
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} | {} | {} | {} |",
+            r.mode,
+            ns(r.spawn_ns),
+            ratio(r.spawn_ns, base.spawn_ns, floor_spawn),
+            ns(r.chan_ns),
+            ratio(r.chan_ns, base.chan_ns, floor_chan),
+            r.per_life.map_or("-".into(), |v| format!("{v:.2}")),
+            r.lost.map_or("-".into(), |v| v.to_string()),
+        );
+    }
+    s
+}
+
+/// Bare uprobes through tracefs, with no program attached: the floor.
+mod tracefs {
+    use std::{fs, path::Path};
+
+    use anyhow::{bail, Context, Result};
+
+    const ROOT: &str = "/sys/kernel/tracing";
+    const GROUP: &str = "gleakbench";
+
+    pub struct Uprobes {
+        names: Vec<String>,
+        tracing_was: String,
+    }
+
+    impl Uprobes {
+        /// Bare uprobes at the file offsets of `bin`, enabled, with tracing off
+        /// (the probes fire, nothing is recorded).
+        pub fn create(bin: &Path, offsets: &[u64]) -> Result<Uprobes> {
+            if !Path::new(ROOT).join("uprobe_events").exists() {
+                let status = std::process::Command::new("mount").args(["-t", "tracefs", "nodev", ROOT]).status()?;
+                if !status.success() {
+                    bail!("cannot mount tracefs at {ROOT}");
+                }
+            }
+            let tracing_was = fs::read_to_string(format!("{ROOT}/tracing_on")).unwrap_or_else(|_| "1".into());
+            fs::write(format!("{ROOT}/tracing_on"), "0")?;
+            let mut u = Uprobes { names: Vec::new(), tracing_was };
+            for (i, off) in offsets.iter().enumerate() {
+                let name = format!("p{i}");
+                append(&format!("p:{GROUP}/{name} {}:{off:#x}", bin.display()))
+                    .with_context(|| format!("creating uprobe {GROUP}/{name}"))?;
+                u.names.push(name);
+            }
+            fs::write(format!("{ROOT}/events/{GROUP}/enable"), "1")?;
+            Ok(u)
+        }
+
+        /// Hits of every probe so far (uprobe_profile).
+        pub fn hits(&self) -> Result<u64> {
+            let profile = fs::read_to_string(format!("{ROOT}/uprobe_profile"))?;
+            Ok(profile
+                .lines()
+                .filter(|l| self.names.iter().any(|n| l.split_whitespace().nth(1) == Some(n.as_str())))
+                .filter_map(|l| l.split_whitespace().nth(2)?.parse::<u64>().ok())
+                .sum())
+        }
+    }
+
+    fn append(line: &str) -> Result<()> {
+        use std::io::Write;
+        let mut f = fs::OpenOptions::new().append(true).open(format!("{ROOT}/uprobe_events"))?;
+        writeln!(f, "{line}")?;
+        Ok(())
+    }
+
+    impl Drop for Uprobes {
+        fn drop(&mut self) {
+            let _ = fs::write(format!("{ROOT}/events/{GROUP}/enable"), "0");
+            for n in &self.names {
+                let _ = append(&format!("-:{GROUP}/{n}"));
+            }
+            let _ = fs::write(format!("{ROOT}/tracing_on"), self.tracing_was.trim());
+        }
+    }
+}

@@ -1,0 +1,45 @@
+//! The longest stall a target with 100 000 goroutines sees while gleak attaches
+//! and reports, against the machine's noise and against pprof's `debug=2`
+//! goroutine dump (what the usual leak hunt takes, and a stop of the world).
+
+use std::{fmt::Write as _, time::Duration};
+
+use anyhow::Result;
+
+use super::{Driven, Env, Gleak};
+
+pub fn run(env: &Env) -> Result<String> {
+    let bin = env.build("pausemeter")?;
+    let mut target = Driven::start(&bin, &["-n", "100000"])?;
+    // The machine's noise: the longest gap with nothing attached.
+    target.ask("reset")?;
+    std::thread::sleep(Duration::from_secs(4));
+    let noise = target.ask_f64("max")?;
+    // gleak: attach (goroutine table read), three reports, the final one.
+    target.ask("reset")?;
+    let pid = target.pid().to_string();
+    let g =
+        Gleak::start(env, &["attach", "-p", &pid, "--json", "--interval", "1s", "--duration", "3s"], "tracing PID")?;
+    g.wait()?;
+    let gleak = target.ask_f64("max")?;
+    // pprof's goroutine dump, debug=2.
+    let answer = target.ask("pprof")?;
+    let mut words = answer.split_whitespace().map(|w| w.parse::<f64>().unwrap_or(f64::NAN));
+    let (took, pprof) = (words.next().unwrap_or(f64::NAN), words.next().unwrap_or(f64::NAN));
+    let mut s = String::new();
+    let _ = writeln!(s, "## Pause of the target\n");
+    let _ = writeln!(
+        s,
+        "A target with 100 000 blocked goroutines measures its own longest stall (a goroutine sleeping \
+         200 µs in a loop, the longest gap beyond that) while nothing is attached, while gleak attaches \
+         and writes 4 reports (the goroutine table, every `g`, every blocked goroutine's stack and wait \
+         object, the reachability proof), and while `runtime/pprof` writes the goroutine profile with \
+         `debug=2` (`/debug/pprof/goroutine?debug=2`).\n"
+    );
+    let _ = writeln!(s, "| | longest stall |");
+    let _ = writeln!(s, "|---|---|");
+    let _ = writeln!(s, "| nothing attached (noise), 4 s | {:.1} ms |", noise / 1e3);
+    let _ = writeln!(s, "| gleak attached, 4 reports | {:.1} ms |", gleak / 1e3);
+    let _ = writeln!(s, "| pprof `debug=2` dump ({:.0} ms) | {:.1} ms |", took / 1e3, pprof / 1e3);
+    Ok(s)
+}
