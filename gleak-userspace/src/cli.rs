@@ -721,25 +721,24 @@ async fn audit(args: AuditArgs, signals: &mut Signals) -> Result<()> {
     Ok(())
 }
 
+/// A duration as `humantime` writes them (`30s`, `500ms`, `5m`, `1h 30m`), or a
+/// bare number of seconds (`1.5`).
 fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
-    let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let value: f64 = num.parse().map_err(|_| format!("`{s}` is not a duration (try 30s, 5m, 500ms)"))?;
-    let secs = match unit {
-        "" | "s" => value,
-        "ms" => value / 1e3,
-        "m" => value * 60.0,
-        "h" => value * 3600.0,
-        _ => return Err(format!("unknown unit `{unit}` in `{s}` (use ms, s, m or h)")),
+    let parsed = match s.parse::<f64>() {
+        Ok(secs) if secs.is_finite() && secs > 0.0 && secs <= MAX_DURATION_S => Duration::from_secs_f64(secs),
+        Ok(_) => return Err(format!("`{s}` must be positive and at most a year")),
+        Err(_) => {
+            humantime::parse_duration(s).map_err(|e| format!("`{s}` is not a duration ({e}; try 30s, 5m, 500ms)"))?
+        }
     };
-    if !(secs > 0.0 && secs.is_finite()) {
+    if parsed.is_zero() {
         return Err(format!("`{s}` must be positive"));
     }
-    if secs > MAX_DURATION_S {
+    if parsed.as_secs_f64() > MAX_DURATION_S {
         return Err(format!("`{s}` is too long (at most a year)"));
     }
-    Ok(Duration::from_secs_f64(secs))
+    Ok(parsed)
 }
 
 #[cfg(test)]
@@ -758,6 +757,8 @@ mod tests {
         assert!(parse_duration("99999999999999999999s").is_err());
         assert!(parse_duration("10000000000000000000s").is_err());
         assert!(parse_duration("8760h").is_ok());
+        assert_eq!(parse_duration("1h 30m").unwrap(), Duration::from_secs(5400));
+        assert!(parse_duration("-1").is_err());
     }
 
     #[test]

@@ -28,6 +28,7 @@ pub mod procmem;
 pub mod proof;
 pub mod reach;
 pub mod report;
+pub mod sitecache;
 pub mod snapshot;
 pub mod symbolize;
 pub mod target;

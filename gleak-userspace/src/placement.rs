@@ -8,10 +8,54 @@
 use crate::{
     binary::{disasm, GoBinary, Symbol},
     error::{Error, Result},
-    probes::{
-        AttachOptions, PROBE_CREATE, PROBE_CREATE_RBX, PROBE_EXIT, PROBE_PARK, PROBE_PARK_MCALL, PROBE_PROCESS_EXIT,
-    },
 };
+
+/// The eBPF programs, by the name of their function in `gleak-ebpf`.
+pub const PROBE_CREATE: &str = "goroutine_create";
+pub const PROBE_CREATE_RBX: &str = "goroutine_create_rbx";
+pub const PROBE_EXIT: &str = "goroutine_exit";
+pub const PROBE_PARK: &str = "goroutine_park";
+pub const PROBE_PARK_MCALL: &str = "goroutine_park_mcall";
+pub const PROBE_PROCESS_EXIT: &str = "process_exit";
+
+/// What to attach to a target.
+#[derive(Clone, Copy, Debug)]
+pub struct AttachOptions {
+    /// Record the user stack at each creation (one `bpf_get_stackid` per `go`).
+    pub capture_stacks: bool,
+    /// Probe `runtime.gopark` too: exact block times, one more hit per blocking op.
+    pub trace_parks: bool,
+    /// Stop the process (SIGSTOP) when it calls `runtime.exit`, so its goroutines can
+    /// be read before it is gone. Only for a child gleak started (`gleak run`).
+    pub stop_at_exit: bool,
+    /// Probe function entries and RETs only, not the cheaper CALL sites (for
+    /// comparison, or should a future Go change the code shape the CALL search expects).
+    pub classic_sites: bool,
+    /// Prove, at each report, which blocked goroutines can never run again (reads
+    /// the target's heap; see [`crate::proof`]).
+    pub prove: bool,
+    /// Probe goroutine exits. Without it (one probe hit per goroutine instead of
+    /// two) exits are read from memory: a new goroutine on a dead one's `g` (Go
+    /// reuses them at once) and, every second, the statuses of the live ones.
+    pub exit_probe: bool,
+    /// Attach the uprobes. Without them (`gleak audit`'s first tier) the target
+    /// is only read from memory at each report: nothing on its hot path.
+    pub probes: bool,
+}
+
+impl Default for AttachOptions {
+    fn default() -> Self {
+        Self {
+            capture_stacks: true,
+            trace_parks: false,
+            stop_at_exit: false,
+            classic_sites: false,
+            prove: true,
+            exit_probe: true,
+            probes: true,
+        }
+    }
+}
 
 /// One uprobe to attach.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -117,12 +117,15 @@ pub struct Percentiles {
     pub max: f64,
 }
 
-#[derive(Clone, Copy, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize)]
 pub struct Trend {
     pub window_s: f64,
     pub live_start: u64,
     pub live_end: u64,
     pub live_per_s: f64,
+    /// The live count about once a second over the window, oldest first, ending
+    /// with `live_end`.
+    pub live_series: Vec<u64>,
 }
 
 #[derive(Clone, Copy, Debug, Default, Serialize)]
@@ -278,6 +281,7 @@ impl Report {
             row.trend.live_start += s.trend.live_start;
             row.trend.live_end += s.trend.live_end;
             row.trend.live_per_s += s.trend.live_per_s;
+            row.trend.live_series = add_series(&row.trend.live_series, &s.trend.live_series);
             row.rates.created_per_s += s.rates.created_per_s;
             row.rates.exited_per_s += s.rates.exited_per_s;
             for (k, v) in s.wait_reasons {
@@ -378,8 +382,17 @@ impl Report {
             paint(
                 "7",
                 &format!(
-                    "{:<8} {:>7} {:>8} {:>8} {:>8} {:>7} {:>8} {:<22} {:>7}  GO STATEMENT",
-                    "VERDICT", "LIVE", "Δ LIVE", "CREATED", "EXITED", "OLDEST", "BLOCKED", "WAITING ON", "STACKS"
+                    "{:<8} {:>7} {:>8} {:<SPARK_WIDTH$} {:>8} {:>8} {:>7} {:>8} {:<22} {:>7}  GO STATEMENT",
+                    "VERDICT",
+                    "LIVE",
+                    "Δ LIVE",
+                    "TREND",
+                    "CREATED",
+                    "EXITED",
+                    "OLDEST",
+                    "BLOCKED",
+                    "WAITING ON",
+                    "STACKS"
                 )
             )
         );
@@ -398,10 +411,11 @@ impl Report {
             let delta = s.trend.live_end as i64 - s.trend.live_start as i64;
             let _ = writeln!(
                 out,
-                "{} {:>7} {:>8} {:>8} {:>8} {:>7} {:>8} {:<22} {:>7}  {}",
+                "{} {:>7} {:>8} {:<SPARK_WIDTH$} {:>8} {:>8} {:>7} {:>8} {:<22} {:>7}  {}",
                 verdict,
                 s.live,
                 if delta == 0 { "0".to_string() } else { format!("{delta:+}") },
+                sparkline(&s.trend.live_series, SPARK_WIDTH, color),
                 s.created,
                 s.exited,
                 if s.preexisting > 0 {
@@ -523,6 +537,38 @@ fn write_frames(out: &mut String, frames: &[Frame]) {
     }
 }
 
+/// Columns of the trend sparkline.
+const SPARK_WIDTH: usize = 10;
+
+/// `series` as a sparkline of at most `width` columns (the newest values; each
+/// column the largest of the values it stands for), scaled between the smallest
+/// and largest: Unicode blocks, or plain ASCII for a file or a pipe.
+fn sparkline(series: &[u64], width: usize, unicode: bool) -> String {
+    const BLOCKS: [char; 8] = ['▁', '▂', '▃', '▄', '▅', '▆', '▇', '█'];
+    const ASCII: [char; 8] = ['_', '.', ',', '-', '=', '+', '*', '#'];
+    let levels = if unicode { &BLOCKS } else { &ASCII };
+    if series.is_empty() || width == 0 {
+        return String::new();
+    }
+    let per_column = series.len().div_ceil(width);
+    let columns: Vec<u64> = series.chunks(per_column).map(|c| c.iter().copied().max().unwrap_or(0)).collect();
+    let (lo, hi) = (columns.iter().min().copied().unwrap_or(0), columns.iter().max().copied().unwrap_or(0));
+    columns
+        .iter()
+        .map(|&v| {
+            let level = if hi == lo { 0 } else { ((v - lo) * 7 / (hi - lo)) as usize };
+            levels[level.min(7)]
+        })
+        .collect()
+}
+
+/// Two series added point by point, aligned at their newest values.
+fn add_series(a: &[u64], b: &[u64]) -> Vec<u64> {
+    let (long, short) = if a.len() >= b.len() { (a, b) } else { (b, a) };
+    let offset = long.len() - short.len();
+    long.iter().enumerate().map(|(i, &v)| v + if i >= offset { short[i - offset] } else { 0 }).collect()
+}
+
 fn bytes(b: u64) -> String {
     match b {
         0 => "-".into(),
@@ -563,5 +609,20 @@ mod tests {
         assert_eq!(truncate("abcdef", 4), "abc…");
         assert_eq!(bytes(8192), "8K");
         assert_eq!(bytes(3 << 20), "3.0M");
+    }
+
+    #[test]
+    fn sparklines() {
+        assert_eq!(sparkline(&[1, 2, 3, 4, 5, 6, 7, 8], 10, true), "▁▂▃▄▅▆▇█");
+        assert_eq!(sparkline(&[1, 2, 3, 4, 5, 6, 7, 8], 10, false), "_.,-=+*#");
+        // Flat: the lowest level throughout.
+        assert_eq!(sparkline(&[300, 300, 300], 10, false), "___");
+        // Longer than the width: columns of two, each its larger value.
+        assert_eq!(
+            sparkline(&[0, 50, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 100], 10, false),
+            "-________#"
+        );
+        assert_eq!(sparkline(&[], 10, true), "");
+        assert_eq!(add_series(&[1, 2, 3], &[10, 20]), vec![1, 12, 23]);
     }
 }

@@ -995,23 +995,14 @@ impl Drop for GleakChild {
     }
 }
 
-/// Parses a Go-style duration as gleak takes them: `5s`, `500ms`, `1.5s`,
-/// `2m`, `1h`, or a bare number of seconds.
+/// Parses a duration as gleak takes them: `humantime`'s syntax (`5s`, `500ms`,
+/// `2m`, `1h 30m`) or a bare number of seconds.
 pub fn parse_duration(s: &str) -> Option<Duration> {
     let s = s.trim();
-    let (num, unit) = match s.find(|c: char| !(c.is_ascii_digit() || c == '.')) {
-        Some(i) => s.split_at(i),
-        None => (s, "s"),
-    };
-    let n: f64 = num.parse().ok()?;
-    let secs = match unit {
-        "ms" => n / 1000.0,
-        "s" => n,
-        "m" => n * 60.0,
-        "h" => n * 3600.0,
-        _ => return None,
-    };
-    Duration::try_from_secs_f64(secs).ok()
+    match s.parse::<f64>() {
+        Ok(secs) => Duration::try_from_secs_f64(secs).ok(),
+        Err(_) => humantime::parse_duration(s).ok(),
+    }
 }
 
 /// The value of `--duration` in `args` (`--duration 5s` or `--duration=5s`).
@@ -1380,7 +1371,7 @@ mod tests {
     fn durations() {
         assert_eq!(parse_duration("5s"), Some(Duration::from_secs(5)));
         assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
-        assert_eq!(parse_duration("1.5s"), Some(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("1s 500ms"), Some(Duration::from_millis(1500)));
         assert_eq!(parse_duration("2m"), Some(Duration::from_secs(120)));
         assert_eq!(parse_duration("3"), Some(Duration::from_secs(3)));
         assert_eq!(parse_duration("3x"), None);
@@ -1474,7 +1465,7 @@ mod tests {
             "function": "main.f", "file": "/a/tests/fixtures/x.go", "line": 34,
             "go_func": "main.f.func1", "pc": "0x4b5e9e",
             "live": 2, "created": 3, "exited": 1, "preexisting": 0,
-            "trend": {"window_s": 6.0, "live_start": 0, "live_end": 2, "live_per_s": 0.33},
+            "trend": {"window_s": 6.0, "live_start": 0, "live_end": 2, "live_per_s": 0.33, "live_series": [0, 1, 2, 2]},
             "rates": {"created_per_s": 0.5, "exited_per_s": 0.16},
             "oldest_age_s": 5.5,
             "age_s": {"p50": 3.0, "p90": 5.0, "p99": 5.5, "max": 5.5},

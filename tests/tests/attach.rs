@@ -231,3 +231,44 @@ fn pie_binary() {
         assert!(stack.iter().any(|f| f["function"] == "main.main"), "{tc}: {site}");
     });
 }
+
+/// The human table on a pipe: plain ASCII, a TREND sparkline per site. The
+/// growing leak's line rises from its lowest level to its highest (`_` … `#`);
+/// `--color always` draws it with Unicode blocks.
+#[test]
+fn human_table_shows_the_trend() {
+    if !require_root() {
+        return;
+    }
+    let tc = go_toolchains().pop().expect("a Go toolchain");
+    let fx = Fixture::build(&tc, "chan_send");
+    let _serial = serial_guard();
+    let proc = fx.start();
+    let pid = proc.pid().to_string();
+    let line_of = |run: &GleakRun, what: &str| -> (String, String) {
+        assert!(run.status.success(), "{fx}: {what}\n{run}");
+        let header =
+            run.stdout.lines().find(|l| l.contains("VERDICT")).unwrap_or_else(|| panic!("{fx}: no table\n{run}"));
+        let at = format!("{}:{}", fx.source.file_name().unwrap().to_string_lossy(), fx.marker_line("LEAK:chan_send"));
+        let row =
+            run.stdout.lines().find(|l| l.contains(&at)).unwrap_or_else(|| panic!("{fx}: no row for {at}\n{run}"));
+        (header.to_string(), row.to_string())
+    };
+    let run =
+        run_gleak(&["attach", "-p", &pid, "--duration", "4s", "--interval", "1h"], std::time::Duration::from_secs(60));
+    let (header, row) = line_of(&run, "plain");
+    assert!(header.contains("TREND"), "{fx}: {header}");
+    assert!(row.is_ascii(), "{fx}: not plain ASCII on a pipe: {row}");
+    let spark = row.split_whitespace().nth(3).unwrap_or_default();
+    assert!(
+        spark.len() >= 3 && spark.starts_with('_') && spark.ends_with('#'),
+        "{fx}: the leak's trend does not rise: {row}"
+    );
+
+    let run = run_gleak(
+        &["attach", "-p", &pid, "--duration", "3s", "--interval", "1h", "--color", "always"],
+        std::time::Duration::from_secs(60),
+    );
+    let (_, row) = line_of(&run, "--color always");
+    assert!(row.contains('▁') && row.contains('█'), "{fx}: no Unicode sparkline with --color always: {row}");
+}
