@@ -16,6 +16,7 @@ use std::{
 };
 
 fn main() {
+    compile_protos();
     let out_dir = PathBuf::from(env::var_os("OUT_DIR").unwrap());
     let manifest_dir = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").unwrap());
     let ebpf_dir = manifest_dir.join("../gleak-ebpf");
@@ -142,4 +143,12 @@ fn on_path(program: &str) -> bool {
         .into_iter()
         .chain(home_bin)
         .any(|dir| dir.join(program).is_file())
+}
+
+/// pprof's `profile.proto` to `prost` types in OUT_DIR, by `protox` (a protobuf
+/// compiler in Rust: no system `protoc`).
+fn compile_protos() {
+    println!("cargo::rerun-if-changed=proto/profile.proto");
+    let fds = protox::compile(["profile.proto"], ["proto"]).unwrap_or_else(|e| panic!("proto/profile.proto: {e}"));
+    prost_build::Config::new().compile_fds(fds).unwrap_or_else(|e| panic!("generating profile.proto's types: {e}"));
 }

