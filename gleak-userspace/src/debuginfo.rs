@@ -38,7 +38,7 @@ pub struct RuntimeInfo {
 }
 
 /// Where each fact came from, in words (`"DWARF"`, `".gopclntab"`, `"Go 1.26 table"`…).
-#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, schemars::JsonSchema)]
 pub struct FactSources {
     pub functions: String,
     pub layout: String,

@@ -3,6 +3,7 @@
 
 use std::{collections::BTreeMap, fmt::Write as _};
 
+use schemars::JsonSchema;
 use serde::Serialize;
 
 use crate::{
@@ -12,7 +13,11 @@ use crate::{
     waits::{ChanState, WaitKind},
 };
 
-#[derive(Clone, Debug, Serialize)]
+/// One report of `gleak attach` or `gleak run`: what `--json` prints, one per
+/// line. Generated from these types: `cargo xtask schema` writes
+/// docs/report.schema.json.
+#[derive(Clone, Debug, Serialize, JsonSchema)]
+#[schemars(transform = final_run_report_has_gate)]
 pub struct Report {
     pub pid: u32,
     /// The PID inside the target's own PID namespace, when it differs.
@@ -24,6 +29,7 @@ pub struct Report {
     /// What gleak cannot see in this target, in words; empty when nothing is missing.
     pub gaps: Vec<String>,
     /// `attach` or `run`.
+    #[schemars(extend("enum" = ["attach", "run"]))]
     pub mode: &'static str,
     pub elapsed_s: f64,
     /// The last report of the session.
@@ -51,7 +57,7 @@ pub struct Report {
 
 /// The reachability proof: marking the target's heap from its roots (data, bss,
 /// the stacks of goroutines that can run), twice.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, JsonSchema)]
 pub struct ProofReport {
     /// Blocked goroutines whose wait objects were known: what the proof judged.
     pub candidates: u64,
@@ -67,7 +73,7 @@ pub struct ProofReport {
 }
 
 /// The probes' own failure counters, summed over CPUs.
-#[derive(Clone, Copy, Debug, Default, Serialize)]
+#[derive(Clone, Copy, Debug, Default, Serialize, JsonSchema)]
 pub struct KernelCounters {
     pub ringbuf_full: u64,
     /// Events dropped: the goroutine's memory was unreadable in the probe.
@@ -86,7 +92,7 @@ impl KernelCounters {
     }
 }
 
-#[derive(Clone, Copy, Debug, Default, Serialize)]
+#[derive(Clone, Copy, Debug, Default, Serialize, JsonSchema)]
 pub struct Totals {
     pub created: u64,
     pub exited: u64,
@@ -95,8 +101,9 @@ pub struct Totals {
     pub preexisting: u64,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, JsonSchema)]
 pub struct Gate {
+    #[schemars(extend("enum" = ["leak", "suspect"]))]
     pub fail_on: Verdict,
     pub failed: bool,
     pub leaked_goroutines: u64,
@@ -109,7 +116,7 @@ pub struct Gate {
     pub interrupted: bool,
 }
 
-#[derive(Clone, Copy, Debug, Default, Serialize)]
+#[derive(Clone, Copy, Debug, Default, Serialize, JsonSchema)]
 pub struct Percentiles {
     pub p50: f64,
     pub p90: f64,
@@ -117,7 +124,7 @@ pub struct Percentiles {
     pub max: f64,
 }
 
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, JsonSchema)]
 pub struct Trend {
     pub window_s: f64,
     pub live_start: u64,
@@ -128,14 +135,14 @@ pub struct Trend {
     pub live_series: Vec<u64>,
 }
 
-#[derive(Clone, Copy, Debug, Default, Serialize)]
+#[derive(Clone, Copy, Debug, Default, Serialize, JsonSchema)]
 pub struct Rates {
     pub created_per_s: f64,
     pub exited_per_s: f64,
 }
 
 /// One live goroutine, as memory shows it now.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, JsonSchema)]
 pub struct GoroutineSample {
     pub goid: u64,
     pub state: &'static str,
@@ -147,7 +154,7 @@ pub struct GoroutineSample {
     pub g_addr: String,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, JsonSchema)]
 pub struct PathReport {
     pub live: u64,
     pub created: u64,
@@ -157,9 +164,10 @@ pub struct PathReport {
     pub locations: Vec<(u64, Vec<Frame>)>,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, JsonSchema)]
 pub struct SiteReport {
     pub verdict: Verdict,
+    #[schemars(length(min = 1))]
     pub verdict_reason: String,
     /// The function containing the `go` statement.
     pub function: String,
@@ -168,6 +176,7 @@ pub struct SiteReport {
     /// The function the goroutines run.
     pub go_func: String,
     /// Address of the `go` statement (its call's return address), as linked.
+    #[schemars(regex(pattern = r"^0x[0-9a-f]+$"))]
     pub pc: String,
     pub live: u64,
     pub created: u64,
@@ -207,7 +216,7 @@ pub struct SiteReport {
 }
 
 /// What a site's blocked goroutines wait on.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, JsonSchema)]
 pub struct WaitSummary {
     /// Blocked goroutines whose wait objects are known.
     pub goroutines: u64,
@@ -224,7 +233,7 @@ pub struct WaitSummary {
 }
 
 /// One object blocked goroutines wait on.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, JsonSchema)]
 pub struct WaitObjectReport {
     pub kind: WaitKind,
     /// Its address in the target.
@@ -238,7 +247,7 @@ pub struct WaitObjectReport {
 }
 
 /// Goroutines of one site blocked at one place: same current stack, same wait reason.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, JsonSchema)]
 pub struct BlockedAt {
     pub goroutines: u64,
     pub wait_reason: String,
@@ -598,6 +607,24 @@ fn short_path(path: &str) -> &str {
     &path[idx + 1..]
 }
 
+/// The final report of `gleak run` carries the gate's decision.
+fn final_run_report_has_gate(schema: &mut schemars::Schema) {
+    schema.insert(
+        "if".into(),
+        serde_json::json!({
+            "properties": {"mode": {"const": "run"}, "final": {"const": true}},
+            "required": ["mode", "final"]
+        }),
+    );
+    schema.insert("then".into(), serde_json::json!({"required": ["gate"]}));
+}
+
+/// The JSON Schema of [`Report`], as committed in docs/report.schema.json.
+pub fn report_schema() -> String {
+    let schema = schemars::schema_for!(Report);
+    serde_json::to_string_pretty(&schema).expect("a schema serializes") + "\n"
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -609,6 +636,14 @@ mod tests {
         assert_eq!(truncate("abcdef", 4), "abc…");
         assert_eq!(bytes(8192), "8K");
         assert_eq!(bytes(3 << 20), "3.0M");
+    }
+
+    /// docs/report.schema.json is what the types say (`cargo xtask schema`).
+    #[test]
+    fn committed_schema_is_current() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/report.schema.json");
+        let committed = std::fs::read_to_string(path).unwrap_or_default();
+        assert!(committed == report_schema(), "{path} is stale: run `cargo xtask schema`");
     }
 
     #[test]

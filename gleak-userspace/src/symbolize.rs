@@ -3,7 +3,7 @@
 use serde::Serialize;
 
 /// One source-level frame (inlined calls produce several frames for one PC).
-#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, schemars::JsonSchema)]
 pub struct Frame {
     pub function: String,
     pub file: String,

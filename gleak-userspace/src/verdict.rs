@@ -5,7 +5,7 @@
 
 use serde::Serialize;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Verdict {
     Leak,
@@ -119,6 +119,17 @@ pub fn judge(f: &SiteFacts) -> (Verdict, String) {
                 format!(
                     "{} goroutines wait on the network and the process holds {connections} live connections: serving connections, not stuck",
                     f.io_waiting
+                ),
+            );
+        }
+        // Busy serving: every blocked one waits on the network, the rest run
+        // (handling a request), and there are no more than connections.
+        if f.io_waiting > 0 && f.blocked == f.io_waiting && f.live <= connections {
+            return (
+                Verdict::Stable,
+                format!(
+                    "{} goroutines, {} waiting on the network and the others running, and the process holds {connections} live connections: serving connections, not stuck",
+                    f.live, f.io_waiting
                 ),
             );
         }
@@ -266,6 +277,33 @@ mod tests {
         let (v, why) = judge(&f);
         assert_eq!(v, Verdict::Leak, "{why}");
         assert!(why.contains("chan send") && why.contains("0→500"), "{why}");
+    }
+
+    /// Connection goroutines under load: most running, the rest waiting on the
+    /// network, growing with the connections: stable. The same with one of them
+    /// blocked on a channel is not judged by the connection rule.
+    #[test]
+    fn busy_connection_goroutines_are_stable() {
+        let f = SiteFacts {
+            live: 32,
+            created: 32,
+            live_start: 8,
+            created_in_window: 24,
+            blocked: 5,
+            io_waiting: 5,
+            live_connections: Some(64),
+            top_reason: Some("IO wait".into()),
+            age_p50_s: Some(1.5),
+            oldest_s: Some(3.0),
+            ..base()
+        };
+        let (v, why) = judge(&f);
+        assert_eq!(v, Verdict::Stable, "{why}");
+        assert!(why.contains("serving connections"), "{why}");
+        let (v, why) = judge(&SiteFacts { blocked: 6, ..f.clone() });
+        assert_ne!(v, Verdict::Stable, "{why}");
+        let (v, why) = judge(&SiteFacts { live_connections: Some(16), ..f });
+        assert_ne!(v, Verdict::Stable, "{why}");
     }
 
     #[test]

@@ -22,7 +22,7 @@ pub const SEM_TAB_ENTRY: u64 = 64;
 pub const SEMA_ROOT_TREAP: u64 = 8;
 
 /// The kind of object a goroutine waits on.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum WaitKind {
     Channel,
@@ -40,7 +40,7 @@ pub struct WaitObject {
 }
 
 /// A channel's state as memory shows it.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, schemars::JsonSchema)]
 pub struct ChanState {
     /// Elements in its buffer.
     pub len: u64,

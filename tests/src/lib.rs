@@ -1476,6 +1476,9 @@ mod tests {
             "stack": [frame("main.f", 34), frame("main.main", 50)],
             "paths": [{"live": 2, "created": 3, "stack": [frame("main.f", 34), frame("main.main", 50)]}],
             "parent_chain": [frame("runtime.main", 250)],
+            "blocked_at": [{"goroutines": 2, "wait_reason": "chan send", "at": frame("main.f.func1", 35),
+                            "stack": [frame("runtime.gopark", 424), frame("main.f.func1", 35)]}],
+            "wait_objects": null, "proven": 0,
             "goroutines": [{"goid": 7, "state": "waiting", "wait_reason": "chan send",
                             "blocked_s": null, "age_s": 1.5, "g_addr": "0xc000007340"}]
         })
@@ -1490,7 +1493,8 @@ mod tests {
             "kernel": {"ringbuf_full": 0, "read_failed": 0, "field_read_failed": 0, "no_config": 0, "stack_failed": 0},
             "runtime_facts": {"functions": ".gopclntab", "layout": "gleak's Go 1.26 table",
                               "wait_reasons": "gleak's Go 1.26 table", "lines": ".gopclntab",
-                              "goroutine_table": "from runtime.allgadd's code"},
+                              "goroutine_table": "from runtime.allgadd's code",
+                              "semaphore_table": "from runtime.semacquire1's code", "heap": "from mallocinit's code"},
             "gaps": [], "ns_pid": null,
             "sites": [v2_site()],
             "some_future_field": {"ignored": true}

@@ -60,6 +60,8 @@ enum Task {
         #[arg(long)]
         seed: Option<String>,
     },
+    /// Write docs/report.schema.json from the report's types (a unit test checks it is current).
+    Schema,
 }
 
 fn main() -> Result<()> {
@@ -69,6 +71,12 @@ fn main() -> Result<()> {
         Task::Test { unit_only } => test(unit_only),
         Task::Bench { goroutines, soak_cycles, only } => bench::run(bench::BenchArgs { goroutines, soak_cycles, only }),
         Task::Fuzz { seconds, seed } => fuzz::run(seconds, seed.as_deref()),
+        Task::Schema => {
+            let path = root().join("docs/report.schema.json");
+            std::fs::write(&path, gleak::report::report_schema())?;
+            step(&format!("wrote {}", path.display()));
+            Ok(())
+        }
     }
 }
 
