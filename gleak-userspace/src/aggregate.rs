@@ -146,7 +146,7 @@ impl Aggregator {
         // A new goroutine on the `g` of a live one: that one died first (its exit
         // not traced, or its event lost). Go reuses dead `g`s at once, so the
         // creation's time bounds the death closely.
-        if let Some(&dead) = self.by_g.get(&ev.g_addr).filter(|_| ev.g_addr != 0) {
+        if let Some(&dead) = self.by_g.get(&ev.g_addr) {
             if dead != ev.goid {
                 self.on_exit(dead, ev.ts_ns);
             }

@@ -14,7 +14,7 @@ use crate::{
 const IGNORED_PACKAGES: &[&str] = &["runtime", "testing", "os/signal"];
 
 pub fn is_infrastructure(function: &str) -> bool {
-    if function == crate::tracer::MAIN_GOROUTINE {
+    if function == crate::sitecache::MAIN_GOROUTINE {
         return true; // the one calling exit
     }
     let pkg = package_of(function);

@@ -39,6 +39,6 @@ pub mod waitreason;
 pub mod waits;
 
 pub use error::{Error, Result};
-pub use probes::AttachOptions;
+pub use placement::AttachOptions;
 pub use report::Report;
 pub use tracer::Tracer;

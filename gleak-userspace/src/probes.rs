@@ -19,12 +19,11 @@ use gleak_common::{counter, TargetConfig};
 use crate::{
     error::{Error, Result},
     placement::{
-        self, ProbeSite, PROBE_CREATE, PROBE_CREATE_RBX, PROBE_EXIT, PROBE_PARK, PROBE_PARK_MCALL, PROBE_PROCESS_EXIT,
+        self, AttachOptions, ProbeSite, PROBE_CREATE, PROBE_CREATE_RBX, PROBE_EXIT, PROBE_PARK, PROBE_PARK_MCALL,
+        PROBE_PROCESS_EXIT,
     },
     target::Target,
 };
-
-pub use crate::placement::AttachOptions;
 
 #[cfg(not(gleak_no_ebpf))]
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/gleak-ebpf.o"));

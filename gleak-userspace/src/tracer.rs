@@ -10,8 +10,6 @@ use std::{
 use gleak_common::{counter, GoroutineEvent, CONFIG_CAPTURE_STACKS};
 use hdrhistogram::Histogram;
 
-pub use crate::sitecache::{creation_stack, MAIN_GOROUTINE};
-
 use crate::{
     aggregate::{Aggregator, LiveGoroutine, Sample, SiteKey},
     debuginfo::RuntimeInfo,
@@ -19,14 +17,15 @@ use crate::{
     intake::Intake,
     layout::gstatus,
     netconn,
-    probes::{AttachOptions, AttachedProbe, Probes},
+    placement::AttachOptions,
+    probes::{AttachedProbe, Probes},
     procmem::ProcessMemory,
     proof::{self, ProofBudget},
     report::{
         is_runtime_site, BlockedAt, GoroutineSample, KernelCounters, PathReport, Percentiles, ProofReport, Rates,
         Report, SiteReport, Totals, Trend, WaitObjectReport, WaitSummary,
     },
-    sitecache::{parent_chain, unknown_frame, Location, SiteLabel, SiteLabels, StackCache},
+    sitecache::{parent_chain, unknown_frame, Location, SiteLabel, SiteLabels, StackCache, MAIN_GOROUTINE},
     snapshot::{all_goroutines, read_records, GRecord},
     symbolize::Frame,
     target::Target,

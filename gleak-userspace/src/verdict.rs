@@ -111,25 +111,19 @@ pub fn judge(f: &SiteFacts) -> (Verdict, String) {
         );
     }
     // Goroutines serving live connections: waiting on the network, no more of them
-    // than the process has connections; or waiting on what such a goroutine holds.
+    // than the process has connections (at least half waiting, or all the others
+    // running: busy handling requests); or waiting on what such a goroutine holds.
     if let Some(connections) = f.live_connections.filter(|&c| c > 0) {
-        if f.io_waiting * 2 >= f.live && f.io_waiting <= connections {
+        let mostly_waiting = f.io_waiting * 2 >= f.live && f.io_waiting <= connections;
+        let busy = f.io_waiting > 0 && f.blocked == f.io_waiting && f.live <= connections;
+        if mostly_waiting || busy {
+            let running = f.live.saturating_sub(f.blocked);
+            let others = if busy && running > 0 { format!(", {running} running,") } else { String::new() };
             return (
                 Verdict::Stable,
                 format!(
-                    "{} goroutines wait on the network and the process holds {connections} live connections: serving connections, not stuck",
+                    "{} goroutines wait on the network{others} and the process holds {connections} live connections: serving connections, not stuck",
                     f.io_waiting
-                ),
-            );
-        }
-        // Busy serving: every blocked one waits on the network, the rest run
-        // (handling a request), and there are no more than connections.
-        if f.io_waiting > 0 && f.blocked == f.io_waiting && f.live <= connections {
-            return (
-                Verdict::Stable,
-                format!(
-                    "{} goroutines, {} waiting on the network and the others running, and the process holds {connections} live connections: serving connections, not stuck",
-                    f.live, f.io_waiting
                 ),
             );
         }
