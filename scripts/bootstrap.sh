@@ -128,4 +128,8 @@ if [ $want_go -eq 1 ] && [ ! -x "$GLEAK_CACHE/venv/bin/kubernetes-validate" ]; t
   python3 -m venv "$GLEAK_CACHE/venv" >&2
   "$GLEAK_CACHE/venv/bin/pip" install -q kubernetes-validate >&2
 fi
+# 6. The --html test (tests/tests/html.rs) opens gleak's page in headless Chromium.
+if [ $want_go -eq 1 ]; then
+  apt_install chromium
+fi
 say "toolchains ready"

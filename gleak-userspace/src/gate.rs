@@ -2,6 +2,8 @@
 //! created (not the runtime, not the testing framework) that are still alive are
 //! leaks, as goleak counts them.
 
+use nix::sys::signal::Signal;
+
 use crate::{
     report::{Gate, Report, SiteReport},
     symbolize::package_of,
@@ -30,7 +32,7 @@ pub enum Ending {
     Exited { status: i32, states_known: bool },
     /// gleak froze it and judged it while it still ran: at the deadline (`signal`
     /// `None`), or because gleak received `signal` (SIGINT, SIGTERM or SIGHUP).
-    Stopped { signal: Option<i32> },
+    Stopped { signal: Option<Signal> },
     /// It exec'd another program (no longer traced), which then exited with `status`.
     Exec { status: i32 },
 }
@@ -94,13 +96,13 @@ pub fn judge(report: &mut Report, fail_on: Verdict, ending: Ending) {
 
 /// `gleak run`'s exit code when `signal` stopped it and no leak was found: 128 +
 /// the signal, as a shell reports a command the signal killed.
-pub fn exit_code_for_signal(signal: i32) -> i32 {
+pub fn exit_code_for_signal(signal: Signal) -> i32 {
     use crate::error::exit_code::{HANGUP, INTERRUPTED, TERMINATED};
     match signal {
-        libc::SIGHUP => HANGUP,
-        libc::SIGINT => INTERRUPTED,
-        libc::SIGTERM => TERMINATED,
-        other => 128 + other,
+        Signal::SIGHUP => HANGUP,
+        Signal::SIGINT => INTERRUPTED,
+        Signal::SIGTERM => TERMINATED,
+        other => 128 + other as i32,
     }
 }
 
@@ -191,9 +193,9 @@ mod tests {
     #[test]
     fn signal_exit_codes() {
         use crate::error::exit_code::{HANGUP, INTERRUPTED, TERMINATED};
-        assert_eq!(exit_code_for_signal(libc::SIGINT), INTERRUPTED);
-        assert_eq!(exit_code_for_signal(libc::SIGTERM), TERMINATED);
-        assert_eq!(exit_code_for_signal(libc::SIGHUP), HANGUP);
+        assert_eq!(exit_code_for_signal(Signal::SIGINT), INTERRUPTED);
+        assert_eq!(exit_code_for_signal(Signal::SIGTERM), TERMINATED);
+        assert_eq!(exit_code_for_signal(Signal::SIGHUP), HANGUP);
         assert_eq!((HANGUP, INTERRUPTED, TERMINATED), (129, 130, 143));
     }
 }

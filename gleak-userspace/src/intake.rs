@@ -7,7 +7,7 @@
 //! taking every batch already handed over.
 
 use std::{
-    os::fd::{AsFd, AsRawFd, RawFd},
+    os::fd::{AsFd, OwnedFd},
     sync::{
         atomic::{AtomicBool, Ordering},
         Arc, Mutex, MutexGuard,
@@ -18,6 +18,7 @@ use std::{
 
 use aya::maps::{MapData, RingBuf};
 use gleak_common::GoroutineEvent;
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 
 /// How often the intake thread empties the ring when no wakeup came. The probes
@@ -30,8 +31,8 @@ pub type Batch = Vec<GoroutineEvent>;
 
 struct Shared {
     ring: Mutex<RingBuf<MapData>>,
-    /// The ring's descriptor, polled without holding the lock.
-    fd: RawFd,
+    /// The ring's descriptor (a duplicate), polled without holding the lock.
+    fd: OwnedFd,
     stop: AtomicBool,
 }
 
@@ -48,7 +49,7 @@ pub struct Intake {
 impl Intake {
     /// Starts draining `ring` on a thread named `gleak-intake`.
     pub fn start(ring: RingBuf<MapData>) -> std::io::Result<Self> {
-        let fd = ring.as_fd().as_raw_fd();
+        let fd = ring.as_fd().try_clone_to_owned()?;
         let shared = Arc::new(Shared { ring: Mutex::new(ring), fd, stop: AtomicBool::new(false) });
         let (sender, batches) = unbounded_channel();
         let thread = {
@@ -90,11 +91,10 @@ impl Drop for Intake {
 }
 
 fn run(shared: &Shared, sender: &UnboundedSender<Batch>) {
-    let timeout_ms = POLL_INTERVAL.as_millis() as libc::c_int;
+    let timeout = PollTimeout::try_from(POLL_INTERVAL).unwrap_or(PollTimeout::MAX);
     while !shared.stop.load(Ordering::Relaxed) {
-        let mut pollfd = libc::pollfd { fd: shared.fd, events: libc::POLLIN, revents: 0 };
-        // SAFETY: one valid pollfd; the descriptor lives as long as `shared`.
-        unsafe { libc::poll(&mut pollfd, 1, timeout_ms) };
+        // Woken or timed out, the ring is drained either way; EINTR is a wakeup too.
+        let _ = poll(&mut [PollFd::new(shared.fd.as_fd(), PollFlags::POLLIN)], timeout);
         let mut ring = lock(&shared.ring);
         let batch = drain(&mut ring);
         if !batch.is_empty() && sender.send(batch).is_err() {

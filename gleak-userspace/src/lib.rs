@@ -5,10 +5,15 @@
 //! - [`binary`]: ELF symbols, Go version, RET finding, DWARF;
 //! - [`debuginfo`], [`layout`], [`symbolize`], [`waitreason`]: one interface over what
 //!   a binary says about its runtime, whatever backend read it;
-//! - [`probes`]: loading and attaching the eBPF programs;
-//! - [`tracer`]: event intake and per-target state; [`aggregate`]: per-site stats;
-//!   [`snapshot`]: live goroutine state read from memory;
-//! - [`report`]: the table and JSON output.
+//! - [`placement`]: which probes, and where each goes; [`probes`]: loading them;
+//! - [`intake`]: the thread draining the ring buffer; [`tracer`]: per-target state
+//!   and report assembly; [`sitecache`]: creation sites symbolized once;
+//!   [`aggregate`]: per-site stats; [`snapshot`]: live goroutine state from memory;
+//! - [`unwind`], [`waits`], [`reach`], [`proof`]: where blocked goroutines are
+//!   stuck, on what, and whether anything can ever wake them;
+//! - [`verdict`], [`gate`]: judging sites; [`runflow`]: how a `gleak run` ends;
+//! - [`report`], [`pprof`], [`html`]: the table, JSON, profile and page outputs;
+//! - [`audit`]: every Go process of a host, continuously.
 
 pub mod aggregate;
 pub mod audit;
@@ -17,6 +22,7 @@ pub mod debuginfo;
 pub mod error;
 pub mod gate;
 pub mod gotables;
+pub mod html;
 pub mod intake;
 pub mod launch;
 pub mod layout;
@@ -28,6 +34,7 @@ pub mod procmem;
 pub mod proof;
 pub mod reach;
 pub mod report;
+pub mod runflow;
 pub mod sitecache;
 pub mod snapshot;
 pub mod symbolize;

@@ -196,9 +196,7 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 /// (root has them all) and the kernel's uprobe PMU.
 pub fn preflight() -> Result<()> {
     const NEEDED: [(u32, &str); 3] = [(39, "CAP_BPF"), (38, "CAP_PERFMON"), (19, "CAP_SYS_PTRACE")];
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let effective =
-        status.lines().find_map(|l| l.strip_prefix("CapEff:")).and_then(|v| u64::from_str_radix(v.trim(), 16).ok());
+    let effective = procfs::process::Process::myself().and_then(|p| p.status()).ok().map(|s| s.capeff);
     if let Some(caps) = effective {
         // CAP_SYS_ADMIN stands in for CAP_BPF and CAP_PERFMON on every kernel.
         let admin = caps & (1 << 21) != 0;
@@ -248,7 +246,7 @@ fn own_pid_namespace() -> (u64, u64) {
 
 /// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK.
 fn bump_memlock_rlimit() {
-    let rlim = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
-    // SAFETY: plain syscall with a valid struct.
-    unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &rlim) };
+    use nix::sys::resource::{setrlimit, Resource, RLIM_INFINITY};
+    // Without the privilege to raise it, loading says what failed.
+    let _ = setrlimit(Resource::RLIMIT_MEMLOCK, RLIM_INFINITY, RLIM_INFINITY);
 }

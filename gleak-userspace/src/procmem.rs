@@ -1,30 +1,35 @@
 //! Reading a live process's memory without stopping it (`process_vm_readv`).
 
-use std::io;
+use std::io::{self, IoSliceMut};
+
+use nix::{
+    sys::uio::{process_vm_readv, RemoteIoVec},
+    unistd::Pid,
+};
 
 /// Iovecs per `process_vm_readv` call (the kernel's `UIO_MAXIOV` is 1024).
 const BATCH: usize = 512;
 
 pub struct ProcessMemory {
-    pid: u32,
+    pid: Pid,
 }
 
 impl ProcessMemory {
     pub fn new(pid: u32) -> Self {
-        Self { pid }
+        Self { pid: Pid::from_raw(pid as i32) }
+    }
+
+    /// One `process_vm_readv`: bytes read, stopping at the first unreadable remote range.
+    fn readv(&self, locals: &mut [IoSliceMut<'_>], remotes: &[RemoteIoVec]) -> io::Result<usize> {
+        Ok(process_vm_readv(self.pid, locals, remotes)?)
     }
 
     /// Fills `buf` from `addr`; a short read is an error.
     pub fn read(&self, addr: u64, buf: &mut [u8]) -> io::Result<()> {
-        let local = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
-        let remote = libc::iovec { iov_base: addr as *mut libc::c_void, iov_len: buf.len() };
-        // SAFETY: both iovecs describe valid memory of the stated lengths (remote is
-        // checked by the kernel).
-        let n = unsafe { libc::process_vm_readv(self.pid as libc::pid_t, &local, 1, &remote, 1, 0) };
-        if n < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        if n as usize != buf.len() {
+        let remote = RemoteIoVec { base: addr as usize, len: buf.len() };
+        let want = buf.len();
+        let n = self.readv(&mut [IoSliceMut::new(buf)], &[remote])?;
+        if n != want {
             return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "short read"));
         }
         Ok(())
@@ -44,22 +49,9 @@ impl ProcessMemory {
         for (batch_idx, batch) in addrs.chunks(BATCH).enumerate() {
             let base = batch_idx * BATCH;
             let chunk = &mut out[base * len..(base + batch.len()) * len];
-            let locals: Vec<libc::iovec> =
-                chunk.chunks_mut(len).map(|c| libc::iovec { iov_base: c.as_mut_ptr().cast(), iov_len: len }).collect();
-            let remotes: Vec<libc::iovec> =
-                batch.iter().map(|&a| libc::iovec { iov_base: a as *mut libc::c_void, iov_len: len }).collect();
-            // SAFETY: locals point into `out`, sized `len` each; remote is checked by the kernel.
-            let n = unsafe {
-                libc::process_vm_readv(
-                    self.pid as libc::pid_t,
-                    locals.as_ptr(),
-                    locals.len() as libc::c_ulong,
-                    remotes.as_ptr(),
-                    remotes.len() as libc::c_ulong,
-                    0,
-                )
-            };
-            let full = if n > 0 { n as usize / len } else { 0 };
+            let mut locals: Vec<IoSliceMut<'_>> = chunk.chunks_mut(len).map(IoSliceMut::new).collect();
+            let remotes: Vec<RemoteIoVec> = batch.iter().map(|&a| RemoteIoVec { base: a as usize, len }).collect();
+            let full = self.readv(&mut locals, &remotes).unwrap_or(0) / len.max(1);
             for flag in &mut ok[base..base + full] {
                 *flag = true;
             }
@@ -93,24 +85,13 @@ impl ProcessMemory {
             let mut locals = Vec::with_capacity(batch.len());
             for &(_, len) in batch {
                 let (head, tail) = rest.split_at_mut(len);
-                locals.push(libc::iovec { iov_base: head.as_mut_ptr().cast(), iov_len: len });
+                locals.push(IoSliceMut::new(head));
                 rest = tail;
             }
-            let remotes: Vec<libc::iovec> =
-                batch.iter().map(|&(a, len)| libc::iovec { iov_base: a as *mut libc::c_void, iov_len: len }).collect();
-            // SAFETY: locals point into `out` with their stated lengths; remote is checked by the kernel.
-            let n = unsafe {
-                libc::process_vm_readv(
-                    self.pid as libc::pid_t,
-                    locals.as_ptr(),
-                    locals.len() as libc::c_ulong,
-                    remotes.as_ptr(),
-                    remotes.len() as libc::c_ulong,
-                    0,
-                )
-            };
+            let remotes: Vec<RemoteIoVec> =
+                batch.iter().map(|&(a, len)| RemoteIoVec { base: a as usize, len }).collect();
             // Whole ranges read before the first unreadable one; retry the rest one by one.
-            let mut left = usize::try_from(n).unwrap_or(0);
+            let mut left = self.readv(&mut locals, &remotes).unwrap_or(0);
             let mut i = 0;
             while i < batch.len() && left >= batch[i].1 {
                 left -= batch[i].1;

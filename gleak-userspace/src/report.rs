@@ -528,7 +528,7 @@ const BLOCKED_AT_SHOWN: usize = 3;
 const STUCK_FRAMES: usize = 10;
 
 /// `function (dir/file.go:line)`, or just the name for sites with no source line.
-fn site_label(s: &SiteReport) -> String {
+pub(crate) fn site_label(s: &SiteReport) -> String {
     if s.line == 0 {
         s.function.clone()
     } else {
@@ -587,7 +587,7 @@ fn bytes(b: u64) -> String {
     }
 }
 
-fn truncate(s: &str, n: usize) -> String {
+pub(crate) fn truncate(s: &str, n: usize) -> String {
     if s.chars().count() <= n {
         s.to_string()
     } else {
@@ -596,7 +596,7 @@ fn truncate(s: &str, n: usize) -> String {
 }
 
 /// The last three path components: enough to recognise a file.
-fn short_path(path: &str) -> &str {
+pub(crate) fn short_path(path: &str) -> &str {
     let mut idx = path.len();
     for _ in 0..3 {
         match path[..idx].rfind('/') {

@@ -3,15 +3,16 @@
 //! never taken for it.
 
 use std::{
-    ffi::CString,
-    fs::File,
     io::{self, Read},
     os::{
-        fd::{AsRawFd, FromRawFd, OwnedFd},
+        fd::{AsFd, OwnedFd},
         unix::fs::MetadataExt,
     },
     path::{Path, PathBuf},
 };
+
+use nix::errno::Errno;
+use procfs::{process::Process, ProcError};
 
 use crate::{
     binary::GoBinary,
@@ -50,7 +51,7 @@ impl Target {
         let process = ProcessHandle::open(pid).map_err(|source| {
             let path = PathBuf::from(format!("/proc/{pid}"));
             match source.raw_os_error() {
-                Some(libc::ESRCH | libc::ENOENT) => Error::NoSuchProcess(pid),
+                Some(code) if code == Errno::ESRCH as i32 || code == Errno::ENOENT as i32 => Error::NoSuchProcess(pid),
                 _ => proc_error(pid, &path, source),
             }
         })?;
@@ -106,51 +107,40 @@ struct Image {
 impl Image {
     fn of(process: &ProcessHandle) -> Image {
         let exe = process.exe_id();
-        let start_stack = process.stat_field(28).unwrap_or(0);
+        let start_stack = process.start_stack().unwrap_or(0);
         Image { exe, start_stack }
     }
 }
 
 /// A process held by descriptor rather than by PID number: a pidfd (Linux 5.3+)
-/// and an open `/proc/PID` directory. Both keep naming the process they were opened
+/// and an open `/proc/PID` directory (procfs's [`Process`] holds one). Both keep naming the process they were opened
 /// on: once it has exited, the pidfd polls readable and lookups in the directory
 /// fail, even if the PID number now belongs to another process.
 pub struct ProcessHandle {
     pid: u32,
     /// `None` on kernels without `pidfd_open`; the directory then decides alone.
     pidfd: Option<OwnedFd>,
-    proc_dir: OwnedFd,
+    proc_dir: Process,
 }
 
 impl ProcessHandle {
     /// Pins process `pid`. Fails with ESRCH if there is none, or only a zombie.
     pub fn open(pid: u32) -> io::Result<Self> {
-        let pid_t = libc::pid_t::try_from(pid).map_err(|_| io::Error::from_raw_os_error(libc::ESRCH))?;
-        // SAFETY: plain system call; the result is a new descriptor we own, or -1.
-        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid_t, 0) };
-        let pidfd = if fd >= 0 {
-            // SAFETY: a fresh descriptor returned by pidfd_open, owned by nobody else.
-            Some(unsafe { OwnedFd::from_raw_fd(fd as i32) })
-        } else {
-            let err = io::Error::last_os_error();
-            match err.raw_os_error() {
-                Some(libc::ENOSYS) => None,
-                _ => return Err(err),
-            }
+        let raw = i32::try_from(pid).map_err(|_| Errno::ESRCH)?;
+        let pidfd = match rustix::process::Pid::from_raw(raw)
+            .map(|p| rustix::process::pidfd_open(p, rustix::process::PidfdFlags::empty()))
+        {
+            Some(Ok(fd)) => Some(fd),
+            Some(Err(rustix::io::Errno::NOSYS)) => None,
+            Some(Err(e)) => return Err(e.into()),
+            None => return Err(Errno::ESRCH.into()),
         };
         // Opened after the pidfd: if that process is still alive below, this
         // directory is its own.
-        let path = CString::new(format!("/proc/{pid}")).expect("no NUL in a path of digits");
-        // SAFETY: valid C string; the result is a new descriptor we own, or -1.
-        let dir = unsafe { libc::open(path.as_ptr(), libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC) };
-        if dir < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: a fresh descriptor returned by open, owned by nobody else.
-        let proc_dir = unsafe { OwnedFd::from_raw_fd(dir) };
+        let proc_dir = Process::new(raw).map_err(proc_io_error)?;
         let handle = Self { pid, pidfd, proc_dir };
         if !handle.is_alive() {
-            return Err(io::Error::from_raw_os_error(libc::ESRCH));
+            return Err(Errno::ESRCH.into());
         }
         Ok(handle)
     }
@@ -162,79 +152,62 @@ impl ProcessHandle {
     /// Whether the pinned process has not exited (a zombie has).
     pub fn is_alive(&self) -> bool {
         if let Some(fd) = &self.pidfd {
-            let mut poll = libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
-            // SAFETY: one valid pollfd, no wait.
-            let n = unsafe { libc::poll(&mut poll, 1, 0) };
-            if n >= 0 {
+            use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+            if let Ok(n) = poll(&mut [PollFd::new(fd.as_fd(), PollFlags::POLLIN)], PollTimeout::ZERO) {
                 // Readable once every thread has exited.
                 return n == 0;
             }
         }
         // No pidfd: the directory, which stops answering once the process is reaped.
-        match self.read("stat") {
-            Ok(stat) => state_of(&stat) != Some("Z"),
-            Err(_) => false,
-        }
+        matches!(self.proc_dir.stat(), Ok(stat) if stat.state != 'Z' && stat.state != 'X')
     }
 
     /// Reads `/proc/PID/<name>` of the pinned process; fails once it is reaped.
     pub fn read(&self, name: &str) -> io::Result<String> {
-        let name = CString::new(name).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
-        // SAFETY: valid directory descriptor and C string; the result is ours, or -1.
-        let fd = unsafe { libc::openat(self.proc_dir.as_raw_fd(), name.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: a fresh descriptor returned by openat, owned by nobody else.
-        let mut file = unsafe { File::from_raw_fd(fd) };
         let mut text = String::new();
-        file.read_to_string(&mut text)?;
+        self.proc_dir.open_relative(name).map_err(proc_io_error)?.read_to_string(&mut text)?;
         Ok(text)
     }
 
-    /// Field `n` (1-based, as in proc(5)) of `/proc/PID/stat`, if numeric.
-    fn stat_field(&self, n: usize) -> Option<u64> {
-        let stat = self.read("stat").ok()?;
-        // Fields 1 and 2 are the PID and `(comm)`; the rest follow the last ')'.
-        stat.rsplit_once(')')?.1.split_whitespace().nth(n.checked_sub(3)?)?.parse().ok()
+    /// Where the exec put the initial stack (`startstack`), if the process still answers.
+    fn start_stack(&self) -> Option<u64> {
+        self.proc_dir.stat().ok().map(|s| s.startstack)
     }
 
     /// (device, inode) of the executable the pinned process runs now.
     fn exe_id(&self) -> Option<(u64, u64)> {
-        // SAFETY: `stat` is plain old data: all zeroes is a valid value.
-        let mut st: libc::stat = unsafe { std::mem::zeroed() };
-        // SAFETY: valid directory descriptor, C string literal and out pointer.
-        let r = unsafe { libc::fstatat(self.proc_dir.as_raw_fd(), c"exe".as_ptr(), &mut st, 0) };
-        (r == 0).then_some((st.st_dev, st.st_ino))
+        let meta = self.proc_dir.open_relative("exe").ok()?.metadata().ok()?;
+        Some((meta.dev(), meta.ino()))
     }
 }
 
-fn state_of(stat: &str) -> Option<&str> {
-    stat.rsplit(')').next().and_then(|rest| rest.split_whitespace().next())
+/// procfs's error as the `io::Error` it wraps.
+pub(crate) fn proc_io_error(e: ProcError) -> io::Error {
+    match e {
+        ProcError::Io(e, _) => e,
+        ProcError::NotFound(_) => Errno::ENOENT.into(),
+        ProcError::PermissionDenied(_) => Errno::EACCES.into(),
+        other => io::Error::other(other.to_string()),
+    }
 }
 
 /// The innermost of the PIDs in `NSpid:` (/proc/PID/status): the PID the process
 /// has inside its own namespace.
 fn namespaced_pid(pid: u32) -> Option<u32> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status.lines().find_map(|l| l.strip_prefix("NSpid:")).and_then(|v| v.split_whitespace().last()?.parse().ok())
+    let status = Process::new(pid as i32).ok()?.status().ok()?;
+    status.nspid?.last().and_then(|&p| u32::try_from(p).ok())
 }
 
 /// The process a thread id belongs to (`Tgid:` in /proc/TID/status).
 fn thread_group(tid: u32) -> Option<u32> {
-    let status = std::fs::read_to_string(format!("/proc/{tid}/status")).ok()?;
-    status.lines().find_map(|l| l.strip_prefix("Tgid:")).and_then(|v| v.trim().parse().ok())
+    u32::try_from(Process::new(tid as i32).ok()?.status().ok()?.tgid).ok()
 }
 
 /// Whether some process, not a zombie, has PID `pid` now. Only for a PID that
 /// cannot have been reused (an unreaped child of ours); otherwise hold a
 /// [`ProcessHandle`].
 pub fn process_alive(pid: u32) -> bool {
-    // A zombie still has /proc/PID; check its state too.
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => state_of(&stat) != Some("Z"),
-        Err(_) => false,
-    }
+    Process::new(pid as i32).is_ok_and(|p| p.is_alive())
 }
 
 fn proc_error(pid: u32, path: &Path, source: std::io::Error) -> Error {
@@ -245,8 +218,7 @@ fn proc_error(pid: u32, path: &Path, source: std::io::Error) -> Error {
         }
         return Error::NoSuchProcess(pid);
     }
-    // SAFETY: no arguments, no side effects.
-    let hint = if unsafe { libc::geteuid() } == 0 {
+    let hint = if nix::unistd::geteuid().is_root() {
         "refused even to root: is the process in another PID namespace or protected by a security module?"
     } else {
         "gleak must run as root to trace another process"
@@ -262,19 +234,11 @@ fn load_bias(pid: u32, exe: &Path, binary: &GoBinary) -> Result<u64> {
     }
     let meta = std::fs::metadata(exe).map_err(|source| proc_error(pid, exe, source))?;
     let maps_path = PathBuf::from(format!("/proc/{pid}/maps"));
-    let maps = std::fs::read_to_string(&maps_path).map_err(|source| proc_error(pid, &maps_path, source))?;
-    for line in maps.lines() {
-        let mut fields = line.split_whitespace();
-        let (Some(range), Some(_perms), Some(offset), Some(_dev), Some(inode)) =
-            (fields.next(), fields.next(), fields.next(), fields.next(), fields.next())
-        else {
-            continue;
-        };
-        if inode.parse::<u64>().ok() != Some(meta.ino()) || u64::from_str_radix(offset, 16).ok() != Some(0) {
-            continue;
-        }
-        let start = range.split('-').next().and_then(|s| u64::from_str_radix(s, 16).ok()).unwrap_or(0);
-        return Ok(start.wrapping_sub(binary.first_segment_vaddr() & !0xfff));
+    let maps = Process::new(pid as i32)
+        .and_then(|p| p.maps())
+        .map_err(|source| proc_error(pid, &maps_path, proc_io_error(source)))?;
+    if let Some(first) = maps.iter().find(|m| m.inode == meta.ino() && m.offset == 0) {
+        return Ok(first.address.0.wrapping_sub(binary.first_segment_vaddr() & !0xfff));
     }
     // Guessing 0 would make every address wrong, silently.
     Err(Error::NoMapping { pid, path: binary.path.clone() })
@@ -297,7 +261,7 @@ mod tests {
         assert!(handle.read("stat").unwrap().contains("(sleep)"));
         let exe = handle.exe_id().expect("exe of a running process");
         assert_eq!(Some(exe), std::fs::metadata(format!("/proc/{}/exe", child.id())).ok().map(|m| (m.dev(), m.ino())));
-        assert!(handle.stat_field(28).is_some(), "startstack");
+        assert!(handle.start_stack().is_some_and(|s| s != 0), "startstack");
 
         child.kill().unwrap();
         // A zombie (not yet reaped) has exited.
@@ -323,9 +287,9 @@ mod tests {
         while process_alive(pid) {
             std::thread::sleep(std::time::Duration::from_millis(5));
         }
-        assert_eq!(ProcessHandle::open(pid).err().and_then(|e| e.raw_os_error()), Some(libc::ESRCH));
+        assert_eq!(ProcessHandle::open(pid).err().and_then(|e| e.raw_os_error()), Some(Errno::ESRCH as i32));
         child.wait().unwrap();
         let err = ProcessHandle::open(pid).err().and_then(|e| e.raw_os_error());
-        assert!(matches!(err, Some(libc::ESRCH | libc::ENOENT)), "{err:?}");
+        assert!([Some(Errno::ESRCH as i32), Some(Errno::ENOENT as i32)].contains(&err), "{err:?}");
     }
 }

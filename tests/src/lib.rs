@@ -18,9 +18,8 @@
 
 use std::fmt;
 use std::fs;
-use std::io::{self, BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader, Read};
 use std::os::unix::fs::PermissionsExt;
-use std::os::unix::io::AsRawFd;
 use std::os::unix::process::CommandExt;
 use std::panic::{self, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
@@ -29,7 +28,25 @@ use std::sync::{mpsc, Arc, Mutex, MutexGuard, OnceLock};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
+pub use nix::sys::signal::Signal;
+use nix::{
+    errno::Errno,
+    fcntl::{Flock, FlockArg},
+    unistd::Pid,
+};
 pub use serde_json::Value;
+
+/// Has the kernel SIGKILL `cmd`'s process when the test process dies, so that no
+/// Go program outlives a test that panicked or was killed.
+pub fn die_with_parent(cmd: &mut Command) {
+    // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)?;
+            Ok(())
+        });
+    }
+}
 
 /// How long a started program gets to print its ready line.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -88,8 +105,7 @@ pub fn gleak_cache() -> PathBuf {
 
 /// Whether the tests run as root (needed to load eBPF programs).
 pub fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    unsafe { libc::geteuid() == 0 }
+    nix::unistd::geteuid().is_root()
 }
 
 /// Returns true when the test may proceed. Not root: panics on CI, otherwise
@@ -257,7 +273,7 @@ pub fn for_each_of(what: &str, toolchains: &[GoToolchain], mut f: impl FnMut(&Go
 
 /// An exclusive `flock` on a lock file, released when dropped.
 struct FileLock {
-    _file: fs::File,
+    _lock: Flock<fs::File>,
 }
 
 impl FileLock {
@@ -268,14 +284,12 @@ impl FileLock {
             .write(true)
             .open(path)
             .unwrap_or_else(|e| panic!("cannot open lock file {}: {e}", path.display()));
+        let mut file = file;
         loop {
-            // SAFETY: flock on a file descriptor we own.
-            if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } == 0 {
-                return FileLock { _file: file };
-            }
-            let err = io::Error::last_os_error();
-            if err.kind() != io::ErrorKind::Interrupted {
-                panic!("flock {}: {err}", path.display());
+            match Flock::lock(file, FlockArg::LockExclusive) {
+                Ok(lock) => return FileLock { _lock: lock },
+                Err((again, Errno::EINTR)) => file = again,
+                Err((_, e)) => panic!("flock {}: {e}", path.display()),
             }
         }
     }
@@ -573,15 +587,7 @@ impl RunningGo {
         let label = bin.display().to_string();
         let mut cmd = Command::new(bin);
         cmd.args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
-        // SAFETY: prctl is async-signal-safe; nothing else runs in the child.
-        unsafe {
-            cmd.pre_exec(|| {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
-                    return Err(io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
+        die_with_parent(&mut cmd);
         let mut child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {label}: {e}"));
         let out = child.stdout.take().expect("stdout is piped");
         let err = child.stderr.take().expect("stderr is piped");
@@ -930,12 +936,11 @@ impl GleakChild {
         }
     }
 
-    /// Sends `signal` (e.g. `libc::SIGINT`) to gleak.
-    pub fn signal(&self, signal: i32) {
-        let pid = libc::pid_t::try_from(self.pid()).expect("pid fits pid_t");
-        // SAFETY: plain syscall on our own, not yet reaped child.
-        let r = unsafe { libc::kill(pid, signal) };
-        assert_eq!(r, 0, "kill({pid}, {signal}): {}", io::Error::last_os_error());
+    /// Sends `signal` (e.g. `Signal::SIGINT`) to gleak, our own not yet reaped child.
+    pub fn signal(&self, signal: Signal) {
+        if let Err(e) = nix::sys::signal::kill(Pid::from_raw(self.pid() as i32), signal) {
+            panic!("kill({}, {signal}): {e}", self.pid());
+        }
     }
 
     /// gleak's exit status if it has exited (reaps it), `None` while it runs.

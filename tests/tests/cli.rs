@@ -341,7 +341,7 @@ fn attach_ctrl_c() {
             gleak.stderr_text()
         );
         thread::sleep(Duration::from_secs(2));
-        gleak.signal(libc::SIGINT);
+        gleak.signal(Signal::SIGINT);
         let run = gleak.wait(Duration::from_secs(5));
         assert_eq!(run.code(), Some(0), "{fx}: exit code after SIGINT\n{run}");
         assert_no_panic(&run);

@@ -13,12 +13,18 @@
 //! Needs root and a release build of gleak (`cargo build --release`, or GLEAK_BIN).
 
 use std::fs;
-use std::io;
 use std::os::unix::process::CommandExt;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use gleak_tests::*;
+use nix::{
+    sys::{
+        signal::{self, Signal},
+        wait::{waitpid, WaitPidFlag, WaitStatus},
+    },
+    unistd::Pid,
+};
 
 /// The Go program under test. Markers as in `tests/fixtures/` (`// LEAK:…` on the
 /// `go` statement's line).
@@ -193,10 +199,10 @@ fn proc_state(pid: u32) -> Option<char> {
     stat.rsplit_once(')')?.1.split_whitespace().next()?.chars().next()
 }
 
-fn kill(pid: u32, signal: i32) {
-    // SAFETY: plain system call.
-    let r = unsafe { libc::kill(pid as libc::pid_t, signal) };
-    assert_eq!(r, 0, "kill({pid}, {signal}): {}", io::Error::last_os_error());
+fn kill(pid: u32, signal: Signal) {
+    if let Err(e) = signal::kill(Pid::from_raw(pid as i32), signal) {
+        panic!("kill({pid}, {signal}): {e}");
+    }
 }
 
 /// Waits for gleak's banner and returns the PID it traces.
@@ -225,22 +231,20 @@ fn time_to_exit(gleak: &mut GleakChild, limit: Duration) -> Duration {
 /// Makes this test process the reaper of its orphaned descendants: a command that
 /// outlives gleak becomes our child, so its fate can be read with waitpid.
 fn become_subreaper() {
-    // SAFETY: plain prctl on ourselves.
-    let r = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
-    assert_eq!(r, 0, "PR_SET_CHILD_SUBREAPER: {}", io::Error::last_os_error());
+    if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
+        panic!("PR_SET_CHILD_SUBREAPER: {e}");
+    }
 }
 
 /// Reaps `pid` (a child of ours, see [`become_subreaper`]) if it ends within
-/// `timeout`: its raw wait status, `None` if it is still running.
-fn reap_within(pid: u32, timeout: Duration) -> Option<i32> {
+/// `timeout`: how it ended, `None` if it is still running.
+fn reap_within(pid: u32, timeout: Duration) -> Option<WaitStatus> {
     let deadline = Instant::now() + timeout;
     loop {
-        let mut status = 0;
-        // SAFETY: waiting for one process, not blocking.
-        let r = unsafe { libc::waitpid(pid as libc::pid_t, &mut status, libc::WNOHANG) };
-        assert!(r >= 0, "waitpid({pid}): {}", io::Error::last_os_error());
-        if r > 0 {
-            return Some(status);
+        match waitpid(Pid::from_raw(pid as i32), Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::StillAlive) => {}
+            Ok(status) => return Some(status),
+            Err(e) => panic!("waitpid({pid}): {e}"),
         }
         if Instant::now() >= deadline {
             return None;
@@ -251,11 +255,9 @@ fn reap_within(pid: u32, timeout: Duration) -> Option<i32> {
 
 /// Kills and reaps a process we ended up the parent of.
 fn kill_and_reap(pid: u32) {
-    // SAFETY: plain system calls on a child of ours.
-    unsafe {
-        libc::kill(pid as libc::pid_t, libc::SIGKILL);
-        libc::waitpid(pid as libc::pid_t, std::ptr::null_mut(), 0);
-    }
+    let pid = Pid::from_raw(pid as i32);
+    let _ = signal::kill(pid, Signal::SIGKILL);
+    let _ = waitpid(pid, None);
 }
 
 /// The single report gleak printed (interval 1h or `gleak run`: just the final
@@ -301,7 +303,7 @@ fn attach_sigterm_sighup_final_report() {
         return;
     }
     let fx = faults();
-    for (sig, name) in [(libc::SIGTERM, "SIGTERM"), (libc::SIGHUP, "SIGHUP")] {
+    for (sig, name) in [(Signal::SIGTERM, "SIGTERM"), (Signal::SIGHUP, "SIGHUP")] {
         let what = format!("{fx}, {name} to gleak attach");
         let _serial = serial_guard();
         let mut proc = fx.start_with_args(&["-leaks", "100000"]);
@@ -333,7 +335,7 @@ fn attach_target_killed_or_panics() {
         return;
     }
     let fx = faults();
-    for (sig, how) in [(libc::SIGKILL, "SIGKILL"), (libc::SIGUSR2, "a fatal panic")] {
+    for (sig, how) in [(Signal::SIGKILL, "SIGKILL"), (Signal::SIGUSR2, "a fatal panic")] {
         let what = format!("{fx}, target ended by {how}");
         let _serial = serial_guard();
         let proc = fx.start_with_args(&["-leaks", "100000"]);
@@ -347,7 +349,7 @@ fn attach_target_killed_or_panics() {
         let took = time_to_exit(&mut gleak, Duration::from_secs(10));
         let run = gleak.wait(Duration::from_secs(1));
         assert!(matches!(proc_state(pid), Some('Z')), "{what}: the target did not die\n{}", proc.diagnostics());
-        if sig == libc::SIGUSR2 {
+        if sig == Signal::SIGUSR2 {
             assert!(proc.stderr_text().contains("panic: faults: SIGUSR2"), "{what}\n{}", proc.diagnostics());
         }
         assert_eq!(run.code(), Some(0), "{what}: exit code\n{run}");
@@ -381,7 +383,7 @@ fn attach_target_execs() {
         let mut gleak = spawn_gleak(&["attach", "-p", &pid_s, "--json", "--interval", "1h"]);
         traced_pid(&mut gleak, &what);
         thread::sleep(Duration::from_secs(1));
-        kill(pid, libc::SIGUSR1);
+        kill(pid, Signal::SIGUSR1);
         let took = time_to_exit(&mut gleak, Duration::from_secs(10));
         let run = gleak.wait(Duration::from_secs(1));
         assert_eq!(run.code(), Some(0), "{what}: exit code\n{run}");
@@ -421,7 +423,7 @@ fn attach_pid_reused() {
     traced_pid(&mut gleak, &what);
     thread::sleep(Duration::from_secs(1));
 
-    gleak.signal(libc::SIGSTOP);
+    gleak.signal(Signal::SIGSTOP);
     drop(proc); // killed and reaped: PID free
                 // The next PID the kernel hands out follows ns_last_pid; others may fork in
                 // between and take it, so try a few times.
@@ -434,7 +436,7 @@ fn attach_pid_reused() {
             break;
         }
     }
-    gleak.signal(libc::SIGCONT);
+    gleak.signal(Signal::SIGCONT);
     let Some(mut impostor) = impostor else {
         let _ = gleak.wait(Duration::from_secs(10));
         panic!("{what}: could not get PID {pid} again in 50 tries");
@@ -468,8 +470,8 @@ fn attach_child_is_not_the_parent() {
     struct KillOnDrop(u32);
     impl Drop for KillOnDrop {
         fn drop(&mut self) {
-            // SAFETY: plain system call; the child of our child, which it does not reap.
-            unsafe { libc::kill(self.0 as libc::pid_t, libc::SIGKILL) };
+            // The child of our child, which it does not reap.
+            let _ = signal::kill(Pid::from_raw(self.0 as i32), Signal::SIGKILL);
         }
     }
     let _child = KillOnDrop(child);
@@ -504,9 +506,9 @@ fn run_signal_judges_then_forwards() {
     }
     let fx = faults();
     for (sig, name, go_name, leaks, code) in [
-        (libc::SIGTERM, "SIGTERM", "terminated", "0", 143),
-        (libc::SIGHUP, "SIGHUP", "hangup", "0", 129),
-        (libc::SIGTERM, "SIGTERM", "terminated", "100000", 1),
+        (Signal::SIGTERM, "SIGTERM", "terminated", "0", 143),
+        (Signal::SIGHUP, "SIGHUP", "hangup", "0", 129),
+        (Signal::SIGTERM, "SIGTERM", "terminated", "100000", 1),
     ] {
         let what = format!("{fx}, {name} to gleak run, -leaks {leaks}");
         let _serial = serial_guard();
@@ -552,7 +554,7 @@ fn run_ctrl_c_to_the_process_group() {
     });
     let pid = traced_pid(&mut gleak, &what);
     thread::sleep(Duration::from_secs(2));
-    kill_group(gleak.pid(), libc::SIGINT);
+    kill_group(gleak.pid(), Signal::SIGINT);
     let run = gleak.wait(Duration::from_secs(20));
     assert_eq!(run.code(), Some(130), "{what}: exit code\n{run}");
     let report = only_report(&run, &what);
@@ -562,10 +564,10 @@ fn run_ctrl_c_to_the_process_group() {
     assert_eq!(proc_state(pid), None, "{what}: the command is still there after gleak exited");
 }
 
-fn kill_group(pgid: u32, signal: i32) {
-    // SAFETY: plain system call, to the process group our child leads.
-    let r = unsafe { libc::kill(-(pgid as libc::pid_t), signal) };
-    assert_eq!(r, 0, "kill(-{pgid}, {signal}): {}", io::Error::last_os_error());
+fn kill_group(pgid: u32, signal: Signal) {
+    if let Err(e) = signal::killpg(Pid::from_raw(pgid as i32), signal) {
+        panic!("kill(-{pgid}, {signal}): {e}");
+    }
 }
 
 /// `gleak run` killed by SIGKILL (no chance to clean up): the kernel kills the
@@ -590,7 +592,7 @@ fn run_sigkill_takes_the_command_along() {
         let mut gleak = spawn_gleak(&args);
         let pid = traced_pid(&mut gleak, &what);
         thread::sleep(Duration::from_secs(1));
-        gleak.signal(libc::SIGKILL);
+        gleak.signal(Signal::SIGKILL);
         let run = gleak.wait(Duration::from_secs(5));
         assert_eq!(run.status.code(), None, "{what}: gleak was not killed\n{run}");
         // Orphaned, the command is ours now (subreaper): its end is ours to see.
@@ -607,8 +609,8 @@ fn run_sigkill_takes_the_command_along() {
                 panic!("{what}: the command outlived gleak by 2s (state {state:?})\n{run}")
             });
             assert!(
-                libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == libc::SIGKILL,
-                "{what}: the command ended with wait status {status:#x}, not by SIGKILL\n{run}"
+                matches!(status, WaitStatus::Signaled(_, Signal::SIGKILL, _)),
+                "{what}: the command ended with wait status {status:?}, not by SIGKILL\n{run}"
             );
         }
     }
@@ -629,7 +631,7 @@ fn run_command_killed() {
     let mut gleak = spawn_gleak(&["run", "--json", "--", &bin, "-leaks", "100000"]);
     let pid = traced_pid(&mut gleak, &what);
     thread::sleep(Duration::from_secs(1));
-    kill(pid, libc::SIGKILL);
+    kill(pid, Signal::SIGKILL);
     let took = time_to_exit(&mut gleak, Duration::from_secs(10));
     let run = gleak.wait(Duration::from_secs(1));
     assert!(took < WRAP_UP, "{what}: gleak took {took:?}\n{run}");
@@ -637,7 +639,7 @@ fn run_command_killed() {
     let report = only_report(&run, &what);
     let g = &report["gate"];
     assert_eq!(report["target_exited"], true, "{what}\n{g}");
-    assert_eq!(g["command_status"], 128 + libc::SIGKILL, "{what}: {g}");
+    assert_eq!(g["command_status"], 128 + Signal::SIGKILL as i32, "{what}: {g}");
     assert_eq!(g["interrupted"], false, "{what}: {g}");
     let site = marker_site(&report, &fx, "LEAK:faults")
         .unwrap_or_else(|| panic!("{what}: no leak site\n{}", describe_sites(&report, 10)));

@@ -92,8 +92,7 @@ impl Counting {
             CURRENT_ITER.load(Ordering::Relaxed) as i64
         );
         let len = w.len;
-        // SAFETY: writing our own stack buffer to stderr.
-        unsafe { libc::write(2, buf.as_ptr().cast(), len) };
+        let _ = nix::unistd::write(std::io::stderr(), &buf[..len]);
     }
 }
 

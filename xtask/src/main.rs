@@ -189,8 +189,7 @@ fn demo(duration: &str) -> Result<()> {
 
 fn test(unit_only: bool) -> Result<()> {
     let started = Instant::now();
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    if !unit_only && unsafe { libc::geteuid() } != 0 {
+    if !unit_only && !nix::unistd::geteuid().is_root() {
         bail!(
             "the end-to-end tests load eBPF programs and need root: run `sudo cargo xtask test`, \
              or `cargo xtask test --unit-only` for fmt, clippy and the unit tests alone"

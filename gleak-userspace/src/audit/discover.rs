@@ -11,6 +11,7 @@ use std::{
 };
 
 use globset::GlobSet;
+use procfs::process::Process;
 use serde::Serialize;
 
 use crate::binary::GoBinary;
@@ -72,13 +73,13 @@ impl Discovery {
     /// Every Go process of the host that passes `filter`, but `skip` (gleak itself).
     pub fn scan(&mut self, filter: &Filter, skip: u32) -> Vec<Candidate> {
         let mut found = Vec::new();
-        let Ok(entries) = fs::read_dir("/proc") else { return found };
-        for entry in entries.flatten() {
-            let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
+        let Ok(processes) = procfs::process::all_processes() else { return found };
+        for process in processes.flatten() {
+            let Ok(pid) = u32::try_from(process.pid()) else { continue };
             if pid == skip || (!filter.pids.is_empty() && !filter.pids.contains(&pid)) {
                 continue;
             }
-            if let Some(c) = self.candidate(pid, filter) {
+            if let Some(c) = self.candidate(&process, filter) {
                 found.push(c);
             }
         }
@@ -86,17 +87,18 @@ impl Discovery {
         found
     }
 
-    fn candidate(&mut self, pid: u32, filter: &Filter) -> Option<Candidate> {
+    fn candidate(&mut self, process: &Process, filter: &Filter) -> Option<Candidate> {
+        let pid = process.pid() as u32;
         let proc = PathBuf::from(format!("/proc/{pid}"));
         // Kernel threads and processes gone meanwhile have no executable.
-        let exe = fs::read_link(proc.join("exe")).ok()?;
+        let exe = process.exe().ok()?;
         if filter.exe.as_ref().is_some_and(|g| !g.is_match(&exe))
             || filter.exclude.as_ref().is_some_and(|g| g.is_match(&exe))
         {
             return None;
         }
         if let Some(want) = &filter.cgroup {
-            if !cgroup_path(pid).is_some_and(|c| c.contains(want.as_str())) {
+            if !cgroup_of(process).is_some_and(|c| c.contains(want.as_str())) {
                 return None;
             }
         }
@@ -110,29 +112,24 @@ impl Discovery {
             .entry(key)
             .or_insert_with(|| GoBinary::open(&proc.join("exe"), &exe).ok().map(|b| b.go_version.raw))
             .clone()?;
-        Some(Candidate { pid, start_time: start_time(pid)?, exe, go_version: version })
+        Some(Candidate { pid, start_time: process.stat().ok()?.starttime, exe, go_version: version })
     }
 }
 
 /// Field 22 of `/proc/PID/stat`.
 pub fn start_time(pid: u32) -> Option<u64> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat.rsplit_once(')')?.1.split_whitespace().nth(19)?.parse().ok()
+    Some(Process::new(pid as i32).ok()?.stat().ok()?.starttime)
 }
 
 /// The process's cgroup: the v2 path (`0::/…`), else the first v1 hierarchy's.
 pub fn cgroup_path(pid: u32) -> Option<String> {
-    let text = fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
-    let mut first = None;
-    for line in text.lines() {
-        let mut parts = line.splitn(3, ':');
-        let (id, _, path) = (parts.next()?, parts.next()?, parts.next()?);
-        if id == "0" {
-            return Some(path.to_string());
-        }
-        first.get_or_insert_with(|| path.to_string());
-    }
-    first
+    cgroup_of(&Process::new(pid as i32).ok()?)
+}
+
+fn cgroup_of(process: &Process) -> Option<String> {
+    let groups = process.cgroups().ok()?.0;
+    let v2 = groups.iter().find(|g| g.hierarchy == 0);
+    v2.or(groups.first()).map(|g| g.pathname.clone())
 }
 
 /// The container id and pod UID a cgroup path names:

@@ -82,10 +82,8 @@ fn start_go(go: &Path, goroot: &Path) -> Result<Killed> {
 fn start_compile(compile: &Path) -> Result<Killed> {
     let fifo = cache_dir().join("bench/blocked.go");
     let _ = std::fs::remove_file(&fifo);
-    let c = std::ffi::CString::new(fifo.to_string_lossy().as_bytes())?;
-    // SAFETY: valid C string.
-    if unsafe { libc::mkfifo(c.as_ptr(), 0o600) } != 0 {
-        bail!("mkfifo {}: {}", fifo.display(), std::io::Error::last_os_error());
+    if let Err(e) = nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)) {
+        bail!("mkfifo {}: {e}", fifo.display());
     }
     let child = Command::new(compile)
         .args(["-p", "main", "-o", "/dev/null"])

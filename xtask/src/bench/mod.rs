@@ -20,6 +20,7 @@ use std::{
 };
 
 use anyhow::{bail, Context, Result};
+use nix::sys::signal::Signal;
 use serde_json::Value;
 
 use crate::{build_gleak, cache_dir, go_build, newest_go, root, step};
@@ -272,7 +273,7 @@ impl Gleak {
 
     /// Sends SIGINT and returns everything it printed on stdout.
     pub fn stop(self) -> Result<String> {
-        signal(self.pid(), libc::SIGINT);
+        signal(self.pid(), Signal::SIGINT);
         self.wait()
     }
 
@@ -297,9 +298,9 @@ pub fn reports(stdout: &str) -> Vec<Value> {
     stdout.lines().filter(|l| l.starts_with('{')).filter_map(|l| serde_json::from_str(l).ok()).collect()
 }
 
-pub fn signal(pid: u32, sig: i32) {
-    // SAFETY: plain system call on a child of ours.
-    unsafe { libc::kill(pid as libc::pid_t, sig) };
+/// Sends `sig` to a child of ours (gone already: nothing to do).
+pub fn signal(pid: u32, sig: Signal) {
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), sig);
 }
 
 /// A field of /proc/PID/status in KiB.
@@ -310,16 +311,8 @@ pub fn proc_status_kib(pid: u32, field: &str) -> Option<u64> {
 
 /// User + system CPU time of a process (utime + stime, /proc/PID/stat).
 pub fn cpu_time(pid: u32) -> Duration {
-    let ticks = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| {
-            let rest = s.rsplit_once(')')?.1.split_whitespace().collect::<Vec<_>>();
-            Some(rest.get(11)?.parse::<u64>().ok()? + rest.get(12)?.parse::<u64>().ok()?)
-        })
-        .unwrap_or(0);
-    // SAFETY: no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-    Duration::from_secs_f64(ticks as f64 / hz)
+    let Ok(stat) = procfs::process::Process::new(pid as i32).and_then(|p| p.stat()) else { return Duration::ZERO };
+    Duration::from_secs_f64((stat.utime + stat.stime) as f64 / procfs::ticks_per_second() as f64)
 }
 
 /// The median of some samples.

@@ -37,7 +37,7 @@ fn cycle(env: &Env, pid: &str, kill: bool) -> Result<u64> {
     if kill {
         rx.recv_timeout(Duration::from_secs(60))?;
         peak = proc_status_kib(gpid, "VmHWM:").unwrap_or(0);
-        signal(gpid, libc::SIGKILL);
+        signal(gpid, nix::sys::signal::Signal::SIGKILL);
     }
     loop {
         if let Some(kib) = proc_status_kib(gpid, "VmHWM:") {

@@ -1,259 +1,65 @@
-//! The tracing core: one loaded set of probes, any number of target processes, one
-//! event stream. The CLI is a thin shell over this; `gleak audit` will hold many
-//! targets in one long-running process.
+//! Report assembly: from a traced target's event counts and what its memory
+//! shows now (live goroutines, where they block, on what, what the proof settles)
+//! to one judged report, with the per-site aggregation done at report time.
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
-    time::{Duration, Instant},
+    time::Instant,
 };
 
-use gleak_common::{counter, GoroutineEvent, CONFIG_CAPTURE_STACKS};
 use hdrhistogram::Histogram;
 
 use crate::{
     aggregate::{Aggregator, LiveGoroutine, Sample, SiteKey},
-    debuginfo::RuntimeInfo,
-    error::Result,
-    intake::Intake,
     layout::gstatus,
     netconn,
-    placement::AttachOptions,
-    probes::{AttachedProbe, Probes},
-    procmem::ProcessMemory,
+    probes::Probes,
     proof::{self, ProofBudget},
     report::{
         is_runtime_site, BlockedAt, GoroutineSample, KernelCounters, PathReport, Percentiles, ProofReport, Rates,
         Report, SiteReport, Totals, Trend, WaitObjectReport, WaitSummary,
     },
-    sitecache::{parent_chain, unknown_frame, Location, SiteLabel, SiteLabels, StackCache, MAIN_GOROUTINE},
+    sitecache::{parent_chain, unknown_frame, Location, SiteLabel, MAIN_GOROUTINE},
     snapshot::{all_goroutines, read_records, GRecord},
     symbolize::Frame,
-    target::Target,
     unwind::{is_blocking_machinery, BlockingStacks, Parked, Sched, StackId},
     verdict::{judge, never_wakes, SiteFacts},
     waits::{self, ChanState, WaitKind, WaitObject},
 };
 
-/// How long a goroutine a proof could not settle waits before the proof runs
-/// again for it alone (blocked goroutines that move, or new ones, run it at once).
-const PROOF_RETRY: Duration = Duration::from_secs(30);
+use super::{monotonic_ns, TracedTarget, PROOF_RETRY};
 
-/// A process being traced.
-pub struct TracedTarget {
-    pub target: Target,
-    pub info: RuntimeInfo,
-    pub probes: Vec<AttachedProbe>,
-    pub agg: Aggregator,
-    mem: ProcessMemory,
-    /// CLOCK_MONOTONIC at attach.
-    attached_ns: u64,
-    labels: SiteLabels,
-    stacks: StackCache,
-    /// Where each blocked goroutine is stuck, cached per goroutine.
-    blocking: BlockingStacks,
-    /// Goroutines proven unable to run again, with where they were blocked and on
-    /// what: the proof holds as long as both stay the same.
-    proven: HashMap<u64, (Sched, Vec<u64>)>,
-    /// Blocked goroutines the last proof looked at and could not prove, where
-    /// they were then: not a reason to run it again until they move or
-    /// [`PROOF_RETRY`] passes (what holds their objects may let go).
-    unproven: HashMap<u64, Sched>,
-    last_proof_at: Option<Instant>,
-    prove: bool,
-    /// Exits come from the probe (else from memory, see [`AttachOptions::exit_probe`]).
-    exit_probe: bool,
-    /// Goroutines whose wait objects a goroutine waiting on the network holds (the
-    /// last proof): a live connection's other goroutines.
-    network_held: HashSet<u64>,
-    /// The last proof run, for the report.
-    last_proof: Option<ProofReport>,
-    /// Blocking stacks symbolized, once per stack.
-    blocking_frames: HashMap<StackId, Vec<Location>>,
-    /// What cannot be seen in this target (said in every report).
-    gaps: Vec<String>,
-}
-
-pub struct Tracer {
-    probes: Probes,
-    intake: Intake,
-    targets: HashMap<u32, TracedTarget>,
-}
-
-impl Tracer {
-    /// Loads the probes and starts draining their events.
-    pub fn new() -> Result<Self> {
-        let mut probes = Probes::load()?;
-        let intake = Intake::start(probes.take_events()?)
-            .map_err(|e| crate::error::Error::Load(format!("starting the event intake thread: {e}")))?;
-        Ok(Self { probes, intake, targets: HashMap::new() })
-    }
-
-    /// Reads the target's binary and starts tracing it.
-    pub fn attach(&mut self, pid: u32, opts: AttachOptions) -> Result<&TracedTarget> {
-        let target = Target::from_pid(pid)?;
-        let info = RuntimeInfo::load(&target.binary)?;
-        let probes = if opts.probes { attach_probes(&mut self.probes, &target, &info, opts)? } else { Vec::new() };
-        let mem = ProcessMemory::new(pid);
-        let mut agg = Aggregator::default();
-        let mut gaps = info.gaps.clone();
-        // Probes first, then the goroutine table: a goroutine born in between shows
-        // up in both and is kept once; none falls between the two.
-        let table = info.goroutine_table.as_ref().map_err(|why| std::io::Error::other(why.clone()));
-        match table.and_then(|table| all_goroutines(&mem, table, &info.layout, target.load_bias)) {
-            Ok(existing) => {
-                for (g_addr, rec) in &existing {
-                    agg.adopt(*g_addr, rec);
-                }
-                agg.link_adopted_parents();
-            }
-            Err(e) => gaps.push(format!("goroutines from before attach are not visible ({e})")),
-        }
-        let attached_ns = monotonic_ns();
-        agg.sample(attached_ns);
-        let traced = TracedTarget {
-            mem,
-            target,
-            info,
-            probes,
-            agg,
-            attached_ns,
-            labels: SiteLabels::default(),
-            stacks: StackCache::default(),
-            blocking: BlockingStacks::default(),
-            blocking_frames: HashMap::new(),
-            proven: HashMap::new(),
-            unproven: HashMap::new(),
-            last_proof_at: None,
-            prove: opts.prove,
-            exit_probe: opts.exit_probe,
-            network_held: HashSet::new(),
-            last_proof: None,
-            gaps,
-        };
-        self.targets.insert(pid, traced);
-        Ok(&self.targets[&pid])
-    }
-
-    /// Adds the uprobes to a target watched from memory only (see
-    /// [`AttachOptions::probes`]): from now on its creations and exits are exact.
-    /// Goroutines born meanwhile were or will be picked up by reconciliation.
-    pub fn add_probes(&mut self, pid: u32, opts: AttachOptions) -> Result<()> {
-        let Tracer { probes, targets, .. } = self;
-        let Some(t) = targets.get_mut(&pid) else { return Ok(()) };
-        if t.probes.is_empty() {
-            t.probes = attach_probes(probes, &t.target, &t.info, opts)?;
-        }
-        t.prove = opts.prove;
-        t.exit_probe = opts.exit_probe;
-        Ok(())
-    }
-
-    /// Takes the uprobes off a target but keeps watching it from memory.
-    pub fn remove_probes(&mut self, pid: u32) {
-        self.probes.detach(pid);
-        if let Some(t) = self.targets.get_mut(&pid) {
-            t.probes.clear();
-            t.prove = false;
-        }
-    }
-
-    pub fn detach(&mut self, pid: u32) -> Option<TracedTarget> {
-        self.probes.detach(pid);
-        self.targets.remove(&pid)
-    }
-
-    pub fn target(&self, pid: u32) -> Option<&TracedTarget> {
-        self.targets.get(&pid)
-    }
-
-    pub fn pids(&self) -> Vec<u32> {
-        self.targets.keys().copied().collect()
-    }
-
-    /// Waits for the intake's next batch of events and applies it. Cancel-safe.
-    pub async fn pump(&mut self) -> usize {
-        let batch = self.intake.next().await;
-        apply(&batch, &mut self.targets)
-    }
-
-    /// Applies every event produced so far, the ones still in the ring included.
-    pub fn drain_now(&mut self) -> usize {
-        self.intake.flush().iter().map(|batch| apply(batch, &mut self.targets)).sum()
-    }
-
-    /// Forwards the probes' log records; call now and then.
-    pub fn flush_logs(&mut self) {
-        self.probes.flush_logs();
-    }
-
-    /// What went wrong in the probes so far, all targets together.
-    pub fn kernel_counters(&self) -> KernelCounters {
-        let c = self.probes.counters();
-        KernelCounters {
-            ringbuf_full: c[counter::RINGBUF_FULL as usize],
-            read_failed: c[counter::READ_FAILED as usize],
-            field_read_failed: c[counter::FIELD_READ_FAILED as usize],
-            no_config: c[counter::NO_CONFIG as usize],
-            stack_failed: c[counter::STACK_FAILED as usize],
-        }
-    }
-
-    /// Counts a goroutine as gone without its exit event (the one calling exit
-    /// when the process is held at `runtime.exit`).
-    pub fn retire(&mut self, pid: u32, goid: u64) {
-        if let Some(t) = self.targets.get_mut(&pid) {
-            t.agg.on_exit(goid, monotonic_ns());
-        }
-    }
-
-    /// Takes a per-site sample of every target (call about once a second).
-    pub fn sample(&mut self) {
-        self.drain_now();
+impl TracedTarget {
+    /// The report of this target now: reads its live goroutines from memory,
+    /// retires the ones that died unseen, groups by creation site, judges each.
+    pub(super) fn assemble(
+        &mut self,
+        probes: &Probes,
+        pid: u32,
+        target_exited: bool,
+        kernel: KernelCounters,
+        is_final: bool,
+    ) -> Report {
         let now = monotonic_ns();
-        for t in self.targets.values_mut() {
-            // Without an exit probe, exits are read from memory here.
-            if !t.exit_probe && !t.probes.is_empty() && t.target.is_alive() {
-                t.observe_live(false, now);
-            }
-            t.agg.sample(now);
-        }
-    }
-
-    /// Builds a report for `pid`: reads the live goroutines' state from memory,
-    /// retires the ones that died unseen, groups by creation site and judges each.
-    pub fn report(&mut self, pid: u32, is_final: bool) -> Option<Report> {
-        self.drain_now();
-        let target_exited = !self.targets.get(&pid)?.target.is_alive();
-        if !target_exited {
-            // The table read takes a while with many goroutines: drain what the
-            // target produced meanwhile before reading the live ones.
-            let now = monotonic_ns();
-            self.targets.get_mut(&pid)?.reconcile_creations(now);
-            self.drain_now();
-        }
-        let kernel = self.kernel_counters();
-        let Tracer { probes, targets, .. } = self;
-        let t = targets.get_mut(&pid)?;
-        let now = monotonic_ns();
-        let records = t.observe_live(target_exited, now);
+        let records = self.observe_live(target_exited, now);
         let waits = if target_exited {
             Waits::default()
         } else {
-            t.unwind_blocked(&records);
-            let waits = t.observe_waits(&records);
-            t.refresh_proof(&records, &waits);
+            self.unwind_blocked(&records);
+            let waits = self.observe_waits(&records);
+            self.refresh_proof(&records, &waits);
             waits
         };
         let mut summaries =
-            LiveSummary::per_site(&t.agg, &records, &t.blocking, &waits, &t.proven, &t.network_held, now);
+            LiveSummary::per_site(&self.agg, &records, &self.blocking, &waits, &self.proven, &self.network_held, now);
         let live_connections = if target_exited { None } else { netconn::live_connections(pid).ok() };
         let observed = Observed { records, waits, live_connections, at: now };
-        let keys: Vec<SiteKey> = t.agg.sites.keys().copied().collect();
+        let keys: Vec<SiteKey> = self.agg.sites.keys().copied().collect();
         let mut sites: Vec<SiteReport> = keys
             .into_iter()
             .map(|key| {
                 let summary = summaries.remove(&key).unwrap_or_default();
-                t.site_report(probes, key, summary, &observed)
+                self.site_report(probes, key, summary, &observed)
             })
             .collect();
         sites.sort_by(|a, b| {
@@ -265,39 +71,39 @@ impl Tracer {
                 .then(a.line.cmp(&b.line))
         });
 
-        let (created, exited) = t.agg.totals();
-        Some(Report {
+        let (created, exited) = self.agg.totals();
+        Report {
             pid,
-            ns_pid: t.target.ns_pid,
-            binary: t.target.exe.display().to_string(),
-            go_version: t.target.binary.go_version.raw.clone(),
-            runtime_facts: t.info.sources.clone(),
-            gaps: t.gaps.clone(),
+            ns_pid: self.target.ns_pid,
+            binary: self.target.exe.display().to_string(),
+            go_version: self.target.binary.go_version.raw.clone(),
+            runtime_facts: self.info.sources.clone(),
+            gaps: self.gaps.clone(),
             mode: "attach",
-            elapsed_s: now.saturating_sub(t.attached_ns) as f64 / 1e9,
+            elapsed_s: now.saturating_sub(self.attached_ns) as f64 / 1e9,
             is_final,
             target_exited,
             totals: Totals {
                 created,
                 exited,
-                live: t.agg.live.len() as u64,
-                preexisting: t.agg.live.values().filter(|g| g.created_ns.is_none()).count() as u64,
+                live: self.agg.live.len() as u64,
+                preexisting: self.agg.live.values().filter(|g| g.created_ns.is_none()).count() as u64,
             },
             lost_events: kernel.lost_events(),
             kernel,
-            reconciled_exits: t.agg.reconciled_exits,
-            reconciled_creations: t.agg.reconciled_creations,
+            reconciled_exits: self.agg.reconciled_exits,
+            reconciled_creations: self.agg.reconciled_creations,
             sites,
-            proof: t.last_proof.clone(),
+            proof: self.last_proof.clone(),
             gate: None,
-        })
+        }
     }
 }
 
 impl TracedTarget {
     /// Picks up live goroutines whose creation event was lost, from the goroutine
     /// table in memory (no stop; skipped where the table is not known).
-    fn reconcile_creations(&mut self, now: u64) {
+    pub(super) fn reconcile_creations(&mut self, now: u64) {
         let Ok(table) = &self.info.goroutine_table else { return };
         match all_goroutines(&self.mem, table, &self.info.layout, self.target.load_bias) {
             Ok(existing) => self.agg.reconcile_creations(&existing, now),
@@ -307,7 +113,7 @@ impl TracedTarget {
 
     /// What memory says about every goroutine believed alive; retires the ones
     /// that died unseen. `None` where memory could not be read.
-    fn observe_live(&mut self, target_exited: bool, now: u64) -> Records {
+    pub(super) fn observe_live(&mut self, target_exited: bool, now: u64) -> Records {
         let live: Vec<(u64, u64)> = self.agg.live.iter().map(|(&goid, g)| (goid, g.g_addr)).collect();
         let records = if target_exited {
             vec![None; live.len()]
@@ -877,37 +683,4 @@ fn percentiles(h: &Histogram<u64>) -> Option<Percentiles> {
         p99: h.value_at_quantile(0.99) as f64 / 1e6,
         max: h.max() as f64 / 1e6,
     })
-}
-
-fn attach_probes(
-    probes: &mut Probes,
-    target: &Target,
-    info: &RuntimeInfo,
-    opts: AttachOptions,
-) -> Result<Vec<AttachedProbe>> {
-    if !info.layout.fits_create_span() {
-        return Err(crate::error::Error::Load(format!(
-            "{}: runtime.g's gopc/startpc/parentGoid lie too far from goid for the creation probe",
-            target.exe.display()
-        )));
-    }
-    let flags = if opts.capture_stacks { CONFIG_CAPTURE_STACKS } else { 0 };
-    probes.attach(target, info.layout.target_config(flags), opts)
-}
-
-fn apply(batch: &[GoroutineEvent], targets: &mut HashMap<u32, TracedTarget>) -> usize {
-    for ev in batch {
-        if let Some(t) = targets.get_mut(&ev.pid) {
-            t.agg.on_event(ev);
-        }
-    }
-    batch.len()
-}
-
-/// CLOCK_MONOTONIC in ns: the clock of `bpf_ktime_get_ns` and of Go's `nanotime`.
-pub fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: valid pointer to a timespec.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }

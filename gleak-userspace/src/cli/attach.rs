@@ -1,0 +1,57 @@
+//! `gleak attach`: trace a running process until told to stop, reporting as it goes.
+
+use anyhow::{Context, Result};
+use gleak::{runflow::LoopEnd, Tracer};
+use std::time::Duration;
+
+use super::{
+    session::{trace_loop, Signals},
+    Common,
+};
+
+pub fn banner(tracer: &Tracer, pid: u32, what: &str) {
+    let Some(t) = tracer.target(pid) else { return };
+    let mut probes: Vec<&str> = Vec::new();
+    for p in &t.probes {
+        if !probes.contains(&p.location.as_str()) {
+            probes.push(&p.location);
+        }
+    }
+    eprintln!(
+        "gleak: tracing PID {pid}{} {} ({}) · probes: {} · {} goroutines already running · {what}",
+        t.target.ns_pid.map(|p| format!(" (PID {p} in its namespace)")).unwrap_or_default(),
+        t.target.exe.display(),
+        t.target.binary.go_version,
+        probes.join(", "),
+        t.agg.live.len(),
+    );
+    eprintln!("gleak: {}", t.info.sources);
+}
+
+pub async fn attach(pid: u32, common: Common, signals: &mut Signals) -> Result<()> {
+    let mut tracer = Tracer::new()?;
+    tracer.attach(pid, common.options(false)).with_context(|| format!("cannot trace PID {pid}"))?;
+    let interval = common.interval.unwrap_or(Duration::from_secs(10));
+    banner(
+        &tracer,
+        pid,
+        &format!(
+            "report every {}{}",
+            gleak::verdict::secs(interval.as_secs_f64()),
+            match common.duration {
+                Some(d) => format!(" for {}", gleak::verdict::secs(d.as_secs_f64())),
+                None => " until Ctrl-C".to_string(),
+            }
+        ),
+    );
+    let periodic = |tracer: &mut Tracer| common.print_periodic(tracer, pid);
+    match trace_loop(&mut tracer, pid, common.duration, Some(interval), None, signals, periodic).await? {
+        LoopEnd::ImageChanged => eprintln!("gleak: PID {pid} exec'd a new program; stopped tracing it"),
+        LoopEnd::TargetExited(_) => eprintln!("gleak: PID {pid} is gone (exited or killed)"),
+        LoopEnd::Interrupted(sig) => eprintln!("gleak: {}: detaching from PID {pid}", sig),
+        LoopEnd::Deadline | LoopEnd::ExitStop => {}
+    }
+    let report = common.report(&mut tracer, pid, true).context("target vanished")?;
+    tracer.detach(pid);
+    common.write_final(&report)
+}

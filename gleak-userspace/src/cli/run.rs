@@ -1,0 +1,131 @@
+//! `gleak run`: start a command, trace it from its first goroutine, and judge it
+//! at its end. The order of the ending's steps is [`gleak::runflow`]'s; this file
+//! carries them out.
+
+use std::{ffi::OsString, time::Duration};
+
+use anyhow::{Context, Result};
+use gleak::{
+    gate,
+    launch::{self, IfGleakDies},
+    report::Report,
+    runflow::{LoopEnd, Observed, RunEnding, Step},
+    verdict::Verdict,
+    Tracer,
+};
+use nix::sys::signal::Signal;
+
+use super::{
+    attach::banner,
+    session::{describe_status, exit_code, trace_loop, Launched, Signals},
+    Common, FailOn,
+};
+
+pub async fn run(
+    fail_on: FailOn,
+    leave_running: bool,
+    common: Common,
+    command: Vec<OsString>,
+    signals: &mut Signals,
+) -> Result<i32> {
+    let (program, args) = command.split_first().context("no command given")?;
+    let mut tracer = Tracer::new()?;
+    let if_gleak_dies = if leave_running { IfGleakDies::Continue } else { IfGleakDies::Kill };
+    let child = launch::spawn_stopped(program, args, if_gleak_dies)
+        .with_context(|| format!("cannot start {}", program.to_string_lossy()))?;
+    let mut child = Launched::new(child, leave_running);
+    let pid = child.pid();
+    if let Err(e) = tracer.attach(pid, common.options(true)) {
+        child.leave_running = false; // never traced: nothing to leave running
+        drop(child);
+        return Err(anyhow::Error::new(e).context(format!("cannot trace {}", program.to_string_lossy())));
+    }
+    banner(&tracer, pid, "running it");
+    launch::release(&child.child).context("releasing the command")?;
+
+    let periodic = |tracer: &mut Tracer| common.print_periodic(tracer, pid);
+    let end =
+        trace_loop(&mut tracer, pid, common.duration, common.interval, Some(&mut child), signals, periodic).await?;
+    if end == LoopEnd::ImageChanged {
+        eprintln!("gleak: the command exec'd another program; judging what was traced, then waiting for it");
+    }
+
+    let fail_on = match fail_on {
+        FailOn::Leak => Verdict::Leak,
+        FailOn::Suspect => Verdict::Suspect,
+    };
+    let mut ending = RunEnding::new(end, leave_running);
+    let mut step = ending.start();
+    let mut report: Option<Report> = None;
+    let mut code = 0;
+    loop {
+        let observed = match step {
+            Step::Finish => return Ok(code),
+            Step::Freeze => {
+                // Frozen to read what is alive; it may have reached its exit meanwhile.
+                launch::signal(pid, Signal::SIGSTOP);
+                wait_stopped(pid).await;
+                tracer.drain_now();
+                Observed::Frozen { at_exit: tracer.target(pid).is_some_and(|t| t.agg.exit_stop.is_some()) }
+            }
+            Step::RetireExiting => {
+                wait_stopped(pid).await;
+                if let Some(goid) = tracer.target(pid).and_then(|t| t.agg.exit_stop) {
+                    tracer.retire(pid, goid);
+                }
+                Observed::Done
+            }
+            Step::Report => {
+                report = Some(common.report(&mut tracer, pid, true).context("command vanished")?);
+                tracer.detach(pid);
+                Observed::Done
+            }
+            Step::Resume => {
+                launch::signal(pid, Signal::SIGCONT);
+                Observed::Done
+            }
+            Step::Wait { forwarded } => {
+                let status = child.wait(signals, forwarded).await?;
+                if forwarded.is_some() {
+                    eprintln!("gleak: PID {pid} {}", describe_status(status));
+                }
+                Observed::Exited(exit_code(status))
+            }
+            Step::Judge(how) => {
+                let mut report = report.take().context("internal error: judged before a report")?;
+                gate::judge(&mut report, fail_on, how);
+                common.write_final(&report)?;
+                code = report.gate.map_or(0, |g| g.exit_code);
+                Observed::Done
+            }
+            Step::Forward(sig) => {
+                // Still our unreaped child: the PID cannot have been reused.
+                eprintln!("gleak: passing {sig} on to PID {pid}");
+                launch::signal(pid, sig);
+                launch::signal(pid, Signal::SIGCONT);
+                Observed::Done
+            }
+            Step::Kill => {
+                child.kill();
+                Observed::Done
+            }
+            Step::LeaveRunning => {
+                child.leave_running();
+                eprintln!("gleak: left PID {pid} running, untraced (--leave-running)");
+                Observed::Done
+            }
+        };
+        step = ending.next(observed);
+    }
+}
+
+/// Waits (briefly) until SIGSTOP has stopped every thread of `pid`.
+async fn wait_stopped(pid: u32) {
+    for _ in 0..200 {
+        if launch::is_stopped(pid) || !gleak::target::process_alive(pid) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    log::warn!("PID {pid} did not stop; reading its goroutines while it runs");
+}

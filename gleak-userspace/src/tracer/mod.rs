@@ -1,0 +1,263 @@
+//! The tracing core: one loaded set of probes, any number of target processes, one
+//! event stream, and each target's state. `gleak attach`/`run` hold one target,
+//! `gleak audit` many. Events come in through [`crate::intake`]; reports are put
+//! together in [`assemble`].
+
+use std::{
+    collections::{HashMap, HashSet},
+    time::{Duration, Instant},
+};
+
+use gleak_common::{counter, GoroutineEvent, CONFIG_CAPTURE_STACKS};
+
+use crate::{
+    aggregate::Aggregator,
+    debuginfo::RuntimeInfo,
+    error::Result,
+    intake::Intake,
+    placement::AttachOptions,
+    probes::{AttachedProbe, Probes},
+    procmem::ProcessMemory,
+    report::{KernelCounters, ProofReport, Report},
+    sitecache::{Location, SiteLabels, StackCache},
+    snapshot::all_goroutines,
+    target::Target,
+    unwind::{BlockingStacks, Sched, StackId},
+};
+
+mod assemble;
+
+/// How long a goroutine a proof could not settle waits before the proof runs
+/// again for it alone (blocked goroutines that move, or new ones, run it at once).
+const PROOF_RETRY: Duration = Duration::from_secs(30);
+
+/// A process being traced.
+pub struct TracedTarget {
+    pub target: Target,
+    pub info: RuntimeInfo,
+    pub probes: Vec<AttachedProbe>,
+    pub agg: Aggregator,
+    mem: ProcessMemory,
+    /// CLOCK_MONOTONIC at attach.
+    attached_ns: u64,
+    labels: SiteLabels,
+    stacks: StackCache,
+    /// Where each blocked goroutine is stuck, cached per goroutine.
+    blocking: BlockingStacks,
+    /// Goroutines proven unable to run again, with where they were blocked and on
+    /// what: the proof holds as long as both stay the same.
+    proven: HashMap<u64, (Sched, Vec<u64>)>,
+    /// Blocked goroutines the last proof looked at and could not prove, where
+    /// they were then: not a reason to run it again until they move or
+    /// [`PROOF_RETRY`] passes (what holds their objects may let go).
+    unproven: HashMap<u64, Sched>,
+    last_proof_at: Option<Instant>,
+    prove: bool,
+    /// Exits come from the probe (else from memory, see [`AttachOptions::exit_probe`]).
+    exit_probe: bool,
+    /// Goroutines whose wait objects a goroutine waiting on the network holds (the
+    /// last proof): a live connection's other goroutines.
+    network_held: HashSet<u64>,
+    /// The last proof run, for the report.
+    last_proof: Option<ProofReport>,
+    /// Blocking stacks symbolized, once per stack.
+    blocking_frames: HashMap<StackId, Vec<Location>>,
+    /// What cannot be seen in this target (said in every report).
+    gaps: Vec<String>,
+}
+
+pub struct Tracer {
+    probes: Probes,
+    intake: Intake,
+    targets: HashMap<u32, TracedTarget>,
+}
+
+impl Tracer {
+    /// Loads the probes and starts draining their events.
+    pub fn new() -> Result<Self> {
+        let mut probes = Probes::load()?;
+        let intake = Intake::start(probes.take_events()?)
+            .map_err(|e| crate::error::Error::Load(format!("starting the event intake thread: {e}")))?;
+        Ok(Self { probes, intake, targets: HashMap::new() })
+    }
+
+    /// Reads the target's binary and starts tracing it.
+    pub fn attach(&mut self, pid: u32, opts: AttachOptions) -> Result<&TracedTarget> {
+        let target = Target::from_pid(pid)?;
+        let info = RuntimeInfo::load(&target.binary)?;
+        let probes = if opts.probes { attach_probes(&mut self.probes, &target, &info, opts)? } else { Vec::new() };
+        let mem = ProcessMemory::new(pid);
+        let mut agg = Aggregator::default();
+        let mut gaps = info.gaps.clone();
+        // Probes first, then the goroutine table: a goroutine born in between shows
+        // up in both and is kept once; none falls between the two.
+        let table = info.goroutine_table.as_ref().map_err(|why| std::io::Error::other(why.clone()));
+        match table.and_then(|table| all_goroutines(&mem, table, &info.layout, target.load_bias)) {
+            Ok(existing) => {
+                for (g_addr, rec) in &existing {
+                    agg.adopt(*g_addr, rec);
+                }
+                agg.link_adopted_parents();
+            }
+            Err(e) => gaps.push(format!("goroutines from before attach are not visible ({e})")),
+        }
+        let attached_ns = monotonic_ns();
+        agg.sample(attached_ns);
+        let traced = TracedTarget {
+            mem,
+            target,
+            info,
+            probes,
+            agg,
+            attached_ns,
+            labels: SiteLabels::default(),
+            stacks: StackCache::default(),
+            blocking: BlockingStacks::default(),
+            blocking_frames: HashMap::new(),
+            proven: HashMap::new(),
+            unproven: HashMap::new(),
+            last_proof_at: None,
+            prove: opts.prove,
+            exit_probe: opts.exit_probe,
+            network_held: HashSet::new(),
+            last_proof: None,
+            gaps,
+        };
+        self.targets.insert(pid, traced);
+        Ok(&self.targets[&pid])
+    }
+
+    /// Adds the uprobes to a target watched from memory only (see
+    /// [`AttachOptions::probes`]): from now on its creations and exits are exact.
+    /// Goroutines born meanwhile were or will be picked up by reconciliation.
+    pub fn add_probes(&mut self, pid: u32, opts: AttachOptions) -> Result<()> {
+        let Tracer { probes, targets, .. } = self;
+        let Some(t) = targets.get_mut(&pid) else { return Ok(()) };
+        if t.probes.is_empty() {
+            t.probes = attach_probes(probes, &t.target, &t.info, opts)?;
+        }
+        t.prove = opts.prove;
+        t.exit_probe = opts.exit_probe;
+        Ok(())
+    }
+
+    /// Takes the uprobes off a target but keeps watching it from memory.
+    pub fn remove_probes(&mut self, pid: u32) {
+        self.probes.detach(pid);
+        if let Some(t) = self.targets.get_mut(&pid) {
+            t.probes.clear();
+            t.prove = false;
+        }
+    }
+
+    pub fn detach(&mut self, pid: u32) -> Option<TracedTarget> {
+        self.probes.detach(pid);
+        self.targets.remove(&pid)
+    }
+
+    pub fn target(&self, pid: u32) -> Option<&TracedTarget> {
+        self.targets.get(&pid)
+    }
+
+    pub fn pids(&self) -> Vec<u32> {
+        self.targets.keys().copied().collect()
+    }
+
+    /// Waits for the intake's next batch of events and applies it. Cancel-safe.
+    pub async fn pump(&mut self) -> usize {
+        let batch = self.intake.next().await;
+        apply(&batch, &mut self.targets)
+    }
+
+    /// Applies every event produced so far, the ones still in the ring included.
+    pub fn drain_now(&mut self) -> usize {
+        self.intake.flush().iter().map(|batch| apply(batch, &mut self.targets)).sum()
+    }
+
+    /// Forwards the probes' log records; call now and then.
+    pub fn flush_logs(&mut self) {
+        self.probes.flush_logs();
+    }
+
+    /// What went wrong in the probes so far, all targets together.
+    pub fn kernel_counters(&self) -> KernelCounters {
+        let c = self.probes.counters();
+        KernelCounters {
+            ringbuf_full: c[counter::RINGBUF_FULL as usize],
+            read_failed: c[counter::READ_FAILED as usize],
+            field_read_failed: c[counter::FIELD_READ_FAILED as usize],
+            no_config: c[counter::NO_CONFIG as usize],
+            stack_failed: c[counter::STACK_FAILED as usize],
+        }
+    }
+
+    /// Counts a goroutine as gone without its exit event (the one calling exit
+    /// when the process is held at `runtime.exit`).
+    pub fn retire(&mut self, pid: u32, goid: u64) {
+        if let Some(t) = self.targets.get_mut(&pid) {
+            t.agg.on_exit(goid, monotonic_ns());
+        }
+    }
+
+    /// Takes a per-site sample of every target (call about once a second).
+    pub fn sample(&mut self) {
+        self.drain_now();
+        let now = monotonic_ns();
+        for t in self.targets.values_mut() {
+            // Without an exit probe, exits are read from memory here.
+            if !t.exit_probe && !t.probes.is_empty() && t.target.is_alive() {
+                t.observe_live(false, now);
+            }
+            t.agg.sample(now);
+        }
+    }
+
+    /// Builds a report for `pid`: reads the live goroutines' state from memory,
+    /// retires the ones that died unseen, groups by creation site and judges each.
+    pub fn report(&mut self, pid: u32, is_final: bool) -> Option<Report> {
+        self.drain_now();
+        let target_exited = !self.targets.get(&pid)?.target.is_alive();
+        if !target_exited {
+            // The table read takes a while with many goroutines: drain what the
+            // target produced meanwhile before reading the live ones.
+            let now = monotonic_ns();
+            self.targets.get_mut(&pid)?.reconcile_creations(now);
+            self.drain_now();
+        }
+        let kernel = self.kernel_counters();
+        let Tracer { probes, targets, .. } = self;
+        Some(targets.get_mut(&pid)?.assemble(probes, pid, target_exited, kernel, is_final))
+    }
+}
+
+fn attach_probes(
+    probes: &mut Probes,
+    target: &Target,
+    info: &RuntimeInfo,
+    opts: AttachOptions,
+) -> Result<Vec<AttachedProbe>> {
+    if !info.layout.fits_create_span() {
+        return Err(crate::error::Error::Load(format!(
+            "{}: runtime.g's gopc/startpc/parentGoid lie too far from goid for the creation probe",
+            target.exe.display()
+        )));
+    }
+    let flags = if opts.capture_stacks { CONFIG_CAPTURE_STACKS } else { 0 };
+    probes.attach(target, info.layout.target_config(flags), opts)
+}
+
+fn apply(batch: &[GoroutineEvent], targets: &mut HashMap<u32, TracedTarget>) -> usize {
+    for ev in batch {
+        if let Some(t) = targets.get_mut(&ev.pid) {
+            t.agg.on_event(ev);
+        }
+    }
+    batch.len()
+}
+
+/// CLOCK_MONOTONIC in ns: the clock of `bpf_ktime_get_ns` and of Go's `nanotime`.
+pub fn monotonic_ns() -> u64 {
+    use nix::time::{clock_gettime, ClockId};
+    // CLOCK_MONOTONIC cannot fail on Linux.
+    clock_gettime(ClockId::CLOCK_MONOTONIC).map_or(0, |ts| ts.tv_sec() as u64 * 1_000_000_000 + ts.tv_nsec() as u64)
+}
