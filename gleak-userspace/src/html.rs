@@ -762,7 +762,7 @@ mod tests {
     }
 
     fn report(sites: Vec<SiteReport>) -> Report {
-        let live = sites.iter().map(|s| s.live).sum();
+        let live = sites.iter().fold(0u64, |sum, s| sum.saturating_add(s.live));
         Report {
             pid: 4242,
             ns_pid: None,

@@ -261,7 +261,7 @@ mod tests {
         assert!(handle.read("stat").unwrap().contains("(sleep)"));
         let exe = handle.exe_id().expect("exe of a running process");
         assert_eq!(Some(exe), std::fs::metadata(format!("/proc/{}/exe", child.id())).ok().map(|m| (m.dev(), m.ino())));
-        assert!(handle.start_stack().is_some_and(|s| s != 0), "startstack");
+        assert!(handle.start_stack().is_some(), "startstack");
 
         child.kill().unwrap();
         // A zombie (not yet reaped) has exited.
