@@ -13,7 +13,7 @@ use aya_ebpf::{
     bindings::BPF_F_USER_STACK,
     helpers::{bpf_probe_read_user, bpf_probe_read_user_buf},
     macros::{map, uprobe},
-    maps::{LruHashMap, PerCpuArray},
+    maps::PerCpuArray,
     programs::{tracing::StackIdContext, ProbeContext},
 };
 use gleak_common::{counter, EventKind, CONFIG_CAPTURE_STACKS, CREATE_SPAN};
@@ -30,15 +30,38 @@ const _: () = assert!(CREATE_SPAN as usize <= SCRATCH && SCRATCH.is_power_of_two
 #[map]
 static SPAN: PerCpuArray<[u8; SCRATCH]> = PerCpuArray::with_max_entries(1, 0);
 
-/// Return addresses that key a creation path: the runtime's few (newproc,
-/// systemstack) and the innermost frames of the code with the `go` statement.
+/// Return addresses that key a creation path: the runtime's (systemstack) and
+/// the innermost frames of the code with the `go` statement.
 const KEY_FRAMES: usize = 8;
 /// One keyed creation in this many walks its whole stack anyway.
 const RESAMPLE_EVERY: u32 = 64;
 
-/// Creation path key → stack id.
+/// Bytes of stack read at once while following frame pointers: most creating
+/// functions' frames, and their callers', fit in one read, where a read per frame
+/// would cost a helper call each.
+const STACK_WINDOW: usize = 512;
+const _: () = assert!(STACK_WINDOW.is_power_of_two() && STACK_WINDOW >= 64);
+
+/// Per CPU, the window of stack being walked; 16 bytes of slack past it, so that
+/// a frame record at any 8-aligned offset the mask lets through is in bounds.
 #[map]
-static STACK_KEYS: LruHashMap<[u64; KEY_FRAMES], i64> = LruHashMap::with_max_entries(16384, 0);
+static WINDOW: PerCpuArray<[u8; STACK_WINDOW + 16]> = PerCpuArray::with_max_entries(1, 0);
+
+/// A creation path key and the stack id it was last walked to.
+#[derive(Clone, Copy)]
+#[repr(C)]
+struct KeyedStack {
+    key: [u64; KEY_FRAMES],
+    stack_id: i64,
+}
+
+/// Slots of the per-CPU creation path cache (a power of two).
+const KEY_SLOTS: u32 = 1024;
+
+/// Per CPU, a direct-mapped cache of creation path → stack id: an array indexed by
+/// the key's hash, cheaper than a hash map's lookup; a collision only costs a walk.
+#[map]
+static STACK_KEYS: PerCpuArray<KeyedStack> = PerCpuArray::with_max_entries(KEY_SLOTS, 0);
 
 /// Creations seen, per CPU, to resample.
 #[map]
@@ -101,21 +124,11 @@ fn on_create(ctx: &ProbeContext, newg: u64) -> u32 {
 /// The creation stack's id in `STACKS`. Walking the whole user stack is most of a
 /// creation probe's cost, and most creations come from a few call paths: the
 /// innermost return addresses (followed through frame pointers, which Go keeps)
-/// key the path in an LRU map, and only a new key (or one hit in
+/// key the path in a per-CPU cache, and only a new key (or one hit in
 /// [`RESAMPLE_EVERY`], so that paths that differ deeper are found too) walks it.
 #[inline(always)]
 fn creation_stack(ctx: &ProbeContext) -> i64 {
-    let mut key = [0u64; KEY_FRAMES];
-    let mut bp = unsafe { (*ctx.regs).rbp };
-    for slot in key.iter_mut() {
-        if bp == 0 {
-            break;
-        }
-        // {saved BP, return address} at every frame pointer.
-        let Ok(frame) = (unsafe { bpf_probe_read_user(bp as *const [u64; 2]) }) else { break };
-        *slot = frame[1];
-        bp = frame[0];
-    }
+    let key = path_key(unsafe { (*ctx.regs).rbp });
     let resample = match WALK_TICKS.get_ptr_mut(0) {
         // Per-CPU counter: no other writer.
         Some(ticks) => unsafe {
@@ -124,21 +137,89 @@ fn creation_stack(ctx: &ProbeContext) -> i64 {
         },
         None => true,
     };
+    let slot = STACK_KEYS.get_ptr_mut(key_hash(&key) & (KEY_SLOTS - 1));
     if !resample {
-        if let Some(&id) = unsafe { STACK_KEYS.get(key) } {
-            return id;
+        if let Some(cached) = slot {
+            // Per-CPU slot: no other writer.
+            let cached = unsafe { &*cached };
+            if cached.key == key {
+                return cached.stack_id;
+            }
         }
     }
     match ctx.get_stackid(&STACKS, BPF_F_USER_STACK as u64) {
-        Ok(id) => {
-            let _ = STACK_KEYS.insert(key, id, 0);
-            id
+        Ok(stack_id) => {
+            if let Some(slot) = slot {
+                unsafe { *slot = KeyedStack { key, stack_id } };
+            }
+            stack_id
         }
         Err(_) => {
             bump(counter::STACK_FAILED);
             -1
         }
     }
+}
+
+/// The first [`KEY_FRAMES`] return addresses from frame pointer `bp` on. Frame
+/// records ({saved BP, return address}) are taken from a window of stack read in
+/// one helper call; only a frame outside it costs another read (of a new window).
+///
+/// The first record, `runtime.newproc.func1`'s, is read alone: it is on g0's
+/// stack, which for the main thread is the top of its mapping, where a window
+/// would run past the end (a fault, then a retry). Its saved BP is already on the
+/// goroutine's stack: `systemstack` switches stacks without a frame of its own.
+#[inline(always)]
+fn path_key(bp: u64) -> [u64; KEY_FRAMES] {
+    let mut key = [0u64; KEY_FRAMES];
+    if bp == 0 {
+        return key;
+    }
+    let Ok(first) = (unsafe { bpf_probe_read_user(bp as *const [u64; 2]) }) else { return key };
+    key[0] = first[1];
+    let mut bp = first[0];
+    let Some(window) = WINDOW.get_ptr_mut(0) else { return key };
+    // Per-CPU buffer: no other writer while this program runs.
+    let window = unsafe { &mut *window };
+    // The window covers [base, base + STACK_WINDOW); none is read yet.
+    let mut base = u64::MAX;
+    for slot in key.iter_mut().skip(1) {
+        if bp == 0 {
+            break;
+        }
+        let mut offset = bp.wrapping_sub(base);
+        if offset > (STACK_WINDOW - 16) as u64 {
+            if unsafe { bpf_probe_read_user_buf(bp as *const u8, &mut window[..STACK_WINDOW]) }.is_err() {
+                // The window ran past the end of the mapping (the top of a thread's
+                // stack): this frame alone.
+                let Ok(frame) = (unsafe { bpf_probe_read_user(bp as *const [u64; 2]) }) else { break };
+                *slot = frame[1];
+                bp = frame[0];
+                base = u64::MAX;
+                continue;
+            }
+            base = bp;
+            offset = 0;
+        }
+        // offset + 16 <= STACK_WINDOW; the mask keeps the verifier sure of it (and
+        // frame pointers are 8-aligned).
+        let at = (offset as usize) & (STACK_WINDOW - 8);
+        let read = |i: usize| unsafe { core::ptr::read_unaligned(window.as_ptr().add(at + 8 * i).cast::<u64>()) };
+        *slot = read(1);
+        bp = read(0);
+    }
+    key
+}
+
+/// Mixes a path key into a cache slot number (a multiply-xorshift per word).
+#[inline(always)]
+fn key_hash(key: &[u64; KEY_FRAMES]) -> u32 {
+    let mut h: u64 = 0;
+    for &word in key {
+        h = (h ^ word).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        h ^= h >> 29;
+    }
+    (h >> 32) as u32
 }
 
 /// `g0.m.curg.goid`; `None` when no user goroutine runs (the main goroutine's birth).
