@@ -57,24 +57,18 @@ fn gleak_with_backtrace(args: &[&str]) -> GleakRun {
 /// The state letter of `/proc/PID/stat` (`R`, `S`, `T`, `Z`, ...), `None` once
 /// the process is gone.
 fn proc_state(pid: u32) -> Option<char> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat.rsplit_once(')')?.1.split_whitespace().next()?.chars().next()
+    procfs::process::Process::new(pid as i32).and_then(|p| p.stat()).ok().map(|s| s.state)
 }
 
 /// PIDs of every process (zombies included) whose command name is `comm`.
 fn pids_named(comm: &str) -> Vec<u32> {
-    let Ok(entries) = fs::read_dir("/proc") else {
+    let Ok(processes) = procfs::process::all_processes() else {
         return Vec::new();
     };
-    entries
+    processes
         .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
-                let name = stat.split_once('(').and_then(|(_, rest)| rest.rsplit_once(')')).map(|(name, _)| name);
-                name == Some(comm)
-            })
-        })
+        .filter(|p| p.stat().is_ok_and(|stat| stat.comm == comm))
+        .filter_map(|p| u32::try_from(p.pid()).ok())
         .collect()
 }
 

@@ -26,9 +26,12 @@ fn leak_site<'a>(report: &'a Value, what: &str) -> &'a Value {
 /// The only child of `pid` (what `unshare --fork` started).
 fn only_child(pid: u32) -> u32 {
     for _ in 0..100 {
-        let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
-        if let Some(child) = children.split_whitespace().next() {
-            return child.parse().unwrap();
+        let children = procfs::process::Process::new(pid as i32)
+            .and_then(|p| p.task_main_thread())
+            .and_then(|t| t.children())
+            .unwrap_or_default();
+        if let Some(&child) = children.first() {
+            return child;
         }
         std::thread::sleep(Duration::from_millis(20));
     }

@@ -195,8 +195,7 @@ fn bin_arg(fx: &Fixture) -> String {
 /// The state letter of `/proc/PID/stat` (`R`, `S`, `T`, `Z`, ...), `None` once
 /// the process is gone.
 fn proc_state(pid: u32) -> Option<char> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat.rsplit_once(')')?.1.split_whitespace().next()?.chars().next()
+    procfs::process::Process::new(pid as i32).and_then(|p| p.stat()).ok().map(|s| s.state)
 }
 
 fn kill(pid: u32, signal: Signal) {

@@ -11,7 +11,7 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 
-use super::{proc_status_kib, Env};
+use super::{peak_rss_kib, Env};
 use crate::{cache_dir, run as run_cmd};
 
 struct Killed(Child);
@@ -44,7 +44,7 @@ fn measure(env: &Env, pid: u32) -> Result<(Duration, Duration, f64)> {
     });
     let mut peak = 0u64;
     loop {
-        if let Some(kib) = proc_status_kib(gpid, "VmHWM:") {
+        if let Some(kib) = peak_rss_kib(gpid) {
             peak = peak.max(kib);
         }
         if child.try_wait()?.is_some() {

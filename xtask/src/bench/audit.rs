@@ -10,7 +10,7 @@ use std::{
 
 use anyhow::{Context, Result};
 
-use super::{median, ns, proc_status_kib, Driven, Env, Gleak};
+use super::{median, ns, rss_kib, Driven, Env, Gleak};
 
 /// Processes per tier measurement.
 const PROCESSES: usize = 10;
@@ -99,7 +99,7 @@ pub fn run(env: &Env) -> Result<String> {
     let exes = vec![pool.display().to_string(), brief.display().to_string()];
     let g = Gleak::start(env, &audit_args(&exes, "1h"), "auditing")?;
     std::thread::sleep(Duration::from_secs(2));
-    let rss_start = proc_status_kib(g.pid(), "VmRSS:").context("gleak's RSS")?;
+    let rss_start = rss_kib(g.pid()).context("gleak's RSS")?;
     let started = Instant::now();
     let mut ran = 0;
     let mut rss_mid = 0;
@@ -112,11 +112,11 @@ pub fn run(env: &Env) -> Result<String> {
         }
         ran += 2;
         if ran == 150 {
-            rss_mid = proc_status_kib(g.pid(), "VmRSS:").unwrap_or(0);
+            rss_mid = rss_kib(g.pid()).unwrap_or(0);
         }
     }
     std::thread::sleep(Duration::from_secs(3));
-    let rss_end = proc_status_kib(g.pid(), "VmRSS:").unwrap_or(0);
+    let rss_end = rss_kib(g.pid()).unwrap_or(0);
     g.stop()?;
     drop(long);
     let _ = writeln!(

@@ -106,22 +106,13 @@ pub fn run(args: BenchArgs) -> Result<()> {
 }
 
 fn header(env: &Env) -> String {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+    use procfs::Current;
+    let cpu = procfs::CpuInfo::current()
         .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("model name").map(|v| v.trim_start_matches([' ', '\t', ':']).to_string()))
-        })
+        .and_then(|info| info.model_name(0).map(str::to_string))
         .unwrap_or_else(|| "?".into());
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-    let mem_gib = std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|s| {
-            s.lines().find_map(|l| {
-                l.strip_prefix("MemTotal:").and_then(|v| v.trim().trim_end_matches(" kB").parse::<u64>().ok())
-            })
-        })
-        .map_or(0.0, |kb| kb as f64 / (1 << 20) as f64);
+    let mem_gib = procfs::Meminfo::current().map_or(0.0, |m| m.mem_total as f64 / (1u64 << 30) as f64);
     let kernel = Command::new("uname")
         .arg("-r")
         .output()
@@ -263,7 +254,7 @@ impl Gleak {
 
     /// Peak resident memory so far (VmHWM), in MiB.
     pub fn peak_rss_mib(&self) -> f64 {
-        proc_status_kib(self.pid(), "VmHWM:").map_or(0.0, |kib| kib as f64 / 1024.0)
+        peak_rss_kib(self.pid()).map_or(0.0, |kib| kib as f64 / 1024.0)
     }
 
     /// CPU time (user + system) so far.
@@ -303,10 +294,18 @@ pub fn signal(pid: u32, sig: Signal) {
     let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), sig);
 }
 
-/// A field of /proc/PID/status in KiB.
-pub fn proc_status_kib(pid: u32, field: &str) -> Option<u64> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    s.lines().find_map(|l| l.strip_prefix(field))?.trim().trim_end_matches(" kB").trim().parse().ok()
+fn status(pid: u32) -> Option<procfs::process::Status> {
+    procfs::process::Process::new(pid as i32).and_then(|p| p.status()).ok()
+}
+
+/// A process's resident memory now, in KiB (`VmRSS`).
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    status(pid)?.vmrss
+}
+
+/// A process's peak resident memory, in KiB (`VmHWM`).
+pub fn peak_rss_kib(pid: u32) -> Option<u64> {
+    status(pid)?.vmhwm
 }
 
 /// User + system CPU time of a process (utime + stime, /proc/PID/stat).

@@ -25,93 +25,109 @@ struct Row {
     lost: Option<u64>,
 }
 
+/// What runs beside the workload while it is measured.
+enum Setup {
+    Untraced,
+    /// Bare uprobes at these file offsets.
+    Floor(Vec<u64>),
+    /// gleak with these extra arguments.
+    Gleak(&'static [&'static str]),
+}
+
 pub fn run(env: &Env) -> Result<String> {
     let bin = env.build("workload")?;
     let n = env.args.goroutines;
     let mut wl = Driven::start(&bin, &[])?;
-    let measure = |wl: &mut Driven| -> Result<(f64, f64)> {
-        let mut spawn = Vec::new();
-        let mut chan = Vec::new();
-        for _ in 0..REPEAT {
-            spawn.push(wl.ask_f64(&format!("spawn {n}"))?);
-            chan.push(wl.ask_f64(&format!("chan {n}"))?);
-        }
-        Ok((median(spawn), median(chan)))
-    };
-    let mut rows = Vec::new();
-    let (spawn, chan) = measure(&mut wl)?;
-    rows.push(Row {
-        mode: "untraced".into(),
-        programs: Vec::new(),
-        spawn_ns: spawn,
-        chan_ns: chan,
-        per_life: None,
-        lost: None,
-    });
 
     // The floor: the same instructions gleak probes, bare.
     let binary = GoBinary::open(&bin, &bin).context("reading the workload binary")?;
-    for (label, opts) in [
-        ("floor: bare uprobes at gleak's creation + exit sites", AttachOptions::default()),
-        (
-            "floor: bare uprobes at gleak's creation + exit + park sites",
-            AttachOptions { trace_parks: true, ..AttachOptions::default() },
-        ),
-    ] {
-        let sites: Vec<u64> = plan(&binary, opts)?
+    let floor_sites = |opts: AttachOptions| -> Result<Vec<u64>> {
+        plan(&binary, opts)?
             .iter()
             .map(|s| binary.file_offset(s.vaddr).context("probe site outside the file"))
-            .collect::<Result<_>>()?;
-        let floor = tracefs::Uprobes::create(&bin, &sites)?;
-        let before = floor.hits()?;
-        let (spawn, chan) = measure(&mut wl)?;
-        let hits = floor.hits()?.saturating_sub(before);
-        drop(floor);
-        // Per goroutine life: all the hits over the spawns (chan round trips create
-        // one goroutine per measurement, negligible).
-        let lives = (REPEAT as u64 * n) as f64;
-        rows.push(Row {
-            mode: label.into(),
+            .collect()
+    };
+    let configs: Vec<(&str, Setup)> = vec![
+        ("untraced", Setup::Untraced),
+        ("floor: bare uprobes at gleak's creation + exit sites", Setup::Floor(floor_sites(AttachOptions::default())?)),
+        (
+            "floor: bare uprobes at gleak's creation + exit + park sites",
+            Setup::Floor(floor_sites(AttachOptions { trace_parks: true, ..AttachOptions::default() })?),
+        ),
+        ("gleak default (creation + exit, stacks)", Setup::Gleak(&[])),
+        ("gleak --no-stacks", Setup::Gleak(&["--no-stacks"])),
+        ("gleak --no-exit-probe (exits read from memory)", Setup::Gleak(&["--no-exit-probe"])),
+        ("gleak --no-exit-probe --no-stacks", Setup::Gleak(&["--no-exit-probe", "--no-stacks"])),
+        ("gleak --trace-parks", Setup::Gleak(&["--trace-parks"])),
+        ("gleak --classic-probes (entry/RET sites)", Setup::Gleak(&["--classic-probes"])),
+    ];
+    let mut rows: Vec<Row> = configs
+        .iter()
+        .map(|(mode, _)| Row {
+            mode: mode.to_string(),
             programs: Vec::new(),
-            spawn_ns: spawn,
-            chan_ns: chan,
-            per_life: Some(hits as f64 / lives),
+            spawn_ns: 0.0,
+            chan_ns: 0.0,
+            per_life: None,
             lost: None,
-        });
-    }
-
+        })
+        .collect();
+    let mut spawns = vec![Vec::new(); configs.len()];
+    let mut chans = vec![Vec::new(); configs.len()];
+    // Probe hits (floor) or events delivered (gleak), and goroutine lives, per config.
+    let mut counted = vec![(0u64, 0u64); configs.len()];
     let pid = wl.pid().to_string();
-    for (mode, extra) in [
-        ("gleak default (creation + exit, stacks)", &[][..]),
-        ("gleak --no-stacks", &["--no-stacks"][..]),
-        ("gleak --no-exit-probe (exits read from memory)", &["--no-exit-probe"][..]),
-        ("gleak --no-exit-probe --no-stacks", &["--no-exit-probe", "--no-stacks"][..]),
-        ("gleak --trace-parks", &["--trace-parks"][..]),
-        ("gleak --classic-probes (entry/RET sites)", &["--classic-probes"][..]),
-    ] {
-        let mut args = vec!["attach", "-p", pid.as_str(), "--json", "--interval", "1h", "--no-proof"];
-        args.extend(extra);
-        let g = Gleak::start(env, &args, "tracing PID")?;
-        let (spawn, chan) = measure(&mut wl)?;
-        // Apart from the timed runs: the kernel's run-time accounting costs a clock
-        // read per program run.
-        let programs = progstats::measure(n, || {
-            wl.ask_f64(&format!("spawn {n}"))?;
-            wl.ask_f64(&format!("chan {n}"))?;
-            Ok(())
-        })?;
-        let out = g.stop()?;
-        let last = reports(&out).pop().context("gleak printed no report")?;
-        let events = last["totals"]["created"].as_u64().unwrap_or(0) + last["totals"]["exited"].as_u64().unwrap_or(0);
-        let lives = last["totals"]["created"].as_u64().unwrap_or(0).max(1) as f64;
-        rows.push(Row {
-            mode: mode.into(),
-            programs,
-            spawn_ns: spawn,
-            chan_ns: chan,
-            per_life: Some(events as f64 / lives),
-            lost: last["lost_events"].as_u64(),
-        });
+    // Round-robin, one sample of every configuration per round: a VM's slow and
+    // fast spells then weigh on every row alike instead of on whichever ran in them.
+    for round in 0..REPEAT {
+        for (i, (_, setup)) in configs.iter().enumerate() {
+            let mut sample = |wl: &mut Driven| -> Result<()> {
+                spawns[i].push(wl.ask_f64(&format!("spawn {n}"))?);
+                chans[i].push(wl.ask_f64(&format!("chan {n}"))?);
+                Ok(())
+            };
+            match setup {
+                Setup::Untraced => sample(&mut wl)?,
+                Setup::Floor(sites) => {
+                    let floor = tracefs::Uprobes::create(&bin, sites)?;
+                    let before = floor.hits()?;
+                    sample(&mut wl)?;
+                    let hits = floor.hits()?.saturating_sub(before);
+                    // Per goroutine life: the hits over the spawns (a chan run creates
+                    // one goroutine, negligible).
+                    counted[i].0 += hits;
+                    counted[i].1 += n;
+                    rows[i].per_life = Some(counted[i].0 as f64 / counted[i].1 as f64);
+                }
+                Setup::Gleak(extra) => {
+                    let mut args = vec!["attach", "-p", pid.as_str(), "--json", "--interval", "1h", "--no-proof"];
+                    args.extend(extra.iter());
+                    let g = Gleak::start(env, &args, "tracing PID")?;
+                    sample(&mut wl)?;
+                    if round == 0 {
+                        // Apart from the timed runs: the kernel's run-time accounting
+                        // costs a clock read per program run.
+                        rows[i].programs = progstats::measure(n, || {
+                            wl.ask_f64(&format!("spawn {n}"))?;
+                            wl.ask_f64(&format!("chan {n}"))?;
+                            Ok(())
+                        })?;
+                    }
+                    let out = g.stop()?;
+                    let last = reports(&out).pop().context("gleak printed no report")?;
+                    let created = last["totals"]["created"].as_u64().unwrap_or(0);
+                    counted[i].0 += created + last["totals"]["exited"].as_u64().unwrap_or(0);
+                    counted[i].1 += created;
+                    rows[i].per_life = Some(counted[i].0 as f64 / counted[i].1.max(1) as f64);
+                    let lost = last["lost_events"].as_u64().unwrap_or(0);
+                    rows[i].lost = Some(rows[i].lost.unwrap_or(0) + lost);
+                }
+            }
+        }
+    }
+    for (i, row) in rows.iter_mut().enumerate() {
+        row.spawn_ns = median(std::mem::take(&mut spawns[i]));
+        row.chan_ns = median(std::mem::take(&mut chans[i]));
     }
     Ok(render(env, &bin, &rows))
 }
@@ -125,7 +141,7 @@ fn render(env: &Env, bin: &Path, rows: &[Row]) -> String {
     let _ = writeln!(
         s,
         "One process ({}), {} goroutines spawned and joined (`spawn`) and as many unbuffered channel round \
-         trips (`chan`, each a park), median of {REPEAT}. The floor is bare uprobes created through tracefs \
+         trips (`chan`, each a park), median of {REPEAT} rounds, each round measuring every row once, in turn. The floor is bare uprobes created through tracefs \
          `uprobe_events` with no BPF program, at gleak's own probe instructions: what any uprobe-based \
          tracer pays there. *extra/floor* is gleak's cost above untraced over the floor's (creation + exit \
          floor for `spawn`, + park floor for `chan`).\n",

@@ -9,7 +9,7 @@ use std::{
 
 use anyhow::{Context, Result};
 
-use super::{proc_status_kib, reports, Driven, Env};
+use super::{peak_rss_kib, reports, Driven, Env};
 
 pub fn run(env: &Env) -> Result<String> {
     let bin = env.build("bigheap")?;
@@ -43,7 +43,7 @@ pub fn run(env: &Env) -> Result<String> {
         });
         let mut peak = 0;
         while child.try_wait()?.is_none() {
-            peak = peak.max(proc_status_kib(gpid, "VmHWM:").unwrap_or(0));
+            peak = peak.max(peak_rss_kib(gpid).unwrap_or(0));
             std::thread::sleep(Duration::from_millis(10));
         }
         let last = reports(&reader.join().unwrap_or_default()).pop().context("no report")?;

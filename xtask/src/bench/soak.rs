@@ -12,7 +12,7 @@ use std::{
 
 use anyhow::{bail, Result};
 
-use super::{proc_status_kib, signal, Driven, Env};
+use super::{peak_rss_kib, signal, Driven, Env};
 
 /// One cycle: gleak attached for 100 ms (or killed once attached). Its peak RSS in KiB.
 fn cycle(env: &Env, pid: &str, kill: bool) -> Result<u64> {
@@ -36,11 +36,11 @@ fn cycle(env: &Env, pid: &str, kill: bool) -> Result<u64> {
     let deadline = Instant::now() + Duration::from_secs(60);
     if kill {
         rx.recv_timeout(Duration::from_secs(60))?;
-        peak = proc_status_kib(gpid, "VmHWM:").unwrap_or(0);
+        peak = peak_rss_kib(gpid).unwrap_or(0);
         signal(gpid, nix::sys::signal::Signal::SIGKILL);
     }
     loop {
-        if let Some(kib) = proc_status_kib(gpid, "VmHWM:") {
+        if let Some(kib) = peak_rss_kib(gpid) {
             peak = peak.max(kib);
         }
         if let Some(status) = child.try_wait()? {
