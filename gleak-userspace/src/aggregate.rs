@@ -55,6 +55,9 @@ pub struct SiteStats {
     pub created: u64,
     pub exited: u64,
     pub live: u64,
+    /// Goroutines found already running at attach (born before it): their exits
+    /// count in `exited`, their births are not in `created`.
+    pub adopted: u64,
     /// Lifetimes of the site's goroutines that exited, in microseconds.
     pub lifetimes_us: Histogram<u64>,
     /// Creation stacks seen for this site and how many goroutines each created.
@@ -71,6 +74,7 @@ impl SiteStats {
             created: 0,
             exited: 0,
             live: 0,
+            adopted: 0,
             lifetimes_us: Histogram::new(3).expect("3 significant figures is valid"),
             stacks: HashMap::new(),
             parents: HashMap::new(),
@@ -159,6 +163,9 @@ impl Aggregator {
                 if old.recovered {
                     site.created -= 1;
                     self.reconciled_creations -= 1;
+                } else if old.created_ns.is_none() {
+                    // Adopted at attach, born after all: counted as created below.
+                    site.adopted -= 1;
                 }
             }
         }
@@ -225,6 +232,7 @@ impl Aggregator {
         }
         let site = self.sites.entry(rec.gopc).or_insert_with(|| SiteStats::new(rec.startpc));
         site.live += 1;
+        site.adopted += 1;
         self.insert_live(
             rec.goid,
             LiveGoroutine {
@@ -399,6 +407,13 @@ mod tests {
         agg.on_event(&create(5, 0xc, 6));
         assert_eq!(agg.sites[&0xc].live, 1);
         assert_eq!(agg.totals(), (2, 0));
+        // Every site: created + adopted = exited + live, also once adopted ones exit.
+        assert!(agg.on_exit(1, 30));
+        for (key, s) in &agg.sites {
+            assert_eq!(s.created + s.adopted, s.exited + s.live, "site {key:#x}");
+        }
+        assert_eq!((agg.sites[&0x1].adopted, agg.sites[&0x1].exited), (1, 1));
+        assert_eq!(agg.sites[&0xc].adopted, 0, "born after attach after all");
     }
 
     #[test]

@@ -803,6 +803,7 @@ mod tests {
             created,
             exited: 10,
             preexisting: 0,
+            adopted: 0,
             trend: Trend {
                 window_s: 10.0,
                 live_start: series.first().copied().unwrap_or(0),

@@ -179,9 +179,15 @@ pub struct SiteReport {
     #[schemars(regex(pattern = r"^0x[0-9a-f]+$"))]
     pub pc: String,
     pub live: u64,
+    /// Goroutines created while tracing.
     pub created: u64,
+    /// Goroutines that exited while tracing, those born before it included.
     pub exited: u64,
+    /// Live goroutines born before gleak attached.
     pub preexisting: u64,
+    /// Goroutines born before gleak attached, found running then: `created +
+    /// adopted = exited + live`.
+    pub adopted: u64,
     pub trend: Trend,
     pub rates: Rates,
     pub oldest_age_s: Option<f64>,
@@ -285,6 +291,7 @@ impl Report {
             row.created += s.created;
             row.exited += s.exited;
             row.preexisting += s.preexisting;
+            row.adopted += s.adopted;
             row.blocked += s.blocked;
             row.stack_bytes += s.stack_bytes;
             row.trend.live_start += s.trend.live_start;

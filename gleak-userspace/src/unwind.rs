@@ -25,6 +25,93 @@ pub const MAX_BYTES_PER_REFRESH: u64 = 256 << 20;
 /// Most frames whose stack maps are followed; deeper stacks are scanned whole.
 pub const MAX_SCANNED_FRAMES: usize = 1024;
 
+/// One frame met walking a descheduled goroutine's stack.
+#[derive(Clone, Copy, Debug)]
+pub struct StackFrame<'p> {
+    /// A runtime address (load bias included): the saved pc, then return addresses.
+    pub pc: u64,
+    /// The frame's stack pointer.
+    pub sp: u64,
+    /// `pc` at link addresses.
+    pub link_pc: u64,
+    /// The function holding `pc` (or the call just before it, for a return address
+    /// past its function's last instruction), as Go's traceback looks it up; `None`
+    /// when no function does: the walk ends there.
+    pub function: Option<&'p str>,
+}
+
+/// How a [`FrameWalk`] ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WalkEnd {
+    /// At the bottom of the stack: `runtime.goexit` (or `mstart`), or a zero return
+    /// address.
+    Bottom,
+    /// Lost the chain: a pc no function holds, no frame size, or a return address
+    /// outside the bytes read.
+    Lost,
+}
+
+/// The frames of a descheduled goroutine's stack, innermost first: from its saved
+/// pc and sp, each frame's size from the `pcsp` table gives the return address
+/// just above it. `stack` holds the bytes from `sp` up. The last frame yielded is
+/// the one the walk ended at ([`FrameWalk::end`] says how).
+pub struct FrameWalk<'a> {
+    stack: &'a [u8],
+    /// The address of `stack[0]`.
+    base: u64,
+    pcln: &'a Pclntab,
+    bias: u64,
+    /// (pc, sp) of the frame to yield next.
+    next: Option<(u64, u64)>,
+    end: Option<WalkEnd>,
+}
+
+impl<'a> FrameWalk<'a> {
+    pub fn new(stack: &'a [u8], sp: u64, pc: u64, pcln: &'a Pclntab, bias: u64) -> Self {
+        Self { stack, base: sp, pcln, bias, next: Some((pc, sp)), end: None }
+    }
+
+    /// How the walk ended, once it has.
+    pub fn end(&self) -> Option<WalkEnd> {
+        self.end
+    }
+
+    /// The caller of the frame at `sp` whose function holds `lookup`.
+    fn caller(&self, lookup: u64, sp: u64) -> Result<(u64, u64), WalkEnd> {
+        let delta = self.pcln.sp_delta(lookup).and_then(|d| u64::try_from(d).ok()).ok_or(WalkEnd::Lost)?;
+        // The return address sits just above the frame.
+        let at = sp.checked_add(delta).and_then(|a| a.checked_sub(self.base)).ok_or(WalkEnd::Lost)?;
+        let word =
+            usize::try_from(at).ok().and_then(|at| self.stack.get(at..at.checked_add(8)?)).ok_or(WalkEnd::Lost)?;
+        match u64::from_le_bytes(word.try_into().expect("8 bytes")) {
+            0 => Err(WalkEnd::Bottom),
+            ret => Ok((ret, self.base + at + 8)),
+        }
+    }
+}
+
+impl<'a> Iterator for FrameWalk<'a> {
+    type Item = StackFrame<'a>;
+
+    fn next(&mut self) -> Option<StackFrame<'a>> {
+        let (pc, sp) = self.next.take()?;
+        // A return address may sit just past its function's last instruction (a
+        // call that never returns): look it up by the call, as Go's traceback does.
+        let link_pc = pc.wrapping_sub(self.bias);
+        let lookup = if self.pcln.function_containing(link_pc).is_some() { link_pc } else { link_pc.wrapping_sub(1) };
+        let function = self.pcln.function_containing(lookup).map(|(name, _)| name);
+        match function {
+            None => self.end = Some(WalkEnd::Lost),
+            Some("runtime.goexit" | "runtime.goexit.abi0" | "runtime.mstart") => self.end = Some(WalkEnd::Bottom),
+            Some(_) => match self.caller(lookup, sp) {
+                Ok(caller) => self.next = Some(caller),
+                Err(end) => self.end = Some(end),
+            },
+        }
+        Some(StackFrame { pc, sp, link_pc, function })
+    }
+}
+
 /// The parts of a descheduled goroutine's stack that Go's own collector scans,
 /// as `(address, length)` ranges: in each frame the words its stack maps mark as
 /// live pointers at its pc, and its address-taken objects whole. A frame's other
@@ -38,63 +125,59 @@ pub const MAX_SCANNED_FRAMES: usize = 1024;
 /// `stack` holds the bytes from `sp` up; `pc` is the goroutine's saved pc.
 pub fn pointer_ranges(stack: &[u8], sp: u64, pc: u64, pcln: &Pclntab, bias: u64) -> Vec<(u64, u64)> {
     let end = sp + stack.len() as u64;
-    let word_at = |addr: u64| -> Option<u64> {
-        let at = usize::try_from(addr.checked_sub(sp)?).ok()?;
-        Some(u64::from_le_bytes(stack.get(at..at.checked_add(8)?)?.try_into().ok()?))
-    };
     let mut out: Vec<(u64, u64)> = Vec::new();
     let mut add = |addr: u64, len: u64| match out.last_mut() {
         Some(last) if last.0 + last.1 == addr => last.1 += len,
         _ => out.push((addr, len)),
     };
-    let (mut pc, mut frame_sp) = (pc, sp);
-    for _ in 0..MAX_SCANNED_FRAMES {
-        let link_pc = pc.wrapping_sub(bias);
-        let name = pcln
-            .function_containing(link_pc)
-            .or_else(|| pcln.function_containing(link_pc.wrapping_sub(1)))
-            .map(|(name, _)| name);
-        match name {
-            Some("runtime.goexit" | "runtime.goexit.abi0" | "runtime.mstart") => return out,
-            Some(name) if !name.starts_with("runtime.asyncPreempt") && !name.starts_with("runtime.debugCall") => {}
-            _ => break,
-        }
-        let Some(map) = pcln.frame_map(link_pc) else { break };
-        let fp = frame_sp.saturating_add(map.sp_delta).saturating_add(8);
-        if fp > end {
-            break;
-        }
-        // As the runtime's unwinder: varp is below the return address and, in a
-        // frame, below the saved frame pointer; argp is the caller's sp.
-        let varp = if map.sp_delta > 0 { fp - 16 } else { fp - 8 };
-        let locals_base = varp - 8 * map.locals.len() as u64;
-        if map.defers {
-            add(frame_sp, fp - frame_sp);
-        } else {
-            for (k, _) in map.locals.iter().enumerate().filter(|(_, &live)| live) {
-                add(locals_base + 8 * k as u64, 8);
+    let mut walk = FrameWalk::new(stack, sp, pc, pcln, bias);
+    // Where the frames not scanned by their maps begin.
+    let mut frame_sp = sp;
+    let reached_bottom = 'frames: {
+        for frame in walk.by_ref().take(MAX_SCANNED_FRAMES) {
+            frame_sp = frame.sp;
+            match frame.function {
+                Some("runtime.goexit" | "runtime.goexit.abi0" | "runtime.mstart") => break 'frames true,
+                Some(name) if !name.starts_with("runtime.asyncPreempt") && !name.starts_with("runtime.debugCall") => {}
+                _ => break 'frames false,
             }
-        }
-        for (k, _) in map.args.iter().enumerate().filter(|(_, &live)| live) {
-            let at = fp + 8 * k as u64;
-            if at + 8 <= end {
-                add(at, 8);
+            let Some(map) = pcln.frame_map(frame.link_pc) else { break 'frames false };
+            let fp = frame.sp.saturating_add(map.sp_delta).saturating_add(8);
+            if fp > end {
+                break 'frames false;
             }
-        }
-        for &(off, size) in &map.stack_objects {
-            let base = if off < 0 { varp } else { fp };
-            let Some(at) = base.checked_add_signed(off) else { continue };
-            if at >= frame_sp && at.saturating_add(size) <= end {
-                add(at, size);
+            // As the runtime's unwinder: varp is below the return address and, in a
+            // frame, below the saved frame pointer; argp is the caller's sp.
+            let varp = if map.sp_delta > 0 { fp - 16 } else { fp - 8 };
+            let locals_base = varp - 8 * map.locals.len() as u64;
+            if map.defers {
+                add(frame.sp, fp - frame.sp);
+            } else {
+                for (k, _) in map.locals.iter().enumerate().filter(|(_, &live)| live) {
+                    add(locals_base + 8 * k as u64, 8);
+                }
             }
+            for (k, _) in map.args.iter().enumerate().filter(|(_, &live)| live) {
+                let at = fp + 8 * k as u64;
+                if at + 8 <= end {
+                    add(at, 8);
+                }
+            }
+            for &(off, size) in &map.stack_objects {
+                let base = if off < 0 { varp } else { fp };
+                let Some(at) = base.checked_add_signed(off) else { continue };
+                if at >= frame.sp && at.saturating_add(size) <= end {
+                    add(at, size);
+                }
+            }
+            frame_sp = fp;
         }
-        match word_at(fp - 8) {
-            Some(0) => return out,
-            Some(ret) => (pc, frame_sp) = (ret, fp),
-            None => break,
-        }
+        // Every frame scanned by its maps, down to a zero return address.
+        walk.end() == Some(WalkEnd::Bottom)
+    };
+    if !reached_bottom {
+        add(frame_sp, end.saturating_sub(frame_sp));
     }
-    add(frame_sp, end.saturating_sub(frame_sp));
     out
 }
 
@@ -107,31 +190,7 @@ pub type StackId = u32;
 /// `runtime.goexit`, at an address no function contains, at a return address
 /// outside `stack`, or after [`MAX_FRAMES`].
 pub fn unwind(stack: &[u8], sp: u64, pc: u64, pcln: &Pclntab, bias: u64) -> Vec<u64> {
-    let mut pcs = vec![pc];
-    let (mut pc, mut sp) = (pc, sp);
-    let base = sp;
-    while pcs.len() < MAX_FRAMES {
-        // A return address may sit just past its function's last instruction (a
-        // call that never returns): look it up by the call, as Go's traceback does.
-        let link_pc = pc.wrapping_sub(bias);
-        let lookup = if pcln.function_containing(link_pc).is_some() { link_pc } else { link_pc.wrapping_sub(1) };
-        let Some((name, _)) = pcln.function_containing(lookup) else { break };
-        if name == "runtime.goexit" || name == "runtime.goexit.abi0" || name == "runtime.mstart" {
-            break;
-        }
-        let Some(delta) = pcln.sp_delta(lookup).and_then(|d| u64::try_from(d).ok()) else { break };
-        // The return address sits just above the frame.
-        let Some(at) = sp.checked_add(delta).and_then(|a| a.checked_sub(base)) else { break };
-        let Some(word) = usize::try_from(at).ok().and_then(|at| stack.get(at..at.checked_add(8)?)) else { break };
-        let ret = u64::from_le_bytes(word.try_into().expect("8 bytes"));
-        if ret == 0 {
-            break;
-        }
-        sp = base + at + 8;
-        pc = ret;
-        pcs.push(pc);
-    }
-    pcs
+    FrameWalk::new(stack, sp, pc, pcln, bias).take(MAX_FRAMES).map(|frame| frame.pc).collect()
 }
 
 /// `g.sched` of a parked goroutine, as read with its other fields.

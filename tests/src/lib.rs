@@ -1469,7 +1469,7 @@ mod tests {
             "verdict": "leak", "verdict_reason": "growing 10/s, blocked in chan send for 5s",
             "function": "main.f", "file": "/a/tests/fixtures/x.go", "line": 34,
             "go_func": "main.f.func1", "pc": "0x4b5e9e",
-            "live": 2, "created": 3, "exited": 1, "preexisting": 0,
+            "live": 2, "created": 3, "exited": 1, "preexisting": 0, "adopted": 0,
             "trend": {"window_s": 6.0, "live_start": 0, "live_end": 2, "live_per_s": 0.33, "live_series": [0, 1, 2, 2]},
             "rates": {"created_per_s": 0.5, "exited_per_s": 0.16},
             "oldest_age_s": 5.5,

@@ -375,7 +375,7 @@ impl TracedTarget {
             live_connections,
         };
         let (verdict, verdict_reason) = judge(&facts);
-        let (created, exited, live) = (stats.created, stats.exited, stats.live);
+        let (created, exited, live, adopted) = (stats.created, stats.exited, stats.live, stats.adopted);
         let paths = t.paths(probes, key, &a, &label);
         let blocked_at = t.blocked_at(&a.blocking);
         let wait_objects = t.wait_summary(&a.objects, a.with_objects, waits);
@@ -393,6 +393,7 @@ impl TracedTarget {
             created,
             exited,
             preexisting: a.preexisting,
+            adopted,
             trend: Trend {
                 window_s,
                 live_start: start.live,
