@@ -36,6 +36,12 @@ use nix::{
 };
 pub use serde_json::Value;
 
+/// The state letter of `/proc/PID/stat` (`R`, `S`, `T`, `Z`, ...), `None` once
+/// the process is gone.
+pub fn proc_state(pid: u32) -> Option<char> {
+    procfs::process::Process::new(pid as i32).and_then(|p| p.stat()).ok().map(|s| s.state)
+}
+
 /// Has the kernel SIGKILL `cmd`'s process when the test process dies, so that no
 /// Go program outlives a test that panicked or was killed.
 pub fn die_with_parent(cmd: &mut Command) {

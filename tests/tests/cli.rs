@@ -54,12 +54,6 @@ fn gleak_with_backtrace(args: &[&str]) -> GleakRun {
     run.wait(ERROR_TIMEOUT)
 }
 
-/// The state letter of `/proc/PID/stat` (`R`, `S`, `T`, `Z`, ...), `None` once
-/// the process is gone.
-fn proc_state(pid: u32) -> Option<char> {
-    procfs::process::Process::new(pid as i32).and_then(|p| p.stat()).ok().map(|s| s.state)
-}
-
 /// PIDs of every process (zombies included) whose command name is `comm`.
 fn pids_named(comm: &str) -> Vec<u32> {
     let Ok(processes) = procfs::process::all_processes() else {

@@ -192,12 +192,6 @@ fn bin_arg(fx: &Fixture) -> String {
     fx.binary.to_string_lossy().into_owned()
 }
 
-/// The state letter of `/proc/PID/stat` (`R`, `S`, `T`, `Z`, ...), `None` once
-/// the process is gone.
-fn proc_state(pid: u32) -> Option<char> {
-    procfs::process::Process::new(pid as i32).and_then(|p| p.stat()).ok().map(|s| s.state)
-}
-
 fn kill(pid: u32, signal: Signal) {
     if let Err(e) = signal::kill(Pid::from_raw(pid as i32), signal) {
         panic!("kill({pid}, {signal}): {e}");

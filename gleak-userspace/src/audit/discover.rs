@@ -116,11 +116,6 @@ impl Discovery {
     }
 }
 
-/// Field 22 of `/proc/PID/stat`.
-pub fn start_time(pid: u32) -> Option<u64> {
-    Some(Process::new(pid as i32).ok()?.stat().ok()?.starttime)
-}
-
 /// The process's cgroup: the v2 path (`0::/…`), else the first v1 hierarchy's.
 pub fn cgroup_path(pid: u32) -> Option<String> {
     cgroup_of(&Process::new(pid as i32).ok()?)
@@ -200,7 +195,6 @@ mod tests {
     #[test]
     fn this_process() {
         let me = std::process::id();
-        assert!(start_time(me).is_some());
         assert!(cgroup_path(me).is_some());
     }
 }

@@ -6,12 +6,12 @@ use std::{
     fmt::Write as _,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use anyhow::{bail, Context, Result};
 
-use super::{peak_rss_kib, Env};
+use super::{Env, Gleak};
 use crate::{cache_dir, run as run_cmd};
 
 struct Killed(Child);
@@ -25,37 +25,13 @@ impl Drop for Killed {
 
 /// gleak attached for 1 s: (time to its banner, time to its final report, peak RSS MiB).
 fn measure(env: &Env, pid: u32) -> Result<(Duration, Duration, f64)> {
-    let started = Instant::now();
-    let mut child = Command::new(&env.gleak)
-        .args(["attach", "-p", &pid.to_string(), "--json", "--duration", "1s", "--interval", "1h"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()?;
-    let gpid = child.id();
-    let err = child.stderr.take().unwrap();
-    let banner = std::thread::spawn(move || {
-        use std::io::BufRead;
-        for line in std::io::BufReader::new(err).lines().map_while(Result::ok) {
-            if line.contains("tracing PID") {
-                return Some(Instant::now());
-            }
-        }
-        None
-    });
-    let mut peak = 0u64;
-    loop {
-        if let Some(kib) = peak_rss_kib(gpid) {
-            peak = peak.max(kib);
-        }
-        if child.try_wait()?.is_some() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    let done = started.elapsed();
-    let attached = banner.join().ok().flatten().context("gleak printed no banner")?.duration_since(started);
+    let pid = pid.to_string();
+    let g =
+        Gleak::start(env, &["attach", "-p", &pid, "--json", "--duration", "1s", "--interval", "1h"], "tracing PID")?;
+    let (started, attached) = (g.started, g.attached.unwrap_or_default());
+    let (_, peak) = g.wait_watching_memory()?;
     // The final report comes 1 s (--duration) after the banner.
-    let report = done.saturating_sub(Duration::from_secs(1));
+    let report = started.elapsed().saturating_sub(attached + Duration::from_secs(1));
     Ok((attached, report, peak as f64 / 1024.0))
 }
 

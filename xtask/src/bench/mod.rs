@@ -268,6 +268,17 @@ impl Gleak {
         self.wait()
     }
 
+    /// Waits for it to end by itself, watching its memory: its stdout and its peak
+    /// resident memory in KiB (read while it runs: gone with the process).
+    pub fn wait_watching_memory(mut self) -> Result<(String, u64)> {
+        let mut peak = 0;
+        while self.child.try_wait()?.is_none() {
+            peak = peak.max(peak_rss_kib(self.pid()).unwrap_or(0));
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Ok((self.stdout.take().unwrap().join().unwrap_or_default(), peak))
+    }
+
     /// Waits for it to end by itself; its stdout.
     pub fn wait(mut self) -> Result<String> {
         let _ = self.child.wait();

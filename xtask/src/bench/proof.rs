@@ -1,15 +1,11 @@
 //! The reachability proof's cost: gleak's time and memory per GiB of target
 //! heap, on heaps of pointer-holding objects with 1 000 leaked goroutines to find.
 
-use std::{
-    fmt::Write as _,
-    process::{Command, Stdio},
-    time::Duration,
-};
+use std::fmt::Write as _;
 
 use anyhow::{Context, Result};
 
-use super::{peak_rss_kib, reports, Driven, Env};
+use super::{reports, Driven, Env, Gleak};
 
 pub fn run(env: &Env) -> Result<String> {
     let bin = env.build("bigheap")?;
@@ -29,24 +25,10 @@ pub fn run(env: &Env) -> Result<String> {
     let _ = writeln!(s, "|---|---|---|---|---|---|");
     for mb in [256, 1024] {
         let target = Driven::start(&bin, &["-mb", &mb.to_string()])?;
-        let mut child = Command::new(&env.gleak)
-            .args(["attach", "-p", &target.pid().to_string(), "--json", "--duration", "1s", "--interval", "1h"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()?;
-        let gpid = child.id();
-        let out = child.stdout.take().unwrap();
-        let reader = std::thread::spawn(move || {
-            let mut s = String::new();
-            let _ = std::io::Read::read_to_string(&mut { out }, &mut s);
-            s
-        });
-        let mut peak = 0;
-        while child.try_wait()?.is_none() {
-            peak = peak.max(peak_rss_kib(gpid).unwrap_or(0));
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        let last = reports(&reader.join().unwrap_or_default()).pop().context("no report")?;
+        let pid = target.pid().to_string();
+        let args = ["attach", "-p", &pid, "--json", "--duration", "1s", "--interval", "1h"];
+        let (stdout, peak) = Gleak::start(env, &args, "tracing PID")?.wait_watching_memory()?;
+        let last = reports(&stdout).pop().context("no report")?;
         let p = &last["proof"];
         let heap = p["heap_bytes"].as_f64().unwrap_or(0.0) / (1u64 << 30) as f64;
         let ms = p["elapsed_ms"].as_f64().unwrap_or(f64::NAN);
