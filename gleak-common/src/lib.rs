@@ -10,7 +10,8 @@
 pub enum EventKind {
     /// `runtime.newproc1` returned a new goroutine.
     Create = 1,
-    /// A goroutine died (`runtime.gdestroy`, or `runtime.goexit0` before Go 1.22).
+    /// A goroutine died (`runtime.gdestroy`, or `runtime.goexit0` before Go 1.22);
+    /// only its `g_addr` is set.
     Exit = 2,
     /// A goroutine is about to block (`runtime.gopark`); only with park tracing on.
     Park = 3,
@@ -44,6 +45,7 @@ pub struct GoroutineEvent {
     pub pid: u32,
     /// `bpf_ktime_get_ns()`: CLOCK_MONOTONIC, the clock Go's `nanotime` reads too.
     pub ts_ns: u64,
+    /// 0 for Exit: the user side knows the goroutine by its `g`.
     pub goid: u64,
     /// Address of the goroutine's `runtime.g`.
     pub g_addr: u64,

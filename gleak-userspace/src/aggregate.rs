@@ -39,6 +39,9 @@ pub struct LiveGoroutine {
     /// Found in the goroutine table, its creation event lost: `created_ns` is when
     /// it was found (its age a lower bound).
     pub recovered: bool,
+    /// Since when it is known to own its `g`: its creation, or the end of the table
+    /// read that found it. An exit on that `g` from before is its predecessor's.
+    pub owns_g_since_ns: u64,
 }
 
 /// Counts of one site at one instant.
@@ -123,7 +126,7 @@ impl Aggregator {
         match EventKind::from_u32(ev.kind) {
             Some(EventKind::Create) => self.on_create(ev),
             Some(EventKind::Exit) => {
-                self.on_exit(ev.goid, ev.ts_ns);
+                self.on_exit_of_g(ev.g_addr, ev.ts_ns);
             }
             Some(EventKind::Park) => {
                 if let Some(g) = self.live.get_mut(&ev.goid) {
@@ -190,6 +193,7 @@ impl Aggregator {
                 seen_wait_since: 0,
                 ran: false,
                 recovered: false,
+                owns_g_since_ns: ev.ts_ns,
             },
         );
     }
@@ -197,8 +201,9 @@ impl Aggregator {
     /// Reconciles with the goroutine table read from memory (drain the ring buffer
     /// first): a live goroutine gleak does not know was born while tracing and its
     /// creation event was lost. It is counted as created at its `go` statement
-    /// (`gopc`), marked as recovered; its creation stack is unknown.
-    pub fn reconcile_creations(&mut self, table: &[(u64, GRecord)], now_ns: u64) {
+    /// (`gopc`), marked as recovered; its creation stack is unknown. `read_ns`: when
+    /// the table read ended.
+    pub fn reconcile_creations(&mut self, table: &[(u64, GRecord)], read_ns: u64) {
         for (g_addr, rec) in table {
             // Known; or the goroutine calling exit, which `gleak run` counts as gone.
             if self.live.contains_key(&rec.goid) || self.exit_stop == Some(rec.goid) {
@@ -213,20 +218,22 @@ impl Aggregator {
                 LiveGoroutine {
                     site: rec.gopc,
                     g_addr: *g_addr,
-                    created_ns: Some(now_ns),
+                    created_ns: Some(read_ns),
                     parent_goid: rec.parent_goid,
                     stack_id: -1,
                     parked: None,
                     seen_wait_since: rec.wait_since_ns,
                     ran: false,
                     recovered: true,
+                    owns_g_since_ns: read_ns,
                 },
             );
         }
     }
 
-    /// Adopts a goroutine found in the target's goroutine table at attach.
-    pub fn adopt(&mut self, g_addr: u64, rec: &GRecord) {
+    /// Adopts a goroutine found in the target's goroutine table at attach, a read
+    /// that ended at `read_ns`.
+    pub fn adopt(&mut self, g_addr: u64, rec: &GRecord, read_ns: u64) {
         if self.live.contains_key(&rec.goid) {
             return;
         }
@@ -245,6 +252,7 @@ impl Aggregator {
                 seen_wait_since: rec.wait_since_ns,
                 ran: false,
                 recovered: false,
+                owns_g_since_ns: read_ns,
             },
         );
     }
@@ -262,6 +270,19 @@ impl Aggregator {
                 *s.parents.entry(parent).or_default() += 1;
             }
         }
+    }
+
+    /// Records the death of the goroutine on `g_addr` (the exit probe sends the
+    /// dying `g`, not its goid: one read less per goroutine); `false` if none is
+    /// tracked there. The probes are attached before the goroutine table is read,
+    /// so an exit still in the ring may be of the `g`'s previous owner: one found
+    /// in memory after that exit happened is not the one that died.
+    pub fn on_exit_of_g(&mut self, g_addr: u64, ts_ns: u64) -> bool {
+        let Some(&goid) = self.by_g.get(&g_addr) else { return false };
+        if self.live.get(&goid).is_some_and(|g| ts_ns < g.owns_g_since_ns) {
+            return false;
+        }
+        self.on_exit(goid, ts_ns)
     }
 
     /// Records an exit; `false` if the goroutine was not being tracked.
@@ -339,8 +360,14 @@ mod tests {
         }
     }
 
+    /// The exit probe's event: the dying `g`, no goid.
     fn exit(goid: u64, ts: u64) -> GoroutineEvent {
-        GoroutineEvent { kind: EventKind::Exit as u32, goid, ts_ns: ts, ..Default::default() }
+        GoroutineEvent {
+            kind: EventKind::Exit as u32,
+            g_addr: create(goid, 0, 0).g_addr,
+            ts_ns: ts,
+            ..Default::default()
+        }
     }
 
     fn record(goid: u64, gopc: u64, status: u32) -> GRecord {
@@ -392,12 +419,43 @@ mod tests {
     }
 
     #[test]
+    fn an_exit_applies_to_the_goroutine_that_owned_its_g_then() {
+        let mut agg = Aggregator::default();
+        // g 0x100's owner died at 900 (its exit still in the ring) and a new one
+        // took the g before the table read that ended at 1_000 found it.
+        agg.adopt(0x100, &record(7, 0xa, gstatus::WAITING), 1_000);
+        assert!(!agg.on_exit_of_g(0x100, 900), "the predecessor's exit");
+        assert!(agg.live.contains_key(&7));
+        assert!(agg.on_exit_of_g(0x100, 1_100), "its own exit");
+        assert!(!agg.live.contains_key(&7));
+        // The same for goroutines recovered by reconciliation.
+        agg.reconcile_creations(&[(0x200, record(8, 0xa, gstatus::WAITING))], 2_000);
+        assert!(!agg.on_exit_of_g(0x200, 1_500));
+        assert!(agg.on_exit_of_g(0x200, 2_500));
+        // Created and exited on the same g, in turn: each exit is its owner's.
+        let mut a = create(30, 0xb, 3_000);
+        a.g_addr = 0x300;
+        agg.on_event(&a);
+        let mut died = exit(0, 3_500);
+        died.g_addr = 0x300;
+        agg.on_event(&died);
+        let mut b = create(31, 0xb, 4_000);
+        b.g_addr = 0x300;
+        agg.on_event(&b);
+        assert_eq!((agg.sites[&0xb].created, agg.sites[&0xb].exited, agg.sites[&0xb].live), (2, 1, 1));
+        assert!(agg.live.contains_key(&31));
+        // An exit on a g nobody tracked (born before attach, never adopted).
+        assert!(!agg.on_exit_of_g(0x999, 5_000));
+        assert_eq!(agg.sites[&0xa].exited, 2);
+    }
+
+    #[test]
     fn adopted_goroutines_count_as_preexisting_and_link_parents() {
         let mut agg = Aggregator::default();
-        agg.adopt(0x100, &record(1, 0x1, gstatus::WAITING));
+        agg.adopt(0x100, &record(1, 0x1, gstatus::WAITING), 1);
         let mut child = record(5, 0xc, gstatus::WAITING);
         child.parent_goid = 1;
-        agg.adopt(0x200, &child);
+        agg.adopt(0x200, &child, 1);
         agg.link_adopted_parents();
         assert_eq!(agg.sites[&0xc].parents[&0x1], 1);
         // A creation under goid 1 records goid 1's site as the parent site.

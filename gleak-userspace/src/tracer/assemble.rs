@@ -103,10 +103,10 @@ impl TracedTarget {
 impl TracedTarget {
     /// Picks up live goroutines whose creation event was lost, from the goroutine
     /// table in memory (no stop; skipped where the table is not known).
-    pub(super) fn reconcile_creations(&mut self, now: u64) {
+    pub(super) fn reconcile_creations(&mut self) {
         let Ok(table) = &self.info.goroutine_table else { return };
         match all_goroutines(&self.mem, table, &self.info.layout, self.target.load_bias) {
-            Ok(existing) => self.agg.reconcile_creations(&existing, now),
+            Ok(existing) => self.agg.reconcile_creations(&existing, super::monotonic_ns()),
             Err(e) => log::debug!("PID {}: goroutine table unreadable for reconciliation: {e}", self.target.pid),
         }
     }

@@ -94,8 +94,9 @@ impl Tracer {
         let table = info.goroutine_table.as_ref().map_err(|why| std::io::Error::other(why.clone()));
         match table.and_then(|table| all_goroutines(&mem, table, &info.layout, target.load_bias)) {
             Ok(existing) => {
+                let read_ns = monotonic_ns();
                 for (g_addr, rec) in &existing {
-                    agg.adopt(*g_addr, rec);
+                    agg.adopt(*g_addr, rec, read_ns);
                 }
                 agg.link_adopted_parents();
             }
@@ -220,8 +221,7 @@ impl Tracer {
         if !target_exited {
             // The table read takes a while with many goroutines: drain what the
             // target produced meanwhile before reading the live ones.
-            let now = monotonic_ns();
-            self.targets.get_mut(&pid)?.reconcile_creations(now);
+            self.targets.get_mut(&pid)?.reconcile_creations();
             self.drain_now();
         }
         let kernel = self.kernel_counters();
