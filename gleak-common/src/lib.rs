@@ -10,14 +10,17 @@
 pub enum EventKind {
     /// `runtime.newproc1` returned a new goroutine.
     Create = 1,
-    /// A goroutine died (`runtime.gdestroy`, or `runtime.goexit0` before Go 1.22);
-    /// only its `g_addr` is set.
+    /// A goroutine died (`runtime.gdestroy`, or `runtime.goexit0` before Go 1.22).
+    /// The probe sends deaths in [`ExitBatch`]es; the user side unpacks each into
+    /// one of these, with `pid`, `ts_ns` and `g_addr` set.
     Exit = 2,
     /// A goroutine is about to block (`runtime.gopark`); only with park tracing on.
     Park = 3,
     /// The process called `runtime.exit` and was stopped (SIGSTOP) so that its
     /// goroutines can be read; only under `gleak run`. `wait_reason` = exit code.
     ProcessExit = 4,
+    /// An [`ExitBatch`] (its own record layout): deaths, as the exit probe sends them.
+    ExitBatch = 5,
 }
 
 impl EventKind {
@@ -27,6 +30,7 @@ impl EventKind {
             2 => Some(Self::Exit),
             3 => Some(Self::Park),
             4 => Some(Self::ProcessExit),
+            5 => Some(Self::ExitBatch),
             _ => None,
         }
     }
@@ -66,6 +70,44 @@ impl GoroutineEvent {
     pub const SIZE: usize = core::mem::size_of::<Self>();
 }
 
+/// One goroutine's death.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ExitRecord {
+    /// The dying goroutine's `runtime.g`: the user side knows whose it is.
+    pub g_addr: u64,
+    pub ts_ns: u64,
+    pub pid: u32,
+    pub _pad: u32,
+}
+
+/// Deaths per ring-buffer record.
+pub const EXIT_BATCH: usize = 16;
+
+/// Goroutine deaths gathered per CPU and sent [`EXIT_BATCH`] at a time: the ring
+/// buffer's lock and cache lines are shared by every CPU, and one record for many
+/// deaths keeps the probes on different CPUs from contending there. The batch still
+/// being filled is read by user space straight from its map when it needs the
+/// whole picture (a sample, a report).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ExitBatch {
+    /// [`EventKind::ExitBatch`] as `u32`: the first field, as in [`GoroutineEvent`].
+    pub kind: u32,
+    /// Records filled, at most [`EXIT_BATCH`].
+    pub count: u32,
+    pub exits: [ExitRecord; EXIT_BATCH],
+}
+
+impl ExitBatch {
+    pub const SIZE: usize = core::mem::size_of::<Self>();
+
+    /// The records filled (bounded: the count comes from another address space).
+    pub fn filled(&self) -> &[ExitRecord] {
+        &self.exits[..(self.count as usize).min(EXIT_BATCH)]
+    }
+}
+
 /// Where to find things in one target's `runtime.g` and `runtime.m`, in bytes.
 /// Filled per process by the user side from the binary's DWARF.
 #[repr(C)]
@@ -96,7 +138,8 @@ pub const CONFIG_CAPTURE_STACKS: u32 = 1;
 
 /// Indices into the per-CPU `COUNTERS` array.
 pub mod counter {
-    /// Events dropped because the ring buffer was full.
+    /// Events dropped because the ring buffer was full (a batch of exits counts
+    /// each exit).
     pub const RINGBUF_FULL: u32 = 0;
     /// Events dropped because the goroutine's memory could not be read (no goid).
     pub const READ_FAILED: u32 = 1;
@@ -107,7 +150,9 @@ pub mod counter {
     /// Optional fields (creation site, creator) that could not be read; the event
     /// itself was delivered, with 0 in those fields.
     pub const FIELD_READ_FAILED: u32 = 4;
-    pub const COUNT: u32 = 5;
+    /// Of [`RINGBUF_FULL`], the deaths: batches of them that found the ring full.
+    pub const EXITS_LOST: u32 = 5;
+    pub const COUNT: u32 = 6;
 }
 
 #[cfg(feature = "user")]
@@ -116,4 +161,5 @@ mod user {
     // matter for reading and writing through BPF maps.
     unsafe impl aya::Pod for super::GoroutineEvent {}
     unsafe impl aya::Pod for super::TargetConfig {}
+    unsafe impl aya::Pod for super::ExitBatch {}
 }

@@ -3,19 +3,52 @@
 //! `CALL runtime.casgstatus(gp, _Grunning, _Gdead)` (emulated by the kernel: one
 //! trap) or else on its entry. Both run on g0 with the dying g in RAX.
 //!
-//! The event carries that `g`'s address alone: the user side knows which goroutine
+//! A death is the dying `g`'s address alone: the user side knows which goroutine
 //! owns each `g`, so this probe needs neither the target's layout nor a read of
-//! the target's memory (each a helper call, on every goroutine's death). The
-//! probe is attached per process, so it only runs in traced ones.
+//! its memory. Deaths are gathered per CPU and sent [`EXIT_BATCH`] at a time (see
+//! [`ExitBatch`]). The probe is attached per process, so it runs in traced ones only.
 
-use aya_ebpf::{macros::uprobe, programs::ProbeContext};
-use gleak_common::EventKind;
+use aya_ebpf::{
+    helpers::bpf_ktime_get_ns,
+    macros::{map, uprobe},
+    maps::PerCpuArray,
+    programs::ProbeContext,
+};
+use gleak_common::{counter, EventKind, ExitBatch, ExitRecord, EXIT_BATCH};
 
-use crate::maps::{current_pid, emit};
+use crate::maps::{bump_by, current_pid, wakeup_flags, EVENTS};
+
+const _: () = assert!(EXIT_BATCH.is_power_of_two());
+
+/// Per CPU, the batch being filled; user space reads it too (see [`ExitBatch`]).
+#[map]
+static PENDING_EXITS: PerCpuArray<ExitBatch> = PerCpuArray::with_max_entries(1, 0);
 
 #[uprobe]
 pub fn goroutine_exit(ctx: ProbeContext) -> u32 {
-    let gp = unsafe { (*ctx.regs).rax };
-    emit(EventKind::Exit, current_pid(), 0, gp, |_| {});
+    let Some(batch) = PENDING_EXITS.get_ptr_mut(0) else { return 0 };
+    // Per-CPU: no other writer unless the kernel preempts this program (a
+    // preemptible kernel), when a death can be lost or sent twice. Twice is
+    // harmless (user space applies a death to a g's owner once), and a lost one
+    // is found in memory, as with a full ring buffer.
+    let batch = unsafe { &mut *batch };
+    let slot = batch.count as usize & (EXIT_BATCH - 1);
+    batch.exits[slot] = ExitRecord {
+        g_addr: unsafe { (*ctx.regs).rax },
+        ts_ns: unsafe { bpf_ktime_get_ns() },
+        pid: current_pid(),
+        _pad: 0,
+    };
+    if slot + 1 < EXIT_BATCH {
+        batch.count = (slot + 1) as u32;
+        return 0;
+    }
+    batch.kind = EventKind::ExitBatch as u32;
+    batch.count = EXIT_BATCH as u32;
+    if EVENTS.output::<ExitBatch>(&*batch, wakeup_flags(false)).is_err() {
+        bump_by(counter::RINGBUF_FULL, EXIT_BATCH as u64);
+        bump_by(counter::EXITS_LOST, EXIT_BATCH as u64);
+    }
+    batch.count = 0;
     0
 }

@@ -36,9 +36,14 @@ pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::C
 
 #[inline(always)]
 pub fn bump(index: u32) {
+    bump_by(index, 1);
+}
+
+#[inline(always)]
+pub fn bump_by(index: u32, n: u64) {
     if let Some(slot) = COUNTERS.get_ptr_mut(index) {
         // Per-CPU slot: no other writer.
-        unsafe { *slot += 1 };
+        unsafe { *slot += n };
     }
 }
 
@@ -127,17 +132,21 @@ pub fn emit(kind: EventKind, pid: u32, goid: u64, g_addr: u64, fill: impl FnOnce
     };
     fill(&mut event);
     entry.write(event);
-    // Waking the reader per event would cost the target a cross-CPU wakeup each time:
-    // the intake thread polls every 20 ms instead, and is woken only once the buffer
-    // fills past a quarter (a burst faster than the polls), or at a process exit
-    // (gleak run holds the process until it is read).
-    let urgent = matches!(kind, EventKind::ProcessExit);
+    entry.submit(wakeup_flags(matches!(kind, EventKind::ProcessExit)));
+    true
+}
+
+/// Waking the reader per event would cost the target a cross-CPU wakeup each time:
+/// the intake thread polls every 20 ms instead, and is woken only once the buffer
+/// fills past a quarter (a burst faster than the polls), or when `urgent` (a
+/// process exit: gleak run holds the process until it is read).
+#[inline(always)]
+pub fn wakeup_flags(urgent: bool) -> u64 {
     let threshold = unsafe { core::ptr::read_volatile(&WAKEUP_BYTES) };
     let flags = if urgent || EVENTS.query(BPF_RB_AVAIL_DATA as u64) > threshold {
         BPF_RB_FORCE_WAKEUP
     } else {
         BPF_RB_NO_WAKEUP
     };
-    entry.submit(flags as u64);
-    true
+    flags as u64
 }

@@ -143,7 +143,8 @@ impl Aggregator {
                 }
             }
             Some(EventKind::ProcessExit) => self.exit_stop = Some(ev.goid),
-            None => {}
+            // Unpacked by the intake into `Exit`s.
+            Some(EventKind::ExitBatch) | None => {}
         }
     }
 

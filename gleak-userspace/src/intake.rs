@@ -17,7 +17,7 @@ use std::{
 };
 
 use aya::maps::{MapData, RingBuf};
-use gleak_common::GoroutineEvent;
+use gleak_common::{EventKind, ExitBatch, ExitRecord, GoroutineEvent};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 
@@ -107,16 +107,73 @@ fn run(shared: &Shared, sender: &UnboundedSender<Batch>) {
 fn drain(ring: &mut RingBuf<MapData>) -> Batch {
     let mut batch = Batch::new();
     while let Some(item) = ring.next() {
-        // Every record is reserved as a `GoroutineEvent`; anything shorter is not one.
-        if item.len() < GoroutineEvent::SIZE {
-            continue;
-        }
-        // SAFETY: the kernel wrote a `GoroutineEvent` (plain integers) into this slot.
-        batch.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) });
+        push_record(&mut batch, &item);
     }
     batch
 }
 
+/// Appends one ring record: a `GoroutineEvent`, or an `ExitBatch` unpacked into
+/// one exit event per death. Anything too short for its kind is not a record.
+fn push_record(batch: &mut Batch, record: &[u8]) {
+    let Some(kind) = record.get(..4).map(|k| u32::from_ne_bytes([k[0], k[1], k[2], k[3]])) else { return };
+    if kind == EventKind::ExitBatch as u32 {
+        if record.len() >= ExitBatch::SIZE {
+            // SAFETY: the kernel wrote an `ExitBatch` (plain integers) into this slot.
+            let exits: ExitBatch = unsafe { std::ptr::read_unaligned(record.as_ptr().cast()) };
+            batch.extend(exits.filled().iter().map(exit_event));
+        }
+    } else if record.len() >= GoroutineEvent::SIZE {
+        // SAFETY: the kernel wrote a `GoroutineEvent` (plain integers) into this slot.
+        batch.push(unsafe { std::ptr::read_unaligned(record.as_ptr().cast()) });
+    }
+}
+
+/// One death as the aggregator takes it.
+pub fn exit_event(exit: &ExitRecord) -> GoroutineEvent {
+    GoroutineEvent {
+        kind: EventKind::Exit as u32,
+        pid: exit.pid,
+        ts_ns: exit.ts_ns,
+        g_addr: exit.g_addr,
+        stack_id: -1,
+        ..GoroutineEvent::default()
+    }
+}
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bytes<T>(value: &T) -> Vec<u8> {
+        // SAFETY: plain `#[repr(C)]` integers.
+        unsafe { std::slice::from_raw_parts((value as *const T).cast::<u8>(), std::mem::size_of::<T>()) }.to_vec()
+    }
+
+    #[test]
+    fn unpacks_exit_batches_and_skips_short_records() {
+        let mut exits = ExitBatch { kind: EventKind::ExitBatch as u32, count: 2, ..ExitBatch::default() };
+        exits.exits[0] = ExitRecord { g_addr: 0xc000, ts_ns: 10, pid: 7, _pad: 0 };
+        exits.exits[1] = ExitRecord { g_addr: 0xd000, ts_ns: 11, pid: 8, _pad: 0 };
+        exits.exits[2] = ExitRecord { g_addr: 0xe000, ts_ns: 12, pid: 9, _pad: 0 }; // past the count
+        let create = GoroutineEvent { kind: EventKind::Create as u32, pid: 7, goid: 5, ..GoroutineEvent::default() };
+        let mut batch = Batch::new();
+        push_record(&mut batch, &bytes(&create));
+        push_record(&mut batch, &bytes(&exits));
+        push_record(&mut batch, &bytes(&exits)[..100]); // truncated: not a batch
+        push_record(&mut batch, &[1, 0]);
+        assert_eq!(batch.len(), 3);
+        assert_eq!(batch[0], create);
+        assert_eq!(
+            (batch[1].kind, batch[1].pid, batch[1].g_addr, batch[1].ts_ns),
+            (EventKind::Exit as u32, 7, 0xc000, 10)
+        );
+        assert_eq!((batch[2].pid, batch[2].g_addr), (8, 0xd000));
+        // A count beyond the array (a torn read) is bounded.
+        exits.count = u32::MAX;
+        assert_eq!(exits.filled().len(), gleak_common::EXIT_BATCH);
+    }
 }

@@ -14,7 +14,7 @@ use aya::{
     },
     Ebpf, EbpfLoader,
 };
-use gleak_common::{counter, TargetConfig};
+use gleak_common::{counter, ExitBatch, GoroutineEvent, TargetConfig};
 
 use crate::{
     error::{Error, Result},
@@ -163,6 +163,16 @@ impl Probes {
             }
         }
         out
+    }
+
+    /// The deaths the exit probe is still gathering on each CPU (see
+    /// `gleak_common::ExitBatch`), as exit events. They reach the ring later too:
+    /// applying a death twice changes nothing.
+    pub fn pending_exits(&self) -> Vec<GoroutineEvent> {
+        let Some(map) = self.ebpf.map("PENDING_EXITS") else { return Vec::new() };
+        let Ok(array) = PerCpuArray::<_, ExitBatch>::try_from(map) else { return Vec::new() };
+        let Ok(per_cpu) = array.get(&0, 0) else { return Vec::new() };
+        per_cpu.iter().flat_map(|batch| batch.filled().iter().map(crate::intake::exit_event)).collect()
     }
 
     /// The user stack recorded under `stack_id` (innermost first, runtime addresses).

@@ -75,7 +75,10 @@ pub struct ProofReport {
 /// The probes' own failure counters, summed over CPUs.
 #[derive(Clone, Copy, Debug, Default, Serialize, JsonSchema)]
 pub struct KernelCounters {
+    /// Events dropped: the ring buffer was full (each death of a dropped batch counts).
     pub ringbuf_full: u64,
+    /// Of `ringbuf_full`, the deaths (the rest are creations, parks, exits of processes).
+    pub exits_lost: u64,
     /// Events dropped: the goroutine's memory was unreadable in the probe.
     pub read_failed: u64,
     /// Optional fields (creation site, creator) unreadable; the events were delivered.

@@ -1501,7 +1501,7 @@ mod tests {
             "elapsed_s": 6.0, "final": true, "target_exited": false,
             "totals": {"created": 3, "exited": 1, "live": 2, "preexisting": 0},
             "lost_events": 0, "reconciled_exits": 0, "reconciled_creations": 0,
-            "kernel": {"ringbuf_full": 0, "read_failed": 0, "field_read_failed": 0, "no_config": 0, "stack_failed": 0},
+            "kernel": {"ringbuf_full": 0, "read_failed": 0, "field_read_failed": 0, "no_config": 0, "stack_failed": 0, "exits_lost": 0},
             "runtime_facts": {"functions": ".gopclntab", "layout": "gleak's Go 1.26 table",
                               "wait_reasons": "gleak's Go 1.26 table", "lines": ".gopclntab",
                               "goroutine_table": "from runtime.allgadd's code",

@@ -18,7 +18,10 @@ fn report_is_right_despite_lost_events() {
         let fx = Fixture::build(tc, "mixed");
         let _serial = serial_guard();
         // 100 ticks: each leaks one goroutine at each of three sites, then stops.
-        let proc = fx.start_with_args(&["-max", "100"]);
+        // Bursts of 200 fill the ring with creations (80 bytes each; deaths go 16
+        // to a 400-byte record), and the leaks start halfway through each: their
+        // creations, not only deaths, are lost.
+        let proc = fx.start_with_args(&["-max", "100", "-fanout", "200", "-midway"]);
         let pid = proc.pid().to_string();
         let args = ["attach", "-p", &pid, "--json", "--duration", "4s", "--interval", "1s", "--top", "100"];
         let run = GleakChild::spawn(&gleak_bin(), &args, |cmd| {
@@ -32,8 +35,9 @@ fn report_is_right_despite_lost_events() {
         let ringbuf_full = count(&last["kernel"], "ringbuf_full");
         assert!(ringbuf_full > 0, "{fx}: no event was lost with a 4 KiB ring buffer: {}", last["kernel"]);
         assert_eq!(count(last, "lost_events"), ringbuf_full + count(&last["kernel"], "read_failed"));
-        let recovered = count(last, "reconciled_creations") + count(last, "reconciled_exits");
-        assert!(recovered > 0, "{fx}: nothing recovered from memory");
+        let creations_lost = ringbuf_full - count(&last["kernel"], "exits_lost");
+        assert!(creations_lost > 0, "{fx}: only deaths were lost: {}", last["kernel"]);
+        assert!(count(last, "reconciled_creations") > 0, "{fx}: no lost creation recovered from memory");
         for (marker, reason) in
             [("LEAK:chan_send", "chan send"), ("LEAK:wg_wait", ""), ("LEAK:ctx_never_cancelled", "select")]
         {
@@ -53,7 +57,7 @@ fn report_is_right_despite_lost_events() {
         // The short-lived goroutines are all gone, whatever events were lost.
         let churn = find_site(last, &fx.file_suffix(), fx.marker_line("OK:churn"));
         if let Some(site) = churn {
-            assert!(count(site, "live") <= 60, "{fx}: churn goroutines left live: {site}");
+            assert!(count(site, "live") <= 210, "{fx}: churn goroutines left live: {site}");
         }
     });
 }

@@ -170,9 +170,13 @@ impl Tracer {
         apply(&batch, &mut self.targets)
     }
 
-    /// Applies every event produced so far, the ones still in the ring included.
+    /// Applies every event produced so far, the ones still in the ring and the
+    /// deaths the exit probe has not sent yet included. Those go first: their times
+    /// are exact, where a creation drained first on a dead goroutine's `g` would
+    /// retire it at that later time.
     pub fn drain_now(&mut self) -> usize {
-        self.intake.flush().iter().map(|batch| apply(batch, &mut self.targets)).sum()
+        let pending = apply(&self.probes.pending_exits(), &mut self.targets);
+        pending + self.intake.flush().iter().map(|batch| apply(batch, &mut self.targets)).sum::<usize>()
     }
 
     /// Forwards the probes' log records; call now and then.
@@ -189,6 +193,7 @@ impl Tracer {
             field_read_failed: c[counter::FIELD_READ_FAILED as usize],
             no_config: c[counter::NO_CONFIG as usize],
             stack_failed: c[counter::STACK_FAILED as usize],
+            exits_lost: c[counter::EXITS_LOST as usize],
         }
     }
 
