@@ -81,6 +81,20 @@ pub struct ExitRecord {
     pub _pad: u32,
 }
 
+impl ExitRecord {
+    /// This death as the one event shape the user side aggregates.
+    pub fn event(&self) -> GoroutineEvent {
+        GoroutineEvent {
+            kind: EventKind::Exit as u32,
+            pid: self.pid,
+            ts_ns: self.ts_ns,
+            g_addr: self.g_addr,
+            stack_id: -1,
+            ..GoroutineEvent::default()
+        }
+    }
+}
+
 /// Deaths per ring-buffer record.
 pub const EXIT_BATCH: usize = 16;
 

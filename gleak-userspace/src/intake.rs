@@ -120,23 +120,11 @@ fn push_record(batch: &mut Batch, record: &[u8]) {
         if record.len() >= ExitBatch::SIZE {
             // SAFETY: the kernel wrote an `ExitBatch` (plain integers) into this slot.
             let exits: ExitBatch = unsafe { std::ptr::read_unaligned(record.as_ptr().cast()) };
-            batch.extend(exits.filled().iter().map(exit_event));
+            batch.extend(exits.filled().iter().map(ExitRecord::event));
         }
     } else if record.len() >= GoroutineEvent::SIZE {
         // SAFETY: the kernel wrote a `GoroutineEvent` (plain integers) into this slot.
         batch.push(unsafe { std::ptr::read_unaligned(record.as_ptr().cast()) });
-    }
-}
-
-/// One death as the aggregator takes it.
-pub fn exit_event(exit: &ExitRecord) -> GoroutineEvent {
-    GoroutineEvent {
-        kind: EventKind::Exit as u32,
-        pid: exit.pid,
-        ts_ns: exit.ts_ns,
-        g_addr: exit.g_addr,
-        stack_id: -1,
-        ..GoroutineEvent::default()
     }
 }
 

@@ -14,7 +14,7 @@ use aya::{
     },
     Ebpf, EbpfLoader,
 };
-use gleak_common::{counter, ExitBatch, GoroutineEvent, TargetConfig};
+use gleak_common::{counter, ExitBatch, ExitRecord, GoroutineEvent, TargetConfig};
 
 use crate::{
     error::{Error, Result},
@@ -172,7 +172,7 @@ impl Probes {
         let Some(map) = self.ebpf.map("PENDING_EXITS") else { return Vec::new() };
         let Ok(array) = PerCpuArray::<_, ExitBatch>::try_from(map) else { return Vec::new() };
         let Ok(per_cpu) = array.get(&0, 0) else { return Vec::new() };
-        per_cpu.iter().flat_map(|batch| batch.filled().iter().map(crate::intake::exit_event)).collect()
+        per_cpu.iter().flat_map(|batch| batch.filled().iter().map(ExitRecord::event)).collect()
     }
 
     /// The user stack recorded under `stack_id` (innermost first, runtime addresses).
