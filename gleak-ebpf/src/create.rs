@@ -142,7 +142,7 @@ fn creation_stack(ctx: &ProbeContext) -> i64 {
         if let Some(cached) = slot {
             // Per-CPU slot: no other writer.
             let cached = unsafe { &*cached };
-            if cached.key == key {
+            if same_key(&cached.key, &key) {
                 return cached.stack_id;
             }
         }
@@ -209,6 +209,17 @@ fn path_key(bp: u64) -> [u64; KEY_FRAMES] {
         bp = read(0);
     }
     key
+}
+
+/// Word by word, inline: `==` on the arrays compiles to a call of a `memcmp`
+/// subprogram, a call per creation.
+#[inline(always)]
+fn same_key(a: &[u64; KEY_FRAMES], b: &[u64; KEY_FRAMES]) -> bool {
+    let mut diff = 0;
+    for i in 0..KEY_FRAMES {
+        diff |= a[i] ^ b[i];
+    }
+    diff == 0
 }
 
 /// Mixes a path key into a cache slot number (a multiply-xorshift per word).

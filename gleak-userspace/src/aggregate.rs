@@ -4,7 +4,11 @@
 //! amortised hash-map growth. Goroutines that existed before attach are adopted
 //! from a memory snapshot of the goroutine table.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+
+// Several lookups per event on integer keys the target chose: a fast hash, still
+// seeded per process, so that no target can pick colliding keys ahead of time.
+use foldhash::HashMap;
 
 use gleak_common::{EventKind, GoroutineEvent};
 use hdrhistogram::Histogram;
@@ -79,8 +83,8 @@ impl SiteStats {
             live: 0,
             adopted: 0,
             lifetimes_us: Histogram::new(3).expect("3 significant figures is valid"),
-            stacks: HashMap::new(),
-            parents: HashMap::new(),
+            stacks: HashMap::default(),
+            parents: HashMap::default(),
             history: VecDeque::new(),
         }
     }
