@@ -8,7 +8,7 @@
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum EventKind {
-    /// `runtime.newproc1` returned a new goroutine.
+    /// `runtime.newproc1` made a new goroutine (sent in [`CreateBatch`]es).
     Create = 1,
     /// A goroutine died (`runtime.gdestroy`, or `runtime.goexit0` before Go 1.22).
     /// The probe sends deaths in [`ExitBatch`]es; the user side unpacks each into
@@ -21,6 +21,8 @@ pub enum EventKind {
     ProcessExit = 4,
     /// An [`ExitBatch`] (its own record layout): deaths, as the exit probe sends them.
     ExitBatch = 5,
+    /// A [`CreateBatch`]: creations, as the creation probe sends them.
+    CreateBatch = 6,
 }
 
 impl EventKind {
@@ -31,6 +33,7 @@ impl EventKind {
             3 => Some(Self::Park),
             4 => Some(Self::ProcessExit),
             5 => Some(Self::ExitBatch),
+            6 => Some(Self::CreateBatch),
             _ => None,
         }
     }
@@ -95,30 +98,71 @@ impl ExitRecord {
     }
 }
 
-/// Deaths per ring-buffer record.
-pub const EXIT_BATCH: usize = 16;
+/// Records per ring-buffer record, in either kind of batch.
+pub const BATCH: usize = 16;
 
-/// Goroutine deaths gathered per CPU and sent [`EXIT_BATCH`] at a time: the ring
-/// buffer's lock and cache lines are shared by every CPU, and one record for many
-/// deaths keeps the probes on different CPUs from contending there. The batch still
-/// being filled is read by user space straight from its map when it needs the
-/// whole picture (a sample, a report).
+/// The head of a per-CPU batch of events. The ring buffer's lock and cache lines
+/// are shared by every CPU, and one record for many events keeps the probes on
+/// different CPUs from contending there. User space also reads the batch still
+/// being filled, straight from its map, when it drains (so nothing waits for a
+/// batch to fill): `seq` lets it apply each record once, though it may see it
+/// twice, in the map and then in the ring.
+///
+/// `seq` lies before `count` and the probe resets `count` before it advances
+/// `seq`: a reader going up through memory that sees a new `seq` sees the new count.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BatchHeader {
+    /// [`EventKind::ExitBatch`] or [`EventKind::CreateBatch`] as `u32`: the first
+    /// field, as in [`GoroutineEvent`].
+    pub kind: u32,
+    /// The CPU whose batch it is (set when sent).
+    pub cpu: u32,
+    /// Batches this CPU sent before this one.
+    pub seq: u64,
+    /// Records filled, at most [`BATCH`].
+    pub count: u32,
+    pub _pad: u32,
+}
+
+impl BatchHeader {
+    /// Records filled, bounded: the count comes from another address space.
+    pub fn filled(&self) -> usize {
+        (self.count as usize).min(BATCH)
+    }
+}
+
+/// Goroutine deaths gathered per CPU.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ExitBatch {
-    /// [`EventKind::ExitBatch`] as `u32`: the first field, as in [`GoroutineEvent`].
-    pub kind: u32,
-    /// Records filled, at most [`EXIT_BATCH`].
-    pub count: u32,
-    pub exits: [ExitRecord; EXIT_BATCH],
+    pub header: BatchHeader,
+    pub exits: [ExitRecord; BATCH],
+}
+
+/// Goroutine creations gathered per CPU.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CreateBatch {
+    pub header: BatchHeader,
+    pub creates: [GoroutineEvent; BATCH],
 }
 
 impl ExitBatch {
     pub const SIZE: usize = core::mem::size_of::<Self>();
 
-    /// The records filled (bounded: the count comes from another address space).
-    pub fn filled(&self) -> &[ExitRecord] {
-        &self.exits[..(self.count as usize).min(EXIT_BATCH)]
+    /// The records filled, as exit events.
+    pub fn events(&self) -> impl Iterator<Item = GoroutineEvent> + '_ {
+        self.exits[..self.header.filled()].iter().map(ExitRecord::event)
+    }
+}
+
+impl CreateBatch {
+    pub const SIZE: usize = core::mem::size_of::<Self>();
+
+    /// The records filled.
+    pub fn events(&self) -> impl Iterator<Item = GoroutineEvent> + '_ {
+        self.creates[..self.header.filled()].iter().copied()
     }
 }
 
@@ -152,8 +196,8 @@ pub const CONFIG_CAPTURE_STACKS: u32 = 1;
 
 /// Indices into the per-CPU `COUNTERS` array.
 pub mod counter {
-    /// Events dropped because the ring buffer was full (a batch of exits counts
-    /// each exit).
+    /// Events dropped because the ring buffer was full (a batch counts each of
+    /// its events).
     pub const RINGBUF_FULL: u32 = 0;
     /// Events dropped because the goroutine's memory could not be read (no goid).
     pub const READ_FAILED: u32 = 1;
@@ -176,4 +220,5 @@ mod user {
     unsafe impl aya::Pod for super::GoroutineEvent {}
     unsafe impl aya::Pod for super::TargetConfig {}
     unsafe impl aya::Pod for super::ExitBatch {}
+    unsafe impl aya::Pod for super::CreateBatch {}
 }

@@ -11,14 +11,19 @@
 
 use aya_ebpf::{
     bindings::BPF_F_USER_STACK,
-    helpers::{bpf_probe_read_user, bpf_probe_read_user_buf},
+    helpers::{bpf_ktime_get_ns, bpf_probe_read_user, bpf_probe_read_user_buf},
     macros::{map, uprobe},
     maps::PerCpuArray,
     programs::{tracing::StackIdContext, ProbeContext},
 };
-use gleak_common::{counter, EventKind, CONFIG_CAPTURE_STACKS, CREATE_SPAN};
+use gleak_common::{counter, CreateBatch, EventKind, GoroutineEvent, BATCH, CONFIG_CAPTURE_STACKS, CREATE_SPAN};
 
-use crate::maps::{bump, current_pid, emit, read_optional, target_config, STACKS};
+use crate::maps::{batch_filled, bump, current_pid, read_optional, target_config, STACKS};
+
+/// Per CPU, the creations not sent yet; user space reads them too (see
+/// `gleak_common::BatchHeader`).
+#[map]
+static PENDING_CREATES: PerCpuArray<CreateBatch> = PerCpuArray::with_max_entries(1, 0);
 
 /// The scratch buffer: a power of two at least the span, so that masking an
 /// offset with [`SPAN_MASK`] keeps it 8-aligned and 8 bytes inside.
@@ -112,12 +117,27 @@ fn on_create(ctx: &ProbeContext, newg: u64) -> u32 {
         creator_goid(g0, &cfg).unwrap_or(0)
     };
     let stack_id = if cfg.flags & CONFIG_CAPTURE_STACKS != 0 { creation_stack(ctx) } else { -1 };
-    emit(EventKind::Create, pid, goid, newg, |e| {
-        e.parent_goid = parent_goid;
-        e.gopc = gopc;
-        e.startpc = startpc;
-        e.stack_id = stack_id;
-    });
+    let Some(batch) = PENDING_CREATES.get_ptr_mut(0) else { return 0 };
+    // Per-CPU: no other writer unless the kernel preempts this program (a
+    // preemptible kernel), when a creation can be lost or sent twice. User space
+    // drops a creation it already holds, and finds a lost one in memory, as with
+    // a full ring buffer.
+    let batch = unsafe { &mut *batch };
+    let slot = batch.header.count as usize & (BATCH - 1);
+    batch.creates[slot] = GoroutineEvent {
+        kind: EventKind::Create as u32,
+        pid,
+        ts_ns: unsafe { bpf_ktime_get_ns() },
+        goid,
+        g_addr: newg,
+        parent_goid,
+        gopc,
+        startpc,
+        stack_id,
+        wait_reason: 0,
+        _pad: 0,
+    };
+    batch_filled(batch, slot, None);
     0
 }
 

@@ -5,8 +5,8 @@
 //!
 //! A death is the dying `g`'s address alone: the user side knows which goroutine
 //! owns each `g`, so this probe needs neither the target's layout nor a read of
-//! its memory. Deaths are gathered per CPU and sent [`EXIT_BATCH`] at a time (see
-//! [`ExitBatch`]). The probe is attached per process, so it runs in traced ones only.
+//! its memory. Deaths are gathered per CPU and sent [`BATCH`] at a time (see
+//! `gleak_common::BatchHeader`). The probe is attached per process, so it runs in traced ones only.
 
 use aya_ebpf::{
     helpers::bpf_ktime_get_ns,
@@ -14,13 +14,14 @@ use aya_ebpf::{
     maps::PerCpuArray,
     programs::ProbeContext,
 };
-use gleak_common::{counter, EventKind, ExitBatch, ExitRecord, EXIT_BATCH};
+use gleak_common::{counter, ExitBatch, ExitRecord, BATCH};
 
-use crate::maps::{bump_by, current_pid, wakeup_flags, EVENTS};
+use crate::maps::{batch_filled, current_pid};
 
-const _: () = assert!(EXIT_BATCH.is_power_of_two());
+const _: () = assert!(BATCH.is_power_of_two());
 
-/// Per CPU, the batch being filled; user space reads it too (see [`ExitBatch`]).
+/// Per CPU, the batch being filled; user space reads it too (see
+/// `gleak_common::BatchHeader`).
 #[map]
 static PENDING_EXITS: PerCpuArray<ExitBatch> = PerCpuArray::with_max_entries(1, 0);
 
@@ -32,23 +33,13 @@ pub fn goroutine_exit(ctx: ProbeContext) -> u32 {
     // harmless (user space applies a death to a g's owner once), and a lost one
     // is found in memory, as with a full ring buffer.
     let batch = unsafe { &mut *batch };
-    let slot = batch.count as usize & (EXIT_BATCH - 1);
+    let slot = batch.header.count as usize & (BATCH - 1);
     batch.exits[slot] = ExitRecord {
         g_addr: unsafe { (*ctx.regs).rax },
         ts_ns: unsafe { bpf_ktime_get_ns() },
         pid: current_pid(),
         _pad: 0,
     };
-    if slot + 1 < EXIT_BATCH {
-        batch.count = (slot + 1) as u32;
-        return 0;
-    }
-    batch.kind = EventKind::ExitBatch as u32;
-    batch.count = EXIT_BATCH as u32;
-    if EVENTS.output::<ExitBatch>(&*batch, wakeup_flags(false)).is_err() {
-        bump_by(counter::RINGBUF_FULL, EXIT_BATCH as u64);
-        bump_by(counter::EXITS_LOST, EXIT_BATCH as u64);
-    }
-    batch.count = 0;
+    batch_filled(batch, slot, Some(counter::EXITS_LOST));
     0
 }

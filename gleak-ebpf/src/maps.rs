@@ -3,12 +3,15 @@
 use aya_ebpf::programs::ProbeContext;
 use aya_ebpf::{
     bindings::{bpf_pidns_info, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
-    helpers::{bpf_get_current_pid_tgid, bpf_get_ns_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user},
+    helpers::{
+        bpf_get_current_pid_tgid, bpf_get_ns_current_pid_tgid, bpf_get_smp_processor_id, bpf_ktime_get_ns,
+        bpf_probe_read_user,
+    },
     macros::map,
     maps::{HashMap, PerCpuArray, RingBuf, StackTrace},
 };
 use aya_log_ebpf::warn;
-use gleak_common::{counter, EventKind, GoroutineEvent, TargetConfig};
+use gleak_common::{counter, BatchHeader, CreateBatch, EventKind, ExitBatch, GoroutineEvent, TargetConfig, BATCH};
 
 /// Lifecycle events to user space. 8 MiB holds ~100k events: at a million events a
 /// second, five times what arrives between two polls of the intake thread.
@@ -149,4 +152,53 @@ pub fn wakeup_flags(urgent: bool) -> u64 {
         BPF_RB_NO_WAKEUP
     };
     flags as u64
+}
+
+/// A per-CPU batch of events (see `gleak_common::BatchHeader`).
+pub trait Batched {
+    const KIND: EventKind;
+    fn header(&mut self) -> &mut BatchHeader;
+}
+
+impl Batched for ExitBatch {
+    const KIND: EventKind = EventKind::ExitBatch;
+    fn header(&mut self) -> &mut BatchHeader {
+        &mut self.header
+    }
+}
+
+impl Batched for CreateBatch {
+    const KIND: EventKind = EventKind::CreateBatch;
+    fn header(&mut self) -> &mut BatchHeader {
+        &mut self.header
+    }
+}
+
+/// Counts record `slot` of `batch`, just written, as filled; sends the batch
+/// once full. A full ring drops the batch, counted per event (and in `lost` too).
+///
+/// Volatile stores keep their order: the record before its count, the count reset
+/// before the next `seq`, as user space reads the batch while it is filled.
+#[inline(always)]
+pub fn batch_filled<T: Batched>(batch: &mut T, slot: usize, lost: Option<u32>) {
+    if slot + 1 < BATCH {
+        unsafe { core::ptr::write_volatile(&mut batch.header().count, (slot + 1) as u32) };
+        return;
+    }
+    let header = batch.header();
+    header.kind = T::KIND as u32;
+    header.cpu = unsafe { bpf_get_smp_processor_id() };
+    unsafe { core::ptr::write_volatile(&mut header.count, BATCH as u32) };
+    if EVENTS.output::<T>(&*batch, wakeup_flags(false)).is_err() {
+        bump_by(counter::RINGBUF_FULL, BATCH as u64);
+        if let Some(lost) = lost {
+            bump_by(lost, BATCH as u64);
+        }
+    }
+    let header = batch.header();
+    let next = header.seq.wrapping_add(1);
+    unsafe {
+        core::ptr::write_volatile(&mut header.count, 0);
+        core::ptr::write_volatile(&mut header.seq, next);
+    }
 }

@@ -147,12 +147,16 @@ impl Aggregator {
                 }
             }
             Some(EventKind::ProcessExit) => self.exit_stop = Some(ev.goid),
-            // Unpacked by the intake into `Exit`s.
-            Some(EventKind::ExitBatch) | None => {}
+            // Unpacked by the intake into `Exit`s and `Create`s.
+            Some(EventKind::ExitBatch | EventKind::CreateBatch) | None => {}
         }
     }
 
     fn on_create(&mut self, ev: &GoroutineEvent) {
+        // The same creation again (sent twice by a preempted probe).
+        if self.live.get(&ev.goid).is_some_and(|g| g.created_ns == Some(ev.ts_ns) && g.g_addr == ev.g_addr) {
+            return;
+        }
         // The creator is running the `go` statement, so if tracked it is live now.
         let parent_site = self.live.get(&ev.parent_goid).map(|p| p.site);
         // A new goroutine on the `g` of a live one: that one died first (its exit

@@ -7,6 +7,7 @@
 //! taking every batch already handed over.
 
 use std::{
+    collections::{HashMap, VecDeque},
     os::fd::{AsFd, OwnedFd},
     sync::{
         atomic::{AtomicBool, Ordering},
@@ -17,7 +18,7 @@ use std::{
 };
 
 use aya::maps::{MapData, RingBuf};
-use gleak_common::{EventKind, ExitBatch, ExitRecord, GoroutineEvent};
+use gleak_common::{BatchHeader, CreateBatch, EventKind, ExitBatch, GoroutineEvent};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 
@@ -27,7 +28,43 @@ use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 pub const POLL_INTERVAL: Duration = Duration::from_millis(20);
 
 /// Events handed over in ring order, a batch at a time.
-pub type Batch = Vec<GoroutineEvent>;
+pub type Batch = Vec<Delivered>;
+
+/// An event, and where it came from when the probe sent it in a per-CPU batch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Delivered {
+    pub event: GoroutineEvent,
+    pub from: Option<BatchSlot>,
+}
+
+/// A record's place in the per-CPU batches (see `gleak_common::BatchHeader`):
+/// the same record read from its map and then from the ring has the same one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BatchSlot {
+    /// [`EventKind::ExitBatch`] or [`EventKind::CreateBatch`] as `u32`.
+    pub kind: u32,
+    pub cpu: u32,
+    pub seq: u64,
+    pub index: u32,
+    /// Read from the batch's map while it was being filled (else from the ring).
+    pub in_map: bool,
+}
+
+/// The records of a batch of `kind` with `header`, from CPU `cpu`, as delivered
+/// events. (The kind is given: a batch still being filled has none in its header.)
+pub fn unbatch(
+    kind: EventKind,
+    header: &BatchHeader,
+    cpu: u32,
+    in_map: bool,
+    events: impl Iterator<Item = GoroutineEvent>,
+) -> impl Iterator<Item = Delivered> {
+    let (kind, seq) = (kind as u32, header.seq);
+    events.enumerate().map(move |(index, event)| Delivered {
+        event,
+        from: Some(BatchSlot { kind, cpu, seq, index: index as u32, in_map }),
+    })
+}
 
 struct Shared {
     ring: Mutex<RingBuf<MapData>>,
@@ -112,19 +149,84 @@ fn drain(ring: &mut RingBuf<MapData>) -> Batch {
     batch
 }
 
-/// Appends one ring record: a `GoroutineEvent`, or an `ExitBatch` unpacked into
-/// one exit event per death. Anything too short for its kind is not a record.
+/// The batches still being filled, indexed by CPU, as delivered events.
+pub fn pending_events(exits: &[ExitBatch], creates: &[CreateBatch]) -> Vec<Delivered> {
+    let mut out = Vec::new();
+    for (cpu, b) in exits.iter().enumerate() {
+        out.extend(unbatch(EventKind::ExitBatch, &b.header, cpu as u32, true, b.events()));
+    }
+    for (cpu, b) in creates.iter().enumerate() {
+        out.extend(unbatch(EventKind::CreateBatch, &b.header, cpu as u32, true, b.events()));
+    }
+    out
+}
+
+/// Appends one ring record: a `GoroutineEvent`, or a batch unpacked into one event
+/// per record. Anything too short for its kind is not a record.
 fn push_record(batch: &mut Batch, record: &[u8]) {
     let Some(kind) = record.get(..4).map(|k| u32::from_ne_bytes([k[0], k[1], k[2], k[3]])) else { return };
     if kind == EventKind::ExitBatch as u32 {
         if record.len() >= ExitBatch::SIZE {
             // SAFETY: the kernel wrote an `ExitBatch` (plain integers) into this slot.
             let exits: ExitBatch = unsafe { std::ptr::read_unaligned(record.as_ptr().cast()) };
-            batch.extend(exits.filled().iter().map(ExitRecord::event));
+            batch.extend(unbatch(EventKind::ExitBatch, &exits.header, exits.header.cpu, false, exits.events()));
+        }
+    } else if kind == EventKind::CreateBatch as u32 {
+        if record.len() >= CreateBatch::SIZE {
+            // SAFETY: the kernel wrote a `CreateBatch` (plain integers) into this slot.
+            let creates: CreateBatch = unsafe { std::ptr::read_unaligned(record.as_ptr().cast()) };
+            batch.extend(unbatch(EventKind::CreateBatch, &creates.header, creates.header.cpu, false, creates.events()));
         }
     } else if record.len() >= GoroutineEvent::SIZE {
         // SAFETY: the kernel wrote a `GoroutineEvent` (plain integers) into this slot.
-        batch.push(unsafe { std::ptr::read_unaligned(record.as_ptr().cast()) });
+        let event = unsafe { std::ptr::read_unaligned(record.as_ptr().cast()) };
+        batch.push(Delivered { event, from: None });
+    }
+}
+
+/// What was applied of each CPU's batches while they were being filled, so that
+/// their records, read from the map and then again from the ring, are applied once.
+#[derive(Default)]
+pub struct BatchLedger {
+    /// Per (batch kind, CPU): batches read from the map whose ring copy may still
+    /// come, oldest first, with how many of their records were applied.
+    from_map: HashMap<(u32, u32), VecDeque<(u64, u32)>>,
+}
+
+/// Map reads remembered per CPU at most: more means the ring dropped the batches.
+const LEDGER_DEPTH: usize = 64;
+
+impl BatchLedger {
+    /// Keeps the events not applied before; call in delivery order (a map read
+    /// before the ring drained after it).
+    pub fn admit(&mut self, delivered: impl IntoIterator<Item = Delivered>, out: &mut Vec<GoroutineEvent>) {
+        for d in delivered {
+            if let Some(slot) = d.from {
+                let reads = self.from_map.entry((slot.kind, slot.cpu)).or_default();
+                if slot.in_map {
+                    match reads.iter_mut().find(|(seq, _)| *seq == slot.seq) {
+                        Some((_, applied)) if slot.index < *applied => continue,
+                        Some((_, applied)) => *applied = slot.index + 1,
+                        None => {
+                            if reads.len() == LEDGER_DEPTH {
+                                reads.pop_front();
+                            }
+                            reads.push_back((slot.seq, slot.index + 1));
+                        }
+                    }
+                } else {
+                    // One CPU's batches reach the ring in order: reads of older ones
+                    // are settled (their copies came, or were dropped).
+                    while reads.front().is_some_and(|&(seq, _)| seq < slot.seq) {
+                        reads.pop_front();
+                    }
+                    if reads.front().is_some_and(|&(seq, applied)| seq == slot.seq && slot.index < applied) {
+                        continue;
+                    }
+                }
+            }
+            out.push(d.event);
+        }
     }
 }
 
@@ -135,6 +237,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use gleak_common::ExitRecord;
 
     fn bytes<T>(value: &T) -> Vec<u8> {
         // SAFETY: plain `#[repr(C)]` integers.
@@ -142,26 +245,71 @@ mod tests {
     }
 
     #[test]
-    fn unpacks_exit_batches_and_skips_short_records() {
-        let mut exits = ExitBatch { kind: EventKind::ExitBatch as u32, count: 2, ..ExitBatch::default() };
+    fn unpacks_batches_and_skips_short_records() {
+        let header = BatchHeader { kind: EventKind::ExitBatch as u32, cpu: 1, seq: 9, count: 2, _pad: 0 };
+        let mut exits = ExitBatch { header, ..ExitBatch::default() };
         exits.exits[0] = ExitRecord { g_addr: 0xc000, ts_ns: 10, pid: 7, _pad: 0 };
         exits.exits[1] = ExitRecord { g_addr: 0xd000, ts_ns: 11, pid: 8, _pad: 0 };
         exits.exits[2] = ExitRecord { g_addr: 0xe000, ts_ns: 12, pid: 9, _pad: 0 }; // past the count
         let create = GoroutineEvent { kind: EventKind::Create as u32, pid: 7, goid: 5, ..GoroutineEvent::default() };
+        let header = BatchHeader { kind: EventKind::CreateBatch as u32, cpu: 0, seq: 3, count: 1, _pad: 0 };
+        let mut creates = CreateBatch { header, ..CreateBatch::default() };
+        creates.creates[0] = create;
+        let park = GoroutineEvent { kind: EventKind::Park as u32, pid: 7, goid: 5, ..GoroutineEvent::default() };
         let mut batch = Batch::new();
-        push_record(&mut batch, &bytes(&create));
+        push_record(&mut batch, &bytes(&park));
         push_record(&mut batch, &bytes(&exits));
         push_record(&mut batch, &bytes(&exits)[..100]); // truncated: not a batch
+        push_record(&mut batch, &bytes(&creates));
         push_record(&mut batch, &[1, 0]);
-        assert_eq!(batch.len(), 3);
-        assert_eq!(batch[0], create);
+        assert_eq!(batch.len(), 4);
+        assert_eq!(batch[0], Delivered { event: park, from: None });
+        let exit = batch[1].event;
+        assert_eq!((exit.kind, exit.pid, exit.g_addr, exit.ts_ns), (EventKind::Exit as u32, 7, 0xc000, 10));
         assert_eq!(
-            (batch[1].kind, batch[1].pid, batch[1].g_addr, batch[1].ts_ns),
-            (EventKind::Exit as u32, 7, 0xc000, 10)
+            batch[1].from,
+            Some(BatchSlot { kind: EventKind::ExitBatch as u32, cpu: 1, seq: 9, index: 0, in_map: false })
         );
-        assert_eq!((batch[2].pid, batch[2].g_addr), (8, 0xd000));
+        assert_eq!((batch[2].event.pid, batch[2].event.g_addr), (8, 0xd000));
+        assert_eq!(batch[2].from.map(|s| s.index), Some(1));
+        assert_eq!(batch[3].event, create);
+        assert_eq!(
+            batch[3].from,
+            Some(BatchSlot { kind: EventKind::CreateBatch as u32, cpu: 0, seq: 3, index: 0, in_map: false })
+        );
         // A count beyond the array (a torn read) is bounded.
-        exits.count = u32::MAX;
-        assert_eq!(exits.filled().len(), gleak_common::EXIT_BATCH);
+        exits.header.count = u32::MAX;
+        assert_eq!(exits.events().count(), gleak_common::BATCH);
+    }
+
+    fn from(kind: EventKind, cpu: u32, seq: u64, index: u32, in_map: bool, goid: u64) -> Delivered {
+        let event = GoroutineEvent { goid, ..GoroutineEvent::default() };
+        Delivered { event, from: Some(BatchSlot { kind: kind as u32, cpu, seq, index, in_map }) }
+    }
+
+    #[test]
+    fn a_batch_read_while_filled_and_then_from_the_ring_is_applied_once() {
+        let (create, exit) = (EventKind::CreateBatch, EventKind::ExitBatch);
+        let mut ledger = BatchLedger::default();
+        let mut out = Vec::new();
+        let ring = |seq, range: std::ops::Range<u32>| {
+            range.map(move |i| from(create, 1, seq, i, false, seq * 100 + u64::from(i)))
+        };
+        let map = |seq, range: std::ops::Range<u32>| {
+            range.map(move |i| from(create, 1, seq, i, true, seq * 100 + u64::from(i)))
+        };
+        // Batch 7 of CPU 1 read from the map with 2 records, then with 3; CPU 0 has an exit.
+        ledger.admit(map(7, 0..2).chain([from(exit, 0, 7, 0, true, 9)]), &mut out);
+        ledger.admit(map(7, 0..3), &mut out);
+        // Batch 7 is sent, 8 started: the map read comes before the ring is drained.
+        ledger.admit(map(8, 0..1), &mut out);
+        ledger.admit(ring(6, 0..2).chain(ring(7, 0..4)), &mut out);
+        // Batch 8 in the ring: its first record was applied from the map.
+        ledger.admit(ring(8, 0..2), &mut out);
+        // An unbatched event always passes; the exit batch of CPU 0 is its own.
+        ledger.admit([Delivered { event: GoroutineEvent::default(), from: None }], &mut out);
+        ledger.admit([from(exit, 0, 7, 0, false, 9), from(exit, 0, 7, 1, false, 10)], &mut out);
+        let goids: Vec<u64> = out.iter().map(|e| e.goid).collect();
+        assert_eq!(goids, [700, 701, 9, 702, 800, 600, 601, 703, 801, 0, 10]);
     }
 }

@@ -14,7 +14,7 @@ use aya::{
     },
     Ebpf, EbpfLoader,
 };
-use gleak_common::{counter, ExitBatch, ExitRecord, GoroutineEvent, TargetConfig};
+use gleak_common::{counter, CreateBatch, ExitBatch, TargetConfig};
 
 use crate::{
     error::{Error, Result},
@@ -165,14 +165,19 @@ impl Probes {
         out
     }
 
-    /// The deaths the exit probe is still gathering on each CPU (see
-    /// `gleak_common::ExitBatch`), as exit events. They reach the ring later too:
-    /// applying a death twice changes nothing.
-    pub fn pending_exits(&self) -> Vec<GoroutineEvent> {
-        let Some(map) = self.ebpf.map("PENDING_EXITS") else { return Vec::new() };
-        let Ok(array) = PerCpuArray::<_, ExitBatch>::try_from(map) else { return Vec::new() };
-        let Ok(per_cpu) = array.get(&0, 0) else { return Vec::new() };
-        per_cpu.iter().flat_map(|batch| batch.filled().iter().map(ExitRecord::event)).collect()
+    /// The batches the probes are still filling, per CPU (see
+    /// `gleak_common::BatchHeader`): the deaths' read first, then the creations',
+    /// so that every death seen has its goroutine's creation seen too (there, or in
+    /// the ring drained after).
+    pub fn pending(&self) -> (Vec<ExitBatch>, Vec<CreateBatch>) {
+        let exits = self.per_cpu::<ExitBatch>("PENDING_EXITS");
+        let creates = self.per_cpu::<CreateBatch>("PENDING_CREATES");
+        (exits.map(|v| v.to_vec()).unwrap_or_default(), creates.map(|v| v.to_vec()).unwrap_or_default())
+    }
+
+    /// The one value of per-CPU array `name`, per CPU.
+    fn per_cpu<T: aya::Pod>(&self, name: &str) -> Option<aya::maps::PerCpuValues<T>> {
+        PerCpuArray::<_, T>::try_from(self.ebpf.map(name)?).ok()?.get(&0, 0).ok()
     }
 
     /// The user stack recorded under `stack_id` (innermost first, runtime addresses).

@@ -112,6 +112,30 @@ fn leaky_job_fails() {
     });
 }
 
+/// 40 000 goroutines started and joined from 4 goroutines at once, then 37 left
+/// blocked: each creation and death counted exactly once, though the probes
+/// gather them per CPU and gleak reads those batches both while they fill and
+/// from the ring.
+#[test]
+fn counts_are_exact_under_churn() {
+    each_fixture("gate_counted", |fx| {
+        let (run, reports) = gate(fx, &["--json"], &[]);
+        assert_code(fx, &run, 1);
+        assert_eq!(last(&reports)["lost_events"], 0, "{fx}: nothing may be lost for exact counts\n{run}");
+        let churn = final_site(fx, &reports, "OK:counted", &run);
+        for field in ["created", "exited"] {
+            assert_eq!(count(churn, field), 40_000, "{fx}: // OK:counted {field}\n{churn}\n{run}");
+        }
+        assert_eq!(count(churn, "live"), 0, "{fx}: // OK:counted\n{churn}\n{run}");
+        let spawners = final_site(fx, &reports, "OK:spawner", &run);
+        assert_eq!((count(spawners, "created"), count(spawners, "exited")), (4, 4), "{fx}: // OK:spawner\n{spawners}");
+        let leak = final_site(fx, &reports, "LEAK:counted", &run);
+        assert_eq!((count(leak, "created"), count(leak, "live")), (37, 37), "{fx}: // LEAK:counted\n{leak}\n{run}");
+        assert_eq!(verdict(leak), "leak", "{fx}: // LEAK:counted\n{leak}\n{run}");
+        assert_no_other_leak(fx, &reports, &["LEAK:counted"], &run);
+    });
+}
+
 /// Every goroutine waited for: the command's 0 passes through, with the
 /// human report and with `--json`.
 #[test]

@@ -14,7 +14,7 @@ use crate::{
     aggregate::Aggregator,
     debuginfo::RuntimeInfo,
     error::Result,
-    intake::Intake,
+    intake::{pending_events, Batch, BatchLedger, Intake},
     placement::AttachOptions,
     probes::{AttachedProbe, Probes},
     procmem::ProcessMemory,
@@ -69,6 +69,7 @@ pub struct TracedTarget {
 pub struct Tracer {
     probes: Probes,
     intake: Intake,
+    ledger: BatchLedger,
     targets: HashMap<u32, TracedTarget>,
 }
 
@@ -78,7 +79,7 @@ impl Tracer {
         let mut probes = Probes::load()?;
         let intake = Intake::start(probes.take_events()?)
             .map_err(|e| crate::error::Error::Load(format!("starting the event intake thread: {e}")))?;
-        Ok(Self { probes, intake, targets: HashMap::new() })
+        Ok(Self { probes, intake, ledger: BatchLedger::default(), targets: HashMap::new() })
     }
 
     /// Reads the target's binary and starts tracing it.
@@ -164,19 +165,34 @@ impl Tracer {
         self.targets.keys().copied().collect()
     }
 
-    /// Waits for the intake's next batch of events and applies it. Cancel-safe.
+    /// Waits for the intake's next batch of events, then applies everything
+    /// produced so far (see [`Tracer::drain_now`]). Cancel-safe.
     pub async fn pump(&mut self) -> usize {
-        let batch = self.intake.next().await;
-        apply(&batch, &mut self.targets)
+        let handed = self.intake.next().await;
+        self.drain_with(vec![handed])
     }
 
-    /// Applies every event produced so far, the ones still in the ring and the
-    /// deaths the exit probe has not sent yet included. Those go first: their times
-    /// are exact, where a creation drained first on a dead goroutine's `g` would
-    /// retire it at that later time.
+    /// Applies every event produced so far: the ones the probes are still
+    /// gathering per CPU, and the ones in the ring.
     pub fn drain_now(&mut self) -> usize {
-        let pending = apply(&self.probes.pending_exits(), &mut self.targets);
-        pending + self.intake.flush().iter().map(|batch| apply(batch, &mut self.targets)).sum::<usize>()
+        self.drain_with(Vec::new())
+    }
+
+    /// Applies `handed` (taken from the intake) and everything produced since, each
+    /// record once, in time order: CPUs send their batches at different moments,
+    /// so a death can arrive before its goroutine's creation.
+    fn drain_with(&mut self, mut handed: Vec<Batch>) -> usize {
+        // The maps before the ring: a batch sent meanwhile is then in the ring.
+        let (exits, creates) = self.probes.pending();
+        let pending = pending_events(&exits, &creates);
+        handed.extend(self.intake.flush());
+        let mut events = Vec::with_capacity(pending.len() + handed.iter().map(Vec::len).sum::<usize>());
+        self.ledger.admit(pending, &mut events);
+        for batch in handed {
+            self.ledger.admit(batch, &mut events);
+        }
+        events.sort_by_key(|e| e.ts_ns);
+        apply(&events, &mut self.targets)
     }
 
     /// Forwards the probes' log records; call now and then.
