@@ -187,6 +187,15 @@ pub struct TargetConfig {
     pub g_parent_goid: u32,
 }
 
+/// Processes traced at once, at most: the slots of the probes' `TARGETS` array.
+pub const MAX_TARGETS: u32 = 1024;
+
+/// The cookie a traced process's probes are attached with: its PID as gleak sees
+/// it, and its slot in `TARGETS`.
+pub const fn probe_cookie(pid: u32, slot: u32) -> u64 {
+    ((pid as u64) << 32) | slot as u64
+}
+
 /// Bytes of a new `g` the creation probe reads at once, from `g.goid` on: every
 /// field it needs lies there (checked by the user side before attaching).
 pub const CREATE_SPAN: u32 = 192;

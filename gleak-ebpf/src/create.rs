@@ -18,7 +18,7 @@ use aya_ebpf::{
 };
 use gleak_common::{counter, CreateBatch, EventKind, GoroutineEvent, BATCH, CONFIG_CAPTURE_STACKS, CREATE_SPAN};
 
-use crate::maps::{batch_filled, bump, current_pid, read_optional, target_config, STACKS};
+use crate::maps::{batch_filled, bump, read_optional, target_config, STACKS};
 
 /// Per CPU, the creations not sent yet; user space reads them too (see
 /// `gleak_common::BatchHeader`).
@@ -88,8 +88,7 @@ pub fn goroutine_create_rbx(ctx: ProbeContext) -> u32 {
 
 #[inline(always)]
 fn on_create(ctx: &ProbeContext, newg: u64) -> u32 {
-    let pid = current_pid();
-    let Some(cfg) = target_config(ctx, pid) else {
+    let Some((pid, cfg)) = target_config(ctx) else {
         return 0;
     };
     // One read for every field: helper calls are most of a probe's cost. Into a

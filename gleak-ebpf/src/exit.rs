@@ -16,7 +16,7 @@ use aya_ebpf::{
 };
 use gleak_common::{counter, ExitBatch, ExitRecord, BATCH};
 
-use crate::maps::{batch_filled, current_pid};
+use crate::maps::{batch_filled, cookie_pid};
 
 const _: () = assert!(BATCH.is_power_of_two());
 
@@ -37,7 +37,7 @@ pub fn goroutine_exit(ctx: ProbeContext) -> u32 {
     batch.exits[slot] = ExitRecord {
         g_addr: unsafe { (*ctx.regs).rax },
         ts_ns: unsafe { bpf_ktime_get_ns() },
-        pid: current_pid(),
+        pid: cookie_pid(&ctx),
         _pad: 0,
     };
     batch_filled(batch, slot, Some(counter::EXITS_LOST));

@@ -2,13 +2,11 @@
 
 use aya_ebpf::programs::ProbeContext;
 use aya_ebpf::{
-    bindings::{bpf_pidns_info, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
-    helpers::{
-        bpf_get_current_pid_tgid, bpf_get_ns_current_pid_tgid, bpf_get_smp_processor_id, bpf_ktime_get_ns,
-        bpf_probe_read_user,
-    },
+    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
+    helpers::{bpf_get_smp_processor_id, bpf_ktime_get_ns, bpf_probe_read_user, generated::bpf_get_attach_cookie},
     macros::map,
-    maps::{HashMap, PerCpuArray, RingBuf, StackTrace},
+    maps::{Array, PerCpuArray, RingBuf, StackTrace},
+    EbpfContext,
 };
 use aya_log_ebpf::warn;
 use gleak_common::{counter, BatchHeader, CreateBatch, EventKind, ExitBatch, GoroutineEvent, TargetConfig, BATCH};
@@ -25,9 +23,14 @@ const RING_BYTES: u32 = 8 << 20;
 #[unsafe(no_mangle)]
 static WAKEUP_BYTES: u64 = (RING_BYTES / 4) as u64;
 
-/// Per traced process (tgid): where the fields of `runtime.g` are.
+/// Per traced process, in the slot its probes' cookie names: where the fields of
+/// `runtime.g` are. An array, not a hash map keyed by PID: its lookup is an
+/// address computation, where a hash map's costs a hash and a bucket walk.
 #[map]
-pub static TARGETS: HashMap<u32, TargetConfig> = HashMap::with_max_entries(1024, 0);
+pub static TARGETS: Array<TargetConfig> = Array::with_max_entries(MAX_TARGETS, 0);
+
+/// Processes traced at once, at most (`gleak_common::MAX_TARGETS`).
+const MAX_TARGETS: u32 = gleak_common::MAX_TARGETS;
 
 /// Creation stacks, deduplicated by the kernel.
 #[map]
@@ -50,38 +53,25 @@ pub fn bump_by(index: u32, n: u64) {
     }
 }
 
-/// gleak's own PID namespace (device, inode of `/proc/self/ns/pid`), set at load;
-/// 0 when gleak runs in the initial namespace, where kernel PIDs are its PIDs.
-#[unsafe(no_mangle)]
-static PIDNS_DEV: u64 = 0;
-#[unsafe(no_mangle)]
-static PIDNS_INO: u64 = 0;
-
-/// The current process as gleak sees it: the key of `TARGETS` and of events. In a
-/// PID namespace (gleak in a container) that is not the kernel's number.
+/// The process a probe fired in, as gleak knows it (its PID in gleak's own PID
+/// namespace, which a container's is not), from the cookie user space attached
+/// the probe with (see `gleak_common::probe_cookie`): probes are attached per
+/// process, so no lookup is needed.
 #[inline(always)]
-pub fn current_pid() -> u32 {
-    let ino = unsafe { core::ptr::read_volatile(&PIDNS_INO) };
-    if ino == 0 {
-        return (bpf_get_current_pid_tgid() >> 32) as u32;
-    }
-    let dev = unsafe { core::ptr::read_volatile(&PIDNS_DEV) };
-    let mut info = bpf_pidns_info { pid: 0, tgid: 0 };
-    let size = core::mem::size_of::<bpf_pidns_info>() as u32;
-    // Fails for a process outside gleak's namespace: one gleak cannot have attached to.
-    match unsafe { bpf_get_ns_current_pid_tgid(dev, ino, &mut info, size) } {
-        0 => info.tgid,
-        _ => 0,
-    }
+pub fn cookie_pid<C: EbpfContext>(ctx: &C) -> u32 {
+    (unsafe { bpf_get_attach_cookie(ctx.as_ptr()) } >> 32) as u32
 }
 
-/// The layout of `pid`'s runtime. Missing only if user space is mid-detach or was
-/// given a thread id instead of a process id: counted and logged.
+/// The traced process a probe fired in and the layout of its runtime. Missing
+/// only if user space is mid-detach: counted and logged.
 #[inline(always)]
-pub fn target_config(ctx: &ProbeContext, pid: u32) -> Option<TargetConfig> {
-    match unsafe { TARGETS.get(pid) } {
-        Some(cfg) => Some(*cfg),
-        None => {
+pub fn target_config(ctx: &ProbeContext) -> Option<(u32, TargetConfig)> {
+    let cookie = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) };
+    let pid = (cookie >> 32) as u32;
+    match TARGETS.get(cookie as u32) {
+        // A cleared slot is all zeros, and `g.goid` is never at offset 0.
+        Some(cfg) if cfg.g_goid != 0 => Some((pid, *cfg)),
+        _ => {
             bump(counter::NO_CONFIG);
             warn!(ctx, "gleak: probe hit in PID {} with no runtime layout", pid);
             None

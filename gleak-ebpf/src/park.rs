@@ -8,12 +8,11 @@
 use aya_ebpf::{macros::uprobe, programs::ProbeContext};
 use gleak_common::EventKind;
 
-use crate::maps::{current_pid, emit, read_u64, target_config};
+use crate::maps::{emit, read_u64, target_config};
 
 #[uprobe]
 pub fn goroutine_park(ctx: ProbeContext) -> u32 {
-    let pid = current_pid();
-    let Some(cfg) = target_config(&ctx, pid) else {
+    let Some((pid, cfg)) = target_config(&ctx) else {
         return 0;
     };
     let regs = unsafe { &*ctx.regs };
@@ -27,8 +26,7 @@ pub fn goroutine_park(ctx: ProbeContext) -> u32 {
 
 #[uprobe]
 pub fn goroutine_park_mcall(ctx: ProbeContext) -> u32 {
-    let pid = current_pid();
-    let Some(cfg) = target_config(&ctx, pid) else {
+    let Some((pid, cfg)) = target_config(&ctx) else {
         return 0;
     };
     let g = unsafe { (*ctx.regs).r14 };

@@ -8,14 +8,13 @@
 use aya_ebpf::{helpers::generated::bpf_send_signal, macros::uprobe, programs::ProbeContext};
 use gleak_common::EventKind;
 
-use crate::maps::{current_pid, emit, read_optional, target_config};
+use crate::maps::{emit, read_optional, target_config};
 
 const SIGSTOP: u32 = 19;
 
 #[uprobe]
 pub fn process_exit(ctx: ProbeContext) -> u32 {
-    let pid = current_pid();
-    let Some(cfg) = target_config(&ctx, pid) else {
+    let Some((pid, cfg)) = target_config(&ctx) else {
         return 0;
     };
     // The goroutine calling exit (R14; on g0 during a fatal panic, its m.curg):

@@ -1,20 +1,20 @@
 //! Loading the eBPF object and attaching its uprobes to targets.
 //!
 //! One loaded object serves every target: probes are attached per process
-//! (`UProbeScope::OneProcess`) and each process's runtime layout sits in the
-//! `TARGETS` map keyed by its PID.
+//! (`UProbeScope::OneProcess`), each process's runtime layout sits in a slot of
+//! the `TARGETS` array, and the probes' cookie names the process and its slot.
 
 use std::{collections::HashMap, num::NonZeroU32};
 
 use aya::{
-    maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf, StackTraceMap},
+    maps::{Array, MapData, PerCpuArray, RingBuf, StackTraceMap},
     programs::{
-        uprobe::{UProbeAttachLocation, UProbeLinkId, UProbeScope},
+        uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeLinkId, UProbeScope},
         UProbe,
     },
     Ebpf, EbpfLoader,
 };
-use gleak_common::{counter, CreateBatch, ExitBatch, TargetConfig};
+use gleak_common::{counter, probe_cookie, CreateBatch, ExitBatch, TargetConfig, MAX_TARGETS};
 
 use crate::{
     error::{Error, Result},
@@ -42,6 +42,8 @@ pub struct Probes {
     ebpf: Ebpf,
     logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
     links: HashMap<u32, Vec<(&'static str, UProbeLinkId)>>,
+    /// Each traced process's slot in the probes' `TARGETS` array.
+    slots: HashMap<u32, u32>,
 }
 
 impl Probes {
@@ -51,9 +53,6 @@ impl Probes {
         }
         preflight()?;
         bump_memlock_rlimit();
-        // In a PID namespace of its own (a container without hostPID), gleak's PIDs
-        // are not the kernel's: the probes translate through its namespace.
-        let (pidns_dev, pidns_ino) = own_pid_namespace();
         let mut loader = EbpfLoader::new();
         let ring_bytes = ring_buffer_bytes_override()?;
         if let Some(bytes) = ring_bytes {
@@ -63,8 +62,6 @@ impl Probes {
         let wakeup_bytes = u64::from(ring_bytes.unwrap_or(DEFAULT_RING_BYTES)) / 4;
         let mut ebpf = loader
             .override_global("WAKEUP_BYTES", &wakeup_bytes, true)
-            .override_global("PIDNS_DEV", &pidns_dev, true)
-            .override_global("PIDNS_INO", &pidns_ino, true)
             .load(OBJECT)
             .map_err(|e| Error::Load(e.to_string()))?;
         // The probes log only on paths that should never run; keep the logger alive
@@ -74,7 +71,7 @@ impl Probes {
             let prog: &mut UProbe = program(&mut ebpf, name)?;
             prog.load().map_err(|e| Error::Load(format!("{name}: {e}")))?;
         }
-        Ok(Self { ebpf, logger, links: HashMap::new() })
+        Ok(Self { ebpf, logger, links: HashMap::new(), slots: HashMap::new() })
     }
 
     /// Forwards what the probes logged to the `log` crate.
@@ -108,19 +105,24 @@ impl Probes {
             plan.push((site, offset));
         }
 
-        // Everything is resolved: register the layout, then attach in plan order;
-        // any failure undoes it all.
-        let targets_map = self.ebpf.map_mut("TARGETS").ok_or_else(|| Error::Load("no TARGETS map".into()))?;
-        let mut targets: BpfHashMap<_, u32, TargetConfig> =
-            BpfHashMap::try_from(targets_map).map_err(|e| Error::Load(e.to_string()))?;
-        targets.insert(pid, config, 0).map_err(|e| Error::Load(format!("TARGETS: {e}")))?;
-
+        // Everything is resolved: register the layout in a free slot, then attach
+        // in plan order, each probe with a cookie naming the process and its slot
+        // (so that in a PID namespace of its own, as in a container without
+        // hostPID, the probes report gleak's PIDs, not the kernel's). Any failure
+        // undoes it all.
+        let slot = (0..MAX_TARGETS)
+            .find(|s| !self.slots.values().any(|used| used == s))
+            .ok_or_else(|| Error::Load(format!("{MAX_TARGETS} processes are traced already: detach some first")))?;
+        self.set_config(slot, config)?;
+        self.slots.insert(pid, slot);
+        let cookie = probe_cookie(pid, slot);
         let mut attached = Vec::new();
         let scope = UProbeScope::OneProcess(NonZeroU32::new(pid).ok_or(Error::NoSuchProcess(pid))?);
         for (site, offset) in plan {
             let link = program(&mut self.ebpf, site.program).and_then(|prog| {
-                prog.attach(UProbeAttachLocation::AbsoluteOffset(offset), &target.attach_path, scope)
-                    .map_err(|e| attach_error(&site, error_chain(&e)))
+                let point =
+                    UProbeAttachPoint { location: UProbeAttachLocation::AbsoluteOffset(offset), cookie: Some(cookie) };
+                prog.attach(point, &target.attach_path, scope).map_err(|e| attach_error(&site, error_chain(&e)))
             });
             match link {
                 Ok(link) => {
@@ -143,11 +145,16 @@ impl Probes {
                 let _ = prog.detach(link);
             }
         }
-        if let Some(map) = self.ebpf.map_mut("TARGETS") {
-            if let Ok(mut targets) = BpfHashMap::<_, u32, TargetConfig>::try_from(map) {
-                let _ = targets.remove(&pid);
-            }
+        if let Some(slot) = self.slots.remove(&pid) {
+            let _ = self.set_config(slot, TargetConfig::default());
         }
+    }
+
+    /// Writes slot `slot` of the probes' `TARGETS` (all zeros: free).
+    fn set_config(&mut self, slot: u32, config: TargetConfig) -> Result<()> {
+        let map = self.ebpf.map_mut("TARGETS").ok_or_else(|| Error::Load("no TARGETS map".into()))?;
+        let mut targets: Array<_, TargetConfig> = Array::try_from(map).map_err(|e| Error::Load(e.to_string()))?;
+        targets.set(slot, config, 0).map_err(|e| Error::Load(format!("TARGETS: {e}")))
     }
 
     /// The kernel-side counters (`gleak_common::counter`), summed over CPUs.
@@ -244,18 +251,6 @@ fn ring_buffer_bytes_override() -> Result<Option<u32>> {
             "GLEAK_RING_BUFFER_BYTES={} must be a power of two of at least 4096",
             raw.to_string_lossy()
         ))),
-    }
-}
-
-/// The initial PID namespace's inode number (`PROC_PID_INIT_INO`).
-const INIT_PID_NS_INO: u64 = 0xEFFF_FFFC;
-
-/// (device, inode) of gleak's PID namespace, or (0, 0) in the initial one.
-fn own_pid_namespace() -> (u64, u64) {
-    use std::os::unix::fs::MetadataExt;
-    match std::fs::metadata("/proc/self/ns/pid") {
-        Ok(m) if m.ino() != INIT_PID_NS_INO => (m.dev(), m.ino()),
-        _ => (0, 0),
     }
 }
 
