@@ -206,7 +206,8 @@ pub const CONFIG_CAPTURE_STACKS: u32 = 1;
 /// Indices into the per-CPU `COUNTERS` array.
 pub mod counter {
     /// Events dropped because the ring buffer was full (a batch counts each of
-    /// its events).
+    /// its events: an upper bound, as user space may have read some of them from
+    /// the batch's map while it was being filled).
     pub const RINGBUF_FULL: u32 = 0;
     /// Events dropped because the goroutine's memory could not be read (no goid).
     pub const READ_FAILED: u32 = 1;

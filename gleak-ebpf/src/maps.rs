@@ -27,10 +27,7 @@ static WAKEUP_BYTES: u64 = (RING_BYTES / 4) as u64;
 /// `runtime.g` are. An array, not a hash map keyed by PID: its lookup is an
 /// address computation, where a hash map's costs a hash and a bucket walk.
 #[map]
-pub static TARGETS: Array<TargetConfig> = Array::with_max_entries(MAX_TARGETS, 0);
-
-/// Processes traced at once, at most (`gleak_common::MAX_TARGETS`).
-const MAX_TARGETS: u32 = gleak_common::MAX_TARGETS;
+pub static TARGETS: Array<TargetConfig> = Array::with_max_entries(gleak_common::MAX_TARGETS, 0);
 
 /// Creation stacks, deduplicated by the kernel.
 #[map]

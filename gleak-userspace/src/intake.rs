@@ -7,7 +7,7 @@
 //! taking every batch already handed over.
 
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::VecDeque,
     os::fd::{AsFd, OwnedFd},
     sync::{
         atomic::{AtomicBool, Ordering},
@@ -188,13 +188,17 @@ fn push_record(batch: &mut Batch, record: &[u8]) {
 /// their records, read from the map and then again from the ring, are applied once.
 #[derive(Default)]
 pub struct BatchLedger {
-    /// Per (batch kind, CPU): batches read from the map whose ring copy may still
-    /// come, oldest first, with how many of their records were applied.
-    from_map: HashMap<(u32, u32), VecDeque<(u64, u32)>>,
+    /// Per CPU, per batch kind (deaths, births): batches read from the map whose
+    /// ring copy may still come, oldest first, with how many of their records were
+    /// applied. Indexed, not hashed: it is looked at for every event.
+    from_map: Vec<[VecDeque<(u64, u32)>; 2]>,
 }
 
 /// Map reads remembered per CPU at most: more means the ring dropped the batches.
 const LEDGER_DEPTH: usize = 64;
+
+/// CPUs the ledger keeps track of; a batch claiming a higher one is applied as is.
+const LEDGER_CPUS: usize = 4096;
 
 impl BatchLedger {
     /// Keeps the events not applied before; call in delivery order (a map read
@@ -202,25 +206,8 @@ impl BatchLedger {
     pub fn admit(&mut self, delivered: impl IntoIterator<Item = Delivered>, out: &mut Vec<GoroutineEvent>) {
         for d in delivered {
             if let Some(slot) = d.from {
-                let reads = self.from_map.entry((slot.kind, slot.cpu)).or_default();
-                if slot.in_map {
-                    match reads.iter_mut().find(|(seq, _)| *seq == slot.seq) {
-                        Some((_, applied)) if slot.index < *applied => continue,
-                        Some((_, applied)) => *applied = slot.index + 1,
-                        None => {
-                            if reads.len() == LEDGER_DEPTH {
-                                reads.pop_front();
-                            }
-                            reads.push_back((slot.seq, slot.index + 1));
-                        }
-                    }
-                } else {
-                    // One CPU's batches reach the ring in order: reads of older ones
-                    // are settled (their copies came, or were dropped).
-                    while reads.front().is_some_and(|&(seq, _)| seq < slot.seq) {
-                        reads.pop_front();
-                    }
-                    if reads.front().is_some_and(|&(seq, applied)| seq == slot.seq && slot.index < applied) {
+                if let Some(reads) = self.reads(slot) {
+                    if already_applied(reads, &slot) {
                         continue;
                     }
                 }
@@ -228,6 +215,41 @@ impl BatchLedger {
             out.push(d.event);
         }
     }
+
+    fn reads(&mut self, slot: BatchSlot) -> Option<&mut VecDeque<(u64, u32)>> {
+        let cpu = slot.cpu as usize;
+        if cpu >= LEDGER_CPUS {
+            return None;
+        }
+        if self.from_map.len() <= cpu {
+            self.from_map.resize_with(cpu + 1, Default::default);
+        }
+        Some(&mut self.from_map[cpu][usize::from(slot.kind == EventKind::CreateBatch as u32)])
+    }
+}
+
+/// Whether the record at `slot` was applied from its map already; notes what is
+/// applied now.
+fn already_applied(reads: &mut VecDeque<(u64, u32)>, slot: &BatchSlot) -> bool {
+    if slot.in_map {
+        match reads.iter_mut().find(|(seq, _)| *seq == slot.seq) {
+            Some((_, applied)) if slot.index < *applied => return true,
+            Some((_, applied)) => *applied = slot.index + 1,
+            None => {
+                if reads.len() == LEDGER_DEPTH {
+                    reads.pop_front();
+                }
+                reads.push_back((slot.seq, slot.index + 1));
+            }
+        }
+        return false;
+    }
+    // One CPU's batches reach the ring in order: reads of older ones are settled
+    // (their copies came, or were dropped).
+    while reads.front().is_some_and(|&(seq, _)| seq < slot.seq) {
+        reads.pop_front();
+    }
+    reads.front().is_some_and(|&(seq, applied)| seq == slot.seq && slot.index < applied)
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {

@@ -110,14 +110,18 @@ impl Probes {
         // (so that in a PID namespace of its own, as in a container without
         // hostPID, the probes report gleak's PIDs, not the kernel's). Any failure
         // undoes it all.
-        let slot = (0..MAX_TARGETS)
-            .find(|s| !self.slots.values().any(|used| used == s))
-            .ok_or_else(|| Error::Load(format!("{MAX_TARGETS} processes are traced already: detach some first")))?;
+        let scope = UProbeScope::OneProcess(NonZeroU32::new(pid).ok_or(Error::NoSuchProcess(pid))?);
+        // A process attached again keeps its slot.
+        let slot = match self.slots.get(&pid) {
+            Some(&slot) => slot,
+            None => (0..MAX_TARGETS)
+                .find(|s| !self.slots.values().any(|used| used == s))
+                .ok_or_else(|| Error::Load(format!("{MAX_TARGETS} processes are traced already: detach some first")))?,
+        };
         self.set_config(slot, config)?;
         self.slots.insert(pid, slot);
         let cookie = probe_cookie(pid, slot);
         let mut attached = Vec::new();
-        let scope = UProbeScope::OneProcess(NonZeroU32::new(pid).ok_or(Error::NoSuchProcess(pid))?);
         for (site, offset) in plan {
             let link = program(&mut self.ebpf, site.program).and_then(|prog| {
                 let point =
