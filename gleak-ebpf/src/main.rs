@@ -5,16 +5,19 @@
 //! each RET instruction, found by the user side.
 //!
 //! One file per probe family:
-//! - [`create`]: the RET of `runtime.newproc1` (new g in RAX);
+//! - [`create`]: where a new g is complete (the `CALL runtime.runqput` in
+//!   `runtime.newproc.func1`, else the RETs of `runtime.newproc1`);
 //! - [`exit`]: `runtime.gdestroy` (Go ≥ 1.22) or `runtime.goexit0` (exiting g in RAX);
 //! - [`park`]: `runtime.gopark` (parking g in R14, wait reason in CL), opt-in;
 //! - [`process`]: `runtime.exit`, under `gleak run` only: stops the process so its
-//!   goroutines can be read before it is gone.
+//!   goroutines can be read before it is gone;
+//! - [`floor`]: none of gleak's: the overhead benchmark's counting-only program.
 #![no_std]
 #![no_main]
 
 mod create;
 mod exit;
+mod floor;
 mod maps;
 mod park;
 mod process;

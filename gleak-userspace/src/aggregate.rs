@@ -4,7 +4,7 @@
 //! amortised hash-map growth. Goroutines that existed before attach are adopted
 //! from a memory snapshot of the goroutine table.
 
-use std::collections::VecDeque;
+use std::collections::{hash_map::Entry, VecDeque};
 
 // Several lookups per event on integer keys the target chose: a fast hash, still
 // seeded per process, so that no target can pick colliding keys ahead of time.
@@ -153,23 +153,14 @@ impl Aggregator {
     }
 
     fn on_create(&mut self, ev: &GoroutineEvent) {
-        // The same creation again (sent twice by a preempted probe).
-        if self.live.get(&ev.goid).is_some_and(|g| g.created_ns == Some(ev.ts_ns) && g.g_addr == ev.g_addr) {
-            return;
-        }
-        // The creator is running the `go` statement, so if tracked it is live now.
-        let parent_site = self.live.get(&ev.parent_goid).map(|p| p.site);
-        // A new goroutine on the `g` of a live one: that one died first (its exit
-        // not traced, or its event lost). Go reuses dead `g`s at once, so the
-        // creation's time bounds the death closely.
-        if let Some(&dead) = self.by_g.get(&ev.g_addr) {
-            if dead != ev.goid {
-                self.on_exit(dead, ev.ts_ns);
-            }
-        }
-        // Seen in the attach snapshot and then reported by the probe: keep one.
-        // Or found by reconciliation just before its event was drained.
+        // Known already: seen in the attach snapshot and then reported by the probe,
+        // or found by reconciliation just before its event was drained (keep one);
+        // or the same creation again, sent twice by a preempted probe.
         if let Some(old) = self.remove_live(ev.goid) {
+            if old.created_ns == Some(ev.ts_ns) && old.g_addr == ev.g_addr {
+                self.insert_live(ev.goid, old);
+                return;
+            }
             if let Some(site) = self.sites.get_mut(&old.site) {
                 site.live -= 1;
                 if old.recovered {
@@ -178,6 +169,19 @@ impl Aggregator {
                 } else if old.created_ns.is_none() {
                     // Adopted at attach, born after all: counted as created below.
                     site.adopted -= 1;
+                }
+            }
+        }
+        // The creator is running the `go` statement, so if tracked it is live now.
+        let parent_site = self.live.get(&ev.parent_goid).map(|p| p.site);
+        // A new goroutine on the `g` of a live one: that one died first (its exit
+        // not traced, or its event lost). Go reuses dead `g`s at once, so the
+        // creation's time bounds the death closely. (The new owner is recorded
+        // first, so that the death leaves it in place.)
+        if ev.g_addr != 0 {
+            if let Some(dead) = self.by_g.insert(ev.g_addr, ev.goid) {
+                if dead != ev.goid {
+                    self.on_exit(dead, ev.ts_ns);
                 }
             }
         }
@@ -190,7 +194,8 @@ impl Aggregator {
         if let Some(p) = parent_site {
             *site.parents.entry(p).or_default() += 1;
         }
-        self.insert_live(
+        // `by_g` holds it already.
+        self.live.insert(
             ev.goid,
             LiveGoroutine {
                 site: ev.gopc,
@@ -288,10 +293,15 @@ impl Aggregator {
     /// in memory after that exit happened is not the one that died.
     pub fn on_exit_of_g(&mut self, g_addr: u64, ts_ns: u64) -> bool {
         let Some(&goid) = self.by_g.get(&g_addr) else { return false };
-        if self.live.get(&goid).is_some_and(|g| ts_ns < g.owns_g_since_ns) {
+        // One lookup per map on this path, which runs for every death.
+        let Entry::Occupied(owner) = self.live.entry(goid) else { return false };
+        if ts_ns < owner.get().owns_g_since_ns {
             return false;
         }
-        self.on_exit(goid, ts_ns)
+        let g = owner.remove();
+        self.by_g.remove(&g_addr);
+        self.count_exit(&g, ts_ns);
+        true
     }
 
     /// Records an exit; `false` if the goroutine was not being tracked.
@@ -299,6 +309,11 @@ impl Aggregator {
         let Some(g) = self.remove_live(goid) else {
             return false; // born before attach and never adopted
         };
+        self.count_exit(&g, ts_ns);
+        true
+    }
+
+    fn count_exit(&mut self, g: &LiveGoroutine, ts_ns: u64) {
         if let Some(site) = self.sites.get_mut(&g.site) {
             site.exited += 1;
             site.live -= 1;
@@ -307,7 +322,6 @@ impl Aggregator {
                 site.lifetimes_us.record(us.max(1)).ok();
             }
         }
-        true
     }
 
     /// Applies what memory says about a live goroutine: it died unseen (lost exit

@@ -30,6 +30,15 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/gl
 #[cfg(gleak_no_ebpf)]
 static OBJECT: &[u8] = &[];
 
+/// The eBPF object gleak loads (the overhead benchmark loads it too, for its
+/// counting-only floor program).
+pub fn ebpf_object() -> Result<&'static [u8]> {
+    if OBJECT.is_empty() {
+        return Err(Error::NoEbpfObject);
+    }
+    Ok(OBJECT)
+}
+
 /// One attached uprobe, for the banner.
 #[derive(Clone, Debug)]
 pub struct AttachedProbe {
@@ -48,9 +57,7 @@ pub struct Probes {
 
 impl Probes {
     pub fn load() -> Result<Self> {
-        if OBJECT.is_empty() {
-            return Err(Error::NoEbpfObject);
-        }
+        let object = ebpf_object()?;
         preflight()?;
         bump_memlock_rlimit();
         let mut loader = EbpfLoader::new();
@@ -62,7 +69,7 @@ impl Probes {
         let wakeup_bytes = u64::from(ring_bytes.unwrap_or(DEFAULT_RING_BYTES)) / 4;
         let mut ebpf = loader
             .override_global("WAKEUP_BYTES", &wakeup_bytes, true)
-            .load(OBJECT)
+            .load(object)
             .map_err(|e| Error::Load(e.to_string()))?;
         // The probes log only on paths that should never run; keep the logger alive
         // so its map stays valid, and drop its output into `log`.

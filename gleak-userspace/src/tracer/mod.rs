@@ -191,8 +191,7 @@ impl Tracer {
         for batch in handed {
             self.ledger.admit(batch, &mut events);
         }
-        events.sort_by_key(|e| e.ts_ns);
-        apply(&events, &mut self.targets)
+        apply(&events, &time_order(&events), &mut self.targets)
     }
 
     /// Forwards the probes' log records; call now and then.
@@ -267,13 +266,25 @@ fn attach_probes(
     probes.attach(target, info.layout.target_config(flags), opts)
 }
 
-fn apply(batch: &[GoroutineEvent], targets: &mut HashMap<u32, TracedTarget>) -> usize {
-    for ev in batch {
+/// The events' indices in time order (ties in arrival order). Each CPU's events
+/// arrive in order, but one CPU's batch can arrive before another's older one.
+/// Sorting 16-byte keys instead of the events themselves: the sort was a quarter of
+/// the user side's time.
+fn time_order(events: &[GoroutineEvent]) -> Vec<(u64, u32)> {
+    let mut order: Vec<(u64, u32)> = events.iter().enumerate().map(|(i, e)| (e.ts_ns, i as u32)).collect();
+    // The keys are unique (the index breaks ties): unstable is as good as stable.
+    order.sort_unstable();
+    order
+}
+
+fn apply(events: &[GoroutineEvent], order: &[(u64, u32)], targets: &mut HashMap<u32, TracedTarget>) -> usize {
+    for &(_, i) in order {
+        let ev = &events[i as usize];
         if let Some(t) = targets.get_mut(&ev.pid) {
             t.agg.on_event(ev);
         }
     }
-    batch.len()
+    events.len()
 }
 
 /// CLOCK_MONOTONIC in ns: the clock of `bpf_ktime_get_ns` and of Go's `nanotime`.

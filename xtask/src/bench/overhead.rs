@@ -30,6 +30,8 @@ enum Setup {
     Untraced,
     /// Bare uprobes at these file offsets.
     Floor(Vec<u64>),
+    /// A counting-only BPF program at these file offsets.
+    BpfFloor(Vec<u64>),
     /// gleak with these extra arguments.
     Gleak(&'static [&'static str]),
 }
@@ -50,6 +52,10 @@ pub fn run(env: &Env) -> Result<String> {
     let configs: Vec<(&str, Setup)> = vec![
         ("untraced", Setup::Untraced),
         ("floor: bare uprobes at gleak's creation + exit sites", Setup::Floor(floor_sites(AttachOptions::default())?)),
+        (
+            "BPF floor: a counting-only program at gleak's creation + exit sites",
+            Setup::BpfFloor(floor_sites(AttachOptions::default())?),
+        ),
         (
             "floor: bare uprobes at gleak's creation + exit + park sites",
             Setup::Floor(floor_sites(AttachOptions { trace_parks: true, ..AttachOptions::default() })?),
@@ -98,6 +104,22 @@ pub fn run(env: &Env) -> Result<String> {
                     counted[i].1 += n;
                     rows[i].per_life = Some(counted[i].0 as f64 / counted[i].1 as f64);
                 }
+                Setup::BpfFloor(sites) => {
+                    let floor = bpf_floor::CountingProbes::attach(&bin, wl.pid(), sites)?;
+                    let before = floor.hits()?;
+                    sample(&mut wl)?;
+                    let hits = floor.hits()?.saturating_sub(before);
+                    counted[i].0 += hits;
+                    counted[i].1 += n;
+                    rows[i].per_life = Some(counted[i].0 as f64 / counted[i].1 as f64);
+                    if round == 0 {
+                        rows[i].programs = progstats::measure(n, || {
+                            wl.ask_f64(&format!("spawn {n}"))?;
+                            wl.ask_f64(&format!("chan {n}"))?;
+                            Ok(())
+                        })?;
+                    }
+                }
                 Setup::Gleak(extra) => {
                     let mut args = vec!["attach", "-p", pid.as_str(), "--json", "--interval", "1h", "--no-proof"];
                     args.extend(extra.iter());
@@ -131,8 +153,12 @@ pub fn run(env: &Env) -> Result<String> {
 
 fn render(env: &Env, bin: &Path, rows: &[Row]) -> String {
     let base = &rows[0];
-    let floor_spawn = rows[1].spawn_ns - base.spawn_ns;
-    let floor_chan = rows[2].chan_ns - base.chan_ns;
+    let extra_of = |prefix: &str, value: fn(&Row) -> f64| {
+        rows.iter().find(|r| r.mode.starts_with(prefix)).map_or(0.0, |r| value(r) - value(base))
+    };
+    let floor_spawn = extra_of("floor: bare uprobes at gleak's creation + exit sites", |r| r.spawn_ns);
+    let bpf_floor_spawn = extra_of("BPF floor", |r| r.spawn_ns);
+    let floor_chan = extra_of("floor: bare uprobes at gleak's creation + exit + park", |r| r.chan_ns);
     let mut s = String::new();
     let _ = writeln!(s, "## Overhead per goroutine and per park\n");
     let _ = writeln!(
@@ -141,15 +167,17 @@ fn render(env: &Env, bin: &Path, rows: &[Row]) -> String {
          trips (`chan`, each a park), median of {REPEAT} rounds, each round measuring every row once, in turn. The floor is bare uprobes created through tracefs \
          `uprobe_events` with no BPF program, at gleak's own probe instructions: what any uprobe-based \
          tracer pays there. *extra/floor* is gleak's cost above untraced over the floor's (creation + exit \
-         floor for `spawn`, + park floor for `chan`).\n",
+         floor for `spawn`, + park floor for `chan`). The BPF floor is a program that only counts its runs \
+         (`gleak-ebpf/src/floor.rs`) at the creation and exit sites: the trap, the dispatch to a BPF program \
+         and the least a program can do, which any BPF tracer pays there; *extra/BPF floor* compares with it.\n",
         bin.file_name().unwrap_or_default().to_string_lossy(),
         env.args.goroutines
     );
     let _ = writeln!(
         s,
-        "| mode | spawn+exit | extra/floor | chan round trip | extra/floor | probe hits per spawn + round trip | lost |"
+        "| mode | spawn+exit | extra/floor | extra/BPF floor | chan round trip | extra/floor | probe hits per spawn + round trip | lost |"
     );
-    let _ = writeln!(s, "|---|---|---|---|---|---|---|");
+    let _ = writeln!(s, "|---|---|---|---|---|---|---|---|");
     for r in rows {
         let ratio = |v: f64, b: f64, f: f64| {
             if r.mode == "untraced" || f <= 0.0 {
@@ -160,10 +188,11 @@ fn render(env: &Env, bin: &Path, rows: &[Row]) -> String {
         };
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} |",
             r.mode,
             ns(r.spawn_ns),
             ratio(r.spawn_ns, base.spawn_ns, floor_spawn),
+            ratio(r.spawn_ns, base.spawn_ns, bpf_floor_spawn),
             ns(r.chan_ns),
             ratio(r.chan_ns, base.chan_ns, floor_chan),
             r.per_life.map_or("-".into(), |v| format!("{v:.2}")),
@@ -174,8 +203,8 @@ fn render(env: &Env, bin: &Path, rows: &[Row]) -> String {
         s,
         "\nWhere gleak's time goes: the mean in-kernel run time of each of its BPF programs per run \
          (`kernel.bpf_stats_enabled`, over one more `spawn` and `chan` of {} each, apart from the timed runs), \
-         and its runs per goroutine spawned plus round trip. It excludes the trap and the dispatch to the program, which the floor \
-         includes. For scale, an empty program measures about 60 ns here.\n",
+         and its runs per goroutine spawned plus round trip. It excludes the trap and the dispatch to the program. The BPF floor's `floor_count` \
+         is the least a program costs here.\n",
         env.args.goroutines
     );
     let _ = writeln!(s, "| mode | program | runs per spawn + round trip | ns per run |");
@@ -199,7 +228,7 @@ mod progstats {
     };
 
     /// gleak's programs' names begin so (the kernel keeps 15 characters of a name).
-    const PREFIXES: [&str; 2] = ["goroutine_", "process_exit"];
+    const PREFIXES: [&str; 3] = ["goroutine_", "process_exit", "floor_count"];
 
     /// Program id → (name, runs, run time in ns).
     fn snapshot() -> HashMap<u32, (String, u64, u64)> {
@@ -233,6 +262,51 @@ mod progstats {
             .collect();
         out.sort_by(|a, b| a.0.cmp(&b.0));
         Ok(out)
+    }
+}
+
+/// gleak's counting-only program (`gleak-ebpf/src/floor.rs`) at the floor's
+/// sites: the trap, the dispatch to a BPF program and the least a program does.
+mod bpf_floor {
+    use std::{num::NonZeroU32, path::Path};
+
+    use anyhow::{Context, Result};
+    use aya::{
+        maps::PerCpuArray,
+        programs::{
+            uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeScope},
+            UProbe,
+        },
+        Ebpf,
+    };
+
+    const PROGRAM: &str = "floor_count";
+
+    /// Detached when dropped.
+    pub struct CountingProbes {
+        ebpf: Ebpf,
+    }
+
+    impl CountingProbes {
+        pub fn attach(bin: &Path, pid: u32, offsets: &[u64]) -> Result<CountingProbes> {
+            let mut ebpf = Ebpf::load(gleak::probes::ebpf_object()?).context("loading gleak's eBPF object")?;
+            let prog: &mut UProbe =
+                ebpf.program_mut(PROGRAM).context("no floor_count program in the eBPF object")?.try_into()?;
+            prog.load().context("loading floor_count")?;
+            let scope = UProbeScope::OneProcess(NonZeroU32::new(pid).context("PID 0")?);
+            for &offset in offsets {
+                let point = UProbeAttachPoint { location: UProbeAttachLocation::AbsoluteOffset(offset), cookie: None };
+                prog.attach(point, bin, scope).with_context(|| format!("attaching floor_count at {offset:#x}"))?;
+            }
+            Ok(CountingProbes { ebpf })
+        }
+
+        /// The program's runs so far, all CPUs.
+        pub fn hits(&self) -> Result<u64> {
+            let map = self.ebpf.map("FLOOR_HITS").context("no FLOOR_HITS map")?;
+            let hits = PerCpuArray::<_, u64>::try_from(map)?;
+            Ok(hits.get(&0, 0)?.iter().sum())
+        }
     }
 }
 
