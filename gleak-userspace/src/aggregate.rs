@@ -539,6 +539,19 @@ mod tests {
     }
 
     #[test]
+    fn a_creation_sent_twice_counts_once() {
+        let mut agg = Aggregator::default();
+        agg.on_event(&create(10, 0xa, 1_000));
+        agg.on_event(&create(10, 0xa, 1_000));
+        assert_eq!((agg.sites[&0xa].created, agg.sites[&0xa].live), (1, 1));
+        assert_eq!(agg.sites[&0xa].stacks[&7], 1);
+        // Its `g` still names it: the death is applied.
+        agg.on_event(&exit(10, 5_000));
+        assert_eq!((agg.sites[&0xa].exited, agg.sites[&0xa].live), (1, 0));
+        assert!(agg.live.is_empty());
+    }
+
+    #[test]
     fn a_park_seen_twice_is_not_a_wakeup() {
         let mut agg = Aggregator::default();
         agg.on_event(&create(10, 0xa, 0));

@@ -293,3 +293,20 @@ pub fn monotonic_ns() -> u64 {
     // CLOCK_MONOTONIC cannot fail on Linux.
     clock_gettime(ClockId::CLOCK_MONOTONIC).map_or(0, |ts| ts.tv_sec() as u64 * 1_000_000_000 + ts.tv_nsec() as u64)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(ts_ns: u64, goid: u64) -> GoroutineEvent {
+        GoroutineEvent { ts_ns, goid, ..Default::default() }
+    }
+
+    #[test]
+    fn events_are_applied_in_time_order_ties_in_arrival_order() {
+        // CPU 1's batch arrived before CPU 0's older one; 5 and 6 share a time.
+        let events = [at(30, 1), at(40, 2), at(10, 3), at(20, 4), at(25, 5), at(25, 6)];
+        let order: Vec<u64> = time_order(&events).iter().map(|&(_, i)| events[i as usize].goid).collect();
+        assert_eq!(order, [3, 4, 5, 6, 1, 2]);
+    }
+}
