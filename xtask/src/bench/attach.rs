@@ -14,10 +14,21 @@ use anyhow::{bail, Context, Result};
 use super::{Env, Gleak};
 use crate::{cache_dir, run as run_cmd};
 
+/// A target started in a process group of its own, killed with the whole group
+/// when dropped: `go run` leaves the program it built running otherwise.
 struct Killed(Child);
+
+impl Killed {
+    fn spawn(cmd: &mut Command) -> Result<Killed> {
+        use std::os::unix::process::CommandExt;
+        Ok(Killed(cmd.process_group(0).spawn()?))
+    }
+}
 
 impl Drop for Killed {
     fn drop(&mut self) {
+        use nix::{sys::signal::killpg, unistd::Pid};
+        let _ = killpg(Pid::from_raw(self.0.id() as i32), nix::sys::signal::Signal::SIGKILL);
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
@@ -40,18 +51,19 @@ fn start_go(go: &Path, goroot: &Path) -> Result<Killed> {
     let dir = cache_dir().join("bench");
     let src = dir.join("sleeper.go");
     std::fs::write(&src, "package main\n\nimport \"time\"\n\nfunc main() { time.Sleep(time.Hour) }\n")?;
-    let child = Command::new(go)
-        .args(["run"])
-        .arg(&src)
-        .env("GOROOT", goroot)
-        .env("GO111MODULE", "off")
-        .env("GOCACHE", cache_dir().join("gocache-bench"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()?;
+    let child = Killed::spawn(
+        Command::new(go)
+            .args(["run"])
+            .arg(&src)
+            .env("GOROOT", goroot)
+            .env("GO111MODULE", "off")
+            .env("GOCACHE", cache_dir().join("gocache-bench"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    )?;
     // Built and running its child once `go run` waits: give it time.
     std::thread::sleep(Duration::from_secs(5));
-    Ok(Killed(child))
+    Ok(child)
 }
 
 /// The toolchain's `compile`, held at its start: it blocks opening a FIFO.
@@ -61,14 +73,15 @@ fn start_compile(compile: &Path) -> Result<Killed> {
     if let Err(e) = nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)) {
         bail!("mkfifo {}: {e}", fifo.display());
     }
-    let child = Command::new(compile)
-        .args(["-p", "main", "-o", "/dev/null"])
-        .arg(&fifo)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()?;
+    let child = Killed::spawn(
+        Command::new(compile)
+            .args(["-p", "main", "-o", "/dev/null"])
+            .arg(&fifo)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    )?;
     std::thread::sleep(Duration::from_secs(1));
-    Ok(Killed(child))
+    Ok(child)
 }
 
 pub fn run(env: &Env) -> Result<String> {
