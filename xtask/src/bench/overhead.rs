@@ -94,30 +94,19 @@ pub fn run(env: &Env) -> Result<String> {
             };
             match setup {
                 Setup::Untraced => sample(&mut wl)?,
-                Setup::Floor(sites) => {
-                    let floor = tracefs::Uprobes::create(&bin, sites)?;
+                Setup::Floor(sites) | Setup::BpfFloor(sites) => {
+                    let floor: Box<dyn Hits> = match setup {
+                        Setup::Floor(_) => Box::new(tracefs::Uprobes::create(&bin, sites)?),
+                        _ => Box::new(bpf_floor::CountingProbes::attach(&bin, wl.pid(), sites)?),
+                    };
                     let before = floor.hits()?;
                     sample(&mut wl)?;
-                    let hits = floor.hits()?.saturating_sub(before);
                     // Per spawn and round trip, as the programs' runs below.
-                    counted[i].0 += hits;
+                    counted[i].0 += floor.hits()?.saturating_sub(before);
                     counted[i].1 += n;
                     rows[i].per_life = Some(counted[i].0 as f64 / counted[i].1 as f64);
-                }
-                Setup::BpfFloor(sites) => {
-                    let floor = bpf_floor::CountingProbes::attach(&bin, wl.pid(), sites)?;
-                    let before = floor.hits()?;
-                    sample(&mut wl)?;
-                    let hits = floor.hits()?.saturating_sub(before);
-                    counted[i].0 += hits;
-                    counted[i].1 += n;
-                    rows[i].per_life = Some(counted[i].0 as f64 / counted[i].1 as f64);
-                    if round == 0 {
-                        rows[i].programs = progstats::measure(n, || {
-                            wl.ask_f64(&format!("spawn {n}"))?;
-                            wl.ask_f64(&format!("chan {n}"))?;
-                            Ok(())
-                        })?;
+                    if round == 0 && matches!(setup, Setup::BpfFloor(_)) {
+                        rows[i].programs = program_times(&mut wl, n)?;
                     }
                 }
                 Setup::Gleak(extra) => {
@@ -126,13 +115,7 @@ pub fn run(env: &Env) -> Result<String> {
                     let g = Gleak::start(env, &args, "tracing PID")?;
                     sample(&mut wl)?;
                     if round == 0 {
-                        // Apart from the timed runs: the kernel's run-time accounting
-                        // costs a clock read per program run.
-                        rows[i].programs = progstats::measure(n, || {
-                            wl.ask_f64(&format!("spawn {n}"))?;
-                            wl.ask_f64(&format!("chan {n}"))?;
-                            Ok(())
-                        })?;
+                        rows[i].programs = program_times(&mut wl, n)?;
                     }
                     let out = g.stop()?;
                     let last = reports(&out).pop().context("gleak printed no report")?;
@@ -149,6 +132,34 @@ pub fn run(env: &Env) -> Result<String> {
         row.chan_ns = median(std::mem::take(&mut chans[i]));
     }
     Ok(render(env, &bin, &rows))
+}
+
+/// The probes' in-kernel time per program, over one more `spawn` and `chan`,
+/// apart from the timed runs: the kernel's run-time accounting costs a clock read
+/// per program run.
+fn program_times(wl: &mut Driven, n: u64) -> Result<Vec<(String, f64, f64)>> {
+    progstats::measure(n, || {
+        wl.ask_f64(&format!("spawn {n}"))?;
+        wl.ask_f64(&format!("chan {n}"))?;
+        Ok(())
+    })
+}
+
+/// A floor's probe hits so far.
+trait Hits {
+    fn hits(&self) -> Result<u64>;
+}
+
+impl Hits for tracefs::Uprobes {
+    fn hits(&self) -> Result<u64> {
+        tracefs::Uprobes::hits(self)
+    }
+}
+
+impl Hits for bpf_floor::CountingProbes {
+    fn hits(&self) -> Result<u64> {
+        bpf_floor::CountingProbes::hits(self)
+    }
 }
 
 fn render(env: &Env, bin: &Path, rows: &[Row]) -> String {
