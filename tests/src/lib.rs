@@ -1227,14 +1227,14 @@ pub fn describe_sites(report: &Value, max: usize) -> String {
         .take(max)
         .map(|s| {
             let mut line = format!(
-                "  {}:{} {} live={} created={} exited={} top_wait_reason={}",
+                "  {}:{} {} live={} created={} exited={} wait_reasons={}",
                 s["file"].as_str().unwrap_or("?"),
                 s["line"],
                 s["function"].as_str().unwrap_or("?"),
                 s["live"],
                 s["created"],
                 s["exited"],
-                s["top_wait_reason"]
+                s["wait_reasons"]
             );
             if !s["verdict"].is_null() {
                 line.push_str(&format!(

@@ -23,7 +23,7 @@ use crate::{
     snapshot::{all_goroutines, read_records, GRecord},
     symbolize::Frame,
     unwind::{is_blocking_machinery, BlockingStacks, Parked, Sched, StackId},
-    verdict::{judge, never_wakes, SiteFacts},
+    verdict::{judge, never_wakes, waits_briefly, SiteFacts},
     waits::{self, ChanState, WaitKind, WaitObject},
 };
 
@@ -372,6 +372,7 @@ impl TracedTarget {
             object_noun: object_noun(&a.objects),
             network_held: a.network_held,
             io_waiting: wait_reasons.get("IO wait").copied().unwrap_or(0),
+            waiting_briefly: wait_reasons.iter().filter(|(r, _)| waits_briefly(r)).map(|(_, n)| n).sum(),
             live_connections,
         };
         let (verdict, verdict_reason) = judge(&facts);
