@@ -108,7 +108,16 @@ pub struct Aggregator {
     pub exit_stop: Option<u64>,
     /// The live goroutine on each `g` (Go reuses a dead goroutine's `g` for a new one).
     by_g: HashMap<u64, u64>,
+    /// Exits on a `g` with no known owner then, kept for the creation that may come
+    /// late: a CPU's creation can miss the drain that delivers its exit from another
+    /// CPU (written to its batch just after the batches were read). This drain's and
+    /// the one before's, `g` → time of the exit.
+    orphan_exits: [HashMap<u64, u64>; 2],
 }
+
+/// Orphan exits kept per drain, at most: past it (a flood of exits of goroutines
+/// never tracked) they are dropped, and memory finds the late ones dead instead.
+const MAX_ORPHAN_EXITS: usize = 1 << 16;
 
 impl Aggregator {
     fn insert_live(&mut self, goid: u64, g: LiveGoroutine) {
@@ -174,26 +183,45 @@ impl Aggregator {
         }
         // The creator is running the `go` statement, so if tracked it is live now.
         let parent_site = self.live.get(&ev.parent_goid).map(|p| p.site);
+        let exited_ns = self.take_orphan_exit(ev.g_addr, ev.ts_ns);
         // A new goroutine on the `g` of a live one: that one died first (its exit
         // not traced, or its event lost). Go reuses dead `g`s at once, so the
         // creation's time bounds the death closely. (The new owner is recorded
-        // first, so that the death leaves it in place.)
+        // first, so that the death leaves it in place.) Unless that one was created
+        // after this one: then this creation is delivered late, and it is dead.
+        let mut newer_owner = false;
         if ev.g_addr != 0 {
-            if let Some(dead) = self.by_g.insert(ev.g_addr, ev.goid) {
-                if dead != ev.goid {
-                    self.on_exit(dead, ev.ts_ns);
+            if let Some(previous) = self.by_g.insert(ev.g_addr, ev.goid) {
+                if previous != ev.goid {
+                    if self.created_after(previous, ev.ts_ns) {
+                        newer_owner = true;
+                        self.by_g.insert(ev.g_addr, previous);
+                    } else {
+                        self.on_exit(previous, ev.ts_ns);
+                    }
                 }
             }
         }
-        let site = self.sites.entry(ev.gopc).or_insert_with(|| SiteStats::new(ev.startpc));
-        site.created += 1;
-        site.live += 1;
-        if ev.stack_id >= 0 {
-            *site.stacks.entry(ev.stack_id).or_default() += 1;
+        if exited_ns.is_some() || newer_owner {
+            // Delivered late (another CPU's batch with its exit came first): count
+            // its whole life now.
+            if !newer_owner && ev.g_addr != 0 {
+                self.by_g.remove(&ev.g_addr);
+            }
+            self.count_creation(ev, parent_site);
+            let site = self.sites.get_mut(&ev.gopc).expect("counted just above");
+            site.live -= 1;
+            site.exited += 1;
+            if let Some(t) = exited_ns {
+                site.lifetimes_us.record((t.saturating_sub(ev.ts_ns) / 1000).max(1)).ok();
+            } else {
+                // Its exit is lost; its `g` taken by a newer goroutine proves it dead,
+                // as memory would.
+                self.reconciled_exits += 1;
+            }
+            return;
         }
-        if let Some(p) = parent_site {
-            *site.parents.entry(p).or_default() += 1;
-        }
+        self.count_creation(ev, parent_site);
         // `by_g` holds it already.
         self.live.insert(
             ev.goid,
@@ -210,6 +238,46 @@ impl Aggregator {
                 owns_g_since_ns: ev.ts_ns,
             },
         );
+    }
+
+    fn count_creation(&mut self, ev: &GoroutineEvent, parent_site: Option<SiteKey>) {
+        let site = self.sites.entry(ev.gopc).or_insert_with(|| SiteStats::new(ev.startpc));
+        site.created += 1;
+        site.live += 1;
+        if ev.stack_id >= 0 {
+            *site.stacks.entry(ev.stack_id).or_default() += 1;
+        }
+        if let Some(p) = parent_site {
+            *site.parents.entry(p).or_default() += 1;
+        }
+    }
+
+    /// Whether live goroutine `goid` was created after `ts_ns`, by its creation
+    /// event. Not one found in memory: the table read that found it on its `g` may
+    /// have read that `g` before its owner changed.
+    fn created_after(&self, goid: u64, ts_ns: u64) -> bool {
+        self.live.get(&goid).is_some_and(|g| !g.recovered && g.created_ns.is_some_and(|c| c > ts_ns))
+    }
+
+    /// The time of an orphan exit on `g_addr` after `created_ns`: the death of the
+    /// goroutine created then, whose creation is delivered after its exit.
+    fn take_orphan_exit(&mut self, g_addr: u64, created_ns: u64) -> Option<u64> {
+        if self.orphan_exits.iter().all(HashMap::is_empty) {
+            return None;
+        }
+        self.orphan_exits.iter_mut().find_map(|gen| match gen.entry(g_addr) {
+            Entry::Occupied(e) if *e.get() >= created_ns => Some(e.remove()),
+            _ => None,
+        })
+    }
+
+    /// Call after each drain: orphan exits older than the drain before are dropped
+    /// (a creation is at most one drain late).
+    pub fn end_of_drain(&mut self) {
+        if self.orphan_exits.iter().any(|gen| !gen.is_empty()) {
+            self.orphan_exits.swap(0, 1);
+            self.orphan_exits[0].clear();
+        }
     }
 
     /// Reconciles with the goroutine table read from memory (drain the ring buffer
@@ -292,16 +360,29 @@ impl Aggregator {
     /// so an exit still in the ring may be of the `g`'s previous owner: one found
     /// in memory after that exit happened is not the one that died.
     pub fn on_exit_of_g(&mut self, g_addr: u64, ts_ns: u64) -> bool {
-        let Some(&goid) = self.by_g.get(&g_addr) else { return false };
         // One lookup per map on this path, which runs for every death.
-        let Entry::Occupied(owner) = self.live.entry(goid) else { return false };
-        if ts_ns < owner.get().owns_g_since_ns {
+        let owner = match self.by_g.entry(g_addr) {
+            Entry::Occupied(by_g) => match self.live.entry(*by_g.get()) {
+                Entry::Occupied(owner) if ts_ns >= owner.get().owns_g_since_ns => Some((by_g, owner)),
+                _ => None,
+            },
+            Entry::Vacant(_) => None,
+        };
+        let Some((by_g, owner)) = owner else {
+            self.keep_orphan_exit(g_addr, ts_ns);
             return false;
-        }
+        };
         let g = owner.remove();
-        self.by_g.remove(&g_addr);
+        by_g.remove();
         self.count_exit(&g, ts_ns);
         true
+    }
+
+    fn keep_orphan_exit(&mut self, g_addr: u64, ts_ns: u64) {
+        let current = &mut self.orphan_exits[0];
+        if current.len() < MAX_ORPHAN_EXITS {
+            current.insert(g_addr, ts_ns);
+        }
     }
 
     /// Records an exit; `false` if the goroutine was not being tracked.
@@ -470,6 +551,66 @@ mod tests {
         // An exit on a g nobody tracked (born before attach, never adopted).
         assert!(!agg.on_exit_of_g(0x999, 5_000));
         assert_eq!(agg.sites[&0xa].exited, 2);
+    }
+
+    /// `create` and `exit` on a given `g`.
+    fn on_g(mut ev: GoroutineEvent, g_addr: u64) -> GoroutineEvent {
+        ev.g_addr = g_addr;
+        ev
+    }
+
+    #[test]
+    fn a_creation_delivered_after_its_exit_counts_its_life() {
+        let mut agg = Aggregator::default();
+        // Drain 1 brings 10's exit; its creation was still in its CPU's batch.
+        agg.on_event(&exit(10, 5_000_000));
+        agg.end_of_drain();
+        agg.on_event(&create(10, 0xa, 1_000_000));
+        agg.end_of_drain();
+        let a = &agg.sites[&0xa];
+        assert_eq!((a.created, a.exited, a.live), (1, 1, 0));
+        assert!((3_990..=4_010).contains(&a.lifetimes_us.max()), "lived 4 ms: {}", a.lifetimes_us.max());
+        assert!(agg.live.is_empty() && agg.by_g.is_empty());
+        assert_eq!(agg.reconciled_exits, 0);
+    }
+
+    #[test]
+    fn a_late_creation_leaves_its_gs_newer_owner_alone() {
+        const G: u64 = 0x500;
+        let mut agg = Aggregator::default();
+        // 10 exits and 11 takes its g; 10's creation comes a drain late.
+        agg.on_event(&on_g(exit(0, 2_000), G));
+        agg.on_event(&on_g(create(11, 0xa, 3_000), G));
+        agg.end_of_drain();
+        agg.on_event(&on_g(create(10, 0xa, 1_000), G));
+        let a = &agg.sites[&0xa];
+        assert_eq!((a.created, a.exited, a.live), (2, 1, 1));
+        assert!(agg.live.contains_key(&11) && !agg.live.contains_key(&10));
+        assert!(agg.on_exit_of_g(G, 4_000), "11's own exit");
+        // The same with 12's exit lost: 13 owning the g since bounds 12's life.
+        agg.on_event(&on_g(create(13, 0xb, 6_000), G));
+        agg.end_of_drain();
+        agg.on_event(&on_g(create(12, 0xb, 5_000), G));
+        let b = &agg.sites[&0xb];
+        assert_eq!((b.created, b.exited, b.live), (2, 1, 1));
+        assert!(agg.live.contains_key(&13));
+        assert_eq!(agg.reconciled_exits, 1);
+    }
+
+    #[test]
+    fn orphan_exits_are_kept_one_drain_only() {
+        let mut agg = Aggregator::default();
+        agg.on_event(&exit(10, 5_000));
+        agg.end_of_drain();
+        agg.end_of_drain();
+        agg.on_event(&create(10, 0xa, 1_000));
+        // Too late to pair: live until memory finds it dead.
+        assert!(agg.live.contains_key(&10));
+        assert_eq!(agg.sites[&0xa].exited, 0);
+        // An exit from before a creation on its g is not that goroutine's.
+        agg.on_event(&on_g(exit(0, 500), 0x700));
+        agg.on_event(&on_g(create(20, 0xa, 1_000), 0x700));
+        assert!(agg.live.contains_key(&20));
     }
 
     #[test]
