@@ -9,7 +9,9 @@ use std::{fmt::Write as _, path::Path};
 use anyhow::{Context, Result};
 use gleak::{binary::GoBinary, placement::plan, AttachOptions};
 
-use super::{median, ns, reports, Driven, Env, Gleak};
+use nix::sys::signal::Signal;
+
+use super::{median, ns, reports, signal, Driven, Env, Gleak};
 
 /// Repetitions per measurement; the median is kept.
 const REPEAT: usize = 5;
@@ -34,6 +36,9 @@ enum Setup {
     BpfFloor(Vec<u64>),
     /// gleak with these extra arguments.
     Gleak(&'static [&'static str]),
+    /// gleak's default mode with its user side stopped (SIGSTOP) while timed: what
+    /// its probes cost alone, without its CPU competing with the target's.
+    GleakStopped,
 }
 
 pub fn run(env: &Env) -> Result<String> {
@@ -61,6 +66,7 @@ pub fn run(env: &Env) -> Result<String> {
             Setup::Floor(floor_sites(AttachOptions { trace_parks: true, ..AttachOptions::default() })?),
         ),
         ("gleak default (creation + exit, stacks)", Setup::Gleak(&[])),
+        ("gleak default, its user side stopped while timed: the probes alone", Setup::GleakStopped),
         ("gleak --no-stacks", Setup::Gleak(&["--no-stacks"])),
         ("gleak --no-exit-probe (exits read from memory)", Setup::Gleak(&["--no-exit-probe"])),
         ("gleak --no-exit-probe --no-stacks", Setup::Gleak(&["--no-exit-probe", "--no-stacks"])),
@@ -108,6 +114,19 @@ pub fn run(env: &Env) -> Result<String> {
                     if round == 0 && matches!(setup, Setup::BpfFloor(_)) {
                         rows[i].programs = program_times(&mut wl, n)?;
                     }
+                }
+                Setup::GleakStopped => {
+                    let args = ["attach", "-p", pid.as_str(), "--json", "--interval", "1h", "--no-proof"];
+                    let g = Gleak::start(env, &args, "tracing PID")?;
+                    signal(g.pid(), Signal::SIGSTOP);
+                    let timed = sample(&mut wl);
+                    signal(g.pid(), Signal::SIGCONT);
+                    timed?;
+                    let out = g.stop()?;
+                    let last = reports(&out).pop().context("gleak printed no report")?;
+                    // Past the ring's capacity the probes drop events: counted, not hidden.
+                    let lost = last["lost_events"].as_u64().unwrap_or(0);
+                    rows[i].lost = Some(rows[i].lost.unwrap_or(0) + lost);
                 }
                 Setup::Gleak(extra) => {
                     let mut args = vec!["attach", "-p", pid.as_str(), "--json", "--interval", "1h", "--no-proof"];
@@ -180,7 +199,10 @@ fn render(env: &Env, bin: &Path, rows: &[Row]) -> String {
          tracer pays there. *extra/floor* is gleak's cost above untraced over the floor's (creation + exit \
          floor for `spawn`, + park floor for `chan`). The BPF floor is a program that only counts its runs \
          (`gleak-ebpf/src/floor.rs`) at the creation and exit sites: the trap, the dispatch to a BPF program \
-         and the least a program can do, which any BPF tracer pays there; *extra/BPF floor* compares with it.\n",
+         and the least a program can do, which any BPF tracer pays there; *extra/BPF floor* compares with it. \
+         The row with gleak's user side stopped (SIGSTOP during the timed runs) shows what its probes cost \
+         the target alone: on this 2-vCPU machine the rest is gleak's own CPU competing with the target's \
+         (while it is stopped, events past the ring's capacity are dropped and counted as lost).\n",
         bin.file_name().unwrap_or_default().to_string_lossy(),
         env.args.goroutines
     );
