@@ -193,7 +193,7 @@ impl Aggregator {
         if ev.g_addr != 0 {
             if let Some(previous) = self.by_g.insert(ev.g_addr, ev.goid) {
                 if previous != ev.goid {
-                    if self.created_after(previous, ev.ts_ns) {
+                    if self.owner_since_after(previous, ev.ts_ns, exited_ns.is_some()) {
                         newer_owner = true;
                         self.by_g.insert(ev.g_addr, previous);
                     } else {
@@ -252,20 +252,25 @@ impl Aggregator {
         }
     }
 
-    /// Whether live goroutine `goid` was created after `ts_ns`, by its creation
-    /// event. Not one found in memory: the table read that found it on its `g` may
-    /// have read that `g` before its owner changed.
-    fn created_after(&self, goid: u64, ts_ns: u64) -> bool {
-        self.live.get(&goid).is_some_and(|g| !g.recovered && g.created_ns.is_some_and(|c| c > ts_ns))
+    /// Whether live goroutine `goid` took its `g` after `ts_ns`: by its creation
+    /// event; or, when the goroutine created at `ts_ns` is known to have died
+    /// (`died`), also when memory found it there later. (Without that death the
+    /// table read that found it may have read its `g` before the owner changed.)
+    fn owner_since_after(&self, goid: u64, ts_ns: u64, died: bool) -> bool {
+        self.live.get(&goid).is_some_and(|g| {
+            let from_memory = g.recovered || g.created_ns.is_none();
+            g.owns_g_since_ns > ts_ns && (died || !from_memory)
+        })
     }
 
     /// The time of an orphan exit on `g_addr` after `created_ns`: the death of the
     /// goroutine created then, whose creation is delivered after its exit.
     fn take_orphan_exit(&mut self, g_addr: u64, created_ns: u64) -> Option<u64> {
-        if self.orphan_exits.iter().all(HashMap::is_empty) {
+        if g_addr == 0 || self.orphan_exits.iter().all(HashMap::is_empty) {
             return None;
         }
-        self.orphan_exits.iter_mut().find_map(|gen| match gen.entry(g_addr) {
+        // The earliest first: the drain before's, then this one's.
+        self.orphan_exits.iter_mut().rev().find_map(|gen| match gen.entry(g_addr) {
             Entry::Occupied(e) if *e.get() >= created_ns => Some(e.remove()),
             _ => None,
         })
@@ -380,8 +385,10 @@ impl Aggregator {
 
     fn keep_orphan_exit(&mut self, g_addr: u64, ts_ns: u64) {
         let current = &mut self.orphan_exits[0];
-        if current.len() < MAX_ORPHAN_EXITS {
-            current.insert(g_addr, ts_ns);
+        if g_addr != 0 && current.len() < MAX_ORPHAN_EXITS {
+            // Applied in time order: the first is the earliest, the one a late
+            // creation before it pairs with.
+            current.entry(g_addr).or_insert(ts_ns);
         }
     }
 
@@ -572,6 +579,7 @@ mod tests {
         assert!((3_990..=4_010).contains(&a.lifetimes_us.max()), "lived 4 ms: {}", a.lifetimes_us.max());
         assert!(agg.live.is_empty() && agg.by_g.is_empty());
         assert_eq!(agg.reconciled_exits, 0);
+        assert_balanced(&agg);
     }
 
     #[test]
@@ -595,6 +603,47 @@ mod tests {
         assert_eq!((b.created, b.exited, b.live), (2, 1, 1));
         assert!(agg.live.contains_key(&13));
         assert_eq!(agg.reconciled_exits, 1);
+        assert_balanced(&agg);
+    }
+
+    /// Every site: created + adopted = exited + live.
+    fn assert_balanced(agg: &Aggregator) {
+        for (key, s) in &agg.sites {
+            assert_eq!(s.created + s.adopted, s.exited + s.live, "site {key:#x}");
+        }
+        assert_eq!(agg.sites.values().map(|s| s.live).sum::<u64>(), agg.live.len() as u64);
+    }
+
+    #[test]
+    fn a_late_creation_that_died_leaves_a_goroutine_memory_found_on_its_g_alone() {
+        const G: u64 = 0x600;
+        let mut agg = Aggregator::default();
+        // 10 was created (late) and died; 11 took its g and was found by the
+        // goroutine table read (ending at 3_000) before its creation arrived.
+        agg.on_event(&on_g(exit(0, 2_000), G));
+        agg.reconcile_creations(&[(G, record(11, 0xa, gstatus::WAITING))], 3_000);
+        agg.end_of_drain();
+        agg.on_event(&on_g(create(10, 0xa, 1_000), G));
+        assert!(agg.live.contains_key(&11) && !agg.live.contains_key(&10));
+        agg.on_event(&on_g(create(11, 0xa, 2_500), G));
+        let a = &agg.sites[&0xa];
+        assert_eq!((a.created, a.exited, a.live, agg.reconciled_creations), (2, 1, 1, 0));
+        assert!(!agg.live[&11].recovered, "its creation event replaced the recovered entry");
+        assert_balanced(&agg);
+    }
+
+    #[test]
+    fn two_late_creations_on_one_g_pair_with_their_own_exits() {
+        const G: u64 = 0x800;
+        let mut agg = Aggregator::default();
+        agg.on_event(&on_g(exit(0, 2_000_000), G));
+        agg.on_event(&on_g(exit(0, 9_000_000), G));
+        agg.end_of_drain();
+        agg.on_event(&on_g(create(10, 0xa, 1_000_000), G));
+        let a = &agg.sites[&0xa];
+        assert_eq!((a.created, a.exited), (1, 1));
+        assert!((990..=1_010).contains(&a.lifetimes_us.max()), "lived 1 ms: {}", a.lifetimes_us.max());
+        assert_balanced(&agg);
     }
 
     #[test]
