@@ -923,20 +923,33 @@ impl GleakChild {
     /// Waits up to `timeout` until stderr contains `needle` (e.g. gleak's
     /// banner "tracing PID"). False if it did not, or gleak exited first.
     pub fn wait_for_stderr(&mut self, needle: &str, timeout: Duration) -> bool {
+        self.wait_for_stderr_line(needle, timeout).is_some() || self.stderr_text().contains(needle)
+    }
+
+    /// Waits up to `timeout` for a whole line of stderr (ended by its newline) that
+    /// contains `needle`, and returns it. gleak writes a line in several pieces, so
+    /// the text after `needle` may not have arrived yet when `needle` has.
+    pub fn wait_for_stderr_line(&mut self, needle: &str, timeout: Duration) -> Option<String> {
+        let whole_line = |text: &str| {
+            let at = text.find(needle)?;
+            let start = text[..at].rfind('\n').map_or(0, |i| i + 1);
+            let end = at + text[at..].find('\n')?;
+            Some(text[start..end].to_string())
+        };
         let deadline = Instant::now() + timeout;
         loop {
-            if self.stderr_text().contains(needle) {
-                return true;
+            if let Some(line) = whole_line(&self.stderr_text()) {
+                return Some(line);
             }
             if self.try_wait().is_some() {
                 // Exited: whatever it printed is (nearly) all in; look once more.
                 if let Some(h) = self.stderr_reader.take() {
                     let _ = h.join();
                 }
-                return self.stderr_text().contains(needle);
+                return whole_line(&self.stderr_text());
             }
             if Instant::now() >= deadline {
-                return false;
+                return None;
             }
             thread::sleep(Duration::from_millis(20));
         }

@@ -201,15 +201,12 @@ fn kill(pid: u32, signal: Signal) {
 /// Waits for gleak's banner and returns the PID it traces.
 fn traced_pid(gleak: &mut GleakChild, what: &str) -> u32 {
     const BANNER: &str = "tracing PID ";
-    assert!(
-        gleak.wait_for_stderr(BANNER, ATTACH_TIMEOUT),
-        "{what}: no {BANNER:?} on gleak's stderr within {ATTACH_TIMEOUT:?}:\n{}",
-        gleak.stderr_text()
-    );
-    let text = gleak.stderr_text();
-    let at = text.find(BANNER).unwrap() + BANNER.len();
-    let digits: String = text[at..].chars().take_while(char::is_ascii_digit).collect();
-    digits.parse().unwrap_or_else(|_| panic!("{what}: no PID after {BANNER:?}:\n{text}"))
+    let Some(line) = gleak.wait_for_stderr_line(BANNER, ATTACH_TIMEOUT) else {
+        panic!("{what}: no {BANNER:?} line on gleak's stderr within {ATTACH_TIMEOUT:?}:\n{}", gleak.stderr_text());
+    };
+    let at = line.find(BANNER).unwrap() + BANNER.len();
+    let digits: String = line[at..].chars().take_while(char::is_ascii_digit).collect();
+    digits.parse().unwrap_or_else(|_| panic!("{what}: no PID after {BANNER:?}: {line}"))
 }
 
 /// Waits until gleak exits, at most `limit`; how long that took.

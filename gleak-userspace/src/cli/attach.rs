@@ -17,7 +17,7 @@ pub fn banner(tracer: &Tracer, pid: u32, what: &str) {
             probes.push(&p.location);
         }
     }
-    eprintln!(
+    say!(
         "gleak: tracing PID {pid}{} {} ({}) · probes: {} · {} goroutines already running · {what}",
         t.target.ns_pid.map(|p| format!(" (PID {p} in its namespace)")).unwrap_or_default(),
         t.target.exe.display(),
@@ -25,7 +25,7 @@ pub fn banner(tracer: &Tracer, pid: u32, what: &str) {
         probes.join(", "),
         t.agg.live.len(),
     );
-    eprintln!("gleak: {}", t.info.sources);
+    say!("gleak: {}", t.info.sources);
 }
 
 pub async fn attach(pid: u32, common: Common, signals: &mut Signals) -> Result<()> {
@@ -46,9 +46,9 @@ pub async fn attach(pid: u32, common: Common, signals: &mut Signals) -> Result<(
     );
     let periodic = |tracer: &mut Tracer| common.print_periodic(tracer, pid);
     match trace_loop(&mut tracer, pid, common.duration, Some(interval), None, signals, periodic).await? {
-        LoopEnd::ImageChanged => eprintln!("gleak: PID {pid} exec'd a new program; stopped tracing it"),
-        LoopEnd::TargetExited(_) => eprintln!("gleak: PID {pid} is gone (exited or killed)"),
-        LoopEnd::Interrupted(sig) => eprintln!("gleak: {}: detaching from PID {pid}", sig),
+        LoopEnd::ImageChanged => say!("gleak: PID {pid} exec'd a new program; stopped tracing it"),
+        LoopEnd::TargetExited(_) => say!("gleak: PID {pid} is gone (exited or killed)"),
+        LoopEnd::Interrupted(sig) => say!("gleak: {}: detaching from PID {pid}", sig),
         LoopEnd::Deadline | LoopEnd::ExitStop => {}
     }
     let report = common.report(&mut tracer, pid, true).context("target vanished")?;

@@ -54,13 +54,13 @@ pub async fn audit(args: AuditArgs, signals: &mut Signals) -> Result<()> {
                 addr.parse().with_context(|| format!("--listen {addr}: not an address like 127.0.0.1:9781"))?;
             let server =
                 audit::metrics::Server::start(addr, registry).with_context(|| format!("cannot listen on {addr}"))?;
-            eprintln!("gleak: metrics at http://{}/metrics", server.addr);
+            say!("gleak: metrics at http://{}/metrics", server.addr);
             Some(server)
         }
     };
     let mut auditor = audit::Auditor::new(opts, out, Some(metrics))?;
     auditor.discover();
-    eprintln!(
+    say!(
         "gleak: auditing {} Go processes · every {} · {}",
         auditor.watched(),
         humantime::format_duration(args.interval),
@@ -79,7 +79,7 @@ pub async fn audit(args: AuditArgs, signals: &mut Signals) -> Result<()> {
                 auditor.review();
             }
             sig = signals.recv() => {
-                eprintln!("gleak: {}: detaching from every process", sig);
+                say!("gleak: {}: detaching from every process", sig);
                 break;
             }
             _ = sleep_until(deadline) => break,

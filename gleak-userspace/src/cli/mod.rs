@@ -258,7 +258,7 @@ impl Common {
             self.print(&report);
             // The page follows the reports; a failure to write it must not end tracing.
             if let Err(e) = self.write_html(&report, false) {
-                eprintln!("gleak: {e:#}");
+                say!("gleak: {e:#}");
             }
         }
     }
@@ -276,7 +276,7 @@ impl Common {
         };
         gleak::html::write(report, path).with_context(|| format!("writing --html {}", path.display()))?;
         if is_final {
-            eprintln!("gleak: wrote {} (open it in a browser)", path.display());
+            say!("gleak: wrote {} (open it in a browser)", path.display());
         }
         Ok(())
     }
@@ -300,7 +300,7 @@ impl Common {
         };
         let samples = goroutine_samples(report);
         write_goroutine_profile(path, &samples).with_context(|| format!("writing {}", path.display()))?;
-        eprintln!(
+        say!(
             "gleak: wrote {} goroutines in {} stacks to {} (go tool pprof -traces {})",
             samples.iter().map(|s| s.count).sum::<u64>(),
             samples.len(),

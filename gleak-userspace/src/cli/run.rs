@@ -47,7 +47,7 @@ pub async fn run(
     let end =
         trace_loop(&mut tracer, pid, common.duration, common.interval, Some(&mut child), signals, periodic).await?;
     if end == LoopEnd::ImageChanged {
-        eprintln!("gleak: the command exec'd another program; judging what was traced, then waiting for it");
+        say!("gleak: the command exec'd another program; judging what was traced, then waiting for it");
     }
 
     let fail_on = match fail_on {
@@ -87,7 +87,7 @@ pub async fn run(
             Step::Wait { forwarded } => {
                 let status = child.wait(signals, forwarded).await?;
                 if forwarded.is_some() {
-                    eprintln!("gleak: PID {pid} {}", describe_status(status));
+                    say!("gleak: PID {pid} {}", describe_status(status));
                 }
                 Observed::Exited(exit_code(status))
             }
@@ -100,7 +100,7 @@ pub async fn run(
             }
             Step::Forward(sig) => {
                 // Still our unreaped child: the PID cannot have been reused.
-                eprintln!("gleak: passing {sig} on to PID {pid}");
+                say!("gleak: passing {sig} on to PID {pid}");
                 launch::signal(pid, sig);
                 launch::signal(pid, Signal::SIGCONT);
                 Observed::Done
@@ -111,7 +111,7 @@ pub async fn run(
             }
             Step::LeaveRunning => {
                 child.leave_running();
-                eprintln!("gleak: left PID {pid} running, untraced (--leave-running)");
+                say!("gleak: left PID {pid} running, untraced (--leave-running)");
                 Observed::Done
             }
         };

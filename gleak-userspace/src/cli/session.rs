@@ -132,19 +132,19 @@ impl Launched {
                 _ = tokio::time::sleep(Duration::from_millis(10)) => {}
                 sig = signals.recv() => match forwarded {
                     None => {
-                        eprintln!("gleak: {}: passing it on to PID {pid} and waiting for it", sig);
+                        say!("gleak: {}: passing it on to PID {pid} and waiting for it", sig);
                         launch::signal(pid, sig);
                         forwarded = Some(sig);
                         grace_end = Some(tokio::time::Instant::now() + FORWARD_GRACE);
                     }
                     Some(_) => {
-                        eprintln!("gleak: {} again: killing PID {pid}", sig);
+                        say!("gleak: {} again: killing PID {pid}", sig);
                         self.kill();
                         grace_end = None;
                     }
                 },
                 _ = sleep_until(grace_end) => {
-                    eprintln!(
+                    say!(
                         "gleak: PID {pid} still running {}s after {}; killing it",
                         FORWARD_GRACE.as_secs(),
                         forwarded.unwrap_or(Signal::SIGTERM)
