@@ -202,42 +202,38 @@ impl Aggregator {
                 }
             }
         }
+        let g = LiveGoroutine {
+            site: ev.gopc,
+            g_addr: ev.g_addr,
+            created_ns: Some(ev.ts_ns),
+            parent_goid: ev.parent_goid,
+            stack_id: ev.stack_id,
+            parked: None,
+            seen_wait_since: 0,
+            ran: false,
+            recovered: false,
+            owns_g_since_ns: ev.ts_ns,
+        };
+        self.count_creation(ev, parent_site);
         if exited_ns.is_some() || newer_owner {
-            // Delivered late (another CPU's batch with its exit came first): count
-            // its whole life now.
+            // Delivered late (another CPU's batch with its exit came first): its
+            // whole life is counted now.
             if !newer_owner && ev.g_addr != 0 {
                 self.by_g.remove(&ev.g_addr);
             }
-            self.count_creation(ev, parent_site);
-            let site = self.sites.get_mut(&ev.gopc).expect("counted just above");
-            site.live -= 1;
-            site.exited += 1;
-            if let Some(t) = exited_ns {
-                site.lifetimes_us.record((t.saturating_sub(ev.ts_ns) / 1000).max(1)).ok();
-            } else {
-                // Its exit is lost; its `g` taken by a newer goroutine proves it dead,
-                // as memory would.
-                self.reconciled_exits += 1;
+            match exited_ns {
+                Some(t) => self.count_exit(&g, t),
+                None => {
+                    // Its exit is lost; its `g` taken by a newer goroutine proves it
+                    // dead, as memory would, not when.
+                    self.count_exit(&LiveGoroutine { created_ns: None, ..g }, ev.ts_ns);
+                    self.reconciled_exits += 1;
+                }
             }
             return;
         }
-        self.count_creation(ev, parent_site);
         // `by_g` holds it already.
-        self.live.insert(
-            ev.goid,
-            LiveGoroutine {
-                site: ev.gopc,
-                g_addr: ev.g_addr,
-                created_ns: Some(ev.ts_ns),
-                parent_goid: ev.parent_goid,
-                stack_id: ev.stack_id,
-                parked: None,
-                seen_wait_since: 0,
-                ran: false,
-                recovered: false,
-                owns_g_since_ns: ev.ts_ns,
-            },
-        );
+        self.live.insert(ev.goid, g);
     }
 
     fn count_creation(&mut self, ev: &GoroutineEvent, parent_site: Option<SiteKey>) {

@@ -34,11 +34,12 @@ enum Setup {
     Floor(Vec<u64>),
     /// A counting-only BPF program at these file offsets.
     BpfFloor(Vec<u64>),
-    /// gleak with these extra arguments.
-    Gleak(&'static [&'static str]),
-    /// gleak's default mode with its user side stopped (SIGSTOP) while timed: what
-    /// its probes cost alone, without its CPU competing with the target's.
-    GleakStopped,
+    /// gleak with these extra arguments; `stopped`: its user side stopped (SIGSTOP)
+    /// while timed, for what its probes cost alone, without its CPU competing.
+    Gleak {
+        extra: &'static [&'static str],
+        stopped: bool,
+    },
 }
 
 pub fn run(env: &Env) -> Result<String> {
@@ -65,13 +66,22 @@ pub fn run(env: &Env) -> Result<String> {
             "floor: bare uprobes at gleak's creation + exit + park sites",
             Setup::Floor(floor_sites(AttachOptions { trace_parks: true, ..AttachOptions::default() })?),
         ),
-        ("gleak default (creation + exit, stacks)", Setup::Gleak(&[])),
-        ("gleak default, its user side stopped while timed: the probes alone", Setup::GleakStopped),
-        ("gleak --no-stacks", Setup::Gleak(&["--no-stacks"])),
-        ("gleak --no-exit-probe (exits read from memory)", Setup::Gleak(&["--no-exit-probe"])),
-        ("gleak --no-exit-probe --no-stacks", Setup::Gleak(&["--no-exit-probe", "--no-stacks"])),
-        ("gleak --trace-parks", Setup::Gleak(&["--trace-parks"])),
-        ("gleak --classic-probes (entry/RET sites)", Setup::Gleak(&["--classic-probes"])),
+        ("gleak default (creation + exit, stacks)", Setup::Gleak { extra: &[], stopped: false }),
+        (
+            "gleak default, its user side stopped while timed: the probes alone",
+            Setup::Gleak { extra: &[], stopped: true },
+        ),
+        ("gleak --no-stacks", Setup::Gleak { extra: &["--no-stacks"], stopped: false }),
+        (
+            "gleak --no-exit-probe (exits read from memory)",
+            Setup::Gleak { extra: &["--no-exit-probe"], stopped: false },
+        ),
+        (
+            "gleak --no-exit-probe --no-stacks",
+            Setup::Gleak { extra: &["--no-exit-probe", "--no-stacks"], stopped: false },
+        ),
+        ("gleak --trace-parks", Setup::Gleak { extra: &["--trace-parks"], stopped: false }),
+        ("gleak --classic-probes (entry/RET sites)", Setup::Gleak { extra: &["--classic-probes"], stopped: false }),
     ];
     let mut rows: Vec<Row> = configs
         .iter()
@@ -115,31 +125,27 @@ pub fn run(env: &Env) -> Result<String> {
                         rows[i].programs = program_times(&mut wl, n)?;
                     }
                 }
-                Setup::GleakStopped => {
-                    let args = ["attach", "-p", pid.as_str(), "--json", "--interval", "1h", "--no-proof"];
-                    let g = Gleak::start(env, &args, "tracing PID")?;
-                    signal(g.pid(), Signal::SIGSTOP);
-                    let timed = sample(&mut wl);
-                    signal(g.pid(), Signal::SIGCONT);
-                    timed?;
-                    let out = g.stop()?;
-                    let last = reports(&out).pop().context("gleak printed no report")?;
-                    // Past the ring's capacity the probes drop events: counted, not hidden.
-                    let lost = last["lost_events"].as_u64().unwrap_or(0);
-                    rows[i].lost = Some(rows[i].lost.unwrap_or(0) + lost);
-                }
-                Setup::Gleak(extra) => {
+                Setup::Gleak { extra, stopped } => {
                     let mut args = vec!["attach", "-p", pid.as_str(), "--json", "--interval", "1h", "--no-proof"];
                     args.extend(extra.iter());
                     let g = Gleak::start(env, &args, "tracing PID")?;
-                    sample(&mut wl)?;
-                    if round == 0 {
-                        rows[i].programs = program_times(&mut wl, n)?;
+                    if *stopped {
+                        signal(g.pid(), Signal::SIGSTOP);
+                        let timed = sample(&mut wl);
+                        signal(g.pid(), Signal::SIGCONT);
+                        timed?;
+                    } else {
+                        sample(&mut wl)?;
+                        if round == 0 {
+                            rows[i].programs = program_times(&mut wl, n)?;
+                        }
                     }
                     let out = g.stop()?;
                     let last = reports(&out).pop().context("gleak printed no report")?;
                     // Probe hits: its programs' runs (exits read from memory cost none).
-                    rows[i].per_life = Some(rows[i].programs.iter().map(|(_, runs, _)| runs).sum());
+                    let programs = &rows[i].programs;
+                    rows[i].per_life = (!programs.is_empty()).then(|| programs.iter().map(|(_, runs, _)| runs).sum());
+                    // Stopped, the probes drop events past the ring's capacity: counted, not hidden.
                     let lost = last["lost_events"].as_u64().unwrap_or(0);
                     rows[i].lost = Some(rows[i].lost.unwrap_or(0) + lost);
                 }
