@@ -920,15 +920,16 @@ impl GleakChild {
         String::from_utf8_lossy(&lock(&self.stderr)).into_owned()
     }
 
-    /// Waits up to `timeout` until stderr contains `needle` (e.g. gleak's
-    /// banner "tracing PID"). False if it did not, or gleak exited first.
+    /// Waits up to `timeout` until a whole line of stderr contains `needle` (e.g.
+    /// gleak's banner "tracing PID"). False if none did, or gleak exited first.
     pub fn wait_for_stderr(&mut self, needle: &str, timeout: Duration) -> bool {
-        self.wait_for_stderr_line(needle, timeout).is_some() || self.stderr_text().contains(needle)
+        self.wait_for_stderr_line(needle, timeout).is_some()
     }
 
     /// Waits up to `timeout` for a whole line of stderr (ended by its newline) that
-    /// contains `needle`, and returns it. gleak writes a line in several pieces, so
-    /// the text after `needle` may not have arrived yet when `needle` has.
+    /// contains `needle`, and returns it. gleak writes each line at once, but the
+    /// reader thread may take a line in two reads, and a traced command's output
+    /// shares the pipe: the text after `needle` may not have arrived yet.
     pub fn wait_for_stderr_line(&mut self, needle: &str, timeout: Duration) -> Option<String> {
         let whole_line = |text: &str| {
             let at = text.find(needle)?;

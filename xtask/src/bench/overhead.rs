@@ -27,6 +27,11 @@ struct Row {
     lost: Option<u64>,
 }
 
+/// Whether a probe site's program is a creation probe's.
+fn is_creation(program: &str) -> bool {
+    program.starts_with("goroutine_create")
+}
+
 /// What runs beside the workload while it is measured.
 enum Setup {
     Untraced,
@@ -49,15 +54,26 @@ pub fn run(env: &Env) -> Result<String> {
 
     // The floor: the same instructions gleak probes, bare.
     let binary = GoBinary::open(&bin, &bin).context("reading the workload binary")?;
-    let floor_sites = |opts: AttachOptions| -> Result<Vec<u64>> {
+    let floor_sites_where = |opts: AttachOptions, keep: fn(&str) -> bool| -> Result<Vec<u64>> {
         plan(&binary, opts)?
             .iter()
+            .filter(|s| keep(s.program))
             .map(|s| binary.file_offset(s.vaddr).context("probe site outside the file"))
             .collect()
     };
+    let floor_sites = |opts: AttachOptions| floor_sites_where(opts, |_| true);
     let configs: Vec<(&str, Setup)> = vec![
         ("untraced", Setup::Untraced),
         ("floor: bare uprobes at gleak's creation + exit sites", Setup::Floor(floor_sites(AttachOptions::default())?)),
+        // Each site alone: where the cost of two lies (they overlap on two CPUs).
+        (
+            "floor: a bare uprobe at gleak's creation site alone",
+            Setup::Floor(floor_sites_where(AttachOptions::default(), is_creation)?),
+        ),
+        (
+            "floor: a bare uprobe at gleak's exit site alone",
+            Setup::Floor(floor_sites_where(AttachOptions::default(), |p| !is_creation(p))?),
+        ),
         (
             "BPF floor: a counting-only program at gleak's creation + exit sites",
             Setup::BpfFloor(floor_sites(AttachOptions::default())?),
@@ -206,6 +222,10 @@ fn render(env: &Env, bin: &Path, rows: &[Row]) -> String {
          floor for `spawn`, + park floor for `chan`). The BPF floor is a program that only counts its runs \
          (`gleak-ebpf/src/floor.rs`) at the creation and exit sites: the trap, the dispatch to a BPF program \
          and the least a program can do, which any BPF tracer pays there; *extra/BPF floor* compares with it. \
+         The floor of each site alone shows where the cost of the two lies: the creation site's trap is on \
+         the spawning goroutine's path, while an exit often runs beside it on the other CPU, so the two alone \
+         add up to more than both together; the creation site alone is also the floor of the modes without \
+         the exit probe. \
          The row with gleak's user side stopped (SIGSTOP during the timed runs) shows what its probes cost \
          the target alone: on this 2-vCPU machine the rest is gleak's own CPU competing with the target's \
          (while it is stopped, events past the ring's capacity are dropped and counted as lost).\n",

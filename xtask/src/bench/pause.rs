@@ -8,8 +8,9 @@ use anyhow::Result;
 
 use super::{median, Driven, Env, Gleak};
 
-/// Rounds of gleak and noise, in turn: one longest stall is mostly the VM's luck.
-const ROUNDS: usize = 5;
+/// Rounds of gleak and noise, in turn: one longest stall is mostly the VM's luck
+/// (with 5 rounds, the median of either moved by up to 2 ms from run to run).
+const ROUNDS: usize = 9;
 
 pub fn run(env: &Env) -> Result<String> {
     let bin = env.build("pausemeter")?;
