@@ -55,11 +55,14 @@ pub fn run(env: &Env) -> Result<String> {
     // The floor: the same instructions gleak probes, bare.
     let binary = GoBinary::open(&bin, &bin).context("reading the workload binary")?;
     let floor_sites_where = |opts: AttachOptions, keep: fn(&str) -> bool| -> Result<Vec<u64>> {
-        plan(&binary, opts)?
+        let sites: Vec<u64> = plan(&binary, opts)?
             .iter()
             .filter(|s| keep(s.program))
             .map(|s| binary.file_offset(s.vaddr).context("probe site outside the file"))
-            .collect()
+            .collect::<Result<_>>()?;
+        // A floor without a probe would pass for untraced.
+        anyhow::ensure!(!sites.is_empty(), "no probe site for a floor row: were gleak's programs renamed?");
+        Ok(sites)
     };
     let floor_sites = |opts: AttachOptions| floor_sites_where(opts, |_| true);
     let configs: Vec<(&str, Setup)> = vec![
