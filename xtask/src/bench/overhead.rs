@@ -7,7 +7,11 @@
 use std::{fmt::Write as _, path::Path};
 
 use anyhow::{Context, Result};
-use gleak::{binary::GoBinary, placement::plan, AttachOptions};
+use gleak::{
+    binary::GoBinary,
+    placement::{plan, ProbeSite},
+    AttachOptions,
+};
 
 use nix::sys::signal::Signal;
 
@@ -54,37 +58,32 @@ pub fn run(env: &Env) -> Result<String> {
 
     // The floor: the same instructions gleak probes, bare.
     let binary = GoBinary::open(&bin, &bin).context("reading the workload binary")?;
-    let floor_sites_where = |opts: AttachOptions, keep: fn(&str) -> bool| -> Result<Vec<u64>> {
-        let sites: Vec<u64> = plan(&binary, opts)?
+    let offsets = |sites: &[ProbeSite], keep: fn(&str) -> bool| -> Result<Vec<u64>> {
+        let offsets: Vec<u64> = sites
             .iter()
             .filter(|s| keep(s.program))
             .map(|s| binary.file_offset(s.vaddr).context("probe site outside the file"))
             .collect::<Result<_>>()?;
         // A floor without a probe would pass for untraced.
-        anyhow::ensure!(!sites.is_empty(), "no probe site for a floor row: were gleak's programs renamed?");
-        Ok(sites)
+        anyhow::ensure!(!offsets.is_empty(), "no probe site for a floor row: were gleak's programs renamed?");
+        Ok(offsets)
     };
-    let floor_sites = |opts: AttachOptions| floor_sites_where(opts, |_| true);
+    let default_sites = plan(&binary, AttachOptions::default())?;
+    let park_sites = plan(&binary, AttachOptions { trace_parks: true, ..AttachOptions::default() })?;
     let configs: Vec<(&str, Setup)> = vec![
         ("untraced", Setup::Untraced),
-        ("floor: bare uprobes at gleak's creation + exit sites", Setup::Floor(floor_sites(AttachOptions::default())?)),
+        ("floor: bare uprobes at gleak's creation + exit sites", Setup::Floor(offsets(&default_sites, |_| true)?)),
         // Each site alone: where the cost of two lies (they overlap on two CPUs).
-        (
-            "floor: a bare uprobe at gleak's creation site alone",
-            Setup::Floor(floor_sites_where(AttachOptions::default(), is_creation)?),
-        ),
+        ("floor: a bare uprobe at gleak's creation site alone", Setup::Floor(offsets(&default_sites, is_creation)?)),
         (
             "floor: a bare uprobe at gleak's exit site alone",
-            Setup::Floor(floor_sites_where(AttachOptions::default(), |p| !is_creation(p))?),
+            Setup::Floor(offsets(&default_sites, |p| !is_creation(p))?),
         ),
         (
             "BPF floor: a counting-only program at gleak's creation + exit sites",
-            Setup::BpfFloor(floor_sites(AttachOptions::default())?),
+            Setup::BpfFloor(offsets(&default_sites, |_| true)?),
         ),
-        (
-            "floor: bare uprobes at gleak's creation + exit + park sites",
-            Setup::Floor(floor_sites(AttachOptions { trace_parks: true, ..AttachOptions::default() })?),
-        ),
+        ("floor: bare uprobes at gleak's creation + exit + park sites", Setup::Floor(offsets(&park_sites, |_| true)?)),
         ("gleak default (creation + exit, stacks)", Setup::Gleak { extra: &[], stopped: false }),
         (
             "gleak default, its user side stopped while timed: the probes alone",
