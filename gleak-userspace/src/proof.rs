@@ -51,7 +51,8 @@ pub struct ProofOutcome {
     /// Blocked goroutines whose wait objects were known: what the proof judged.
     pub candidates: usize,
     /// Blocked goroutines whose wait objects a goroutine waiting on the network
-    /// holds (the last pass): a live connection's goroutines.
+    /// holds, in either pass: a live connection's goroutines. Either, because a
+    /// connection's reader is off the network for a moment after each response.
     pub network_held: HashSet<u64>,
     /// Why no proof could be made (budget, unreadable memory, unknown layout).
     pub inconclusive: Option<String>,
@@ -177,7 +178,7 @@ fn one_pass(
     match marking {
         Marking::Inconclusive(why) => Err(why),
         Marking::Done { unreachable, network_held } => {
-            outcome.network_held = network_held;
+            outcome.network_held.extend(network_held);
             Ok(roots
                 .goroutines
                 .iter()

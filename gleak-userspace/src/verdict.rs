@@ -162,7 +162,12 @@ pub fn judge(f: &SiteFacts) -> (Verdict, String) {
                 ),
             );
         }
-        if f.network_held > 0 && f.network_held * 10 >= f.blocked * 9 && f.blocked * 2 >= f.live {
+        // No more of them than there are connections: one per connection at most.
+        if f.network_held > 0
+            && f.network_held * 10 >= f.blocked * 9
+            && f.blocked * 2 >= f.live
+            && f.blocked <= connections
+        {
             return (
                 Verdict::Stable,
                 format!(
@@ -341,6 +346,36 @@ mod tests {
         // ...but not when more of them wait on locks than on the network.
         let (v, why) = judge(&SiteFacts { blocked: 11, waiting_briefly: 6, ..f });
         assert_ne!(v, Verdict::Stable, "{why}");
+    }
+
+    /// A connection's writer next to its reader: blocked on channels the reader,
+    /// waiting on the network, holds; growing with the connections: stable. Not
+    /// when more of them than connections, nor when too few are held.
+    #[test]
+    fn goroutines_a_connection_holds_are_stable() {
+        let f = SiteFacts {
+            live: 32,
+            created: 32,
+            live_start: 6,
+            created_in_window: 26,
+            blocked: 32,
+            network_held: 32,
+            live_connections: Some(64),
+            top_reason: Some("select".into()),
+            object_noun: "channel",
+            age_p50_s: Some(1.6),
+            oldest_s: Some(3.0),
+            ..base()
+        };
+        let (v, why) = judge(&f);
+        assert_eq!(v, Verdict::Stable, "{why}");
+        assert!(why.contains("32 goroutines wait on channels that goroutines serving live connections hold"), "{why}");
+        let (v, why) = judge(&SiteFacts { network_held: 29, ..f.clone() });
+        assert_eq!(v, Verdict::Stable, "{why}");
+        let (v, why) = judge(&SiteFacts { network_held: 28, ..f.clone() });
+        assert_eq!(v, Verdict::Leak, "{why}");
+        let (v, why) = judge(&SiteFacts { live_connections: Some(31), ..f });
+        assert_eq!(v, Verdict::Leak, "{why}");
     }
 
     #[test]

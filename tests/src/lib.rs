@@ -1270,10 +1270,11 @@ pub fn describe_sites(report: &Value, max: usize) -> String {
         out.push("  (no sites)".into());
     }
     format!(
-        "report elapsed_s={} totals={} lost_events={}:\n{}",
+        "report elapsed_s={} totals={} lost_events={} proof={}:\n{}",
         report["elapsed_s"],
         report["totals"],
         report["lost_events"],
+        report["proof"],
         out.join("\n")
     )
 }

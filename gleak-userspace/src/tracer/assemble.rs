@@ -3,7 +3,7 @@
 //! to one judged report, with the per-site aggregation done at report time.
 
 use std::{
-    collections::{BTreeMap, HashMap, HashSet},
+    collections::{BTreeMap, HashMap},
     time::Instant,
 };
 
@@ -179,19 +179,20 @@ impl TracedTarget {
         Waits { by_goid, waiters, channels }
     }
 
-    /// Keeps the proofs that still hold (same goroutine, blocked at the same place
-    /// on the same objects) and, if some blocked goroutine of the program's own
-    /// code is not proven yet, runs the proof again.
+    /// Keeps the proofs, and what the network holds, that still hold (same
+    /// goroutine, blocked at the same place on the same objects) and, if some
+    /// blocked goroutine of the program's own code is not proven yet, runs the
+    /// proof again.
     fn refresh_proof(&mut self, records: &Records, waits: &Waits) {
-        let still_proven = |goid: &u64, (sched, objects): &(Sched, Vec<u64>)| {
+        let unmoved = |goid: &u64, (sched, objects): &(Sched, Vec<u64>)| {
             let same_place =
                 records.get(goid).copied().flatten().is_some_and(|r| r.is_blocked() && sched_of(&r) == *sched);
             let same_objects =
                 waits.by_goid.get(goid).is_some_and(|o| o.iter().map(|w| w.addr).collect::<Vec<_>>() == *objects);
             same_place && same_objects
         };
-        self.proven.retain(|goid, held| still_proven(goid, held));
-        self.network_held.retain(|goid| waits.by_goid.contains_key(goid));
+        self.proven.retain(|goid, held| unmoved(goid, held));
+        self.network_held.retain(|goid, held| unmoved(goid, held));
         if !self.prove {
             return;
         }
@@ -214,8 +215,11 @@ impl TracedTarget {
         }
         self.last_proof_at = Some(Instant::now());
         let outcome = proof::prove(&self.mem, &self.target.binary, &self.info, bias, ProofBudget::default());
-        if outcome.inconclusive.is_none() {
-            self.network_held = outcome.network_held.clone();
+        for goid in &outcome.network_held {
+            let (Some(Some(rec)), Some(objects)) = (records.get(goid), waits.by_goid.get(goid)) else {
+                continue;
+            };
+            self.network_held.insert(*goid, (sched_of(rec), objects.iter().map(|w| w.addr).collect()));
         }
         for (goid, objects) in &outcome.proven {
             if let Some(Some(rec)) = records.get(goid) {
@@ -594,7 +598,7 @@ impl LiveSummary {
         blocking: &BlockingStacks,
         waits: &Waits,
         proven: &HashMap<u64, (Sched, Vec<u64>)>,
-        network_held: &HashSet<u64>,
+        network_held: &HashMap<u64, (Sched, Vec<u64>)>,
         now: u64,
     ) -> HashMap<SiteKey, LiveSummary> {
         let mut acc: HashMap<SiteKey, LiveSummary> = HashMap::new();
@@ -627,7 +631,7 @@ impl LiveSummary {
                     }
                 }
                 a.proven += proven.contains_key(goid) as u64;
-                a.network_held += network_held.contains(goid) as u64;
+                a.network_held += network_held.contains_key(goid) as u64;
                 if let Some(since) = blocked_since(g, rec) {
                     a.blocked_us.record((now.saturating_sub(since) / 1000).max(1)).ok();
                 }

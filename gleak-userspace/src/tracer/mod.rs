@@ -4,7 +4,7 @@
 //! together in [`assemble`].
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::HashMap,
     time::{Duration, Instant},
 };
 
@@ -55,9 +55,11 @@ pub struct TracedTarget {
     prove: bool,
     /// Exits come from the probe (else from memory, see [`AttachOptions::exit_probe`]).
     exit_probe: bool,
-    /// Goroutines whose wait objects a goroutine waiting on the network holds (the
-    /// last proof): a live connection's other goroutines.
-    network_held: HashSet<u64>,
+    /// Goroutines whose wait objects a goroutine waiting on the network held at a
+    /// proof, with where they were blocked and on what: a live connection's other
+    /// goroutines, as long as both stay the same (a proof sees each reader at one
+    /// instant, and a busy reader is off the network then and again).
+    network_held: HashMap<u64, (Sched, Vec<u64>)>,
     /// The last proof run, for the report.
     last_proof: Option<ProofReport>,
     /// Blocking stacks symbolized, once per stack.
@@ -122,7 +124,7 @@ impl Tracer {
             last_proof_at: None,
             prove: opts.prove,
             exit_probe: opts.exit_probe,
-            network_held: HashSet::new(),
+            network_held: HashMap::new(),
             last_proof: None,
             gaps,
         };
