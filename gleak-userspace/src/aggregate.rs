@@ -113,6 +113,20 @@ pub struct Aggregator {
     /// CPU (written to its batch just after the batches were read). This drain's and
     /// the one before's, `g` → time of the exit.
     orphan_exits: [HashMap<u64, u64>; 2],
+    /// Late creations counted dead because a newer goroutine owns their `g`, whose
+    /// exit may still come (the same drain or the next): `g` → (site, creation
+    /// time, when the newer owner took the `g`), to give them a lifetime then.
+    /// This drain's and the one before's.
+    late_deaths: [HashMap<u64, LateDeath>; 2],
+}
+
+/// A late creation counted dead, waiting for its exit's time (see `late_deaths`).
+#[derive(Clone, Copy, Debug)]
+struct LateDeath {
+    site: SiteKey,
+    created_ns: u64,
+    /// It died before this: when a newer goroutine took its `g`.
+    before_ns: u64,
 }
 
 /// Orphan exits kept per drain, at most: past it (a flood of exits of goroutines
@@ -189,12 +203,12 @@ impl Aggregator {
         // creation's time bounds the death closely. (The new owner is recorded
         // first, so that the death leaves it in place.) Unless that one was created
         // after this one: then this creation is delivered late, and it is dead.
-        let mut newer_owner = false;
+        let mut newer_owner_since = None;
         if ev.g_addr != 0 {
             if let Some(previous) = self.by_g.insert(ev.g_addr, ev.goid) {
                 if previous != ev.goid {
                     if self.owner_since_after(previous, ev.ts_ns, exited_ns.is_some()) {
-                        newer_owner = true;
+                        newer_owner_since = self.live.get(&previous).map(|g| g.owns_g_since_ns);
                         self.by_g.insert(ev.g_addr, previous);
                     } else {
                         self.on_exit(previous, ev.ts_ns);
@@ -215,19 +229,24 @@ impl Aggregator {
             owns_g_since_ns: ev.ts_ns,
         };
         self.count_creation(ev, parent_site);
-        if exited_ns.is_some() || newer_owner {
+        if exited_ns.is_some() || newer_owner_since.is_some() {
             // Delivered late (another CPU's batch with its exit came first): its
             // whole life is counted now.
-            if !newer_owner && ev.g_addr != 0 {
+            if newer_owner_since.is_none() && ev.g_addr != 0 {
                 self.by_g.remove(&ev.g_addr);
             }
             match exited_ns {
                 Some(t) => self.count_exit(&g, t),
                 None => {
-                    // Its exit is lost; its `g` taken by a newer goroutine proves it
-                    // dead, as memory would, not when.
+                    // Its `g` taken by a newer goroutine proves it dead, as memory
+                    // would, not when: its exit is lost, or still to come.
                     self.count_exit(&LiveGoroutine { created_ns: None, ..g }, ev.ts_ns);
                     self.reconciled_exits += 1;
+                    if let Some(before_ns) = newer_owner_since.filter(|_| self.late_deaths[0].len() < MAX_ORPHAN_EXITS)
+                    {
+                        let death = LateDeath { site: ev.gopc, created_ns: ev.ts_ns, before_ns };
+                        self.late_deaths[0].insert(ev.g_addr, death);
+                    }
                 }
             }
             return;
@@ -278,6 +297,10 @@ impl Aggregator {
         if self.orphan_exits.iter().any(|gen| !gen.is_empty()) {
             self.orphan_exits.swap(0, 1);
             self.orphan_exits[0].clear();
+        }
+        if self.late_deaths.iter().any(|gen| !gen.is_empty()) {
+            self.late_deaths.swap(0, 1);
+            self.late_deaths[0].clear();
         }
     }
 
@@ -370,12 +393,34 @@ impl Aggregator {
             Entry::Vacant(_) => None,
         };
         let Some((by_g, owner)) = owner else {
-            self.keep_orphan_exit(g_addr, ts_ns);
+            if !self.time_late_death(g_addr, ts_ns) {
+                self.keep_orphan_exit(g_addr, ts_ns);
+            }
             return false;
         };
         let g = owner.remove();
         by_g.remove();
         self.count_exit(&g, ts_ns);
+        true
+    }
+
+    /// The exit of a late creation already counted dead (see `late_deaths`): its
+    /// death is no longer a reconciled one, and its lifetime is known.
+    fn time_late_death(&mut self, g_addr: u64, ts_ns: u64) -> bool {
+        if self.late_deaths.iter().all(HashMap::is_empty) {
+            return false;
+        }
+        let found = self.late_deaths.iter_mut().rev().find_map(|gen| match gen.entry(g_addr) {
+            Entry::Occupied(e) if (e.get().created_ns..e.get().before_ns).contains(&ts_ns) => Some(e.remove()),
+            _ => None,
+        });
+        let Some(death) = found else {
+            return false;
+        };
+        self.reconciled_exits -= 1;
+        if let Some(site) = self.sites.get_mut(&death.site) {
+            site.lifetimes_us.record((ts_ns.saturating_sub(death.created_ns) / 1000).max(1)).ok();
+        }
         true
     }
 
@@ -599,6 +644,37 @@ mod tests {
         assert_eq!((b.created, b.exited, b.live), (2, 1, 1));
         assert!(agg.live.contains_key(&13));
         assert_eq!(agg.reconciled_exits, 1);
+        assert_balanced(&agg);
+    }
+
+    #[test]
+    fn a_late_creation_whose_exit_comes_after_it_gets_its_lifetime() {
+        const G: u64 = 0x900;
+        let mut agg = Aggregator::default();
+        // 11 takes the g at 3 ms; 10's creation (1 ms) and exit (2 ms) come a
+        // drain late, in time order: creation first.
+        agg.on_event(&on_g(create(11, 0xa, 3_000_000), G));
+        agg.end_of_drain();
+        agg.on_event(&on_g(create(10, 0xa, 1_000_000), G));
+        assert_eq!(agg.reconciled_exits, 1, "dead, its time unknown yet");
+        // An exit after 11 took the g is not 10's.
+        assert!(agg.on_exit_of_g(G, 4_000_000), "11's own exit");
+        assert_eq!(agg.reconciled_exits, 1);
+        agg.on_event(&on_g(exit(0, 2_000_000), G));
+        let a = &agg.sites[&0xa];
+        assert_eq!((a.created, a.exited, a.live, agg.reconciled_exits), (2, 2, 0, 0));
+        assert_eq!(a.lifetimes_us.len(), 2);
+        assert!((990..=1_010).contains(&a.lifetimes_us.min()), "10 lived 1 ms: {}", a.lifetimes_us.min());
+        assert!(agg.orphan_exits.iter().all(HashMap::is_empty), "its exit is not left for another creation");
+        // Not past the drain after: by then memory has counted it.
+        agg.on_event(&on_g(create(13, 0xb, 7_000_000), G));
+        agg.end_of_drain();
+        agg.on_event(&on_g(create(12, 0xb, 5_000_000), G));
+        agg.end_of_drain();
+        agg.end_of_drain();
+        agg.on_event(&on_g(exit(0, 6_000_000), G));
+        assert_eq!(agg.reconciled_exits, 1);
+        assert_eq!(agg.sites[&0xb].lifetimes_us.len(), 0);
         assert_balanced(&agg);
     }
 
