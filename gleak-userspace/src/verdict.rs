@@ -37,22 +37,16 @@ pub fn wakes_by_itself(reason: &str) -> bool {
 }
 
 /// Waits a goroutine serving a request passes through on its way: a lock, a
-/// condition, the runtime pausing it mid-work (GC assist, preemption). Brief by
-/// design, unlike a channel a request can hang on.
-pub fn waits_briefly(reason: &str) -> bool {
-    matches!(
-        reason,
-        "semacquire"
-            | "sync.Cond.Wait"
-            | "sync.Mutex.Lock"
-            | "sync.RWMutex.RLock"
-            | "sync.RWMutex.Lock"
-            | "GC assist marking"
-            | "GC assist wait"
-            | "preempted"
-            | "stopping the world"
-            | "wait for GC cycle"
-    )
+/// condition. Brief by design, unlike a channel a request can hang on.
+pub fn waits_on_a_lock(reason: &str) -> bool {
+    matches!(reason, "semacquire" | "sync.Cond.Wait" | "sync.Mutex.Lock" | "sync.RWMutex.RLock" | "sync.RWMutex.Lock")
+}
+
+/// The runtime pausing a goroutine mid-work (GC assist, preemption, a stop of
+/// the world): it is running, as far as what it serves is concerned. During a
+/// GC cycle, many goroutines that allocate are in one of these at once.
+pub fn paused_by_runtime(reason: &str) -> bool {
+    matches!(reason, "GC assist marking" | "GC assist wait" | "preempted" | "stopping the world" | "wait for GC cycle")
 }
 
 /// What is known about one creation site at report time.
@@ -102,8 +96,10 @@ pub struct SiteFacts {
     pub network_held: u64,
     /// Live goroutines waiting on the network (`IO wait`).
     pub io_waiting: u64,
-    /// Blocked goroutines in a wait that is brief by design (`waits_briefly`).
-    pub waiting_briefly: u64,
+    /// Blocked goroutines passing through a lock (`waits_on_a_lock`).
+    pub on_a_lock: u64,
+    /// Blocked goroutines the runtime paused mid-work (`paused_by_runtime`).
+    pub paused: u64,
     /// The process's established TCP and connected Unix stream sockets.
     pub live_connections: Option<u64>,
 }
@@ -136,11 +132,12 @@ pub fn judge(f: &SiteFacts) -> (Verdict, String) {
     // running: busy handling requests); or waiting on what such a goroutine holds.
     if let Some(connections) = f.live_connections.filter(|&c| c > 0) {
         let mostly_waiting = f.io_waiting * 2 >= f.live && f.io_waiting <= connections;
-        // Busy: the rest run, or pass through a lock on the way (fewer of those
-        // than wait on the network); none waits on anything a request can hang on.
+        // Busy: the rest run (or the runtime paused them mid-work), or pass
+        // through a lock on the way (fewer of those than wait on the network);
+        // none waits on anything a request can hang on.
         let busy = f.io_waiting > 0
-            && f.waiting_briefly <= f.io_waiting
-            && f.blocked == f.io_waiting + f.waiting_briefly
+            && f.on_a_lock <= f.io_waiting
+            && f.blocked == f.io_waiting + f.on_a_lock + f.paused
             && f.live <= connections;
         if mostly_waiting || busy {
             let running = f.live.saturating_sub(f.blocked);
@@ -148,8 +145,11 @@ pub fn judge(f: &SiteFacts) -> (Verdict, String) {
             if busy && running > 0 {
                 others.push_str(&format!(", {running} running"));
             }
-            if busy && f.waiting_briefly > 0 {
-                others.push_str(&format!(", {} briefly on a lock or the GC", f.waiting_briefly));
+            if busy && f.paused > 0 {
+                others.push_str(&format!(", {} paused by the runtime (GC assist, preemption)", f.paused));
+            }
+            if busy && f.on_a_lock > 0 {
+                others.push_str(&format!(", {} briefly on a lock", f.on_a_lock));
             }
             if !others.is_empty() {
                 others.push(',');
@@ -338,13 +338,22 @@ mod tests {
         assert_ne!(v, Verdict::Stable, "{why}");
         let (v, why) = judge(&SiteFacts { live_connections: Some(16), ..f.clone() });
         assert_ne!(v, Verdict::Stable, "{why}");
-        // One of them on a lock or made to assist the GC is still busy (seen in
-        // CI: net/http's conn.serve in "sync.Cond.Wait" and "semacquire" under load)...
-        let (v, why) = judge(&SiteFacts { blocked: 6, waiting_briefly: 1, ..f.clone() });
+        // One of them on a lock is still busy (seen in CI: net/http's conn.serve
+        // in "sync.Cond.Wait" and "semacquire" under load)...
+        let (v, why) = judge(&SiteFacts { blocked: 6, on_a_lock: 1, ..f.clone() });
         assert_eq!(v, Verdict::Stable, "{why}");
         assert!(why.contains("26 running, 1 briefly on a lock"), "{why}");
         // ...but not when more of them wait on locks than on the network.
-        let (v, why) = judge(&SiteFacts { blocked: 11, waiting_briefly: 6, ..f });
+        let (v, why) = judge(&SiteFacts { blocked: 11, on_a_lock: 6, ..f.clone() });
+        assert_ne!(v, Verdict::Stable, "{why}");
+        // Caught in a GC cycle, most of them made to assist it: running, however
+        // many (seen in CI: 26 of 48 readLoops in "GC assist wait", 20 on the
+        // network, 2 on a lock).
+        let gc = SiteFacts { live: 48, blocked: 48, io_waiting: 20, paused: 26, on_a_lock: 2, ..f.clone() };
+        let (v, why) = judge(&gc);
+        assert_eq!(v, Verdict::Stable, "{why}");
+        assert!(why.contains("20 goroutines wait on the network, 26 paused by the runtime"), "{why}");
+        let (v, why) = judge(&SiteFacts { on_a_lock: 21, paused: 7, ..gc });
         assert_ne!(v, Verdict::Stable, "{why}");
     }
 

@@ -23,11 +23,11 @@ use crate::{
     snapshot::{all_goroutines, read_records, GRecord},
     symbolize::Frame,
     unwind::{is_blocking_machinery, BlockingStacks, Parked, Sched, StackId},
-    verdict::{judge, never_wakes, waits_briefly, SiteFacts},
+    verdict::{judge, never_wakes, paused_by_runtime, waits_on_a_lock, SiteFacts},
     waits::{self, ChanState, WaitKind, WaitObject},
 };
 
-use super::{monotonic_ns, TracedTarget, PROOF_RETRY};
+use super::{monotonic_ns, TracedTarget, WaitPlace, PROOF_RETRY};
 
 impl TracedTarget {
     /// The report of this target now: reads its live goroutines from memory,
@@ -179,20 +179,16 @@ impl TracedTarget {
         Waits { by_goid, waiters, channels }
     }
 
-    /// Keeps the proofs, and what the network holds, that still hold (same
-    /// goroutine, blocked at the same place on the same objects) and, if some
-    /// blocked goroutine of the program's own code is not proven yet, runs the
-    /// proof again.
+    /// Keeps the proofs that still hold (same goroutine, blocked at the same place
+    /// on the same objects) and what the network held of goroutines still alive
+    /// and, if some blocked goroutine of the program's own code is not proven
+    /// yet, runs the proof again.
     fn refresh_proof(&mut self, records: &Records, waits: &Waits) {
-        let unmoved = |goid: &u64, (sched, objects): &(Sched, Vec<u64>)| {
-            let same_place =
-                records.get(goid).copied().flatten().is_some_and(|r| r.is_blocked() && sched_of(&r) == *sched);
-            let same_objects =
-                waits.by_goid.get(goid).is_some_and(|o| o.iter().map(|w| w.addr).collect::<Vec<_>>() == *objects);
-            same_place && same_objects
-        };
-        self.proven.retain(|goid, held| unmoved(goid, held));
-        self.network_held.retain(|goid, held| unmoved(goid, held));
+        self.proven
+            .retain(|goid, at| records.get(goid).copied().flatten().is_some_and(|r| waits.blocked_at(*goid, &r, at)));
+        // Kept while it runs too: a connection's writer runs after each request
+        // and blocks again on the same channels (counted only then).
+        self.network_held.retain(|goid, _| records.contains_key(goid));
         if !self.prove {
             return;
         }
@@ -216,10 +212,9 @@ impl TracedTarget {
         self.last_proof_at = Some(Instant::now());
         let outcome = proof::prove(&self.mem, &self.target.binary, &self.info, bias, ProofBudget::default());
         for goid in &outcome.network_held {
-            let (Some(Some(rec)), Some(objects)) = (records.get(goid), waits.by_goid.get(goid)) else {
-                continue;
-            };
-            self.network_held.insert(*goid, (sched_of(rec), objects.iter().map(|w| w.addr).collect()));
+            if let Some(objects) = waits.by_goid.get(goid) {
+                self.network_held.insert(*goid, objects.iter().map(|w| w.addr).collect());
+            }
         }
         for (goid, objects) in &outcome.proven {
             if let Some(Some(rec)) = records.get(goid) {
@@ -376,7 +371,8 @@ impl TracedTarget {
             object_noun: object_noun(&a.objects),
             network_held: a.network_held,
             io_waiting: wait_reasons.get("IO wait").copied().unwrap_or(0),
-            waiting_briefly: wait_reasons.iter().filter(|(r, _)| waits_briefly(r)).map(|(_, n)| n).sum(),
+            on_a_lock: wait_reasons.iter().filter(|(r, _)| waits_on_a_lock(r)).map(|(_, n)| n).sum(),
+            paused: wait_reasons.iter().filter(|(r, _)| paused_by_runtime(r)).map(|(_, n)| n).sum(),
             live_connections,
         };
         let (verdict, verdict_reason) = judge(&facts);
@@ -586,6 +582,23 @@ fn object_noun(objects: &HashMap<WaitObject, u64>) -> &'static str {
     }
 }
 
+impl Waits {
+    /// Whether `goid` (its record `rec`) is blocked at `at`: the same place, on
+    /// the same objects.
+    fn blocked_at(&self, goid: u64, rec: &GRecord, (sched, objects): &WaitPlace) -> bool {
+        rec.is_blocked()
+            && sched_of(rec) == *sched
+            && self.by_goid.get(&goid).is_some_and(|o| o.iter().map(|w| w.addr).eq(objects.iter().copied()))
+    }
+
+    /// Whether `goid` waits on one of `objects` now. (A goroutine that wakes
+    /// often can be read mid-park, one of its select's channels not linked yet;
+    /// and its stack may have moved since: neither changes what it waits on.)
+    fn on_any_of(&self, goid: u64, objects: &[u64]) -> bool {
+        self.by_goid.get(&goid).is_some_and(|now| now.iter().any(|w| objects.contains(&w.addr)))
+    }
+}
+
 fn sched_of(rec: &GRecord) -> Sched {
     Sched { sp: rec.sched_sp, pc: rec.sched_pc, stack_hi: rec.stack_hi }
 }
@@ -597,8 +610,8 @@ impl LiveSummary {
         records: &Records,
         blocking: &BlockingStacks,
         waits: &Waits,
-        proven: &HashMap<u64, (Sched, Vec<u64>)>,
-        network_held: &HashMap<u64, (Sched, Vec<u64>)>,
+        proven: &HashMap<u64, WaitPlace>,
+        network_held: &HashMap<u64, Vec<u64>>,
         now: u64,
     ) -> HashMap<SiteKey, LiveSummary> {
         let mut acc: HashMap<SiteKey, LiveSummary> = HashMap::new();
@@ -631,7 +644,7 @@ impl LiveSummary {
                     }
                 }
                 a.proven += proven.contains_key(goid) as u64;
-                a.network_held += network_held.contains_key(goid) as u64;
+                a.network_held += network_held.get(goid).is_some_and(|held| waits.on_any_of(*goid, held)) as u64;
                 if let Some(since) = blocked_since(g, rec) {
                     a.blocked_us.record((now.saturating_sub(since) / 1000).max(1)).ok();
                 }
@@ -689,4 +702,20 @@ fn percentiles(h: &Histogram<u64>) -> Option<Percentiles> {
         p99: h.value_at_quantile(0.99) as f64 / 1e6,
         max: h.max() as f64 / 1e6,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_connections_goroutine_is_known_by_any_channel_it_waited_on() {
+        let chan = |addr| WaitObject { kind: WaitKind::Channel, addr };
+        let waits = Waits { by_goid: HashMap::from([(7, vec![chan(0x10), chan(0x20)])]), ..Default::default() };
+        // Read mid-park once: only one of its select's two channels was linked.
+        assert!(waits.on_any_of(7, &[0x20]));
+        assert!(waits.on_any_of(7, &[0x10, 0x20]));
+        assert!(!waits.on_any_of(7, &[0x30]), "another connection's channel");
+        assert!(!waits.on_any_of(8, &[0x10]), "not waiting now");
+    }
 }

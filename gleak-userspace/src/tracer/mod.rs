@@ -27,6 +27,9 @@ use crate::{
 
 mod assemble;
 
+/// Where a blocked goroutine waits, and on which objects.
+type WaitPlace = (Sched, Vec<u64>);
+
 /// How long a goroutine a proof could not settle waits before the proof runs
 /// again for it alone (blocked goroutines that move, or new ones, run it at once).
 const PROOF_RETRY: Duration = Duration::from_secs(30);
@@ -46,7 +49,7 @@ pub struct TracedTarget {
     blocking: BlockingStacks,
     /// Goroutines proven unable to run again, with where they were blocked and on
     /// what: the proof holds as long as both stay the same.
-    proven: HashMap<u64, (Sched, Vec<u64>)>,
+    proven: HashMap<u64, WaitPlace>,
     /// Blocked goroutines the last proof looked at and could not prove, where
     /// they were then: not a reason to run it again until they move or
     /// [`PROOF_RETRY`] passes (what holds their objects may let go).
@@ -56,10 +59,11 @@ pub struct TracedTarget {
     /// Exits come from the probe (else from memory, see [`AttachOptions::exit_probe`]).
     exit_probe: bool,
     /// Goroutines whose wait objects a goroutine waiting on the network held at a
-    /// proof, with where they were blocked and on what: a live connection's other
-    /// goroutines, as long as both stay the same (a proof sees each reader at one
-    /// instant, and a busy reader is off the network then and again).
-    network_held: HashMap<u64, (Sched, Vec<u64>)>,
+    /// proof, with those objects: a live connection's other goroutines whenever
+    /// they wait on one of them again. (A proof sees each reader at one instant,
+    /// and a busy reader is often off the network; its writer runs after each
+    /// request.)
+    network_held: HashMap<u64, Vec<u64>>,
     /// The last proof run, for the report.
     last_proof: Option<ProofReport>,
     /// Blocking stacks symbolized, once per stack.
