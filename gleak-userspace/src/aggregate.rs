@@ -112,12 +112,59 @@ pub struct Aggregator {
     /// late: a CPU's creation can miss the drain that delivers its exit from another
     /// CPU (written to its batch just after the batches were read). This drain's and
     /// the one before's, `g` → time of the exit.
-    orphan_exits: [HashMap<u64, u64>; 2],
+    orphan_exits: TwoDrains<u64>,
     /// Late creations counted dead because a newer goroutine owns their `g`, whose
     /// exit may still come (the same drain or the next): `g` → (site, creation
     /// time, when the newer owner took the `g`), to give them a lifetime then.
     /// This drain's and the one before's.
-    late_deaths: [HashMap<u64, LateDeath>; 2],
+    late_deaths: TwoDrains<LateDeath>,
+}
+
+/// Entries by `g` kept for this drain and the one after (at most
+/// [`MAX_ORPHAN_EXITS`] per drain): what a creation or exit delivered a drain
+/// late pairs with.
+struct TwoDrains<V> {
+    /// This drain's, then the one before's.
+    gens: [HashMap<u64, V>; 2],
+}
+
+impl<V> Default for TwoDrains<V> {
+    fn default() -> Self {
+        Self { gens: [HashMap::default(), HashMap::default()] }
+    }
+}
+
+impl<V> TwoDrains<V> {
+    fn is_empty(&self) -> bool {
+        self.gens.iter().all(HashMap::is_empty)
+    }
+
+    /// Keeps the first value for `g_addr` in this drain (`g_addr` 0 is unknown).
+    fn keep(&mut self, g_addr: u64, value: V) {
+        let current = &mut self.gens[0];
+        if g_addr != 0 && current.len() < MAX_ORPHAN_EXITS {
+            current.entry(g_addr).or_insert(value);
+        }
+    }
+
+    /// Removes the value for `g_addr` that `fits`, the earliest drain's first.
+    fn take(&mut self, g_addr: u64, fits: impl Fn(&V) -> bool) -> Option<V> {
+        if g_addr == 0 || self.is_empty() {
+            return None;
+        }
+        self.gens.iter_mut().rev().find_map(|gen| match gen.entry(g_addr) {
+            Entry::Occupied(e) if fits(e.get()) => Some(e.remove()),
+            _ => None,
+        })
+    }
+
+    /// Drops the drain before's and starts a new one.
+    fn end_of_drain(&mut self) {
+        if !self.is_empty() {
+            self.gens.swap(0, 1);
+            self.gens[0].clear();
+        }
+    }
 }
 
 /// A late creation counted dead, waiting for its exit's time (see `late_deaths`).
@@ -242,10 +289,9 @@ impl Aggregator {
                     // would, not when: its exit is lost, or still to come.
                     self.count_exit(&LiveGoroutine { created_ns: None, ..g }, ev.ts_ns);
                     self.reconciled_exits += 1;
-                    if let Some(before_ns) = newer_owner_since.filter(|_| self.late_deaths[0].len() < MAX_ORPHAN_EXITS)
-                    {
+                    if let Some(before_ns) = newer_owner_since {
                         let death = LateDeath { site: ev.gopc, created_ns: ev.ts_ns, before_ns };
-                        self.late_deaths[0].insert(ev.g_addr, death);
+                        self.late_deaths.keep(ev.g_addr, death);
                     }
                 }
             }
@@ -281,27 +327,14 @@ impl Aggregator {
     /// The time of an orphan exit on `g_addr` after `created_ns`: the death of the
     /// goroutine created then, whose creation is delivered after its exit.
     fn take_orphan_exit(&mut self, g_addr: u64, created_ns: u64) -> Option<u64> {
-        if g_addr == 0 || self.orphan_exits.iter().all(HashMap::is_empty) {
-            return None;
-        }
-        // The earliest first: the drain before's, then this one's.
-        self.orphan_exits.iter_mut().rev().find_map(|gen| match gen.entry(g_addr) {
-            Entry::Occupied(e) if *e.get() >= created_ns => Some(e.remove()),
-            _ => None,
-        })
+        self.orphan_exits.take(g_addr, |&exited_ns| exited_ns >= created_ns)
     }
 
     /// Call after each drain: orphan exits older than the drain before are dropped
     /// (a creation is at most one drain late).
     pub fn end_of_drain(&mut self) {
-        if self.orphan_exits.iter().any(|gen| !gen.is_empty()) {
-            self.orphan_exits.swap(0, 1);
-            self.orphan_exits[0].clear();
-        }
-        if self.late_deaths.iter().any(|gen| !gen.is_empty()) {
-            self.late_deaths.swap(0, 1);
-            self.late_deaths[0].clear();
-        }
+        self.orphan_exits.end_of_drain();
+        self.late_deaths.end_of_drain();
     }
 
     /// Reconciles with the goroutine table read from memory (drain the ring buffer
@@ -407,14 +440,7 @@ impl Aggregator {
     /// The exit of a late creation already counted dead (see `late_deaths`): its
     /// death is no longer a reconciled one, and its lifetime is known.
     fn time_late_death(&mut self, g_addr: u64, ts_ns: u64) -> bool {
-        if self.late_deaths.iter().all(HashMap::is_empty) {
-            return false;
-        }
-        let found = self.late_deaths.iter_mut().rev().find_map(|gen| match gen.entry(g_addr) {
-            Entry::Occupied(e) if (e.get().created_ns..e.get().before_ns).contains(&ts_ns) => Some(e.remove()),
-            _ => None,
-        });
-        let Some(death) = found else {
+        let Some(death) = self.late_deaths.take(g_addr, |d| (d.created_ns..d.before_ns).contains(&ts_ns)) else {
             return false;
         };
         self.reconciled_exits -= 1;
@@ -425,12 +451,9 @@ impl Aggregator {
     }
 
     fn keep_orphan_exit(&mut self, g_addr: u64, ts_ns: u64) {
-        let current = &mut self.orphan_exits[0];
-        if g_addr != 0 && current.len() < MAX_ORPHAN_EXITS {
-            // Applied in time order: the first is the earliest, the one a late
-            // creation before it pairs with.
-            current.entry(g_addr).or_insert(ts_ns);
-        }
+        // Applied in time order: the first is the earliest, the one a late
+        // creation before it pairs with.
+        self.orphan_exits.keep(g_addr, ts_ns);
     }
 
     /// Records an exit; `false` if the goroutine was not being tracked.
@@ -665,7 +688,7 @@ mod tests {
         assert_eq!((a.created, a.exited, a.live, agg.reconciled_exits), (2, 2, 0, 0));
         assert_eq!(a.lifetimes_us.len(), 2);
         assert!((990..=1_010).contains(&a.lifetimes_us.min()), "10 lived 1 ms: {}", a.lifetimes_us.min());
-        assert!(agg.orphan_exits.iter().all(HashMap::is_empty), "its exit is not left for another creation");
+        assert!(agg.orphan_exits.is_empty(), "its exit is not left for another creation");
         // Not past the drain after: by then memory has counted it.
         agg.on_event(&on_g(create(13, 0xb, 7_000_000), G));
         agg.end_of_drain();
