@@ -12,13 +12,16 @@
 use aya_ebpf::{
     bindings::BPF_F_USER_STACK,
     helpers::{bpf_ktime_get_ns, bpf_probe_read_user, bpf_probe_read_user_buf},
-    macros::{map, uprobe},
+    macros::map,
     maps::PerCpuArray,
     programs::{tracing::StackIdContext, ProbeContext},
 };
 use gleak_common::{counter, CreateBatch, EventKind, GoroutineEvent, BATCH, CONFIG_CAPTURE_STACKS, CREATE_SPAN};
 
-use crate::maps::{batch_filled, bump, read_optional, target_config, STACKS};
+use crate::{
+    maps::{batch_filled, bump, read_optional, STACKS},
+    target::{target_config, uprobe_per_cookie_source, CookieSource},
+};
 
 /// Per CPU, the creations not sent yet; user space reads them too (see
 /// `gleak_common::BatchHeader`).
@@ -74,23 +77,29 @@ static STACK_KEYS: PerCpuArray<KeyedStack> = PerCpuArray::with_max_entries(KEY_S
 #[map]
 static WALK_TICKS: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
 
-/// The new g in RAX (RET of newproc1, after CALL newproc1 in newcoro).
-#[uprobe]
-pub fn goroutine_create(ctx: ProbeContext) -> u32 {
-    let newg = unsafe { (*ctx.regs).rax };
-    on_create(&ctx, newg)
+uprobe_per_cookie_source! {
+    /// The new g in RAX (RET of newproc1, after CALL newproc1 in newcoro).
+    goroutine_create, goroutine_create_tgid => create_from_rax
 }
 
-/// The new g in RBX (`runqput(pp, newg, true)` in newproc.func1).
-#[uprobe]
-pub fn goroutine_create_rbx(ctx: ProbeContext) -> u32 {
-    let newg = unsafe { (*ctx.regs).rbx };
-    on_create(&ctx, newg)
+uprobe_per_cookie_source! {
+    /// The new g in RBX (`runqput(pp, newg, true)` in newproc.func1).
+    goroutine_create_rbx, goroutine_create_rbx_tgid => create_from_rbx
 }
 
 #[inline(always)]
-fn on_create(ctx: &ProbeContext, newg: u64) -> u32 {
-    let Some((pid, cfg)) = target_config(ctx) else {
+fn create_from_rax<S: CookieSource>(ctx: &ProbeContext) -> u32 {
+    on_create::<S>(ctx, unsafe { (*ctx.regs).rax })
+}
+
+#[inline(always)]
+fn create_from_rbx<S: CookieSource>(ctx: &ProbeContext) -> u32 {
+    on_create::<S>(ctx, unsafe { (*ctx.regs).rbx })
+}
+
+#[inline(always)]
+fn on_create<S: CookieSource>(ctx: &ProbeContext, newg: u64) -> u32 {
+    let Some((pid, cfg)) = target_config::<S>(ctx) else {
         return 0;
     };
     // One read for every field: helper calls are most of a probe's cost. Into a

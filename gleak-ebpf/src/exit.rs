@@ -8,15 +8,13 @@
 //! its memory. Deaths are gathered per CPU and sent [`BATCH`] at a time (see
 //! `gleak_common::BatchHeader`). The probe is attached per process, so it runs in traced ones only.
 
-use aya_ebpf::{
-    helpers::bpf_ktime_get_ns,
-    macros::{map, uprobe},
-    maps::PerCpuArray,
-    programs::ProbeContext,
-};
+use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::map, maps::PerCpuArray, programs::ProbeContext};
 use gleak_common::{counter, ExitBatch, ExitRecord, BATCH};
 
-use crate::maps::{batch_filled, cookie_pid};
+use crate::{
+    maps::batch_filled,
+    target::{target_pid, uprobe_per_cookie_source, CookieSource},
+};
 
 const _: () = assert!(BATCH.is_power_of_two());
 
@@ -25,8 +23,11 @@ const _: () = assert!(BATCH.is_power_of_two());
 #[map]
 static PENDING_EXITS: PerCpuArray<ExitBatch> = PerCpuArray::with_max_entries(1, 0);
 
-#[uprobe]
-pub fn goroutine_exit(ctx: ProbeContext) -> u32 {
+uprobe_per_cookie_source! { goroutine_exit, goroutine_exit_tgid => on_exit }
+
+#[inline(always)]
+fn on_exit<S: CookieSource>(ctx: &ProbeContext) -> u32 {
+    let Some(pid) = target_pid::<S, _>(ctx) else { return 0 };
     let Some(batch) = PENDING_EXITS.get_ptr_mut(0) else { return 0 };
     // Per-CPU: no other writer unless the kernel preempts this program (a
     // preemptible kernel), when a death can be lost or sent twice. Twice is
@@ -34,12 +35,8 @@ pub fn goroutine_exit(ctx: ProbeContext) -> u32 {
     // is found in memory, as with a full ring buffer.
     let batch = unsafe { &mut *batch };
     let slot = batch.header.count as usize & (BATCH - 1);
-    batch.exits[slot] = ExitRecord {
-        g_addr: unsafe { (*ctx.regs).rax },
-        ts_ns: unsafe { bpf_ktime_get_ns() },
-        pid: cookie_pid(&ctx),
-        _pad: 0,
-    };
+    batch.exits[slot] =
+        ExitRecord { g_addr: unsafe { (*ctx.regs).rax }, ts_ns: unsafe { bpf_ktime_get_ns() }, pid, _pad: 0 };
     batch_filled(batch, slot, Some(counter::EXITS_LOST));
     0
 }

@@ -12,6 +12,9 @@
 //! - [`process`]: `runtime.exit`, under `gleak run` only: stops the process so its
 //!   goroutines can be read before it is gone;
 //! - [`floor`]: none of gleak's: the overhead benchmark's counting-only program.
+//!
+//! [`target`] says which traced process a probe fired in: each probe exists twice,
+//! finding it by attach cookie (5.15+) or by thread group id (older kernels).
 #![no_std]
 #![no_main]
 
@@ -21,6 +24,7 @@ mod floor;
 mod maps;
 mod park;
 mod process;
+mod target;
 
 #[cfg(not(test))]
 #[panic_handler]

@@ -1,15 +1,12 @@
 //! Maps shared by every probe, and the helpers that fill an event.
 
-use aya_ebpf::programs::ProbeContext;
 use aya_ebpf::{
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
-    helpers::{bpf_get_smp_processor_id, bpf_ktime_get_ns, bpf_probe_read_user, generated::bpf_get_attach_cookie},
+    helpers::{bpf_get_smp_processor_id, bpf_ktime_get_ns, bpf_probe_read_user},
     macros::map,
-    maps::{Array, PerCpuArray, RingBuf, StackTrace},
-    EbpfContext,
+    maps::{PerCpuArray, RingBuf, StackTrace},
 };
-use aya_log_ebpf::warn;
-use gleak_common::{counter, BatchHeader, CreateBatch, EventKind, ExitBatch, GoroutineEvent, TargetConfig, BATCH};
+use gleak_common::{counter, BatchHeader, CreateBatch, EventKind, ExitBatch, GoroutineEvent, BATCH};
 
 /// Lifecycle events to user space. 8 MiB holds ~100k events: at a million events a
 /// second, five times what arrives between two polls of the intake thread.
@@ -22,12 +19,6 @@ const RING_BYTES: u32 = 8 << 20;
 /// loader, which may give the ring another size.
 #[unsafe(no_mangle)]
 static WAKEUP_BYTES: u64 = (RING_BYTES / 4) as u64;
-
-/// Per traced process, in the slot its probes' cookie names: where the fields of
-/// `runtime.g` are. An array, not a hash map keyed by PID: its lookup is an
-/// address computation, where a hash map's costs a hash and a bucket walk.
-#[map]
-pub static TARGETS: Array<TargetConfig> = Array::with_max_entries(gleak_common::MAX_TARGETS, 0);
 
 /// Creation stacks, deduplicated by the kernel.
 #[map]
@@ -47,32 +38,6 @@ pub fn bump_by(index: u32, n: u64) {
     if let Some(slot) = COUNTERS.get_ptr_mut(index) {
         // Per-CPU slot: no other writer.
         unsafe { *slot += n };
-    }
-}
-
-/// The process a probe fired in, as gleak knows it (its PID in gleak's own PID
-/// namespace, which a container's is not), from the cookie user space attached
-/// the probe with (see `gleak_common::probe_cookie`): probes are attached per
-/// process, so no lookup is needed.
-#[inline(always)]
-pub fn cookie_pid<C: EbpfContext>(ctx: &C) -> u32 {
-    (unsafe { bpf_get_attach_cookie(ctx.as_ptr()) } >> 32) as u32
-}
-
-/// The traced process a probe fired in and the layout of its runtime. Missing
-/// only if user space is mid-detach: counted and logged.
-#[inline(always)]
-pub fn target_config(ctx: &ProbeContext) -> Option<(u32, TargetConfig)> {
-    let cookie = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) };
-    let pid = (cookie >> 32) as u32;
-    match TARGETS.get(cookie as u32) {
-        // A cleared slot is all zeros, and `g.goid` is never at offset 0.
-        Some(cfg) if cfg.g_goid != 0 => Some((pid, *cfg)),
-        _ => {
-            bump(counter::NO_CONFIG);
-            warn!(ctx, "gleak: probe hit in PID {} with no runtime layout", pid);
-            None
-        }
     }
 }
 

@@ -5,14 +5,20 @@
 //! - at its entry, wait reason in the low byte of RCX. The entry may fire twice when
 //!   the stack grows in the prologue; the user side ignores the repeat.
 
-use aya_ebpf::{macros::uprobe, programs::ProbeContext};
+use aya_ebpf::programs::ProbeContext;
 use gleak_common::EventKind;
 
-use crate::maps::{emit, read_u64, target_config};
+use crate::{
+    maps::{emit, read_u64},
+    target::{target_config, uprobe_per_cookie_source, CookieSource},
+};
 
-#[uprobe]
-pub fn goroutine_park(ctx: ProbeContext) -> u32 {
-    let Some((pid, cfg)) = target_config(&ctx) else {
+uprobe_per_cookie_source! { goroutine_park, goroutine_park_tgid => park_at_entry }
+uprobe_per_cookie_source! { goroutine_park_mcall, goroutine_park_mcall_tgid => park_at_mcall }
+
+#[inline(always)]
+fn park_at_entry<S: CookieSource>(ctx: &ProbeContext) -> u32 {
+    let Some((pid, cfg)) = target_config::<S>(ctx) else {
         return 0;
     };
     let regs = unsafe { &*ctx.regs };
@@ -24,9 +30,9 @@ pub fn goroutine_park(ctx: ProbeContext) -> u32 {
     0
 }
 
-#[uprobe]
-pub fn goroutine_park_mcall(ctx: ProbeContext) -> u32 {
-    let Some((pid, cfg)) = target_config(&ctx) else {
+#[inline(always)]
+fn park_at_mcall<S: CookieSource>(ctx: &ProbeContext) -> u32 {
+    let Some((pid, cfg)) = target_config::<S>(ctx) else {
         return 0;
     };
     let g = unsafe { (*ctx.regs).r14 };

@@ -5,16 +5,21 @@
 //! goroutines were still alive, then resumes it. Attached only to a child gleak
 //! itself started.
 
-use aya_ebpf::{helpers::generated::bpf_send_signal, macros::uprobe, programs::ProbeContext};
+use aya_ebpf::{helpers::generated::bpf_send_signal, programs::ProbeContext};
 use gleak_common::EventKind;
 
-use crate::maps::{emit, read_optional, target_config};
+use crate::{
+    maps::{emit, read_optional},
+    target::{target_config, uprobe_per_cookie_source, CookieSource},
+};
 
 const SIGSTOP: u32 = 19;
 
-#[uprobe]
-pub fn process_exit(ctx: ProbeContext) -> u32 {
-    let Some((pid, cfg)) = target_config(&ctx) else {
+uprobe_per_cookie_source! { process_exit, process_exit_tgid => stop_at_exit }
+
+#[inline(always)]
+fn stop_at_exit<S: CookieSource>(ctx: &ProbeContext) -> u32 {
+    let Some((pid, cfg)) = target_config::<S>(ctx) else {
         return 0;
     };
     // The goroutine calling exit (R14; on g0 during a fatal panic, its m.curg):

@@ -3,15 +3,18 @@
 //! One loaded object serves every target: probes are attached per process
 //! (`UProbeScope::OneProcess`), each process's runtime layout sits in a slot of
 //! the `TARGETS` array, and the probes' cookie names the process and its slot.
+//! On kernels without attach cookies (before 5.15) each probe's twin finds that
+//! cookie by the process's thread group id instead ([`TargetLookup`]).
 
 use std::{collections::HashMap, num::NonZeroU32};
 
 use aya::{
-    maps::{Array, MapData, PerCpuArray, RingBuf, StackTraceMap},
+    maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf, StackTraceMap},
     programs::{
         uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeLinkId, UProbeScope},
-        UProbe,
+        ProgramType, UProbe,
     },
+    sys::{is_helper_supported, BpfHelper},
     Ebpf, EbpfLoader,
 };
 use gleak_common::{counter, probe_cookie, CreateBatch, ExitBatch, TargetConfig, MAX_TARGETS};
@@ -47,12 +50,76 @@ pub struct AttachedProbe {
     pub location: String,
 }
 
+/// How the probes learn which traced process they fired in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TargetLookup {
+    /// `bpf_get_attach_cookie` (kernel 5.15+): no lookup per hit.
+    AttachCookie,
+    /// A hash lookup by thread group id, for kernels without attach cookies.
+    ThreadGroupId,
+}
+
+impl TargetLookup {
+    /// What the kernel supports, unless `GLEAK_PROBE_LOOKUP` (`cookie` or `tgid`)
+    /// says otherwise (the benchmark and tests measure both paths on one kernel).
+    fn choose() -> Result<Self> {
+        let supported = || {
+            // aya attaches a cookie through a perf link: both came in 5.15.
+            let helper = is_helper_supported(ProgramType::KProbe, BpfHelper::BPF_FUNC_get_attach_cookie);
+            if matches!(helper, Ok(true)) && aya::features().bpf_perf_link() {
+                Self::AttachCookie
+            } else {
+                Self::ThreadGroupId
+            }
+        };
+        match std::env::var("GLEAK_PROBE_LOOKUP").as_deref() {
+            Err(_) => Ok(supported()),
+            Ok("cookie") => Ok(Self::AttachCookie),
+            Ok("tgid") => Ok(Self::ThreadGroupId),
+            Ok(other) => Err(Error::Load(format!("GLEAK_PROBE_LOOKUP={other}: expected `cookie` or `tgid`"))),
+        }
+    }
+
+    /// The eBPF program of probe `program` (a `PROBE_*` name) for this lookup.
+    pub fn program(self, program: &'static str) -> &'static str {
+        match self {
+            Self::AttachCookie => program,
+            Self::ThreadGroupId => {
+                PROGRAM_TWINS.iter().find(|(cookie, _)| *cookie == program).map_or(program, |&(_, tgid)| tgid)
+            }
+        }
+    }
+
+    /// For the banner.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Self::AttachCookie => "target found by attach cookie",
+            Self::ThreadGroupId => "target found by PID: no BPF attach cookies before kernel 5.15",
+        }
+    }
+}
+
+/// Each probe program and its twin that finds its target by thread group id
+/// (`uprobe_per_cookie_source!` in `gleak-ebpf/src/target.rs`).
+const PROGRAM_TWINS: [(&str, &str); 6] = [
+    (PROBE_CREATE, "goroutine_create_tgid"),
+    (PROBE_CREATE_RBX, "goroutine_create_rbx_tgid"),
+    (PROBE_EXIT, "goroutine_exit_tgid"),
+    (PROBE_PARK, "goroutine_park_tgid"),
+    (PROBE_PARK_MCALL, "goroutine_park_mcall_tgid"),
+    (PROBE_PROCESS_EXIT, "process_exit_tgid"),
+];
+
 pub struct Probes {
     ebpf: Ebpf,
+    lookup: TargetLookup,
     logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
     links: HashMap<u32, Vec<(&'static str, UProbeLinkId)>>,
     /// Each traced process's slot in the probes' `TARGETS` array.
     slots: HashMap<u32, u32>,
+    /// Under [`TargetLookup::ThreadGroupId`], each traced process's thread group
+    /// id as the kernel knows it (its key in `COOKIE_BY_TGID`).
+    tgids: HashMap<u32, u32>,
 }
 
 impl Probes {
@@ -74,11 +141,18 @@ impl Probes {
         // The probes log only on paths that should never run; keep the logger alive
         // so its map stays valid, and drop its output into `log`.
         let logger = aya_log::EbpfLogger::init(&mut ebpf).ok();
-        for name in [PROBE_CREATE, PROBE_CREATE_RBX, PROBE_EXIT, PROBE_PARK, PROBE_PARK_MCALL, PROBE_PROCESS_EXIT] {
+        let lookup = TargetLookup::choose()?;
+        for (name, _) in PROGRAM_TWINS {
+            let name = lookup.program(name);
             let prog: &mut UProbe = program(&mut ebpf, name)?;
-            prog.load().map_err(|e| Error::Load(format!("{name}: {e}")))?;
+            prog.load().map_err(|e| Error::Load(format!("{name}: {}", error_chain(&e))))?;
         }
-        Ok(Self { ebpf, logger, links: HashMap::new(), slots: HashMap::new() })
+        Ok(Self { ebpf, lookup, logger, links: HashMap::new(), slots: HashMap::new(), tgids: HashMap::new() })
+    }
+
+    /// How the loaded probes find their target.
+    pub fn target_lookup(&self) -> TargetLookup {
+        self.lookup
     }
 
     /// Forwards what the probes logged to the `log` crate.
@@ -118,6 +192,10 @@ impl Probes {
         // hostPID, the probes report gleak's PIDs, not the kernel's). Any failure
         // undoes it all.
         let scope = UProbeScope::OneProcess(NonZeroU32::new(pid).ok_or(Error::NoSuchProcess(pid))?);
+        let kernel_tgid = match self.lookup {
+            TargetLookup::AttachCookie => None,
+            TargetLookup::ThreadGroupId => Some(kernel_tgid(pid)?),
+        };
         // A process attached again keeps its slot.
         let slot = match self.slots.get(&pid) {
             Some(&slot) => slot,
@@ -128,16 +206,27 @@ impl Probes {
         self.set_config(slot, config)?;
         self.slots.insert(pid, slot);
         let cookie = probe_cookie(pid, slot);
+        if let Some(tgid) = kernel_tgid {
+            if let Err(e) = self.cookie_by_tgid().and_then(|mut map| {
+                map.insert(tgid, cookie, 0).map_err(|e| Error::Load(format!("COOKIE_BY_TGID: {e}")))
+            }) {
+                self.detach(pid);
+                return Err(e);
+            }
+            self.tgids.insert(pid, tgid);
+        }
+        let attach_cookie = kernel_tgid.is_none().then_some(cookie);
         let mut attached = Vec::new();
         for (site, offset) in plan {
-            let link = program(&mut self.ebpf, site.program).and_then(|prog| {
+            let program_name = self.lookup.program(site.program);
+            let link = program(&mut self.ebpf, program_name).and_then(|prog| {
                 let point =
-                    UProbeAttachPoint { location: UProbeAttachLocation::AbsoluteOffset(offset), cookie: Some(cookie) };
+                    UProbeAttachPoint { location: UProbeAttachLocation::AbsoluteOffset(offset), cookie: attach_cookie };
                 prog.attach(point, &target.attach_path, scope).map_err(|e| attach_error(&site, error_chain(&e)))
             });
             match link {
                 Ok(link) => {
-                    self.links.entry(pid).or_default().push((site.program, link));
+                    self.links.entry(pid).or_default().push((program_name, link));
                     attached.push(AttachedProbe { program: site.program, location: site.label });
                 }
                 Err(e) => {
@@ -159,6 +248,14 @@ impl Probes {
         if let Some(slot) = self.slots.remove(&pid) {
             let _ = self.set_config(slot, TargetConfig::default());
         }
+        if let Some(tgid) = self.tgids.remove(&pid) {
+            let _ = self.cookie_by_tgid().map(|mut map| map.remove(&tgid));
+        }
+    }
+
+    fn cookie_by_tgid(&mut self) -> Result<BpfHashMap<&mut MapData, u32, u64>> {
+        let map = self.ebpf.map_mut("COOKIE_BY_TGID").ok_or_else(|| Error::Load("no COOKIE_BY_TGID map".into()))?;
+        BpfHashMap::try_from(map).map_err(|e| Error::Load(e.to_string()))
     }
 
     /// Writes slot `slot` of the probes' `TARGETS` (all zeros: free).
@@ -204,6 +301,26 @@ impl Probes {
         let stacks = StackTraceMap::try_from(self.ebpf.map("STACKS")?).ok()?;
         let trace = stacks.get(&id, 0).ok()?;
         Some(trace.frames().iter().map(|f| f.ip).collect())
+    }
+}
+
+/// The PID by which the kernel's root PID namespace knows `pid`, which is what
+/// `bpf_get_current_pid_tgid` returns: the same PID when gleak runs in that
+/// namespace. From inside another one (a container without the host's PID
+/// namespace) the root one's PIDs cannot be seen, so the lookup cannot work.
+fn kernel_tgid(pid: u32) -> Result<u32> {
+    // The root PID namespace's inode number is fixed (PROC_PID_INIT_INO).
+    const ROOT_PID_NAMESPACE: u64 = 0xEFFF_FFFC;
+    let own = std::fs::metadata("/proc/self/ns/pid").map(|m| std::os::unix::fs::MetadataExt::ino(&m));
+    match own {
+        Ok(ROOT_PID_NAMESPACE) => Ok(pid),
+        Ok(_) => Err(Error::Load(
+            "this kernel has no BPF attach cookies (5.15+), so the probes know processes by their PIDs in the \
+             host's PID namespace, which gleak cannot see from this one: run gleak in the host's PID namespace \
+             (Kubernetes `hostPID: true`, Docker `--pid=host`)"
+                .into(),
+        )),
+        Err(e) => Err(Error::Load(format!("reading /proc/self/ns/pid: {e}"))),
     }
 }
 

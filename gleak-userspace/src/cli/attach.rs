@@ -18,11 +18,12 @@ pub fn banner(tracer: &Tracer, pid: u32, what: &str) {
         }
     }
     say!(
-        "gleak: tracing PID {pid}{} {} ({}) · probes: {} · {} goroutines already running · {what}",
+        "gleak: tracing PID {pid}{} {} ({}) · probes: {} ({}) · {} goroutines already running · {what}",
         t.target.ns_pid.map(|p| format!(" (PID {p} in its namespace)")).unwrap_or_default(),
         t.target.exe.display(),
         t.target.binary.go_version,
         probes.join(", "),
+        tracer.target_lookup().describe(),
         t.agg.live.len(),
     );
     say!("gleak: {}", t.info.sources);

@@ -89,6 +89,11 @@ impl Tracer {
         Ok(Self { probes, intake, ledger: BatchLedger::default(), targets: Default::default() })
     }
 
+    /// How the probes find the process they fired in (kernel-dependent).
+    pub fn target_lookup(&self) -> crate::probes::TargetLookup {
+        self.probes.target_lookup()
+    }
+
     /// Reads the target's binary and starts tracing it.
     pub fn attach(&mut self, pid: u32, opts: AttachOptions) -> Result<&TracedTarget> {
         let target = Target::from_pid(pid)?;

@@ -44,10 +44,13 @@ enum Setup {
     /// A counting-only BPF program at these file offsets.
     BpfFloor(Vec<u64>),
     /// gleak with these extra arguments; `stopped`: its user side stopped (SIGSTOP)
-    /// while timed, for what its probes cost alone, without its CPU competing.
+    /// while timed, for what its probes cost alone, without its CPU competing;
+    /// `by_pid`: its probes find their target by PID, as on kernels without attach
+    /// cookies (`GLEAK_PROBE_LOOKUP=tgid`).
     Gleak {
         extra: &'static [&'static str],
         stopped: bool,
+        by_pid: bool,
     },
 }
 
@@ -84,22 +87,29 @@ pub fn run(env: &Env) -> Result<String> {
             Setup::BpfFloor(offsets(&default_sites, |_| true)?),
         ),
         ("floor: bare uprobes at gleak's creation + exit + park sites", Setup::Floor(offsets(&park_sites, |_| true)?)),
-        ("gleak default (creation + exit, stacks)", Setup::Gleak { extra: &[], stopped: false }),
+        ("gleak default (creation + exit, stacks)", Setup::Gleak { extra: &[], stopped: false, by_pid: false }),
+        (
+            "gleak default, target found by PID (the path of kernels before 5.15)",
+            Setup::Gleak { extra: &[], stopped: false, by_pid: true },
+        ),
         (
             "gleak default, its user side stopped while timed: the probes alone",
-            Setup::Gleak { extra: &[], stopped: true },
+            Setup::Gleak { extra: &[], stopped: true, by_pid: false },
         ),
-        ("gleak --no-stacks", Setup::Gleak { extra: &["--no-stacks"], stopped: false }),
+        ("gleak --no-stacks", Setup::Gleak { extra: &["--no-stacks"], stopped: false, by_pid: false }),
         (
             "gleak --no-exit-probe (exits read from memory)",
-            Setup::Gleak { extra: &["--no-exit-probe"], stopped: false },
+            Setup::Gleak { extra: &["--no-exit-probe"], stopped: false, by_pid: false },
         ),
         (
             "gleak --no-exit-probe --no-stacks",
-            Setup::Gleak { extra: &["--no-exit-probe", "--no-stacks"], stopped: false },
+            Setup::Gleak { extra: &["--no-exit-probe", "--no-stacks"], stopped: false, by_pid: false },
         ),
-        ("gleak --trace-parks", Setup::Gleak { extra: &["--trace-parks"], stopped: false }),
-        ("gleak --classic-probes (entry/RET sites)", Setup::Gleak { extra: &["--classic-probes"], stopped: false }),
+        ("gleak --trace-parks", Setup::Gleak { extra: &["--trace-parks"], stopped: false, by_pid: false }),
+        (
+            "gleak --classic-probes (entry/RET sites)",
+            Setup::Gleak { extra: &["--classic-probes"], stopped: false, by_pid: false },
+        ),
     ];
     let mut rows: Vec<Row> = configs
         .iter()
@@ -143,10 +153,13 @@ pub fn run(env: &Env) -> Result<String> {
                         rows[i].programs = program_times(&mut wl, n)?;
                     }
                 }
-                Setup::Gleak { extra, stopped } => {
-                    let mut args = vec!["attach", "-p", pid.as_str(), "--json", "--interval", "1h", "--no-proof"];
-                    args.extend(extra.iter());
-                    let g = Gleak::start(env, &args, "tracing PID")?;
+                Setup::Gleak { extra, stopped, by_pid } => {
+                    let mut cmd = std::process::Command::new(&env.gleak);
+                    cmd.args(["attach", "-p", pid.as_str(), "--json", "--interval", "1h", "--no-proof"]).args(*extra);
+                    if *by_pid {
+                        cmd.env("GLEAK_PROBE_LOOKUP", "tgid");
+                    }
+                    let g = Gleak::start_command(cmd, "tracing PID")?;
                     if *stopped {
                         signal(g.pid(), Signal::SIGSTOP);
                         let timed = sample(&mut wl);
@@ -228,6 +241,8 @@ fn render(env: &Env, bin: &Path, rows: &[Row]) -> String {
          the spawning goroutine's path, while an exit often runs beside it on the other CPU, so the two alone \
          add up to more than both together; the creation site alone is also the floor of the modes without \
          the exit probe. \
+         The row whose probes find their target by PID is the path gleak takes on kernels without BPF attach \
+         cookies (before 5.15): a hash lookup per probe hit instead of none. \
          The row with gleak's user side stopped (SIGSTOP during the timed runs) shows what its probes cost \
          the target alone: on this 2-vCPU machine the rest is gleak's own CPU competing with the target's \
          (while it is stopped, events past the ring's capacity are dropped and counted as lost).\n",
