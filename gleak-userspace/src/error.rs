@@ -7,8 +7,10 @@ pub enum Error {
     #[error("no process with PID {0} (it may have exited)")]
     NoSuchProcess(u32),
 
+    /// `hint` says what to do: for a refusal, the capability it wanted
+    /// ([`crate::privilege::explain_process_denied`]).
     #[error("cannot read {path}: {cause}; {hint}")]
-    ProcAccess { path: PathBuf, cause: std::io::Error, hint: &'static str },
+    ProcAccess { path: PathBuf, cause: std::io::Error, hint: String },
 
     #[error("PID {pid}: {path} is position-independent but its mapping is not in /proc/{pid}/maps")]
     NoMapping { pid: u32, path: PathBuf },
@@ -64,19 +66,24 @@ pub enum Error {
     )]
     NoEbpfObject,
 
-    #[error("loading the eBPF programs failed: {0}. gleak needs root (CAP_BPF, CAP_PERFMON) and a kernel with BPF ring buffers (5.8+)")]
+    /// The advice after the reason names the capability a refused `bpf()` wanted,
+    /// or the kernel feature ([`crate::privilege::explain_load_failure`]).
+    #[error("loading the eBPF programs failed: {0}. {advice}", advice = crate::privilege::explain_load_failure(.0))]
     Load(String),
 
+    /// The advice after the reason names the capability a refused
+    /// `perf_event_open` wanted, or the kernel feature
+    /// ([`crate::privilege::explain_attach_failure`]).
     #[error(
-        "attaching uprobe {probe} to {path} failed: {reason}. The kernel needs CONFIG_UPROBE_EVENTS and gleak needs root"
+        "attaching uprobe {probe} to {path} failed: {reason}. {advice}",
+        advice = crate::privilege::explain_attach_failure(.reason)
     )]
     Attach { probe: String, path: PathBuf, reason: String },
 
-    #[error(
-        "gleak needs root, or the capabilities {missing} (it loads eBPF programs, attaches uprobes and reads \
-         the target's memory); run it with sudo"
-    )]
-    MissingCapabilities { missing: String },
+    /// Found up front ([`crate::privilege::preflight`]): each capability gleak
+    /// lacks, what for, and where to add it.
+    #[error("{0}")]
+    MissingCapabilities(crate::privilege::Shortfalls),
 
     #[error(
         "this kernel has no uprobe support ({what} is missing); gleak needs CONFIG_UPROBE_EVENTS=y and BPF ring \
@@ -103,13 +110,16 @@ pub mod exit_code {
     /// The target is not a Go program gleak can trace (not ELF, not Go, Go < 1.19,
     /// unknown release without DWARF, unreadable binary, not x86_64).
     pub const NOT_TRACEABLE: i32 = 4;
-    /// Not permitted: not root, or missing CAP_BPF / CAP_PERFMON / CAP_SYS_PTRACE.
+    /// Not permitted: a capability is missing (CAP_SYS_ADMIN, or CAP_BPF and CAP_PERFMON
+    /// on kernels that accept them for uprobes; CAP_SYS_PTRACE; CAP_SYS_RESOURCE before 5.11).
     pub const PERMISSION: i32 = 5;
     /// The kernel or this build of gleak lacks what tracing needs (uprobes, BPF ring
     /// buffers, the eBPF object).
     pub const UNSUPPORTED_SYSTEM: i32 = 6;
     /// The probe points cannot be found or placed safely in this binary.
     pub const NO_PROBE_POINT: i32 = 7;
+    /// A bug in gleak (an unexpected panic), said in one line (EX_SOFTWARE).
+    pub const INTERNAL: i32 = 70;
     /// `gleak run` stopped by SIGHUP with no leak found (128 + SIGHUP).
     pub const HANGUP: i32 = 129;
     /// `gleak run` stopped by Ctrl-C (SIGINT) with no leak found (128 + SIGINT).
@@ -136,10 +146,12 @@ impl Error {
             | Error::NoDwarf { .. }
             | Error::MissingDwarf { .. }
             | Error::Dwarf { .. } => NOT_TRACEABLE,
-            Error::MissingCapabilities { .. } => PERMISSION,
+            Error::MissingCapabilities(_) => PERMISSION,
             Error::NoUprobes { .. } => UNSUPPORTED_SYSTEM,
             Error::MissingSymbol { .. } | Error::Undecodable { .. } | Error::NoReturn { .. } => NO_PROBE_POINT,
             Error::Load(reason) | Error::Attach { reason, .. } if is_permission(reason) => PERMISSION,
+            // aya does not always pass the errno on ("failed to create map").
+            Error::Load(_) if crate::privilege::loading_shortfall().is_some() => PERMISSION,
             Error::NoEbpfObject | Error::Load(_) | Error::Attach { .. } => UNSUPPORTED_SYSTEM,
         }
     }

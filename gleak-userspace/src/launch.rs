@@ -60,6 +60,9 @@ pub fn spawn_stopped(program: &OsString, args: &[OsString], if_gleak_dies: IfGle
                 return Err(Errno::ESRCH.into());
             }
             ptrace::traceme()?;
+            // The command runs with its own privileges, not the tracing ones a
+            // non-root gleak holds as ambient capabilities.
+            crate::privilege::keep_capabilities_from_command();
             Ok(())
         });
     }

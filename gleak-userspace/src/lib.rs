@@ -6,6 +6,7 @@
 //! - [`debuginfo`], [`layout`], [`symbolize`], [`waitreason`]: one interface over what
 //!   a binary says about its runtime, whatever backend read it;
 //! - [`placement`]: which probes, and where each goes; [`probes`]: loading them;
+//!   [`privilege`]: the capabilities that takes on this kernel, checked up front;
 //! - [`intake`]: the thread draining the ring buffer; [`tracer`]: per-target state
 //!   and report assembly; [`sitecache`]: creation sites symbolized once;
 //!   [`aggregate`]: per-site stats; [`snapshot`]: live goroutine state from memory;
@@ -29,6 +30,7 @@ pub mod layout;
 pub mod netconn;
 pub mod placement;
 pub mod pprof;
+pub mod privilege;
 pub mod probes;
 pub mod procmem;
 pub mod proof;

@@ -125,8 +125,7 @@ pub struct Probes {
 impl Probes {
     pub fn load() -> Result<Self> {
         let object = ebpf_object()?;
-        preflight()?;
-        bump_memlock_rlimit();
+        crate::privilege::check_probes()?;
         let mut loader = EbpfLoader::new();
         let ring_bytes = ring_buffer_bytes_override()?;
         if let Some(bytes) = ring_bytes {
@@ -342,30 +341,6 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     s
 }
 
-/// Says what is missing before anything fails obscurely: the capabilities
-/// (root has them all) and the kernel's uprobe PMU.
-pub fn preflight() -> Result<()> {
-    const NEEDED: [(u32, &str); 3] = [(39, "CAP_BPF"), (38, "CAP_PERFMON"), (19, "CAP_SYS_PTRACE")];
-    let effective = procfs::process::Process::myself().and_then(|p| p.status()).ok().map(|s| s.capeff);
-    if let Some(caps) = effective {
-        // CAP_SYS_ADMIN stands in for CAP_BPF and CAP_PERFMON on every kernel.
-        let admin = caps & (1 << 21) != 0;
-        let missing: Vec<&str> = NEEDED
-            .iter()
-            .filter(|&&(bit, name)| caps & (1u64 << bit) == 0 && !(admin && name != "CAP_SYS_PTRACE"))
-            .map(|&(_, name)| name)
-            .collect();
-        if !missing.is_empty() {
-            return Err(Error::MissingCapabilities { missing: missing.join(", ") });
-        }
-    }
-    let uprobe_pmu = "/sys/bus/event_source/devices/uprobe";
-    if !std::path::Path::new(uprobe_pmu).exists() {
-        return Err(Error::NoUprobes { what: uprobe_pmu.into() });
-    }
-    Ok(())
-}
-
 /// The ring buffer's size in the eBPF object (`gleak-ebpf/src/maps.rs`).
 const DEFAULT_RING_BYTES: u32 = 8 << 20;
 
@@ -380,11 +355,4 @@ fn ring_buffer_bytes_override() -> Result<Option<u32>> {
             raw.to_string_lossy()
         ))),
     }
-}
-
-/// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK.
-fn bump_memlock_rlimit() {
-    use nix::sys::resource::{setrlimit, Resource, RLIM_INFINITY};
-    // Without the privilege to raise it, loading says what failed.
-    let _ = setrlimit(Resource::RLIMIT_MEMLOCK, RLIM_INFINITY, RLIM_INFINITY);
 }

@@ -218,10 +218,10 @@ fn proc_error(pid: u32, path: &Path, source: std::io::Error) -> Error {
         }
         return Error::NoSuchProcess(pid);
     }
-    let hint = if nix::unistd::geteuid().is_root() {
-        "refused even to root: is the process in another PID namespace or protected by a security module?"
+    let hint = if source.kind() == std::io::ErrorKind::PermissionDenied {
+        crate::privilege::explain_process_denied(pid)
     } else {
-        "gleak must run as root to trace another process"
+        "it may have exited, or be in another PID namespace".to_string()
     };
     Error::ProcAccess { path: path.to_path_buf(), cause: source, hint }
 }

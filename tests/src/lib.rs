@@ -788,11 +788,13 @@ impl fmt::Display for Fixture {
 // Running gleak
 // ---------------------------------------------------------------------------
 
-/// The gleak binary: `$GLEAK_BIN`, else `<target>/release/gleak` where
-/// `<target>` is `$CARGO_TARGET_DIR` or `<workspace>/target`.
+/// The gleak binary: `$GLEAK_BIN` (a relative path from the workspace root), else
+/// `<target>/release/gleak` where `<target>` is `$CARGO_TARGET_DIR` or
+/// `<workspace>/target`.
 pub fn gleak_bin() -> PathBuf {
     if let Some(bin) = std::env::var_os("GLEAK_BIN").filter(|v| !v.is_empty()) {
-        let bin = PathBuf::from(bin);
+        // Relative to the workspace, where cargo is run (tests run in their crate's directory).
+        let bin = workspace_root().join(bin);
         assert!(bin.is_file(), "GLEAK_BIN={} does not exist", bin.display());
         return bin;
     }

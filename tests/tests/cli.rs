@@ -410,3 +410,52 @@ fn only_final_report(run: &GleakRun, pid: u32, fx: &Fixture) -> Vec<Value> {
     assert_eq!(reports[0]["final"], true, "{fx}: `final`\n{}", reports[0]);
     reports
 }
+
+/// `gleak attach --json | head -1`: the reader takes one report and closes the
+/// pipe; gleak detaches and ends quietly with 0, as a filter does, instead of
+/// panicking on the closed pipe. The target runs on.
+#[test]
+fn attach_into_a_closed_pipe_ends_quietly() {
+    if !require_root() {
+        return;
+    }
+    let tc = go_toolchains().pop().expect("a Go toolchain");
+    let fx = Fixture::build(&tc, "chan_send");
+    let _serial = serial_guard();
+    let mut proc = fx.start();
+    let pid = proc.pid().to_string();
+    let mut gleak = Command::new(gleak_bin())
+        .args(["attach", "-p", &pid, "--json", "--interval", "1s"])
+        .env("RUST_BACKTRACE", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting gleak");
+    let mut first = String::new();
+    {
+        let mut stdout = std::io::BufReader::new(gleak.stdout.take().unwrap());
+        std::io::BufRead::read_line(&mut stdout, &mut first).expect("reading the first report");
+        // Dropped here: the pipe's only reader is gone.
+    }
+    let report: Value = serde_json::from_str(first.trim()).unwrap_or_else(|e| panic!("{e}: {first}"));
+    assert_eq!(report["pid"].to_string(), pid, "{fx}: {report}");
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = gleak.try_wait().expect("waiting for gleak") {
+            break status;
+        }
+        if started.elapsed() > Duration::from_secs(20) {
+            let _ = gleak.kill();
+            panic!("{fx}: gleak still runs 20 s after its stdout was closed");
+        }
+        thread::sleep(Duration::from_millis(100));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut gleak.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert_eq!(status.code(), Some(0), "{fx}: exit status on a closed stdout\n{stderr}");
+    for marker in PANIC_MARKERS {
+        assert!(!stderr.to_lowercase().contains(&marker.to_lowercase()), "{fx}: {marker:?} on stderr\n{stderr}");
+    }
+    proc.assert_running("after gleak's stdout was closed");
+}

@@ -45,7 +45,15 @@ pub async fn attach(pid: u32, common: Common, signals: &mut Signals) -> Result<(
             }
         ),
     );
-    let periodic = |tracer: &mut Tracer| common.print_periodic(tracer, pid);
+    let periodic = |tracer: &mut Tracer| {
+        common.print_periodic(tracer, pid);
+        if common.stdout_closed() {
+            // Nobody reads the reports any more (`--json | head -1`): detach and
+            // end quietly, as a filter does on a closed pipe.
+            tracer.detach(pid);
+            std::process::exit(gleak::error::exit_code::OK);
+        }
+    };
     match trace_loop(&mut tracer, pid, common.duration, Some(interval), None, signals, periodic).await? {
         LoopEnd::ImageChanged => say!("gleak: PID {pid} exec'd a new program; stopped tracing it"),
         LoopEnd::TargetExited(_) => say!("gleak: PID {pid} is gone (exited or killed)"),

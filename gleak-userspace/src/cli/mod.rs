@@ -6,12 +6,19 @@ mod audit;
 mod run;
 mod session;
 
-use std::{ffi::OsString, io::IsTerminal, path::PathBuf, time::Duration};
+use std::{
+    cell::Cell,
+    ffi::OsString,
+    io::{IsTerminal, Write as _},
+    path::PathBuf,
+    time::Duration,
+};
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use gleak::{
     pprof::{goroutine_samples, write_goroutine_profile},
+    privilege::Reads,
     AttachOptions, Report, Tracer,
 };
 use session::Signals;
@@ -33,7 +40,9 @@ EXIT CODES:
     2    bad usage, or an error of no class below
     3    no such process, or it exited before gleak could attach
     4    not a Go program gleak can trace (not ELF/x86_64, not Go, Go < 1.19, no function table)
-    5    not permitted: not root, or missing CAP_BPF / CAP_PERFMON / CAP_SYS_PTRACE
+    5    not permitted: a capability is missing (CAP_SYS_ADMIN for uprobes on kernels 6.16+ and
+         those fixed for CVE-2025-38466, else CAP_BPF and CAP_PERFMON; CAP_SYS_PTRACE to read
+         another user's process; CAP_SYS_RESOURCE before 5.11); the message names it
     6    the kernel or this build lacks what tracing needs (uprobes, BPF ring buffers, eBPF object)
     7    the probe points cannot be found or placed safely in this binary
     129  gleak run stopped by SIGHUP and no leak found
@@ -195,6 +204,10 @@ struct Common {
     /// Colour: auto (when stdout is a terminal), always, never.
     #[arg(long, value_enum, default_value_t = ColorChoice::Auto)]
     color: ColorChoice,
+    /// Whoever read stdout closed it (`gleak attach --json | head -1`): no more
+    /// reports are printed there.
+    #[arg(skip)]
+    stdout_closed: Cell<bool>,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -213,7 +226,12 @@ enum ColorChoice {
 pub fn main() -> Result<i32> {
     let cli = Cli::parse();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
-    gleak::probes::preflight()?;
+    let reads = match &cli.command {
+        Command::Attach { pid, .. } => Reads::Process(*pid),
+        Command::Run { .. } => Reads::OwnChild,
+        Command::Audit(_) => Reads::EveryProcess,
+    };
+    gleak::privilege::preflight(reads)?;
     // Current-thread: `gleak run` forks its command from the main thread, which the
     // command's parent-death signal is tied to (see `launch::spawn_stopped`).
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
@@ -281,17 +299,35 @@ impl Common {
         Ok(())
     }
 
+    /// Prints a report on stdout, unless its reader has gone: then quietly
+    /// nothing, now and from then on (see [`Common::stdout_closed`]).
     fn print(&self, report: &Report) {
-        if self.json {
-            println!("{}", report.to_json_line());
+        if self.stdout_closed.get() {
+            return;
+        }
+        let text = if self.json {
+            let mut line = report.to_json_line();
+            line.push('\n');
+            line
         } else {
             let color = match self.color {
                 ColorChoice::Always => true,
                 ColorChoice::Never => false,
                 ColorChoice::Auto => std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none(),
             };
-            print!("{}", report.render(self.top, self.stacks, color));
+            report.render(self.top, self.stacks, color)
+        };
+        let mut out = std::io::stdout().lock();
+        match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => self.stdout_closed.set(true),
+            Err(e) => say!("gleak: writing a report to stdout: {e}"),
         }
+    }
+
+    /// Whether stdout's reader has gone.
+    fn stdout_closed(&self) -> bool {
+        self.stdout_closed.get()
     }
 
     fn write_pprof(&self, report: &Report) -> Result<()> {
