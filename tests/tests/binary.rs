@@ -6,7 +6,7 @@ use std::path::Path;
 
 use gleak::{
     binary::{disasm::ret_offsets, GoBinary},
-    debuginfo::RuntimeInfo,
+    runtime::debuginfo::RuntimeInfo,
 };
 use gleak_tests::{build_fixture, go_toolchains, GoToolchain};
 
@@ -107,7 +107,7 @@ fn symbolizes_through_dwarf_line_tables() {
 /// the classic sites (entry, RETs) remain available.
 #[test]
 fn probes_sit_on_calls_the_kernel_emulates() {
-    use gleak::{placement::plan, AttachOptions};
+    use gleak::{tracing::placement::plan, AttachOptions};
     for tc in go_toolchains() {
         let (binary, _) = load(&tc);
         let opts = AttachOptions { trace_parks: true, ..AttachOptions::default() };

@@ -40,13 +40,13 @@ use std::{
 };
 
 use gleak::{
+    binary::symbolize::Symbolizer,
     binary::{
         buildinfo::{main_path_from_buildinfo, version_from_buildinfo},
         dwarf::DwarfInfo,
         globals, GoBinary,
     },
-    debuginfo::RuntimeInfo,
-    symbolize::Symbolizer,
+    runtime::debuginfo::RuntimeInfo,
     AttachOptions,
 };
 use gleak_tests::{build_fixture_variant, gleak_cache, go_toolchains, is_strict, Variant};
@@ -862,7 +862,7 @@ fn exercise(data: Vec<u8>, pcs: &[u64], buildinfo: Option<(usize, usize)>) -> u8
         AttachOptions { trace_parks: true, stop_at_exit: true, ..AttachOptions::default() },
         AttachOptions { classic_sites: true, trace_parks: true, ..AttachOptions::default() },
     ] {
-        let _ = gleak::placement::plan(&bin, opts);
+        let _ = gleak::tracing::placement::plan(&bin, opts);
     }
     let _ = globals::from_allgadd(&bin);
     let _ = globals::from_semacquire1(&bin);

@@ -1,4 +1,4 @@
-//! The per-release runtime table (`gleak::gotables`, what gleak uses for stripped
+//! The per-release runtime table (`gleak::runtime::gotables`, what gleak uses for stripped
 //! binaries) against real binaries: for every Go toolchain on the machine, every
 //! offset of the table entry equals what the DWARF of `chan_send` built by that
 //! toolchain says, the wait-reason names equal the binary's own
@@ -12,7 +12,7 @@ use gleak::binary::{
     dwarf::{DwarfInfo, StructLayout},
     GoBinary,
 };
-use gleak::gotables::{self, ReleaseFacts, NEWEST_KNOWN_MINOR, OLDEST_KNOWN_MINOR};
+use gleak::runtime::gotables::{self, ReleaseFacts, NEWEST_KNOWN_MINOR, OLDEST_KNOWN_MINOR};
 use gleak_tests::{build_fixture, go_toolchains, GoToolchain};
 
 /// Structs Go wraps a single word in. The table gives the offset of the word, so

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use gleak::html::SERIES_COLORS;
+use gleak::output::html::SERIES_COLORS;
 use gleak_tests::*;
 
 /// How long Chromium gets to load, render and dump or shoot a local page.

@@ -19,12 +19,12 @@ use std::fmt::Write as _;
 use std::path::Path;
 use std::sync::Arc;
 
+use gleak::binary::symbolize::{Frame, Symbolizer};
 use gleak::binary::{
     dwarf::DwarfInfo,
     pclntab::{FuncRange, Image, Pclntab, MAGIC_GO118, MAGIC_GO120},
     GoBinary,
 };
-use gleak::symbolize::{Frame, Symbolizer};
 use gleak_tests::{build_fixture, build_go_program_with_flags, fixture_source, go_toolchains, GoToolchain};
 
 // ---------------------------------------------------------------------------

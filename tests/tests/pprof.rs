@@ -8,8 +8,8 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use gleak::pprof::{write_goroutine_profile, ProfileSample};
-use gleak::symbolize::Frame;
+use gleak::binary::symbolize::Frame;
+use gleak::output::pprof::{write_goroutine_profile, ProfileSample};
 use gleak_tests::{
     count, find_site, go_toolchains, is_strict, require_root, run_gleak_attach, serial_guard, Fixture, GoToolchain,
 };

@@ -6,8 +6,8 @@
 
 use gleak::{
     binary::{globals, GoBinary},
-    debuginfo::RuntimeInfo,
-    placement::plan,
+    runtime::debuginfo::RuntimeInfo,
+    tracing::placement::plan,
     AttachOptions,
 };
 use gleak_tests::*;

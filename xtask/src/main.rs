@@ -73,7 +73,7 @@ fn main() -> Result<()> {
         Task::Fuzz { seconds, seed } => fuzz::run(seconds, seed.as_deref()),
         Task::Schema => {
             let path = root().join("docs/report.schema.json");
-            std::fs::write(&path, gleak::report::report_schema())?;
+            std::fs::write(&path, gleak::output::report::report_schema())?;
             step(&format!("wrote {}", path.display()));
             Ok(())
         }
@@ -164,7 +164,7 @@ pub fn go_build(go: &Path, src: &Path, out: &Path) -> Result<()> {
 }
 
 fn demo(duration: &str) -> Result<()> {
-    bootstrap(&[])?;
+    bootstrap(&["--demo"])?;
     let gleak = build_gleak()?;
     let go = newest_go()?;
     let out_dir = cache_dir().join("demo");

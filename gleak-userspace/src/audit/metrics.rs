@@ -17,7 +17,7 @@ use prometheus::{
     TextEncoder,
 };
 
-use crate::{report::Report, verdict::Verdict};
+use crate::{analysis::verdict::Verdict, output::report::Report};
 
 /// The folded row of sites past the top ones.
 pub const OTHER_SITE: &str = "other";

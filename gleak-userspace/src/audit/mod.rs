@@ -20,9 +20,9 @@ use std::{
 use serde::Serialize;
 
 use crate::{
+    analysis::verdict::Verdict,
     error::Result,
-    report::{is_runtime_site, Report, SiteReport},
-    verdict::Verdict,
+    output::report::{is_runtime_site, Report, SiteReport},
     AttachOptions, Tracer,
 };
 use discover::{Candidate, Discovery, Filter, Identity};

@@ -9,9 +9,9 @@ use object::{Object, ObjectSection};
 
 use super::GoBinary;
 use crate::{
+    binary::symbolize::{Frame, Symbolizer},
     error::{Error, Result},
-    layout::{BlockedLayout, HchanOffsets, HeapLayout, RuntimeLayout, SudogOffsets, WaitqOffsets},
-    symbolize::{Frame, Symbolizer},
+    runtime::layout::{BlockedLayout, HchanOffsets, HeapLayout, RuntimeLayout, SudogOffsets, WaitqOffsets},
 };
 
 type Reader = EndianArcSlice<LittleEndian>;
@@ -567,7 +567,7 @@ mod tests {
         let (bin, dwarf) = chain(100_000);
         let err = dwarf.err().unwrap();
         assert!(err.to_string().contains("nest"), "{err}");
-        let info = crate::debuginfo::RuntimeInfo::load(&bin).unwrap();
+        let info = crate::runtime::debuginfo::RuntimeInfo::load(&bin).unwrap();
         assert_eq!(info.sources.layout, "gleak's Go 1.22 table");
         assert!(info.symbolizer.frames(BASE + 1).is_empty());
 

@@ -11,6 +11,7 @@ pub mod dwarf;
 pub mod globals;
 pub mod moduledata;
 pub mod pclntab;
+pub mod symbolize;
 #[cfg(test)]
 mod testelf;
 
@@ -219,11 +220,11 @@ impl GoBinary {
         bin.load_pclntab();
         if bin.elf_symbols.is_empty() && bin.pclntab.is_none() {
             // Likely why: where the module data keeps the text start is release-specific.
-            if crate::gotables::for_release(bin.go_version.minor).is_none() && !bin.has_dwarf {
+            if crate::runtime::gotables::for_release(bin.go_version.minor).is_none() && !bin.has_dwarf {
                 return Err(Error::UnknownRelease {
                     path: bin.path,
                     version: bin.go_version.raw,
-                    newest: crate::gotables::NEWEST_KNOWN_MINOR,
+                    newest: crate::runtime::gotables::NEWEST_KNOWN_MINOR,
                 });
             }
             let why = bin.pclntab_problem.clone().unwrap_or_else(|| "no .gopclntab".into());

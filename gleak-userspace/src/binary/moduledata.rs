@@ -8,7 +8,7 @@
 //! them as relocations, not as file bytes.
 
 use super::GoBinary;
-use crate::gotables;
+use crate::runtime::gotables;
 
 /// `pcHeader.funcnameOffset`: where the function-name table starts, from the header.
 const HEADER_FUNCNAME_OFFSET: u64 = 32;

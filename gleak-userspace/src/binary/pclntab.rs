@@ -26,7 +26,7 @@
 
 use std::sync::Arc;
 
-use crate::symbolize::{Frame, Symbolizer};
+use crate::binary::symbolize::{Frame, Symbolizer};
 
 /// The whole ELF file's bytes, shared (a memory map or a `Vec`).
 pub type Image = Arc<dyn AsRef<[u8]> + Send + Sync>;

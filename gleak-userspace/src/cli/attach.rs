@@ -1,7 +1,7 @@
 //! `gleak attach`: trace a running process until told to stop, reporting as it goes.
 
 use anyhow::{Context, Result};
-use gleak::{runflow::LoopEnd, Tracer};
+use gleak::{analysis::runflow::LoopEnd, Tracer};
 use std::time::Duration;
 
 use super::{
@@ -38,9 +38,9 @@ pub async fn attach(pid: u32, common: Common, signals: &mut Signals) -> Result<(
         pid,
         &format!(
             "report every {}{}",
-            gleak::verdict::secs(interval.as_secs_f64()),
+            gleak::analysis::verdict::secs(interval.as_secs_f64()),
             match common.duration {
-                Some(d) => format!(" for {}", gleak::verdict::secs(d.as_secs_f64())),
+                Some(d) => format!(" for {}", gleak::analysis::verdict::secs(d.as_secs_f64())),
                 None => " until Ctrl-C".to_string(),
             }
         ),

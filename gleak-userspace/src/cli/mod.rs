@@ -17,8 +17,8 @@ use std::{
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use gleak::{
-    pprof::{goroutine_samples, write_goroutine_profile},
-    privilege::Reads,
+    output::pprof::{goroutine_samples, write_goroutine_profile},
+    tracing::privilege::Reads,
     AttachOptions, Report, Tracer,
 };
 use session::Signals;
@@ -231,7 +231,7 @@ pub fn main() -> Result<i32> {
         Command::Run { .. } => Reads::OwnChild,
         Command::Audit(_) => Reads::EveryProcess,
     };
-    gleak::privilege::preflight(reads)?;
+    gleak::tracing::privilege::preflight(reads)?;
     // Current-thread: `gleak run` forks its command from the main thread, which the
     // command's parent-death signal is tied to (see `launch::spawn_stopped`).
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
@@ -292,7 +292,7 @@ impl Common {
         let Some(path) = &self.html else {
             return Ok(());
         };
-        gleak::html::write(report, path).with_context(|| format!("writing --html {}", path.display()))?;
+        gleak::output::html::write(report, path).with_context(|| format!("writing --html {}", path.display()))?;
         if is_final {
             say!("gleak: wrote {} (open it in a browser)", path.display());
         }

@@ -1,16 +1,16 @@
 //! `gleak run`: start a command, trace it from its first goroutine, and judge it
-//! at its end. The order of the ending's steps is [`gleak::runflow`]'s; this file
+//! at its end. The order of the ending's steps is [`gleak::analysis::runflow`]'s; this file
 //! carries them out.
 
 use std::{ffi::OsString, time::Duration};
 
 use anyhow::{Context, Result};
 use gleak::{
-    gate,
-    launch::{self, IfGleakDies},
-    report::Report,
-    runflow::{LoopEnd, Observed, RunEnding, Step},
-    verdict::Verdict,
+    analysis::gate,
+    analysis::runflow::{LoopEnd, Observed, RunEnding, Step},
+    analysis::verdict::Verdict,
+    output::report::Report,
+    process::launch::{self, IfGleakDies},
     Tracer,
 };
 use nix::sys::signal::Signal;
@@ -122,7 +122,7 @@ pub async fn run(
 /// Waits (briefly) until SIGSTOP has stopped every thread of `pid`.
 async fn wait_stopped(pid: u32) {
     for _ in 0..200 {
-        if launch::is_stopped(pid) || !gleak::target::process_alive(pid) {
+        if launch::is_stopped(pid) || !gleak::process::target::process_alive(pid) {
             return;
         }
         tokio::time::sleep(Duration::from_millis(5)).await;

@@ -7,7 +7,7 @@ use std::{
 };
 
 use anyhow::{Context, Result};
-use gleak::{launch, runflow::LoopEnd, Tracer};
+use gleak::{analysis::runflow::LoopEnd, process::launch, Tracer};
 use nix::sys::signal::Signal;
 use tokio::signal::unix::{self, SignalKind};
 

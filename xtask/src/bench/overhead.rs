@@ -9,7 +9,7 @@ use std::{fmt::Write as _, path::Path};
 use anyhow::{Context, Result};
 use gleak::{
     binary::GoBinary,
-    placement::{plan, ProbeSite},
+    tracing::placement::{plan, ProbeSite},
     AttachOptions,
 };
 
@@ -365,7 +365,7 @@ mod bpf_floor {
 
     impl CountingProbes {
         pub fn attach(bin: &Path, pid: u32, offsets: &[u64]) -> Result<CountingProbes> {
-            let mut ebpf = Ebpf::load(gleak::probes::ebpf_object()?).context("loading gleak's eBPF object")?;
+            let mut ebpf = Ebpf::load(gleak::tracing::probes::ebpf_object()?).context("loading gleak's eBPF object")?;
             let prog: &mut UProbe =
                 ebpf.program_mut(PROGRAM).context("no floor_count program in the eBPF object")?.try_into()?;
             prog.load().context("loading floor_count")?;

@@ -19,10 +19,10 @@ use std::{
 };
 
 use crate::{
-    debuginfo::FactSources,
-    report::{short_path, site_label, truncate, Percentiles, Report, SiteReport},
-    symbolize::Frame,
-    verdict::{secs, Verdict},
+    analysis::verdict::{secs, Verdict},
+    binary::symbolize::Frame,
+    output::report::{short_path, site_label, truncate, Percentiles, Report, SiteReport},
+    runtime::debuginfo::FactSources,
 };
 
 /// Colours of the chart's series, in the order the sites are charted: Tableau
@@ -755,7 +755,7 @@ fn bytes(b: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::report::{BlockedAt, Gate, KernelCounters, PathReport, ProofReport, Rates, Totals, Trend};
+    use crate::output::report::{BlockedAt, Gate, KernelCounters, PathReport, ProofReport, Rates, Totals, Trend};
 
     fn frame(function: &str, file: &str, line: u32) -> Frame {
         Frame { function: function.into(), file: file.into(), line }

@@ -34,9 +34,9 @@ pub trait Memory {
     fn read_ranges(&self, ranges: &[(u64, usize)]) -> (Vec<u8>, Vec<Option<Range<usize>>>);
 }
 
-impl Memory for crate::procmem::ProcessMemory {
+impl Memory for crate::process::procmem::ProcessMemory {
     fn read_ranges(&self, ranges: &[(u64, usize)]) -> (Vec<u8>, Vec<Option<Range<usize>>>) {
-        crate::procmem::ProcessMemory::read_ranges(self, ranges)
+        crate::process::procmem::ProcessMemory::read_ranges(self, ranges)
     }
 }
 

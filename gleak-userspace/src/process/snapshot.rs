@@ -4,8 +4,8 @@
 
 use crate::{
     binary::globals::GoroutineTable,
-    layout::{gstatus, RuntimeLayout},
-    procmem::ProcessMemory,
+    process::procmem::ProcessMemory,
+    runtime::layout::{gstatus, RuntimeLayout},
 };
 
 /// What memory says about one goroutine right now.

@@ -32,7 +32,7 @@ pub struct AttachOptions {
     /// comparison, or should a future Go change the code shape the CALL search expects).
     pub classic_sites: bool,
     /// Prove, at each report, which blocked goroutines can never run again (reads
-    /// the target's heap; see [`crate::proof`]).
+    /// the target's heap; see [`crate::analysis::proof`]).
     pub prove: bool,
     /// Probe goroutine exits. Without it (one probe hit per goroutine instead of
     /// two) exits are read from memory: a new goroutine on a dead one's `g` (Go

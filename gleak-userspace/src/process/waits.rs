@@ -7,7 +7,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use crate::{layout::BlockedLayout, procmem::ProcessMemory};
+use crate::{process::procmem::ProcessMemory, runtime::layout::BlockedLayout};
 
 /// Most sudogs followed from one goroutine (a `select` has one per case; Go
 /// allows 65 536 cases, real code a handful).

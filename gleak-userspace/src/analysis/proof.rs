@@ -1,4 +1,4 @@
-//! Running the reachability proof ([`crate::reach`]) on a live target: reads the
+//! Running the reachability proof ([`crate::analysis::reach`]) on a live target: reads the
 //! goroutine table, what each blocked goroutine waits on, the heap's in-use spans
 //! and their special records, marks, and does it all a second time; a goroutine is
 //! proven unable to run again only if both passes find it unreachable, blocked at
@@ -10,13 +10,13 @@ use std::{
 };
 
 use crate::{
+    analysis::reach::{self, Budget, Goroutine, HeapIndex, Marking, Memory, Roots, Span, StackMaps, WholeStacks},
     binary::{pclntab::Pclntab, GoBinary},
-    debuginfo::RuntimeInfo,
-    layout::{gstatus, HeapLayout, MSPAN_IN_USE},
-    procmem::ProcessMemory,
-    reach::{self, Budget, Goroutine, HeapIndex, Marking, Memory, Roots, Span, StackMaps, WholeStacks},
-    snapshot::{all_goroutines, GRecord},
-    waits::{self, Blocked},
+    process::procmem::ProcessMemory,
+    process::snapshot::{all_goroutines, GRecord},
+    process::waits::{self, Blocked},
+    runtime::debuginfo::RuntimeInfo,
+    runtime::layout::{gstatus, HeapLayout, MSPAN_IN_USE},
 };
 
 /// Most spans read (a 1 TiB heap of 8 KiB spans).
@@ -190,7 +190,7 @@ fn one_pass(
 }
 
 fn never_wakes(info: &RuntimeInfo, r: &GRecord) -> bool {
-    r.is_blocked() && crate::verdict::never_wakes(&info.wait_reasons.name(r.wait_reason))
+    r.is_blocked() && crate::analysis::verdict::never_wakes(&info.wait_reasons.name(r.wait_reason))
 }
 
 /// The in-use spans (from `mheap_.allspans`) and the special records hung off
@@ -302,7 +302,7 @@ fn read_allocated(mem: &ProcessMemory, spans: &mut [Span], alloc_bits: &[(u64, u
 }
 
 /// A descheduled goroutine's stack as Go's collector sees it: the pointer words
-/// its frames' stack maps name (see [`crate::unwind::pointer_ranges`]).
+/// its frames' stack maps name (see [`crate::process::unwind::pointer_ranges`]).
 struct GoStackMaps<'a> {
     pcln: &'a Pclntab,
     bias: u64,
@@ -313,10 +313,10 @@ impl StackMaps for GoStackMaps<'_> {
         if g.pc == 0 || !g.stack.contains(&g.sp) {
             return None;
         }
-        let len = (g.stack.end - g.sp).min(crate::unwind::MAX_STACK_BYTES);
+        let len = (g.stack.end - g.sp).min(crate::process::unwind::MAX_STACK_BYTES);
         let (buf, landed) = mem.read_ranges(&[(g.sp, len as usize)]);
         let bytes = &buf[landed.first()?.clone()?];
-        let mut ranges = crate::unwind::pointer_ranges(bytes, g.sp, g.pc, self.pcln, self.bias);
+        let mut ranges = crate::process::unwind::pointer_ranges(bytes, g.sp, g.pc, self.pcln, self.bias);
         // A stack deeper than what was read: the rest whole.
         if g.sp + len < g.stack.end {
             ranges.push((g.sp + len, g.stack.end - (g.sp + len)));

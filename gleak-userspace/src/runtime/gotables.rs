@@ -14,7 +14,7 @@
 
 use std::ops::RangeInclusive;
 
-use crate::layout::{
+use crate::runtime::layout::{
     gstatus, BlockedLayout, GobufOffsets, HchanOffsets, HeapLayout, RuntimeLayout, SudogOffsets, WaitqOffsets,
 };
 

@@ -22,7 +22,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use flate2::{write::GzEncoder, Compression};
 
-use crate::{report::Report, symbolize::Frame};
+use crate::{binary::symbolize::Frame, output::report::Report};
 
 /// One stack of goroutines in the profile.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

@@ -12,7 +12,7 @@
 
 use std::collections::HashMap;
 
-use crate::{binary::pclntab::Pclntab, procmem::ProcessMemory, symbolize::package_of};
+use crate::{binary::pclntab::Pclntab, binary::symbolize::package_of, process::procmem::ProcessMemory};
 
 /// Deepest stack unwound; deeper ones are cut (the innermost frames are what matter).
 pub const MAX_FRAMES: usize = 64;

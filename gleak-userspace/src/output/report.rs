@@ -7,10 +7,10 @@ use schemars::JsonSchema;
 use serde::Serialize;
 
 use crate::{
-    debuginfo::FactSources,
-    symbolize::{package_of, Frame},
-    verdict::{secs, Verdict},
-    waits::{ChanState, WaitKind},
+    analysis::verdict::{secs, Verdict},
+    binary::symbolize::{package_of, Frame},
+    process::waits::{ChanState, WaitKind},
+    runtime::debuginfo::FactSources,
 };
 
 /// One report of `gleak attach` or `gleak run`: what `--json` prints, one per

@@ -80,7 +80,7 @@ pub struct SiteFacts {
     /// The site is the main goroutine (`select {}` at the end of `main` is an idiom).
     pub is_main: bool,
     /// Live goroutines proven unable to run again: blocked on objects nothing that
-    /// can run reaches (see `crate::proof`).
+    /// can run reaches (see `crate::analysis::proof`).
     pub proven: u64,
     /// A conclusive proof judged this site's blocked goroutines: those not proven
     /// wait on objects running code can reach.

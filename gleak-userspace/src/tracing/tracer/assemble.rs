@@ -10,21 +10,21 @@ use std::{
 use hdrhistogram::Histogram;
 
 use crate::{
-    aggregate::{Aggregator, LiveGoroutine, Sample, SiteKey},
-    layout::gstatus,
-    netconn,
-    probes::Probes,
-    proof::{self, ProofBudget},
-    report::{
+    analysis::aggregate::{Aggregator, LiveGoroutine, Sample, SiteKey},
+    analysis::proof::{self, ProofBudget},
+    analysis::verdict::{judge, never_wakes, paused_by_runtime, waits_on_a_lock, SiteFacts},
+    binary::symbolize::Frame,
+    output::report::{
         is_runtime_site, BlockedAt, GoroutineSample, KernelCounters, PathReport, Percentiles, ProofReport, Rates,
         Report, SiteReport, Totals, Trend, WaitObjectReport, WaitSummary,
     },
-    sitecache::{parent_chain, unknown_frame, Location, SiteLabel, MAIN_GOROUTINE},
-    snapshot::{all_goroutines, read_records, GRecord},
-    symbolize::Frame,
-    unwind::{is_blocking_machinery, BlockingStacks, Parked, Sched, StackId},
-    verdict::{judge, never_wakes, paused_by_runtime, waits_on_a_lock, SiteFacts},
-    waits::{self, ChanState, WaitKind, WaitObject},
+    process::netconn,
+    process::snapshot::{all_goroutines, read_records, GRecord},
+    process::unwind::{is_blocking_machinery, BlockingStacks, Parked, Sched, StackId},
+    process::waits::{self, ChanState, WaitKind, WaitObject},
+    runtime::layout::gstatus,
+    tracing::probes::Probes,
+    tracing::sitecache::{parent_chain, unknown_frame, Location, SiteLabel, MAIN_GOROUTINE},
 };
 
 use super::{monotonic_ns, TracedTarget, WaitPlace, PROOF_RETRY};

@@ -13,7 +13,7 @@ use foldhash::HashMap;
 use gleak_common::{EventKind, GoroutineEvent};
 use hdrhistogram::Histogram;
 
-use crate::snapshot::GRecord;
+use crate::process::snapshot::GRecord;
 
 /// A creation site is the `go` statement: the return address of its call to
 /// `runtime.newproc` (`g.gopc`), as a runtime address.
@@ -519,7 +519,7 @@ impl Aggregator {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::layout::gstatus;
+    use crate::runtime::layout::gstatus;
 
     fn create(goid: u64, gopc: u64, ts: u64) -> GoroutineEvent {
         GoroutineEvent {

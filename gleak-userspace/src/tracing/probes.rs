@@ -21,11 +21,11 @@ use gleak_common::{counter, probe_cookie, CreateBatch, ExitBatch, TargetConfig, 
 
 use crate::{
     error::{Error, Result},
-    placement::{
+    process::target::Target,
+    tracing::placement::{
         self, AttachOptions, ProbeSite, PROBE_CREATE, PROBE_CREATE_RBX, PROBE_EXIT, PROBE_PARK, PROBE_PARK_MCALL,
         PROBE_PROCESS_EXIT,
     },
-    target::Target,
 };
 
 #[cfg(not(gleak_no_ebpf))]
@@ -125,7 +125,7 @@ pub struct Probes {
 impl Probes {
     pub fn load() -> Result<Self> {
         let object = ebpf_object()?;
-        crate::privilege::check_probes()?;
+        crate::tracing::privilege::check_probes()?;
         let mut loader = EbpfLoader::new();
         let ring_bytes = ring_buffer_bytes_override()?;
         if let Some(bytes) = ring_bytes {

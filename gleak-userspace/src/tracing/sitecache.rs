@@ -4,10 +4,10 @@
 use std::collections::HashMap;
 
 use crate::{
-    aggregate::{Aggregator, SiteKey},
-    debuginfo::RuntimeInfo,
-    probes::Probes,
-    symbolize::{Frame, Symbolizer},
+    analysis::aggregate::{Aggregator, SiteKey},
+    binary::symbolize::{Frame, Symbolizer},
+    runtime::debuginfo::RuntimeInfo,
+    tracing::probes::Probes,
 };
 
 /// How the main goroutine's creation site is labelled.

@@ -1,6 +1,6 @@
 //! The tracing core: one loaded set of probes, any number of target processes, one
 //! event stream, and each target's state. `gleak attach`/`run` hold one target,
-//! `gleak audit` many. Events come in through [`crate::intake`]; reports are put
+//! `gleak audit` many. Events come in through [`crate::tracing::intake`]; reports are put
 //! together in [`assemble`].
 
 use std::{
@@ -11,18 +11,18 @@ use std::{
 use gleak_common::{counter, GoroutineEvent, CONFIG_CAPTURE_STACKS};
 
 use crate::{
-    aggregate::Aggregator,
-    debuginfo::RuntimeInfo,
+    analysis::aggregate::Aggregator,
     error::Result,
-    intake::{pending_events, Batch, BatchLedger, Intake},
-    placement::AttachOptions,
-    probes::{AttachedProbe, Probes},
-    procmem::ProcessMemory,
-    report::{KernelCounters, ProofReport, Report},
-    sitecache::{Location, SiteLabels, StackCache},
-    snapshot::all_goroutines,
-    target::Target,
-    unwind::{BlockingStacks, Sched, StackId},
+    output::report::{KernelCounters, ProofReport, Report},
+    process::procmem::ProcessMemory,
+    process::snapshot::all_goroutines,
+    process::target::Target,
+    process::unwind::{BlockingStacks, Sched, StackId},
+    runtime::debuginfo::RuntimeInfo,
+    tracing::intake::{pending_events, Batch, BatchLedger, Intake},
+    tracing::placement::AttachOptions,
+    tracing::probes::{AttachedProbe, Probes},
+    tracing::sitecache::{Location, SiteLabels, StackCache},
 };
 
 mod assemble;
@@ -90,7 +90,7 @@ impl Tracer {
     }
 
     /// How the probes find the process they fired in (kernel-dependent).
-    pub fn target_lookup(&self) -> crate::probes::TargetLookup {
+    pub fn target_lookup(&self) -> crate::tracing::probes::TargetLookup {
         self.probes.target_lookup()
     }
 

@@ -434,7 +434,7 @@ fn preflight_disabled() -> bool {
 
 /// What loading and attaching the probes need: the kernel's uprobe PMU, then the
 /// capabilities, and the locked-memory limit raised on kernels that charge maps
-/// to it. [`crate::probes::Probes::load`] runs it.
+/// to it. [`crate::tracing::probes::Probes::load`] runs it.
 pub fn check_probes() -> Result<()> {
     check(None)
 }

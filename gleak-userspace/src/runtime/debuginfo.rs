@@ -1,6 +1,6 @@
 //! One interface over the ways of learning a binary's runtime, chosen per fact:
 //! DWARF and ELF symbols where the binary has them, else `.gopclntab`, the machine
-//! code and gleak's per-release tables ([`crate::gotables`]). A binary with
+//! code and gleak's per-release tables ([`crate::runtime::gotables`]). A binary with
 //! symbols but no DWARF (the Go toolchain's own) uses its symbols for addresses
 //! and the tables for struct offsets; a stripped one uses `.gopclntab` for both
 //! addresses and lines.
@@ -8,16 +8,16 @@
 use std::sync::Arc;
 
 use crate::{
+    binary::symbolize::{Frame, Symbolizer},
     binary::{
         dwarf::DwarfInfo,
         globals::{self, FoundBy, GoroutineTable},
         GoBinary,
     },
     error::{Error, Result},
-    gotables,
-    layout::RuntimeLayout,
-    symbolize::{Frame, Symbolizer},
-    waitreason::WaitReasons,
+    runtime::gotables,
+    runtime::layout::RuntimeLayout,
+    runtime::waitreason::WaitReasons,
 };
 
 pub struct RuntimeInfo {

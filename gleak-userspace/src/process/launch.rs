@@ -62,7 +62,7 @@ pub fn spawn_stopped(program: &OsString, args: &[OsString], if_gleak_dies: IfGle
             ptrace::traceme()?;
             // The command runs with its own privileges, not the tracing ones a
             // non-root gleak holds as ambient capabilities.
-            crate::privilege::keep_capabilities_from_command();
+            crate::tracing::privilege::keep_capabilities_from_command();
             Ok(())
         });
     }

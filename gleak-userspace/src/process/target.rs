@@ -219,7 +219,7 @@ fn proc_error(pid: u32, path: &Path, source: std::io::Error) -> Error {
         return Error::NoSuchProcess(pid);
     }
     let hint = if source.kind() == std::io::ErrorKind::PermissionDenied {
-        crate::privilege::explain_process_denied(pid)
+        crate::tracing::privilege::explain_process_denied(pid)
     } else {
         "it may have exited, or be in another PID namespace".to_string()
     };

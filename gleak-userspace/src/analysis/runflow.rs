@@ -8,7 +8,7 @@
 
 use nix::sys::signal::Signal;
 
-use crate::gate::Ending;
+use crate::analysis::gate::Ending;
 
 /// Why the trace loop of a session ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -10,7 +10,7 @@ use procfs::{
     process::{FDTarget, Process},
 };
 
-use crate::target::proc_io_error;
+use crate::process::target::proc_io_error;
 
 /// Established TCP connections (IPv4 and IPv6) and connected Unix stream sockets
 /// of process `pid`, counted by the socket inodes it holds open.

@@ -5,10 +5,10 @@
 use nix::sys::signal::Signal;
 
 use crate::{
-    report::{Gate, Report, SiteReport},
-    symbolize::package_of,
-    unwind::is_blocking_machinery,
-    verdict::Verdict,
+    analysis::verdict::Verdict,
+    binary::symbolize::package_of,
+    output::report::{Gate, Report, SiteReport},
+    process::unwind::is_blocking_machinery,
 };
 
 /// Packages whose goroutines are infrastructure, not the program's: the runtime,
@@ -16,7 +16,7 @@ use crate::{
 const IGNORED_PACKAGES: &[&str] = &["runtime", "testing", "os/signal"];
 
 pub fn is_infrastructure(function: &str) -> bool {
-    if function == crate::sitecache::MAIN_GOROUTINE {
+    if function == crate::tracing::sitecache::MAIN_GOROUTINE {
         return true; // the one calling exit
     }
     let pkg = package_of(function);

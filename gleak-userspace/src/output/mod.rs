@@ -1,0 +1,9 @@
+//! Output: the report's types and its text and JSON forms ([`report`]), the
+//! goroutine profile `go tool pprof` reads ([`pprof`]) and the self-contained
+//! HTML page ([`html`]).
+//!
+//! May use: [`crate::analysis`] for verdict types; nothing reads the target here.
+
+pub mod html;
+pub mod pprof;
+pub mod report;

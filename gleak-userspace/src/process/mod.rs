@@ -1,0 +1,16 @@
+//! The target process: finding it and its binary ([`target`]), starting one to
+//! trace from its first goroutine ([`launch`]), and reading it without stopping
+//! it: memory ([`procmem`]), goroutines ([`snapshot`]), where blocked ones are
+//! stuck ([`unwind`]) and on what ([`waits`]), its network connections
+//! ([`netconn`]).
+//!
+//! May use: [`crate::binary`], [`crate::runtime`]. Knows nothing of probes or
+//! verdicts.
+
+pub mod launch;
+pub mod netconn;
+pub mod procmem;
+pub mod snapshot;
+pub mod target;
+pub mod unwind;
+pub mod waits;
