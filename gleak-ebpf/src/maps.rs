@@ -68,25 +68,34 @@ fn read(base: u64, offset: u32) -> Option<u64> {
     unsafe { bpf_probe_read_user((base + offset as u64) as *const u64) }.ok()
 }
 
-/// Reserves a ring-buffer slot, lets `fill` write the kind-specific fields, submits.
+/// Reserves a ring-buffer slot, writes a park or process-exit event, submits.
 /// A full buffer is counted, never silent. Returns whether the event was sent.
+///
+/// Field by field, volatile: LLVM merges plain stores of zeros into a call of
+/// `memset`, a global BPF function, which 5.10's verifier refuses ("arg#0 type is
+/// not a struct").
 #[inline(always)]
-pub fn emit(kind: EventKind, pid: u32, goid: u64, g_addr: u64, fill: impl FnOnce(&mut GoroutineEvent)) -> bool {
+pub fn emit(kind: EventKind, pid: u32, goid: u64, g_addr: u64, wait_reason: u32) -> bool {
     let Some(mut entry) = EVENTS.reserve::<GoroutineEvent>(0) else {
         bump(counter::RINGBUF_FULL);
         return false;
     };
-    let mut event = GoroutineEvent {
-        kind: kind as u32,
-        pid,
-        ts_ns: unsafe { bpf_ktime_get_ns() },
-        goid,
-        g_addr,
-        stack_id: -1,
-        ..GoroutineEvent::default()
-    };
-    fill(&mut event);
-    entry.write(event);
+    let event = entry.as_mut_ptr();
+    // SAFETY: `event` is the reserved record, 8-aligned and as large as the type.
+    unsafe {
+        use core::ptr::{addr_of_mut, write_volatile as put};
+        put(addr_of_mut!((*event).kind), kind as u32);
+        put(addr_of_mut!((*event).pid), pid);
+        put(addr_of_mut!((*event).ts_ns), bpf_ktime_get_ns());
+        put(addr_of_mut!((*event).goid), goid);
+        put(addr_of_mut!((*event).g_addr), g_addr);
+        put(addr_of_mut!((*event).parent_goid), 0);
+        put(addr_of_mut!((*event).gopc), 0);
+        put(addr_of_mut!((*event).startpc), 0);
+        put(addr_of_mut!((*event).stack_id), -1);
+        put(addr_of_mut!((*event).wait_reason), wait_reason);
+        put(addr_of_mut!((*event)._pad), 0);
+    }
     entry.submit(wakeup_flags(matches!(kind, EventKind::ProcessExit)));
     true
 }

@@ -25,7 +25,7 @@ fn park_at_entry<S: CookieSource>(ctx: &ProbeContext) -> u32 {
     let g = regs.r14;
     let reason = (regs.rcx & 0xff) as u32;
     if let Some(goid) = read_u64(g, cfg.g_goid) {
-        emit(EventKind::Park, pid, goid, g, |e| e.wait_reason = reason);
+        emit(EventKind::Park, pid, goid, g, reason);
     }
     0
 }
@@ -39,6 +39,6 @@ fn park_at_mcall<S: CookieSource>(ctx: &ProbeContext) -> u32 {
     let (Some(goid), Some(reason)) = (read_u64(g, cfg.g_goid), read_u64(g, cfg.g_waitreason)) else {
         return 0;
     };
-    emit(EventKind::Park, pid, goid, g, |e| e.wait_reason = (reason & 0xff) as u32);
+    emit(EventKind::Park, pid, goid, g, (reason & 0xff) as u32);
     0
 }

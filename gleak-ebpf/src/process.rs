@@ -33,7 +33,7 @@ fn stop_at_exit<S: CookieSource>(ctx: &ProbeContext) -> u32 {
     let goid = read_optional(curg, cfg.g_goid).unwrap_or(0);
     // Only stop the process if user space will hear of it: a stop nobody knows
     // about would hang the command.
-    if emit(EventKind::ProcessExit, pid, goid, curg, |_| {}) {
+    if emit(EventKind::ProcessExit, pid, goid, curg, 0) {
         unsafe { bpf_send_signal(SIGSTOP) };
     }
     0
