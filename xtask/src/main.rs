@@ -1,4 +1,5 @@
-//! Project tasks: `cargo xtask demo`, `cargo xtask test`, `cargo xtask bench`.
+//! Project tasks: `cargo xtask demo`, `cargo xtask test`, `cargo xtask bench`,
+//! `cargo xtask dist`, `cargo xtask vmtest`.
 //!
 //! Each installs what is missing first (scripts/bootstrap.sh) and says so.
 
@@ -12,7 +13,9 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod dist;
 mod fuzz;
+mod vmtest;
 
 #[derive(Parser)]
 #[command(name = "xtask", about = "gleak project tasks")]
@@ -62,6 +65,23 @@ enum Task {
     },
     /// Write docs/report.schema.json from the report's types (a unit test checks it is current).
     Schema,
+    /// Build release artifacts: a static gleak per target in target/dist/, with SHA256SUMS.
+    Dist,
+    /// Boot Debian's kernels (5.10, 6.1, 6.12, the newest) in QEMU and run gleak end to end in each.
+    Vmtest {
+        /// Only these kernels, by row (5.10, 6.1, 6.12, newest) or version prefix (7, 7.3).
+        #[arg(long, value_delimiter = ',')]
+        kernels: Vec<String>,
+        /// List the matrix's kernels (the packages the archive has now) and exit.
+        #[arg(long)]
+        list: bool,
+        /// Accelerator: auto tries KVM with a real boot and falls back to TCG.
+        #[arg(long, value_enum, default_value = "auto")]
+        accel: vmtest::AccelChoice,
+        /// Fetch the archive's indexes again even if the cached ones are less than a day old.
+        #[arg(long)]
+        refresh: bool,
+    },
 }
 
 fn main() -> Result<()> {
@@ -71,6 +91,10 @@ fn main() -> Result<()> {
         Task::Test { unit_only } => test(unit_only),
         Task::Bench { goroutines, soak_cycles, only } => bench::run(bench::BenchArgs { goroutines, soak_cycles, only }),
         Task::Fuzz { seconds, seed } => fuzz::run(seconds, seed.as_deref()),
+        Task::Dist => dist::run_dist(),
+        Task::Vmtest { kernels, list, accel, refresh } => {
+            vmtest::run(vmtest::VmtestArgs { kernels, list, accel, refresh })
+        }
         Task::Schema => {
             let path = root().join("docs/report.schema.json");
             std::fs::write(&path, gleak::output::report::report_schema())?;
