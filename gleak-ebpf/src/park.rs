@@ -36,9 +36,11 @@ fn park_at_mcall<S: CookieSource>(ctx: &ProbeContext) -> u32 {
         return 0;
     };
     let g = unsafe { (*ctx.regs).r14 };
-    let (Some(goid), Some(reason)) = (read_u64(g, cfg.g_goid), read_u64(g, cfg.g_waitreason)) else {
-        return 0;
-    };
+    // One read after the other, each returning on failure: evaluated together,
+    // LLVM kept the first value in a stack slot that the second's failure path
+    // leaves unwritten, a read 5.10's verifier refuses ("invalid read from stack").
+    let Some(goid) = read_u64(g, cfg.g_goid) else { return 0 };
+    let Some(reason) = read_u64(g, cfg.g_waitreason) else { return 0 };
     emit(EventKind::Park, pid, goid, g, (reason & 0xff) as u32);
     0
 }

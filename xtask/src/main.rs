@@ -253,6 +253,13 @@ fn test(unit_only: bool) -> Result<()> {
         .env("GLEAK_CACHE", cache_dir())
         // Missing prerequisites fail instead of skipping.
         .env("GLEAK_STRICT", "1"))?;
+    step("the same gleak on other kernels: 5.10, 6.1, 6.12 and the newest Debian ships, in QEMU (cargo xtask vmtest)");
+    vmtest::run(vmtest::VmtestArgs {
+        kernels: Vec::new(),
+        list: false,
+        accel: vmtest::AccelChoice::Auto,
+        refresh: false,
+    })?;
     step(&format!("all checks passed in {:.0}s", started.elapsed().as_secs_f64()));
     Ok(())
 }

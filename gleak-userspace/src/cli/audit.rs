@@ -61,10 +61,11 @@ pub async fn audit(args: AuditArgs, signals: &mut Signals) -> Result<()> {
     let mut auditor = audit::Auditor::new(opts, out, Some(metrics))?;
     auditor.discover();
     say!(
-        "gleak: auditing {} Go processes · every {} · {}",
+        "gleak: auditing {} Go processes · every {} · {} · probes: {}",
         auditor.watched(),
         humantime::format_duration(args.interval),
-        args.duration.map_or("until Ctrl-C".to_string(), |d| format!("for {}", humantime::format_duration(d)))
+        args.duration.map_or("until Ctrl-C".to_string(), |d| format!("for {}", humantime::format_duration(d))),
+        auditor.tracer_mut().target_lookup().describe(),
     );
     auditor.review();
     let deadline = args.duration.map(|d| tokio::time::Instant::now() + d);

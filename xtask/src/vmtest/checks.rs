@@ -131,15 +131,14 @@ impl Plan {
             sh_quote(GLEAK),
             leaky_new.pid_arg()
         );
-        // The shell in between has setpriv show the set gleak then runs with.
-        let least_privilege = format!(
-            "{} --bounding-set {} -- /bin/sh -c {} {}",
-            sh_quote(SETPRIV),
-            sh_quote(&setpriv_bounding_set(&capabilities)),
-            sh_quote(&format!("{SETPRIV} --dump >&2; exec \"$0\" \"$@\"")),
-            attach(&leaky_new, "1s", "")
-        );
-        let granted = capabilities.clone();
+        let with_caps = |who: Privilege, command: String| least_privilege(who, &capabilities, &command);
+        let granted = |who: Privilege| {
+            let capabilities = capabilities.clone();
+            move |out: &CheckOutput| holds(out, who, &capabilities)
+        };
+        let (attach_caps, run_caps, audit_caps) =
+            (granted(Privilege::Root), granted(Privilege::Root), granted(Privilege::Root));
+        let ambient_caps = granted(Privilege::Ambient);
         let checks = vec![
             Check::new(
                 &format!("attach-go{}", old.version),
@@ -170,9 +169,21 @@ impl Plan {
                 gate(out, Some(&Site::of("gate_leaky", "LEAK:gate")))
             }),
             Check::new("run-clean", RUN_S, gleak_run(&gate_clean), |out| gate(out, None)),
-            Check::new("audit", AUDIT_S, audit_command, judge_at(&chan_send, audit)),
-            Check::new("manifest-caps", ATTACH_S, least_privilege, move |out| {
-                with_capabilities(out, &granted, &chan_send)
+            Check::new("audit", AUDIT_S, audit_command.clone(), judge_at(&chan_send, audit)),
+            Check::new("caps-attach", ATTACH_S, with_caps(Privilege::Root, attach(&leaky_new, "1s", "")), {
+                let site = chan_send.clone();
+                move |out| attach_caps(out).and_then(|_| leak_in_reports(out, &site))
+            }),
+            Check::new("caps-run", RUN_S, with_caps(Privilege::Root, gleak_run(&gate_leaky)), move |out| {
+                run_caps(out).and_then(|_| gate(out, Some(&Site::of("gate_leaky", "LEAK:gate"))))
+            }),
+            Check::new("caps-audit", AUDIT_S, with_caps(Privilege::Root, audit_command), {
+                let site = chan_send.clone();
+                move |out| audit_caps(out).and_then(|_| audit(out, &site))
+            }),
+            Check::new("caps-nonroot", ATTACH_S, with_caps(Privilege::Ambient, attach(&leaky_new, "1s", "")), {
+                let site = chan_send.clone();
+                move |out| ambient_caps(out).and_then(|_| leak_in_reports(out, &site))
             }),
         ];
         Plan { fixtures: vec![leaky_old, leaky_new, stuck, gate_leaky, gate_clean], checks, capabilities }
@@ -217,12 +228,61 @@ fn gleak_run(fx: &Fixture) -> String {
     format!("{} run --json -- {}", sh_quote(GLEAK), sh_quote(&fx.guest_path()))
 }
 
-/// `-all,+bpf,+perfmon,…`: setpriv's bounding set of exactly `capabilities`.
-fn setpriv_bounding_set(capabilities: &[String]) -> String {
-    std::iter::once("-all".to_string())
+/// Who gleak runs as in a least-privilege check.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Privilege {
+    /// uid 0 whose bounding set is exactly the manifest's capabilities.
+    Root,
+    /// uid 65534 holding exactly those as ambient capabilities (systemd's way).
+    Ambient,
+}
+
+/// Unprivileged processes' usual locked-memory limit: kernels before 5.11 charge
+/// BPF maps to it, so gleak must raise it (CAP_SYS_RESOURCE) rather than rely on
+/// the runner's `ulimit -l unlimited`.
+const DEFAULT_MEMLOCK_KIB: u32 = 64;
+
+/// `command` under setpriv with exactly `capabilities`, as `who`, starting from
+/// the default locked-memory limit. The shell in between has setpriv show the set
+/// gleak then runs with.
+fn least_privilege(who: Privilege, capabilities: &[String], command: &str) -> String {
+    let set = std::iter::once("-all".to_string())
         .chain(capabilities.iter().map(|c| format!("+{}", c.to_lowercase())))
         .collect::<Vec<_>>()
-        .join(",")
+        .join(",");
+    let identity = match who {
+        Privilege::Root => format!("--bounding-set {}", sh_quote(&set)),
+        Privilege::Ambient => format!(
+            "--reuid 65534 --regid 65534 --clear-groups --inh-caps {set} --ambient-caps {set} --bounding-set {set}",
+            set = sh_quote(&set)
+        ),
+    };
+    let show_then_run = sh_quote(&format!("{SETPRIV} --dump >&2; exec \"$0\" \"$@\""));
+    // The command stays outside every quote: the runner's shell expands its `$PID_…`.
+    let lowered_memlock = sh_quote(&format!("ulimit -l {DEFAULT_MEMLOCK_KIB}; exec \"$@\""));
+    format!("/bin/sh -c {lowered_memlock} sh {} {identity} -- /bin/sh -c {show_then_run} {command}", sh_quote(SETPRIV))
+}
+
+/// setpriv's dump shows gleak ran with exactly `capabilities` as `who`: that
+/// bounding set, and as a non-root user those ambient capabilities too.
+fn holds(out: &CheckOutput, who: Privilege, capabilities: &[String]) -> Outcome {
+    let dumped = |label: &str| {
+        let line = out.stderr.lines().find_map(|l| l.strip_prefix(label)).unwrap_or_default();
+        let mut set: Vec<String> = line.split(',').filter(|c| !c.is_empty()).map(str::to_uppercase).collect();
+        set.sort();
+        set
+    };
+    let mut want = capabilities.to_vec();
+    want.sort();
+    let bounding = dumped("Capability bounding set: ");
+    ensure(bounding == want, || format!("gleak ran with bounding set {bounding:?}, not {want:?}"))?;
+    if who == Privilege::Ambient {
+        let ambient = dumped("Ambient capabilities: ");
+        ensure(ambient == want, || format!("gleak ran with ambient capabilities {ambient:?}, not {want:?}"))?;
+        let uid = out.stderr.lines().find_map(|l| l.strip_prefix("uid: ")).unwrap_or_default();
+        ensure(uid == "65534", || format!("gleak ran as uid {uid:?}, not 65534"))?;
+    }
+    Ok(String::new())
 }
 
 fn minor_version(go: &GoToolchain) -> u32 {
@@ -357,18 +417,6 @@ fn no_exit_probe(out: &CheckOutput, site: &Site) -> Outcome {
     leak_in_reports(out, site)
 }
 
-/// The attach under exactly the manifest's capabilities: setpriv's dump shows
-/// that bounding set (uid 0 gets no other capability), and the leak is found.
-fn with_capabilities(out: &CheckOutput, capabilities: &[String], site: &Site) -> Outcome {
-    let bounding = out.stderr.lines().find_map(|l| l.strip_prefix("Capability bounding set: "));
-    let mut got: Vec<String> = bounding.unwrap_or_default().split(',').map(str::to_uppercase).collect();
-    let mut want = capabilities.to_vec();
-    got.sort();
-    want.sort();
-    ensure(got == want, || format!("gleak ran with bounding set {bounding:?}, not {want:?}"))?;
-    leak_in_reports(out, site)
-}
-
 /// The proof on `stuck`'s leaks made before attach, at the first report (proof.rs).
 fn proof(out: &CheckOutput, go_minor: u32) -> Outcome {
     let reports = documents(out, 0)?;
@@ -486,7 +534,27 @@ mod tests {
         assert_eq!(manifest_capabilities(block).unwrap(), ["BPF", "SYS_ADMIN"]);
         assert!(manifest_capabilities("capabilities:\n  drop: [ALL]\nadd: [BPF]\n").is_err());
         assert!(manifest_capabilities("capabilities:\n  add: [\"BPF; rm -rf\"]\n").is_err());
-        assert_eq!(setpriv_bounding_set(&["BPF".into(), "SYS_PTRACE".into()]), "-all,+bpf,+sys_ptrace");
+    }
+
+    #[test]
+    fn least_privilege_commands_keep_the_pid_for_the_runner_to_expand() {
+        let caps = ["BPF".to_string(), "SYS_PTRACE".to_string()];
+        let root = least_privilege(Privilege::Root, &caps, "/vmtest/gleak attach -p $PID_x");
+        assert!(
+            root.starts_with("/bin/sh -c 'ulimit -l 64; exec \"$@\"' sh '/usr/bin/setpriv' --bounding-set"),
+            "{root}"
+        );
+        assert!(
+            root.contains("'-all,+bpf,+sys_ptrace'") && root.ends_with(" /vmtest/gleak attach -p $PID_x"),
+            "{root}"
+        );
+        assert!(!root.contains("--reuid"), "{root}");
+        let user = least_privilege(Privilege::Ambient, &caps, "true");
+        let set = "'-all,+bpf,+sys_ptrace'";
+        let identity = format!(
+            "--reuid 65534 --regid 65534 --clear-groups --inh-caps {set} --ambient-caps {set} --bounding-set {set}"
+        );
+        assert!(user.contains(&identity), "{user}");
     }
 
     #[test]
