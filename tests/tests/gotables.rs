@@ -1,80 +1,23 @@
 //! The per-release runtime table (`gleak::runtime::gotables`, what gleak uses for stripped
-//! binaries) against real binaries: for every Go toolchain on the machine, every
-//! offset of the table entry equals what the DWARF of `chan_send` built by that
-//! toolchain says, the wait-reason names equal the binary's own
+//! binaries) against real binaries: for every Go toolchain on the machine, the facts
+//! `cargo xtask gotables` would write for its release (read from the DWARF and
+//! symbols of `chan_send` built by that toolchain) equal the committed data file,
+//! field by field; and, with a list of its own of which DWARF member each fact is
+//! (a second opinion on the generator's), every offset of the entry equals what
+//! the DWARF says, the wait-reason names equal the binary's own
 //! `runtime.waitReasonStrings` element by element, and the `_G*` statuses agree
 //! with the toolchain's `runtime2.go`.
 
 use std::collections::HashMap;
 use std::fs;
 
-use gleak::binary::{
-    dwarf::{DwarfInfo, StructLayout},
-    GoBinary,
+use gleak::binary::{dwarf::DwarfInfo, GoBinary};
+use gleak::runtime::gotables::{
+    self,
+    from_dwarf::{self, RuntimeStructs},
+    ReleaseFacts, NEWEST_KNOWN_MINOR, OLDEST_KNOWN_MINOR,
 };
-use gleak::runtime::gotables::{self, ReleaseFacts, NEWEST_KNOWN_MINOR, OLDEST_KNOWN_MINOR};
 use gleak_tests::{build_fixture, go_toolchains, GoToolchain};
-
-/// Structs Go wraps a single word in. The table gives the offset of the word, so
-/// a member of one of these types is followed into it: (type, member holding the word).
-const WRAPPERS: &[(&str, &str)] = &[
-    // g.atomicstatus from 1.20 (package renamed in 1.23).
-    ("runtime/internal/atomic.Uint32", "value"),
-    ("internal/runtime/atomic.Uint32", "value"),
-    // sudog.elem / sudog.c from 1.26: `vu` is the source of truth, `vp` may be nil.
-    ("runtime.maybeTraceablePtr", "vu"),
-    ("runtime.maybeTraceableChan", "maybeTraceablePtr"),
-];
-
-const STRUCTS: &[&str] = &[
-    "runtime.g",
-    "runtime.m",
-    "runtime.stack",
-    "runtime.gobuf",
-    "runtime.sudog",
-    "runtime.hchan",
-    "runtime.waitq",
-    "runtime.moduledata",
-    "runtime.mheap",
-    "runtime.mspan",
-    "runtime.special",
-];
-
-/// The struct layouts of one binary.
-struct Dwarf {
-    layouts: HashMap<String, StructLayout>,
-}
-
-impl Dwarf {
-    fn layout(&self, name: &str) -> Result<&StructLayout, String> {
-        self.layouts.get(name).ok_or_else(|| format!("no struct {name}"))
-    }
-
-    /// Offset of `path[0]` in `struct_name`, plus that of `path[1]` in its type, and
-    /// so on; then into any [`WRAPPERS`] type the last member has.
-    fn offset(&self, struct_name: &str, path: &[&str]) -> Result<u64, String> {
-        let mut owner = struct_name.to_string();
-        let mut offset = 0;
-        let mut steps: Vec<String> = path.iter().map(|s| s.to_string()).collect();
-        steps.reverse();
-        while let Some(member) = steps.pop() {
-            let layout = self.layout(&owner)?;
-            offset += layout.members.get(&member).ok_or_else(|| format!("no member {owner}.{member}"))?;
-            let member_type = layout.member_types.get(&member).cloned().unwrap_or_default();
-            if steps.is_empty() {
-                if let Some((_, inner)) = WRAPPERS.iter().find(|(wrapper, _)| *wrapper == member_type) {
-                    steps.push(inner.to_string());
-                }
-            }
-            owner = member_type;
-        }
-        Ok(offset)
-    }
-
-    fn member_type(&self, struct_name: &str, member: &str) -> Option<&str> {
-        self.layouts.get(struct_name)?.member_types.get(member).map(String::as_str)
-    }
-}
 
 /// Collects every disagreement of one binary, so one run names them all.
 struct Check {
@@ -111,7 +54,7 @@ fn minor(tc: &GoToolchain) -> u32 {
     tc.version.split('.').nth(1).and_then(|m| m.parse().ok()).unwrap_or_else(|| panic!("{tc}: no minor version"))
 }
 
-fn check_offsets(check: &mut Check, facts: &ReleaseFacts, dwarf: &Dwarf) {
+fn check_offsets(check: &mut Check, facts: &ReleaseFacts, dwarf: &RuntimeStructs) {
     let g = &facts.g;
     check.field("g.size", g.size, dwarf.layout("runtime.g").map(|s| s.size));
     check.field("g.stack.lo", g.stack_lo, dwarf.offset("runtime.g", &["stack", "lo"]));
@@ -248,22 +191,36 @@ fn check_statuses(check: &mut Check, facts: &ReleaseFacts, tc: &GoToolchain) {
     });
 }
 
+/// What `cargo xtask gotables` would write for this release against the committed
+/// entry: one mismatch per fact, naming the file and the field.
+fn check_regenerated(check: &mut Check, facts: &ReleaseFacts, regenerated: &Result<ReleaseFacts, String>) {
+    match regenerated {
+        Ok(regenerated) => {
+            for difference in facts.differences(regenerated) {
+                check.expect(false, || format!("{}: {difference} (committed → regenerated)", facts.file_name()));
+            }
+        }
+        Err(e) => check.expect(false, || format!("the generator cannot read this release: {e}")),
+    }
+}
+
 /// Checks the table entry of `tc`'s release against a binary built by `tc`;
-/// returns the mismatches.
-fn check_toolchain(tc: &GoToolchain) -> Vec<String> {
+/// returns the mismatches and the facts the generator reads from it.
+fn check_toolchain(tc: &GoToolchain) -> (Vec<String>, Result<ReleaseFacts, String>) {
     let path = build_fixture(tc, "chan_send");
     let binary = GoBinary::open(&path, &path).expect("fixture is a Go binary");
     let minor = minor(tc);
     assert_eq!(binary.go_version.minor, minor, "{tc}: binary says {}", binary.go_version);
+    let regenerated = from_dwarf::read_release_facts(&binary);
     let Some(facts) = gotables::for_release(minor) else {
-        return vec![format!("{}: no table entry for Go 1.{minor}", binary.go_version.raw)];
+        return (vec![format!("{}: no table entry for Go 1.{minor}", binary.go_version.raw)], regenerated);
     };
 
     let info = DwarfInfo::load(&binary).expect("DWARF readable");
-    let names: Vec<&str> = STRUCTS.iter().copied().chain(WRAPPERS.iter().map(|(name, _)| *name)).collect();
-    let dwarf = Dwarf { layouts: info.struct_layouts(&binary, &names).expect("struct layouts readable") };
+    let dwarf = RuntimeStructs::read(&info, &binary).expect("struct layouts readable");
 
     let mut check = Check { label: binary.go_version.raw.clone(), mismatches: Vec::new() };
+    check_regenerated(&mut check, facts, &regenerated);
     check_offsets(&mut check, facts, &dwarf);
     check_wait_reasons(&mut check, facts, &binary);
     check_statuses(&mut check, facts, tc);
@@ -273,15 +230,30 @@ fn check_toolchain(tc: &GoToolchain) -> Vec<String> {
     check.expect(from_table == from_dwarf, || format!("runtime layout table {from_table:?}, DWARF {from_dwarf:?}"));
     if check.mismatches.is_empty() {
         eprintln!(
-            "  {}: entry Go 1.{}..=1.{} matches DWARF ({} structs read) and {} wait reasons",
+            "  {}: {} matches what the generator reads, DWARF ({} structs read) and {} wait reasons",
             check.label,
-            facts.minors.start(),
-            facts.minors.end(),
-            dwarf.layouts.len(),
+            facts.file_name(),
+            dwarf.len(),
             facts.wait_reasons.len()
         );
     }
-    check.mismatches
+    (check.mismatches, regenerated)
+}
+
+/// Neighbouring releases with the same facts share one file, as the generator
+/// writes them: two toolchains' releases in different files must differ.
+fn check_families(regenerated: &[(u32, ReleaseFacts)]) -> Vec<String> {
+    let mut mismatches = Vec::new();
+    for pair in regenerated.windows(2) {
+        let ((older, older_facts), (newer, newer_facts)) = (&pair[0], &pair[1]);
+        let same_entry = gotables::for_release(*older).map(ReleaseFacts::file_name)
+            == gotables::for_release(*newer).map(ReleaseFacts::file_name);
+        if older + 1 == *newer && !same_entry && older_facts.differences(newer_facts).is_empty() {
+            mismatches
+                .push(format!("Go 1.{older} and 1.{newer} have the same facts: the generator would share one file"));
+        }
+    }
+    mismatches
 }
 
 /// The table entry of every toolchain's release equals that toolchain's DWARF,
@@ -292,16 +264,27 @@ fn table_matches_each_toolchain() {
     let toolchains = go_toolchains();
     assert!(!toolchains.is_empty(), "no Go toolchain found: nothing to check the table against");
     let mut mismatches = Vec::new();
+    let mut regenerated = Vec::new();
     for tc in &toolchains {
         eprintln!("gotables vs DWARF: {tc}");
-        mismatches.extend(check_toolchain(tc));
+        let (found, facts) = check_toolchain(tc);
+        mismatches.extend(found);
+        regenerated.extend(facts.ok().map(|facts| (minor(tc), facts)));
     }
+    regenerated.dedup_by_key(|(minor, _)| *minor);
+    mismatches.extend(check_families(&regenerated));
     let tested: Vec<&str> = toolchains.iter().map(|tc| tc.version.as_str()).collect();
     let unchecked: Vec<u32> = (OLDEST_KNOWN_MINOR..=NEWEST_KNOWN_MINOR)
         .filter(|minor| !toolchains.iter().any(|tc| tc.version.split('.').nth(1) == Some(&minor.to_string())))
         .collect();
     eprintln!("checked against {tested:?}; releases without a toolchain here: {unchecked:?}");
-    assert!(mismatches.is_empty(), "{} mismatch(es):\n{}", mismatches.len(), mismatches.join("\n"));
+    assert!(
+        mismatches.is_empty(),
+        "{} mismatch(es):\n{}\n(`cargo xtask gotables` rewrites the data files from these toolchains: \
+         run it and review the diff)",
+        mismatches.len(),
+        mismatches.join("\n")
+    );
 }
 
 #[test]

@@ -15,6 +15,7 @@ use clap::{Parser, Subcommand};
 mod bench;
 mod dist;
 mod fuzz;
+mod gotables;
 mod vmtest;
 
 #[derive(Parser)]
@@ -34,7 +35,8 @@ enum Task {
         #[arg(long, default_value = "20s")]
         duration: String,
     },
-    /// Run every check: fmt, clippy, unit tests, eBPF end-to-end tests on real Go programs.
+    /// Run every check: fmt, clippy, unit tests, eBPF end-to-end tests on real Go
+    /// programs, then the kernel matrix in QEMU (`vmtest`).
     ///
     /// The end-to-end tests need root; without it this fails rather than skip them.
     Test {
@@ -65,6 +67,8 @@ enum Task {
     },
     /// Write docs/report.schema.json from the report's types (a unit test checks it is current).
     Schema,
+    /// Write the per-release Go runtime facts gleak embeds from every Go toolchain's DWARF.
+    Gotables,
     /// Build release artifacts: a static gleak per target in target/dist/, with SHA256SUMS.
     Dist,
     /// Boot Debian's kernels (5.10, 6.1, 6.12, the newest) in QEMU and run gleak end to end in each.
@@ -91,6 +95,7 @@ fn main() -> Result<()> {
         Task::Test { unit_only } => test(unit_only),
         Task::Bench { goroutines, soak_cycles, only } => bench::run(bench::BenchArgs { goroutines, soak_cycles, only }),
         Task::Fuzz { seconds, seed } => fuzz::run(seconds, seed.as_deref()),
+        Task::Gotables => gotables::run(),
         Task::Dist => dist::run_dist(),
         Task::Vmtest { kernels, list, accel, refresh } => {
             vmtest::run(vmtest::VmtestArgs { kernels, list, accel, refresh })

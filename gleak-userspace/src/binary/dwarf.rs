@@ -49,6 +49,12 @@ const MAX_STRUCT_SIZE: u64 = 1 << 16;
 /// same-named structs makes the struct search quadratic.
 const MAX_DIE_DEPTH: isize = 256;
 
+/// A `DW_TAG_constant`'s value, as Go writes it (signed or unsigned data).
+fn constant_value(entry: &gimli::DebuggingInformationEntry<Reader>) -> Option<u64> {
+    let value = entry.attr_value(gimli::DW_AT_const_value).ok()??;
+    value.udata_value().or_else(|| value.sdata_value().map(|v| v as u64))
+}
+
 /// DWARF sections of a binary, decompressed once.
 pub struct DwarfInfo {
     dwarf: Arc<gimli::Dwarf<Reader>>,
@@ -165,6 +171,23 @@ impl DwarfInfo {
         Ok(())
     }
 
+    /// The runtime package's integer constants named `prefix…` (`runtime._G` gives
+    /// `runtime._Gdead` = 6 and the other goroutine statuses), by full name.
+    pub fn constants(&self, binary: &GoBinary, prefix: &str) -> Result<HashMap<String, u64>> {
+        let mut constants = HashMap::new();
+        self.visit_runtime_unit(binary, |unit, entry| {
+            if entry.tag() == gimli::DW_TAG_constant {
+                if let Some(name) = self.name_of(unit, entry).filter(|name| name.starts_with(prefix)) {
+                    if let Some(value) = constant_value(entry) {
+                        constants.insert(name, value);
+                    }
+                }
+            }
+            Ok(())
+        })?;
+        Ok(constants)
+    }
+
     /// Reads the runtime structures and `runtime.waitReason*` constants.
     pub fn runtime_layout(&self, binary: &GoBinary) -> Result<(RuntimeLayout, HashMap<u8, String>)> {
         let wanted = [
@@ -192,14 +215,10 @@ impl DwarfInfo {
                         return Ok(());
                     };
                     if let Some(short) = name.strip_prefix("runtime.waitReason") {
-                        if let Ok(Some(value)) = entry.attr_value(gimli::DW_AT_const_value) {
-                            if let Some(v) = value.udata_value().or_else(|| value.sdata_value().map(|v| v as u64)) {
-                                // Wait reasons are a uint8: a larger value is not one
-                                // (truncated, it would rename another).
-                                if let Ok(v) = u8::try_from(v) {
-                                    wait_consts.insert(v, short.to_string());
-                                }
-                            }
+                        // Wait reasons are a uint8: a larger value is not one
+                        // (truncated, it would rename another).
+                        if let Some(v) = constant_value(entry).and_then(|v| u8::try_from(v).ok()) {
+                            wait_consts.insert(v, short.to_string());
                         }
                     }
                 }

@@ -135,7 +135,7 @@ impl RuntimeInfo {
             _ => match release {
                 Some(facts) => {
                     sources.wait_reasons = table_name.clone();
-                    WaitReasons::from_strings(facts.wait_reasons.iter().map(|s| s.to_string()).collect())
+                    WaitReasons::from_strings(facts.wait_reasons.clone())
                 }
                 None => {
                     sources.wait_reasons = "nowhere (numbers only)".into();

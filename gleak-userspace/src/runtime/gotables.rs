@@ -3,28 +3,65 @@
 //! With DWARF, gleak reads `runtime.g`/`runtime.m` offsets and wait-reason names
 //! from the binary itself. Stripped binaries (`-ldflags=-s -w`) have neither, so
 //! the same facts are kept here, one entry per family of Go releases with the same
-//! layout (as Delve's `pkg/proc` does). Offsets are identical on amd64 and arm64
+//! facts (as Delve's `pkg/proc` does). Offsets are identical on amd64 and arm64
 //! (both 64-bit; checked for 1.19–1.27 in the project's reference notes).
 //!
-//! Every entry except Go 1.20 is checked against the DWARF and the
-//! `runtime.waitReasonStrings` of a binary built by that toolchain
-//! (`tests/tests/gotables.rs`). Go 1.20 has no toolchain on the build machine: its
-//! entry comes from the project's reference notes (`go_runtime.md` §2/§4 and
-//! `go_waitreasons.json`, which read it from the go1.20.6 source).
+//! The entries are JSON files in `gotables/`, embedded in the binary (`index.rs`
+//! lists them) and parsed once, on first use. They are generated: `cargo xtask
+//! gotables` builds a small program with every Go toolchain on the machine, reads
+//! the facts from its DWARF and `runtime.waitReasonStrings` ([`from_dwarf`]) and
+//! writes one file per family; `tests/tests/gotables.rs` reads them again and fails
+//! when a committed file differs. Go 1.20 has no toolchain on the build machine: its
+//! file is kept by hand (its `origin` says where it comes from) and the generator
+//! leaves it alone.
+//!
+//! What moved between families (the why behind the numbers):
+//! - 1.20: `moduledata.covctrs`/`ecovctrs` moved `gofunc` +0x10; `g.goid` became a
+//!   `uint64` and `g.atomicstatus` an `atomic.Uint32` (same offsets); wait reasons
+//!   `sync.Mutex.Lock`… inserted, `timer goroutine (idle)` gone, `GC worker (active)`,
+//!   `GC mark termination` and `stopping the world` added.
+//! - 1.21: `g.parentGoid`; trace fields moved into `g.trace` at the end (`gopc`,
+//!   `startpc`, `waiting` −0x10); user arena fields moved `mspan`'s tail and `mheap` +8.
+//! - 1.22: `g.coroarg` (size only); `mspan.freeindex`/`nelems` became `uint16`;
+//!   `sudog.waiters` took padding; wait reasons up to `coroutine`.
+//! - 1.23: `g.syscallbp` moved everything from `atomicstatus` +8; `hchan.timer`
+//!   moved the queues +8; `GC weak to strong wait` appended.
+//! - 1.24: `g.fipsIndicator`/`syncGroup` (size only); `special.offset` widened to a
+//!   `uintptr`; `sync.WaitGroup.Wait` inserted and synctest reasons appended.
+//! - 1.25: `gobuf.ret` removed, so `g` after `sched` and `m` after `morebuf` −8;
+//!   GOMAXPROCS updater inserted, synctest reasons renamed `(durable)`, `cleanup wait`
+//!   appended.
+//! - 1.26: `g.fipsOnlyBypass`/`ditWanted`/`secret` moved `parentGoid` onwards +8;
+//!   `sudog.elem`/`c` became 16-byte `maybeTraceablePtr`s (offsets are of their `vu`
+//!   word); wait reasons reordered so those a leaked goroutine can block in are
+//!   contiguous; `_Gleaked` and `_Gdeadextra`.
+//! - 1.27: `moduledata.typedesclen`/`itaboffset`/`itabsize` moved `gofunc`.
 
 use std::ops::RangeInclusive;
+use std::sync::OnceLock;
+
+use serde::{Deserialize, Serialize};
 
 use crate::runtime::layout::{
     gstatus, BlockedLayout, GobufOffsets, HchanOffsets, HeapLayout, RuntimeLayout, SudogOffsets, WaitqOffsets,
 };
 
+pub mod from_dwarf;
+mod index;
+
+pub use index::{NEWEST_KNOWN_MINOR, OLDEST_KNOWN_MINOR};
+
 /// What gleak knows about one family of Go releases (a contiguous range of minor
-/// versions with the same layout).
-#[derive(Debug)]
+/// versions with the same facts): one data file, fields in the file's order.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ReleaseFacts {
-    /// Go 1.x for every x in this range. Today each family is a single release:
-    /// every two neighbours differ in some offset, size or wait reason.
+    /// Go 1.x for every x in this range; in the file, every release by name
+    /// (`["1.26", "1.27"]`). Today each family is a single release: every two
+    /// neighbours differ in some offset, size or wait reason.
+    #[serde(rename = "releases", with = "release_names")]
     pub minors: RangeInclusive<u32>,
+    pub origin: Origin,
     pub g: GOffsets,
     pub m: MOffsets,
     pub gobuf: GobufOffsets,
@@ -32,20 +69,32 @@ pub struct ReleaseFacts {
     pub hchan: HchanOffsets,
     pub waitq: WaitqOffsets,
     pub moduledata: ModuledataOffsets,
-    /// `runtime.waitReasonStrings`, indexed by waitReason value (exactly the strings Go prints).
-    pub wait_reasons: &'static [&'static str],
-    /// `g.atomicstatus` values (without the `_Gscan` bit) of a g that is not a goroutine:
-    /// `_Gdead`, and from 1.26 `_Gdeadextra` (extra-M gs parked for cgo callbacks).
-    pub dead_statuses: &'static [u32],
-    /// `_Gleaked` (1.26+): a goroutine the GC's leak detector found unreachable-blocked.
-    pub leaked_status: Option<u32>,
     /// The heap's span metadata (see [`HeapLayout`]); `None` where only the source was read.
     pub heap: Option<HeapLayout>,
+    /// `g.atomicstatus` values (without the `_Gscan` bit) of a g that is not a goroutine:
+    /// `_Gdead`, and from 1.26 `_Gdeadextra` (extra-M gs parked for cgo callbacks).
+    pub dead_statuses: Vec<u32>,
+    /// `_Gleaked` (1.26+): a goroutine the GC's leak detector found unreachable-blocked.
+    pub leaked_status: Option<u32>,
+    /// `runtime.waitReasonStrings`, indexed by waitReason value (exactly the strings Go prints).
+    pub wait_reasons: Vec<String>,
+}
+
+/// Where an entry's facts come from.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum Origin {
+    /// Read by `cargo xtask gotables` from binaries these toolchains built (`go1.26.6`).
+    GeneratedFrom(Vec<String>),
+    /// Written by hand, for a release without a toolchain on the build machine: where
+    /// the facts were read. The generator leaves such a file alone.
+    HandKept(String),
 }
 
 /// `runtime.g`. `stack_lo`/`stack_hi` are `g.stack.lo`/`g.stack.hi`; `atomicstatus`
 /// is the `uint32` itself (an `atomic.Uint32` from 1.20, whose value is at +0).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct GOffsets {
     /// `sizeof(runtime.g)`.
     pub size: u32,
@@ -69,7 +118,8 @@ pub struct GOffsets {
 }
 
 /// `runtime.m`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct MOffsets {
     pub curg: u32,
     /// The Linux thread id.
@@ -77,7 +127,8 @@ pub struct MOffsets {
 }
 
 /// `runtime.moduledata` (`runtime.firstmoduledata`): where pclntab and the sections are.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ModuledataOffsets {
     /// `*pcHeader`.
     pub pc_header: u32,
@@ -114,6 +165,7 @@ impl ReleaseFacts {
 
     /// Where blocked goroutines are stuck and on what.
     pub fn blocked_layout(&self) -> BlockedLayout {
+        // No overflow: parsing checked that the gobuf lies inside the g.
         BlockedLayout {
             g_sched_sp: self.g.sched + self.gobuf.sp,
             g_sched_pc: self.g.sched + self.gobuf.pc,
@@ -128,17 +180,213 @@ impl ReleaseFacts {
     pub fn is_dead(&self, status: u32) -> bool {
         self.dead_statuses.contains(&(status & !gstatus::SCAN))
     }
+
+    /// The data file this entry is written to: `go1.26.json`, or `go1.26-1.27.json`
+    /// for a family of several releases.
+    pub fn file_name(&self) -> String {
+        let (first, last) = (self.minors.start(), self.minors.end());
+        if first == last {
+            format!("go1.{first}.json")
+        } else {
+            format!("go1.{first}-1.{last}.json")
+        }
+    }
+
+    /// The entry as its data file holds it: the one text the generator writes, so a
+    /// file that did not change does not show in a diff.
+    pub fn to_json(&self) -> String {
+        let mut text = serde_json::to_string_pretty(self).expect("release facts serialize (plain data)");
+        text.push('\n');
+        text
+    }
+
+    /// One line per fact that differs between `self` and `other` (`g.goid: 152 →
+    /// 160`, `wait_reasons[19]: "chan receive" → "chan send"`), leaving out which
+    /// releases they cover and where they come from: empty when the facts are the same.
+    pub fn differences(&self, other: &ReleaseFacts) -> Vec<String> {
+        let facts = |entry: &ReleaseFacts| {
+            let mut value = serde_json::to_value(entry).expect("release facts serialize (plain data)");
+            if let Some(fields) = value.as_object_mut() {
+                fields.remove("releases");
+                fields.remove("origin");
+            }
+            value
+        };
+        let mut lines = Vec::new();
+        diff_values("", &facts(self), &facts(other), &mut lines);
+        lines
+    }
+
+    /// Checks what readers of the target's memory rely on: every offset lies far
+    /// below `u32::MAX` (so adding one to a struct's address, or two together, cannot
+    /// overflow), every `g` field and the `gobuf` in `g.sched` end inside the `g`,
+    /// field widths are ones gleak reads, and a wait reason fits its `uint8`.
+    fn check(&self) -> Result<(), String> {
+        let value = serde_json::to_value(self).map_err(|e| e.to_string())?;
+        for (section, fields) in value.as_object().into_iter().flatten() {
+            for (field, offset) in fields.as_object().into_iter().flatten() {
+                if offset.as_u64().is_some_and(|offset| offset > u64::from(MAX_OFFSET)) {
+                    return Err(format!("{section}.{field} = {offset}: beyond any runtime struct ({MAX_OFFSET})"));
+                }
+            }
+        }
+        let g = &self.g;
+        let word_fits_g = |what: &str, offset: Option<u32>| match offset.and_then(|o| o.checked_add(8)) {
+            Some(end) if end <= g.size => Ok(()),
+            _ => Err(format!("{what} ({offset:?}) does not fit in the {}-byte g", g.size)),
+        };
+        let g_fields = [
+            ("g.stack_lo", g.stack_lo),
+            ("g.stack_hi", g.stack_hi),
+            ("g.m", g.m),
+            ("g.atomicstatus", g.atomicstatus),
+            ("g.goid", g.goid),
+            ("g.waitsince", g.waitsince),
+            ("g.waitreason", g.waitreason),
+            ("g.gopc", g.gopc),
+            ("g.startpc", g.startpc),
+            ("g.waiting", g.waiting),
+        ];
+        for (what, offset) in g_fields {
+            word_fits_g(what, Some(offset))?;
+        }
+        if let Some(parent_goid) = g.parent_goid {
+            word_fits_g("g.parent_goid", Some(parent_goid))?;
+        }
+        let gobuf = &self.gobuf;
+        for (what, offset) in [("g.sched.sp", gobuf.sp), ("g.sched.pc", gobuf.pc), ("g.sched.bp", gobuf.bp)] {
+            word_fits_g(what, g.sched.checked_add(offset))?;
+        }
+        if let Some(heap) = &self.heap {
+            for (what, width) in [
+                ("heap.mspan_freeindex_bytes", heap.mspan_freeindex_bytes),
+                ("heap.special_offset_bytes", heap.special_offset_bytes),
+            ] {
+                if !matches!(width, 2 | 8) {
+                    return Err(format!("{what} = {width}: gleak reads 2- or 8-byte fields"));
+                }
+            }
+            if heap.g_size != g.size {
+                return Err(format!("heap.g_size = {} but g.size = {}", heap.g_size, g.size));
+            }
+            word_fits_g("heap.g_syscallsp", Some(heap.g_syscallsp))?;
+        }
+        if self.wait_reasons.len() > usize::from(u8::MAX) + 1 {
+            return Err(format!("{} wait reasons: a waitReason is a uint8", self.wait_reasons.len()));
+        }
+        if self.dead_statuses.is_empty() {
+            return Err("no dead statuses".into());
+        }
+        Ok(())
+    }
 }
 
-/// The newest release the table knows.
-pub const NEWEST_KNOWN_MINOR: u32 = 27;
-/// The oldest release the table knows.
-pub const OLDEST_KNOWN_MINOR: u32 = 19;
+/// Far beyond any offset in a runtime struct (the largest gleak reads into,
+/// `runtime.mheap`, is about 65 KiB), far below `u32::MAX`.
+const MAX_OFFSET: u32 = 1 << 20;
+
+/// Appends to `lines` where `old` and `new` differ, naming each field by its path.
+fn diff_values(path: &str, old: &serde_json::Value, new: &serde_json::Value, lines: &mut Vec<String>) {
+    use serde_json::Value;
+    let child = |name: &str| if path.is_empty() { name.to_string() } else { format!("{path}.{name}") };
+    match (old, new) {
+        // A section on one side only (`heap: null`) is compared field by field too.
+        (Value::Object(_), _) | (_, Value::Object(_)) => {
+            let no_fields = serde_json::Map::new();
+            let (old, new) = (old.as_object().unwrap_or(&no_fields), new.as_object().unwrap_or(&no_fields));
+            for name in old.keys().chain(new.keys().filter(|name| !old.contains_key(*name))) {
+                let field = |fields: &serde_json::Map<String, Value>| fields.get(name).cloned().unwrap_or_default();
+                diff_values(&child(name), &field(old), &field(new), lines);
+            }
+        }
+        (Value::Array(old), Value::Array(new)) => {
+            for index in 0..old.len().max(new.len()) {
+                let (old_item, new_item) = (old.get(index), new.get(index));
+                if old_item != new_item {
+                    let show = |item: Option<&Value>| item.map_or_else(|| "(none)".to_string(), Value::to_string);
+                    lines.push(format!("{path}[{index}]: {} → {}", show(old_item), show(new_item)));
+                }
+            }
+        }
+        _ if old != new => lines.push(format!("{path}: {old} → {new}")),
+        _ => {}
+    }
+}
+
+/// `releases` in a data file: each release by name, consecutive, oldest first.
+mod release_names {
+    use std::ops::RangeInclusive;
+
+    use serde::{de::Error as _, Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(minors: &RangeInclusive<u32>, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(minors.clone().map(|minor| format!("1.{minor}")))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<RangeInclusive<u32>, D::Error> {
+        let names = Vec::<String>::deserialize(deserializer)?;
+        let minors = names
+            .iter()
+            .map(|name| {
+                name.strip_prefix("1.")
+                    .and_then(|minor| minor.parse::<u32>().ok())
+                    .ok_or_else(|| D::Error::custom(format!("release {name:?} is not 1.N")))
+            })
+            .collect::<Result<Vec<u32>, _>>()?;
+        let (Some(&first), Some(&last)) = (minors.first(), minors.last()) else {
+            return Err(D::Error::custom("no releases"));
+        };
+        if !minors.windows(2).all(|pair| pair[0].checked_add(1) == Some(pair[1])) {
+            return Err(D::Error::custom(format!("releases {names:?} are not consecutive, oldest first")));
+        }
+        Ok(first..=last)
+    }
+}
+
+/// Parses the data file `file_name` and checks it (see [`ReleaseFacts::check`]):
+/// an error, never a panic, names the file and what is wrong.
+pub fn parse(file_name: &str, text: &str) -> Result<ReleaseFacts, String> {
+    let parse_and_check = || {
+        let facts: ReleaseFacts = serde_json::from_str(text).map_err(|e| e.to_string())?;
+        facts.check()?;
+        if facts.file_name() != file_name {
+            return Err(format!("its releases belong in {}", facts.file_name()));
+        }
+        Ok(facts)
+    };
+    parse_and_check().map_err(|e| format!("{file_name}: {e}"))
+}
+
+/// Parses every data file (`(name, text)`) into one table, oldest family first,
+/// and checks that the families follow each other without gaps or overlaps.
+pub fn load(files: &[(&str, &str)]) -> Result<Vec<ReleaseFacts>, String> {
+    let mut table = files.iter().map(|(name, text)| parse(name, text)).collect::<Result<Vec<_>, _>>()?;
+    table.sort_by_key(|facts| *facts.minors.start());
+    for pair in table.windows(2) {
+        if pair[0].minors.end().checked_add(1) != Some(*pair[1].minors.start()) {
+            return Err(format!("{} and {} leave a gap or overlap", pair[0].file_name(), pair[1].file_name()));
+        }
+    }
+    Ok(table)
+}
+
+/// The embedded table, parsed on first use. Malformed data is a build bug that the
+/// unit tests catch; should it ship anyway, gleak logs it and works as if it had no
+/// table (binaries with DWARF are still traced) rather than panic.
+fn table() -> &'static [ReleaseFacts] {
+    static TABLE: OnceLock<Vec<ReleaseFacts>> = OnceLock::new();
+    TABLE.get_or_init(|| {
+        load(index::FILES).unwrap_or_else(|e| {
+            log::error!("gleak's built-in Go release table is malformed ({e}): a bug, please report it");
+            Vec::new()
+        })
+    })
+}
 
 /// The facts for Go 1.`minor`, or None if gleak does not know that release (older
 /// than 1.19 or newer than the newest entry: a new release may move anything).
 pub fn for_release(minor: u32) -> Option<&'static ReleaseFacts> {
-    RELEASES.iter().find(|facts| facts.minors.contains(&minor))
+    table().iter().find(|facts| facts.minors.contains(&minor))
 }
 
 /// The `_Gdead`-like statuses of Go 1.`minor`. Unlike offsets these are stable
@@ -146,619 +394,10 @@ pub fn for_release(minor: u32) -> Option<&'static ReleaseFacts> {
 /// neighbour's: older ones `_Gdead` only, newer ones the newest entry's.
 pub fn dead_statuses(minor: u32) -> &'static [u32] {
     match for_release(minor.clamp(OLDEST_KNOWN_MINOR, NEWEST_KNOWN_MINOR)) {
-        Some(facts) => facts.dead_statuses,
+        Some(facts) => &facts.dead_statuses,
         None => &[gstatus::DEAD],
     }
 }
-
-const DEAD_UNTIL_1_25: &[u32] = &[gstatus::DEAD];
-const DEAD_FROM_1_26: &[u32] = &[gstatus::DEAD, gstatus::DEAD_EXTRA];
-
-// ---------------------------------------------------------------------------
-// Struct layouts, each named after the first release that has it.
-// ---------------------------------------------------------------------------
-
-/// 1.19 (DWARF, go1.19.8 Debian); 1.20 the same (source: only goid became uint64
-/// and atomicstatus atomic.Uint32, same offsets; labels at 360 as in OTel's table).
-const G_1_19: GOffsets = GOffsets {
-    size: 392,
-    stack_lo: 0x0,
-    stack_hi: 0x8,
-    m: 0x30,
-    sched: 0x38,
-    atomicstatus: 0x90,
-    goid: 0x98,
-    waitsince: 0xa8,
-    waitreason: 0xb0,
-    parent_goid: None,
-    gopc: 0x128,
-    startpc: 0x138,
-    waiting: 0x148,
-};
-/// 1.21: parentGoid added; trace fields moved into `g.trace` at the end, so
-/// gopc/startpc/waiting −0x10 (DWARF, go1.21.13).
-const G_1_21: GOffsets =
-    GOffsets { size: 408, parent_goid: Some(0x110), gopc: 0x118, startpc: 0x128, waiting: 0x138, ..G_1_19 };
-/// 1.22: coroarg appended (and bools in padding): size only (DWARF, go1.22.10).
-const G_1_22: GOffsets = GOffsets { size: 424, ..G_1_21 };
-/// 1.23: `syscallbp` after `syscallpc`: everything from atomicstatus +8 (DWARF, go1.23.9).
-const G_1_23: GOffsets = GOffsets {
-    size: 432,
-    atomicstatus: 0x98,
-    goid: 0xa0,
-    waitsince: 0xb0,
-    waitreason: 0xb8,
-    parent_goid: Some(0x118),
-    gopc: 0x120,
-    startpc: 0x130,
-    waiting: 0x140,
-    ..G_1_22
-};
-/// 1.24: fipsIndicator and syncGroup appended: size only (DWARF, go1.24.11).
-const G_1_24: GOffsets = GOffsets { size: 440, ..G_1_23 };
-/// 1.25: `gobuf.ret` removed, so everything after `sched` −8; valgrindStackID
-/// appended keeps the size (DWARF, go1.25.5).
-const G_1_25: GOffsets = GOffsets {
-    size: 440,
-    atomicstatus: 0x90,
-    goid: 0x98,
-    waitsince: 0xa8,
-    waitreason: 0xb0,
-    parent_goid: Some(0x110),
-    gopc: 0x118,
-    startpc: 0x128,
-    waiting: 0x138,
-    ..G_1_24
-};
-/// 1.26: fipsOnlyBypass/ditWanted/secret after `sig`: parentGoid onwards +8,
-/// xRegs appended (DWARF, go1.26.6; 1.27.3 identical).
-const G_1_26: GOffsets =
-    GOffsets { size: 456, parent_goid: Some(0x118), gopc: 0x120, startpc: 0x130, waiting: 0x140, ..G_1_25 };
-
-/// 1.19–1.24 (DWARF of each but 1.20).
-const M_1_19: MOffsets = MOffsets { curg: 0xc0, procid: 0x48 };
-/// 1.25: `m.morebuf` is a gobuf, which lost `ret`: everything after it −8 (DWARF, go1.25.5).
-const M_1_25: MOffsets = MOffsets { curg: 0xb8, procid: 0x40 };
-
-/// 1.19–1.24: sp, pc, g, ctxt, ret, lr, bp (DWARF of each but 1.20).
-const GOBUF_1_19: GobufOffsets = GobufOffsets { sp: 0x0, pc: 0x8, bp: 0x30 };
-/// 1.25: `ret` removed (DWARF, go1.25.5).
-const GOBUF_1_25: GobufOffsets = GobufOffsets { bp: 0x28, ..GOBUF_1_19 };
-
-/// 1.19–1.25 (1.22 added `waiters uint16` in padding: no move) (DWARF of each but 1.20).
-const SUDOG_1_19: SudogOffsets =
-    SudogOffsets { g: 0x0, next: 0x8, prev: 0x10, elem: 0x18, c: 0x50, waitlink: 0x40, isselect: 0x34 };
-/// 1.26: `elem` and `c` became 16-byte `maybeTraceablePtr`s; offsets are of their
-/// `vu` word (elem 0x18+8, c 0x58+8) (DWARF, go1.26.6 and go1.27.3).
-const SUDOG_1_26: SudogOffsets =
-    SudogOffsets { g: 0x0, next: 0x8, prev: 0x10, elem: 0x20, c: 0x60, waitlink: 0x48, isselect: 0x3c };
-
-/// 1.19–1.22 (DWARF of each but 1.20).
-const HCHAN_1_19: HchanOffsets =
-    HchanOffsets { qcount: 0x0, dataqsiz: 0x8, elemsize: 0x18, closed: 0x1c, recvq: 0x38, sendq: 0x48 };
-/// 1.23: `timer *timer` after `closed` moves the queues +8 (DWARF, go1.23.9; 1.24's
-/// `synctest bool` and 1.25's `bubble` after sendq move nothing we read).
-const HCHAN_1_23: HchanOffsets = HchanOffsets { recvq: 0x40, sendq: 0x50, ..HCHAN_1_19 };
-
-/// Every release 1.19–1.27 (DWARF of each but 1.20).
-const WAITQ: WaitqOffsets = WaitqOffsets { first: 0x0, last: 0x8 };
-
-/// 1.19 (DWARF, go1.19.8).
-const MODULEDATA_1_19: ModuledataOffsets = ModuledataOffsets {
-    pc_header: 0x0,
-    ftab: 0x80,
-    minpc: 0xa0,
-    text: 0xb0,
-    etext: 0xb8,
-    noptrdata: 0xc0,
-    data: 0xd0,
-    gofunc: 0x130,
-};
-/// 1.20: covctrs/ecovctrs after enoptrbss move gofunc +0x10 (source for 1.20;
-/// DWARF go1.21.13 … go1.26.6: 1.26's `epclntab` comes after gofunc).
-const MODULEDATA_1_20: ModuledataOffsets = ModuledataOffsets { gofunc: 0x140, ..MODULEDATA_1_19 };
-/// 1.27: typedesclen/itaboffset/itabsize inserted before rodata (DWARF, go1.27.3).
-const MODULEDATA_1_27: ModuledataOffsets = ModuledataOffsets { gofunc: 0x158, ..MODULEDATA_1_19 };
-
-/// 1.19 (DWARF, go1.19.8).
-const HEAP_1_19: HeapLayout = HeapLayout {
-    mheap_allspans: 0x10140,
-    mspan_start: 0x18,
-    mspan_limit: 0x70,
-    mspan_elemsize: 0x68,
-    mspan_spanclass: 0x62,
-    mspan_state: 0x63,
-    mspan_specials: 0x80,
-    mspan_freeindex: 0x30,
-    mspan_freeindex_bytes: 8,
-    mspan_alloc_bits: 0x48,
-    special_offset: 0x8,
-    special_offset_bytes: 2,
-    g_size: 392,
-    g_syscallsp: 0x70,
-};
-/// 1.21: user arena fields move mspan's tail +8, mheap +8 (DWARF, go1.21.13).
-const HEAP_1_21: HeapLayout = HeapLayout {
-    mheap_allspans: 0x10148,
-    mspan_limit: 0x78,
-    mspan_elemsize: 0x70,
-    mspan_spanclass: 0x6a,
-    mspan_state: 0x6b,
-    mspan_specials: 0x88,
-    g_size: 408,
-    ..HEAP_1_19
-};
-/// 1.22: mspan.freeindex and nelems became uint16 (back to 1.19's tail offsets)
-/// (DWARF, go1.22.10).
-const HEAP_1_22: HeapLayout = HeapLayout {
-    mspan_limit: 0x70,
-    mspan_elemsize: 0x68,
-    mspan_spanclass: 0x62,
-    mspan_state: 0x63,
-    mspan_specials: 0x80,
-    mspan_freeindex_bytes: 2,
-    mspan_alloc_bits: 0x40,
-    g_size: 424,
-    ..HEAP_1_21
-};
-/// 1.23: sizeof(g) 432 (DWARF, go1.23.9).
-const HEAP_1_23: HeapLayout = HeapLayout { g_size: 432, ..HEAP_1_22 };
-/// 1.24: special.offset widened to uintptr (DWARF, go1.24.11).
-const HEAP_1_24: HeapLayout = HeapLayout { special_offset_bytes: 8, g_size: 440, ..HEAP_1_23 };
-/// 1.25: g.syscallsp −8 with gobuf.ret gone (DWARF, go1.25.5).
-const HEAP_1_25: HeapLayout = HeapLayout { g_syscallsp: 0x68, ..HEAP_1_24 };
-/// 1.26 and 1.27 (DWARF, go1.26.6 and go1.27.3).
-const HEAP_1_26: HeapLayout = HeapLayout { g_size: 456, ..HEAP_1_25 };
-
-// ---------------------------------------------------------------------------
-// The table: one entry per family, oldest first, no gaps.
-// ---------------------------------------------------------------------------
-
-static RELEASES: &[ReleaseFacts] = &[
-    // Go 1.19: the oldest known (DWARF + waitReasonStrings of go1.19.8).
-    ReleaseFacts {
-        minors: 19..=19,
-        g: G_1_19,
-        m: M_1_19,
-        gobuf: GOBUF_1_19,
-        sudog: SUDOG_1_19,
-        hchan: HCHAN_1_19,
-        waitq: WAITQ,
-        moduledata: MODULEDATA_1_19,
-        wait_reasons: WAIT_REASONS_1_19,
-        dead_statuses: DEAD_UNTIL_1_25,
-        leaked_status: None,
-        heap: Some(HEAP_1_19),
-    },
-    // Go 1.20: moduledata.covctrs, new wait reasons. SOURCE ONLY: reference notes, no 1.20 toolchain here.
-    ReleaseFacts {
-        minors: 20..=20,
-        g: G_1_19,
-        m: M_1_19,
-        gobuf: GOBUF_1_19,
-        sudog: SUDOG_1_19,
-        hchan: HCHAN_1_19,
-        waitq: WAITQ,
-        moduledata: MODULEDATA_1_20,
-        wait_reasons: WAIT_REASONS_1_20,
-        dead_statuses: DEAD_UNTIL_1_25,
-        leaked_status: None,
-        heap: None,
-    },
-    // Go 1.21: g.parentGoid, trace fields moved; wait reasons as 1.20 (DWARF + waitReasonStrings of go1.21.13).
-    ReleaseFacts {
-        minors: 21..=21,
-        g: G_1_21,
-        m: M_1_19,
-        gobuf: GOBUF_1_19,
-        sudog: SUDOG_1_19,
-        hchan: HCHAN_1_19,
-        waitq: WAITQ,
-        moduledata: MODULEDATA_1_20,
-        wait_reasons: WAIT_REASONS_1_20,
-        dead_statuses: DEAD_UNTIL_1_25,
-        leaked_status: None,
-        heap: Some(HEAP_1_21),
-    },
-    // Go 1.22: sizeof(g) 424; wait reasons up to "coroutine" (DWARF + waitReasonStrings of go1.22.10).
-    ReleaseFacts {
-        minors: 22..=22,
-        g: G_1_22,
-        m: M_1_19,
-        gobuf: GOBUF_1_19,
-        sudog: SUDOG_1_19,
-        hchan: HCHAN_1_19,
-        waitq: WAITQ,
-        moduledata: MODULEDATA_1_20,
-        wait_reasons: WAIT_REASONS_1_22,
-        dead_statuses: DEAD_UNTIL_1_25,
-        leaked_status: None,
-        heap: Some(HEAP_1_22),
-    },
-    // Go 1.23: g +8 from atomicstatus (syscallbp), hchan.timer, a wait reason (DWARF + strings of go1.23.9).
-    ReleaseFacts {
-        minors: 23..=23,
-        g: G_1_23,
-        m: M_1_19,
-        gobuf: GOBUF_1_19,
-        sudog: SUDOG_1_19,
-        hchan: HCHAN_1_23,
-        waitq: WAITQ,
-        moduledata: MODULEDATA_1_20,
-        wait_reasons: WAIT_REASONS_1_23,
-        dead_statuses: DEAD_UNTIL_1_25,
-        leaked_status: None,
-        heap: Some(HEAP_1_23),
-    },
-    // Go 1.24: sizeof(g) 440; WaitGroup and "(synctest)" wait reasons (DWARF + strings of go1.24.11).
-    ReleaseFacts {
-        minors: 24..=24,
-        g: G_1_24,
-        m: M_1_19,
-        gobuf: GOBUF_1_19,
-        sudog: SUDOG_1_19,
-        hchan: HCHAN_1_23,
-        waitq: WAITQ,
-        moduledata: MODULEDATA_1_20,
-        wait_reasons: WAIT_REASONS_1_24,
-        dead_statuses: DEAD_UNTIL_1_25,
-        leaked_status: None,
-        heap: Some(HEAP_1_24),
-    },
-    // Go 1.25: gobuf.ret gone (g −8 after sched, m −8); "(durable)" reasons (DWARF + strings of go1.25.5).
-    ReleaseFacts {
-        minors: 25..=25,
-        g: G_1_25,
-        m: M_1_25,
-        gobuf: GOBUF_1_25,
-        sudog: SUDOG_1_19,
-        hchan: HCHAN_1_23,
-        waitq: WAITQ,
-        moduledata: MODULEDATA_1_20,
-        wait_reasons: WAIT_REASONS_1_25,
-        dead_statuses: DEAD_UNTIL_1_25,
-        leaked_status: None,
-        heap: Some(HEAP_1_25),
-    },
-    // Go 1.26: g +8 from parentGoid, sudog.elem/c wrapped, reasons reordered, 2 statuses (DWARF + strings of go1.26.6).
-    ReleaseFacts {
-        minors: 26..=26,
-        g: G_1_26,
-        m: M_1_25,
-        gobuf: GOBUF_1_25,
-        sudog: SUDOG_1_26,
-        hchan: HCHAN_1_23,
-        waitq: WAITQ,
-        moduledata: MODULEDATA_1_20,
-        wait_reasons: WAIT_REASONS_1_26,
-        dead_statuses: DEAD_FROM_1_26,
-        leaked_status: Some(gstatus::LEAKED),
-        heap: Some(HEAP_1_26),
-    },
-    // Go 1.27: only moduledata.gofunc moved (DWARF + waitReasonStrings of go1.27.3).
-    ReleaseFacts {
-        minors: 27..=27,
-        g: G_1_26,
-        m: M_1_25,
-        gobuf: GOBUF_1_25,
-        sudog: SUDOG_1_26,
-        hchan: HCHAN_1_23,
-        waitq: WAITQ,
-        moduledata: MODULEDATA_1_27,
-        wait_reasons: WAIT_REASONS_1_26,
-        dead_statuses: DEAD_FROM_1_26,
-        leaked_status: Some(gstatus::LEAKED),
-        heap: Some(HEAP_1_26),
-    },
-];
-
-// ---------------------------------------------------------------------------
-// runtime.waitReasonStrings per release, index = waitReason value. Verified
-// element by element against the binaries (1.20: reference notes only).
-// ---------------------------------------------------------------------------
-
-/// 1.19 (go1.19.8).
-static WAIT_REASONS_1_19: &[&str] = &[
-    "",                        // 0
-    "GC assist marking",       // 1
-    "IO wait",                 // 2
-    "chan receive (nil chan)", // 3
-    "chan send (nil chan)",    // 4
-    "dumping heap",            // 5
-    "garbage collection",      // 6
-    "garbage collection scan", // 7
-    "panicwait",               // 8
-    "select",                  // 9
-    "select (no cases)",       // 10
-    "GC assist wait",          // 11
-    "GC sweep wait",           // 12
-    "GC scavenge wait",        // 13
-    "chan receive",            // 14
-    "chan send",               // 15
-    "finalizer wait",          // 16
-    "force gc (idle)",         // 17
-    "semacquire",              // 18
-    "sleep",                   // 19
-    "sync.Cond.Wait",          // 20
-    "timer goroutine (idle)",  // 21
-    "trace reader (blocked)",  // 22
-    "wait for GC cycle",       // 23
-    "GC worker (idle)",        // 24
-    "preempted",               // 25
-    "debug call",              // 26
-];
-
-/// 1.20 (reference notes) and 1.21 (go1.21.13): sync.Mutex.Lock… inserted,
-/// "timer goroutine (idle)" gone, GC worker (active), GC mark termination and
-/// stopping the world added.
-static WAIT_REASONS_1_20: &[&str] = &[
-    "",                        // 0
-    "GC assist marking",       // 1
-    "IO wait",                 // 2
-    "chan receive (nil chan)", // 3
-    "chan send (nil chan)",    // 4
-    "dumping heap",            // 5
-    "garbage collection",      // 6
-    "garbage collection scan", // 7
-    "panicwait",               // 8
-    "select",                  // 9
-    "select (no cases)",       // 10
-    "GC assist wait",          // 11
-    "GC sweep wait",           // 12
-    "GC scavenge wait",        // 13
-    "chan receive",            // 14
-    "chan send",               // 15
-    "finalizer wait",          // 16
-    "force gc (idle)",         // 17
-    "semacquire",              // 18
-    "sleep",                   // 19
-    "sync.Cond.Wait",          // 20
-    "sync.Mutex.Lock",         // 21
-    "sync.RWMutex.RLock",      // 22
-    "sync.RWMutex.Lock",       // 23
-    "trace reader (blocked)",  // 24
-    "wait for GC cycle",       // 25
-    "GC worker (idle)",        // 26
-    "GC worker (active)",      // 27
-    "preempted",               // 28
-    "debug call",              // 29
-    "GC mark termination",     // 30
-    "stopping the world",      // 31
-];
-
-/// 1.22 (go1.22.10): flushing proc caches … coroutine appended.
-static WAIT_REASONS_1_22: &[&str] = &[
-    "",                        // 0
-    "GC assist marking",       // 1
-    "IO wait",                 // 2
-    "chan receive (nil chan)", // 3
-    "chan send (nil chan)",    // 4
-    "dumping heap",            // 5
-    "garbage collection",      // 6
-    "garbage collection scan", // 7
-    "panicwait",               // 8
-    "select",                  // 9
-    "select (no cases)",       // 10
-    "GC assist wait",          // 11
-    "GC sweep wait",           // 12
-    "GC scavenge wait",        // 13
-    "chan receive",            // 14
-    "chan send",               // 15
-    "finalizer wait",          // 16
-    "force gc (idle)",         // 17
-    "semacquire",              // 18
-    "sleep",                   // 19
-    "sync.Cond.Wait",          // 20
-    "sync.Mutex.Lock",         // 21
-    "sync.RWMutex.RLock",      // 22
-    "sync.RWMutex.Lock",       // 23
-    "trace reader (blocked)",  // 24
-    "wait for GC cycle",       // 25
-    "GC worker (idle)",        // 26
-    "GC worker (active)",      // 27
-    "preempted",               // 28
-    "debug call",              // 29
-    "GC mark termination",     // 30
-    "stopping the world",      // 31
-    "flushing proc caches",    // 32
-    "trace goroutine status",  // 33
-    "trace proc status",       // 34
-    "page trace flush",        // 35
-    "coroutine",               // 36
-];
-
-/// 1.23 (go1.23.9): "GC weak to strong wait" appended.
-static WAIT_REASONS_1_23: &[&str] = &[
-    "",                        // 0
-    "GC assist marking",       // 1
-    "IO wait",                 // 2
-    "chan receive (nil chan)", // 3
-    "chan send (nil chan)",    // 4
-    "dumping heap",            // 5
-    "garbage collection",      // 6
-    "garbage collection scan", // 7
-    "panicwait",               // 8
-    "select",                  // 9
-    "select (no cases)",       // 10
-    "GC assist wait",          // 11
-    "GC sweep wait",           // 12
-    "GC scavenge wait",        // 13
-    "chan receive",            // 14
-    "chan send",               // 15
-    "finalizer wait",          // 16
-    "force gc (idle)",         // 17
-    "semacquire",              // 18
-    "sleep",                   // 19
-    "sync.Cond.Wait",          // 20
-    "sync.Mutex.Lock",         // 21
-    "sync.RWMutex.RLock",      // 22
-    "sync.RWMutex.Lock",       // 23
-    "trace reader (blocked)",  // 24
-    "wait for GC cycle",       // 25
-    "GC worker (idle)",        // 26
-    "GC worker (active)",      // 27
-    "preempted",               // 28
-    "debug call",              // 29
-    "GC mark termination",     // 30
-    "stopping the world",      // 31
-    "flushing proc caches",    // 32
-    "trace goroutine status",  // 33
-    "trace proc status",       // 34
-    "page trace flush",        // 35
-    "coroutine",               // 36
-    "GC weak to strong wait",  // 37
-];
-
-/// 1.24 (go1.24.11): sync.WaitGroup.Wait inserted, synctest reasons appended.
-static WAIT_REASONS_1_24: &[&str] = &[
-    "",                        // 0
-    "GC assist marking",       // 1
-    "IO wait",                 // 2
-    "chan receive (nil chan)", // 3
-    "chan send (nil chan)",    // 4
-    "dumping heap",            // 5
-    "garbage collection",      // 6
-    "garbage collection scan", // 7
-    "panicwait",               // 8
-    "select",                  // 9
-    "select (no cases)",       // 10
-    "GC assist wait",          // 11
-    "GC sweep wait",           // 12
-    "GC scavenge wait",        // 13
-    "chan receive",            // 14
-    "chan send",               // 15
-    "finalizer wait",          // 16
-    "force gc (idle)",         // 17
-    "semacquire",              // 18
-    "sleep",                   // 19
-    "sync.Cond.Wait",          // 20
-    "sync.Mutex.Lock",         // 21
-    "sync.RWMutex.RLock",      // 22
-    "sync.RWMutex.Lock",       // 23
-    "sync.WaitGroup.Wait",     // 24
-    "trace reader (blocked)",  // 25
-    "wait for GC cycle",       // 26
-    "GC worker (idle)",        // 27
-    "GC worker (active)",      // 28
-    "preempted",               // 29
-    "debug call",              // 30
-    "GC mark termination",     // 31
-    "stopping the world",      // 32
-    "flushing proc caches",    // 33
-    "trace goroutine status",  // 34
-    "trace proc status",       // 35
-    "page trace flush",        // 36
-    "coroutine",               // 37
-    "GC weak to strong wait",  // 38
-    "synctest.Run",            // 39
-    "synctest.Wait",           // 40
-    "chan receive (synctest)", // 41
-    "chan send (synctest)",    // 42
-    "select (synctest)",       // 43
-];
-
-/// 1.25 (go1.25.5): GOMAXPROCS updater inserted, synctest reasons renamed "(durable)".
-static WAIT_REASONS_1_25: &[&str] = &[
-    "",                              // 0
-    "GC assist marking",             // 1
-    "IO wait",                       // 2
-    "chan receive (nil chan)",       // 3
-    "chan send (nil chan)",          // 4
-    "dumping heap",                  // 5
-    "garbage collection",            // 6
-    "garbage collection scan",       // 7
-    "panicwait",                     // 8
-    "select",                        // 9
-    "select (no cases)",             // 10
-    "GC assist wait",                // 11
-    "GC sweep wait",                 // 12
-    "GC scavenge wait",              // 13
-    "chan receive",                  // 14
-    "chan send",                     // 15
-    "finalizer wait",                // 16
-    "force gc (idle)",               // 17
-    "GOMAXPROCS updater (idle)",     // 18
-    "semacquire",                    // 19
-    "sleep",                         // 20
-    "sync.Cond.Wait",                // 21
-    "sync.Mutex.Lock",               // 22
-    "sync.RWMutex.RLock",            // 23
-    "sync.RWMutex.Lock",             // 24
-    "sync.WaitGroup.Wait",           // 25
-    "trace reader (blocked)",        // 26
-    "wait for GC cycle",             // 27
-    "GC worker (idle)",              // 28
-    "GC worker (active)",            // 29
-    "preempted",                     // 30
-    "debug call",                    // 31
-    "GC mark termination",           // 32
-    "stopping the world",            // 33
-    "flushing proc caches",          // 34
-    "trace goroutine status",        // 35
-    "trace proc status",             // 36
-    "page trace flush",              // 37
-    "coroutine",                     // 38
-    "GC weak to strong wait",        // 39
-    "synctest.Run",                  // 40
-    "synctest.Wait",                 // 41
-    "chan receive (durable)",        // 42
-    "chan send (durable)",           // 43
-    "select (durable)",              // 44
-    "sync.WaitGroup.Wait (durable)", // 45
-    "cleanup wait",                  // 46
-];
-
-/// 1.26 (go1.26.6) and 1.27 (go1.27.3): reordered so that the reasons a leaked
-/// goroutine can block in (chan receive (nil chan) … sync.WaitGroup.Wait) are contiguous.
-static WAIT_REASONS_1_26: &[&str] = &[
-    "",                              // 0
-    "GC assist marking",             // 1
-    "IO wait",                       // 2
-    "dumping heap",                  // 3
-    "garbage collection",            // 4
-    "garbage collection scan",       // 5
-    "panicwait",                     // 6
-    "GC assist wait",                // 7
-    "GC sweep wait",                 // 8
-    "GC scavenge wait",              // 9
-    "finalizer wait",                // 10
-    "force gc (idle)",               // 11
-    "GOMAXPROCS updater (idle)",     // 12
-    "semacquire",                    // 13
-    "sleep",                         // 14
-    "chan receive (nil chan)",       // 15
-    "chan send (nil chan)",          // 16
-    "select (no cases)",             // 17
-    "select",                        // 18
-    "chan receive",                  // 19
-    "chan send",                     // 20
-    "sync.Cond.Wait",                // 21
-    "sync.Mutex.Lock",               // 22
-    "sync.RWMutex.RLock",            // 23
-    "sync.RWMutex.Lock",             // 24
-    "sync.WaitGroup.Wait",           // 25
-    "trace reader (blocked)",        // 26
-    "wait for GC cycle",             // 27
-    "GC worker (idle)",              // 28
-    "GC worker (active)",            // 29
-    "preempted",                     // 30
-    "debug call",                    // 31
-    "GC mark termination",           // 32
-    "stopping the world",            // 33
-    "flushing proc caches",          // 34
-    "trace goroutine status",        // 35
-    "trace proc status",             // 36
-    "page trace flush",              // 37
-    "coroutine",                     // 38
-    "GC weak to strong wait",        // 39
-    "synctest.Run",                  // 40
-    "synctest.Wait",                 // 41
-    "chan receive (durable)",        // 42
-    "chan send (durable)",           // 43
-    "select (durable)",              // 44
-    "sync.WaitGroup.Wait (durable)", // 45
-    "cleanup wait",                  // 46
-];
 
 #[cfg(test)]
 mod tests {
@@ -773,26 +412,61 @@ mod tests {
         }
     }
 
+    fn embedded() -> Vec<ReleaseFacts> {
+        load(index::FILES).unwrap_or_else(|e| panic!("the embedded release table: {e}"))
+    }
+
     /// The creation probe reads one span from `g.goid`: every release's fields fit.
     #[test]
     fn creation_fields_fit_the_probe_span() {
-        for facts in RELEASES {
+        for facts in &embedded() {
             assert!(facts.runtime_layout().fits_create_span(), "Go 1.{:?}", facts.minors);
         }
     }
 
     #[test]
-    fn families_cover_19_to_27_without_gaps_or_overlaps() {
-        let mut next = OLDEST_KNOWN_MINOR;
-        for facts in RELEASES {
-            assert_eq!(*facts.minors.start(), next, "gap or overlap before {:?}", facts.minors);
-            assert!(facts.minors.start() <= facts.minors.end(), "empty family {:?}", facts.minors);
-            next = facts.minors.end() + 1;
-        }
-        assert_eq!(next, NEWEST_KNOWN_MINOR + 1, "the last family must end at NEWEST_KNOWN_MINOR");
+    fn families_cover_the_known_releases_without_gaps_or_overlaps() {
+        let table = embedded();
+        assert_eq!(table.len(), index::FILES.len());
+        assert_eq!(table.first().map(|f| *f.minors.start()), Some(OLDEST_KNOWN_MINOR));
+        assert_eq!(table.last().map(|f| *f.minors.end()), Some(NEWEST_KNOWN_MINOR), "index.rs's NEWEST_KNOWN_MINOR");
+        assert_eq!(OLDEST_KNOWN_MINOR, 19);
         for minor in OLDEST_KNOWN_MINOR..=NEWEST_KNOWN_MINOR {
             let facts = for_release(minor).unwrap_or_else(|| panic!("no entry for 1.{minor}"));
             assert!(facts.minors.contains(&minor));
+        }
+    }
+
+    /// A data file added by hand but not to the index would be silently ignored.
+    #[test]
+    fn every_data_file_is_embedded() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/runtime/gotables");
+        let mut on_disk: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+            .map(|entry| entry.expect("directory entry").file_name().to_string_lossy().into_owned())
+            .filter(|name| name.ends_with(".json"))
+            .collect();
+        on_disk.sort();
+        let mut embedded: Vec<String> = index::FILES.iter().map(|(name, _)| name.to_string()).collect();
+        embedded.sort();
+        assert_eq!(on_disk, embedded, "run `cargo xtask gotables` to rewrite index.rs");
+    }
+
+    /// Each file is exactly the text the generator writes, hand-kept ones too, so
+    /// that regenerating shows only real changes.
+    #[test]
+    fn files_are_in_the_generators_form() {
+        for (name, text) in index::FILES {
+            let facts = parse(name, text).unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(facts.to_json(), *text, "{name} is not in the form `cargo xtask gotables` writes");
+        }
+    }
+
+    #[test]
+    fn only_go_1_20_is_hand_kept() {
+        for facts in &embedded() {
+            let hand_kept = matches!(facts.origin, Origin::HandKept(_));
+            assert_eq!(hand_kept, facts.minors == (20..=20), "{}: {:?}", label(facts), facts.origin);
         }
     }
 
@@ -809,7 +483,7 @@ mod tests {
     /// struct order and fit in the struct.
     #[test]
     fn offsets_are_in_field_order() {
-        for facts in RELEASES {
+        for facts in &embedded() {
             let g = &facts.g;
             let mut order =
                 vec![g.stack_lo, g.stack_hi, g.m, g.sched, g.atomicstatus, g.goid, g.waitsince, g.waitreason];
@@ -832,12 +506,12 @@ mod tests {
 
     #[test]
     fn wait_reasons_look_like_go_s() {
-        for facts in RELEASES {
-            let reasons = facts.wait_reasons;
-            assert_eq!(reasons.first(), Some(&""), "waitReasonZero prints nothing");
+        for facts in &embedded() {
+            let reasons = &facts.wait_reasons;
+            assert_eq!(reasons.first().map(String::as_str), Some(""), "waitReasonZero prints nothing");
             assert!(reasons[1..].iter().all(|r| !r.is_empty()));
             for wanted in ["chan send", "chan receive", "select", "semacquire", "sleep", "sync.Cond.Wait"] {
-                assert!(reasons.contains(&wanted), "{} lacks {wanted:?}", label(facts));
+                assert!(reasons.iter().any(|r| r == wanted), "{} lacks {wanted:?}", label(facts));
             }
             let mut sorted = reasons.to_vec();
             sorted.sort_unstable();
@@ -845,17 +519,18 @@ mod tests {
             assert_eq!(sorted.len(), reasons.len(), "{}: duplicate wait reason", label(facts));
         }
         // Values the reference notes checked by disassembly of gopark call sites.
-        assert_eq!(for_release(19).map(|f| f.wait_reasons[14]), Some("chan receive"));
-        assert_eq!(for_release(27).map(|f| f.wait_reasons[15]), Some("chan receive (nil chan)"));
-        assert_eq!(for_release(27).map(|f| f.wait_reasons[19]), Some("chan receive"));
-        assert_eq!(for_release(24).map(|f| f.wait_reasons[41]), Some("chan receive (synctest)"));
-        assert_eq!(for_release(25).map(|f| f.wait_reasons[42]), Some("chan receive (durable)"));
+        let reason = |minor: u32, value: usize| for_release(minor).map(|f| f.wait_reasons[value].as_str());
+        assert_eq!(reason(19, 14), Some("chan receive"));
+        assert_eq!(reason(27, 15), Some("chan receive (nil chan)"));
+        assert_eq!(reason(27, 19), Some("chan receive"));
+        assert_eq!(reason(24, 41), Some("chan receive (synctest)"));
+        assert_eq!(reason(25, 42), Some("chan receive (durable)"));
     }
 
     /// Consistent with `layout::gstatus`, which names the statuses for the report.
     #[test]
     fn statuses_match_layout_gstatus() {
-        for facts in RELEASES {
+        for facts in &embedded() {
             assert!(facts.dead_statuses.contains(&gstatus::DEAD));
             assert!(facts.dead_statuses.iter().all(|&s| gstatus::name(s) == "dead"));
             assert!(facts.is_dead(gstatus::DEAD | gstatus::SCAN));
@@ -878,5 +553,64 @@ mod tests {
         assert_eq!((layout.g_goid, layout.g_status, layout.g_waitreason, layout.m_curg), (0xa0, 0x98, 0xb8, 0xc0));
         assert_eq!(layout.g_parent_goid, Some(0x118));
         assert_eq!(for_release(19).and_then(|f| f.runtime_layout().g_parent_goid), None);
+    }
+
+    #[test]
+    fn differences_name_the_field() {
+        let old = for_release(26).expect("1.26 is known").clone();
+        assert!(old.differences(&old).is_empty());
+        let mut new = old.clone();
+        new.minors = 27..=27;
+        new.origin = Origin::GeneratedFrom(vec!["go1.27.3".into()]);
+        assert!(old.differences(&new).is_empty(), "releases and origin are not facts");
+        new.g.goid += 8;
+        new.heap = None;
+        new.wait_reasons[19] = "chan send".into();
+        new.wait_reasons.push("new reason".into());
+        let lines = old.differences(&new);
+        assert!(lines.contains(&format!("g.goid: {} → {}", old.g.goid, new.g.goid)), "{lines:?}");
+        assert!(lines.iter().any(|l| l.starts_with("heap.mspan_start: ") && l.ends_with(" → null")), "{lines:?}");
+        assert!(lines.contains(&r#"wait_reasons[19]: "chan receive" → "chan send""#.to_string()), "{lines:?}");
+        assert!(lines.contains(&r#"wait_reasons[47]: (none) → "new reason""#.to_string()), "{lines:?}");
+    }
+
+    /// Malformed data is an error naming the file and the fault, never a panic.
+    #[test]
+    fn malformed_files_are_errors() {
+        let good = for_release(26).expect("1.26 is known").to_json();
+        let edit = |from: &str, to: &str| {
+            assert!(good.contains(from), "{from:?} not in the 1.26 file");
+            good.replacen(from, to, 1)
+        };
+        let bad = [
+            ("not json", "{".to_string(), "EOF"),
+            ("truncated", good[..good.len() / 2].to_string(), "EOF"),
+            ("unknown field", edit("\"procid\"", "\"pid\": 1, \"procid\""), "unknown field `pid`"),
+            ("missing field", edit("\"curg\": 184,", ""), "missing field `curg`"),
+            ("negative offset", edit("\"curg\": 184", "\"curg\": -1"), "invalid value"),
+            ("offset past u32", edit("\"curg\": 184", "\"curg\": 4294967296"), "invalid value"),
+            ("huge offset", edit("\"curg\": 184", "\"curg\": 4294967295"), "beyond any runtime struct"),
+            ("g field outside g", edit("\"size\": 456", "\"size\": 64"), "does not fit"),
+            ("gobuf outside g", edit("\"sched\": 56", "\"sched\": 452"), "g.sched"),
+            ("odd width", edit("\"special_offset_bytes\": 8", "\"special_offset_bytes\": 3"), "2- or 8-byte"),
+            ("release name", edit("\"1.26\"", "\"go1.26\""), "is not 1.N"),
+            ("no releases", edit("\"1.26\"", ""), "no releases"),
+            ("other file's release", edit("\"1.26\"", "\"1.25\""), "belong in go1.25.json"),
+            ("no dead status", edit("\"dead_statuses\": [\n    6,\n    11\n  ]", "\"dead_statuses\": []"), "dead"),
+            ("origin", edit("generated_from", "generated"), "unknown variant"),
+        ];
+        for (what, text, expected) in bad {
+            match parse("go1.26.json", &text) {
+                Ok(_) => panic!("{what}: parsed"),
+                Err(e) => assert!(e.starts_with("go1.26.json: ") && e.contains(expected), "{what}: {e}"),
+            }
+        }
+        let many_reasons = format!("\"wait_reasons\": [{}\"\",", "\"x\",".repeat(256));
+        let e = parse("go1.26.json", &edit("\"wait_reasons\": [", &many_reasons)).expect_err("257 reasons");
+        assert!(e.contains("a waitReason is a uint8"), "{e}");
+        let gap = [("go1.19.json", index::FILES[0].1), ("go1.26.json", good.as_str())];
+        assert!(load(&gap).expect_err("gap").contains("gap or overlap"));
+        let twice = [("go1.26.json", good.as_str()), ("go1.26.json", good.as_str())];
+        assert!(load(&twice).expect_err("overlap").contains("gap or overlap"));
     }
 }

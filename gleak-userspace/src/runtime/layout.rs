@@ -1,7 +1,10 @@
 //! Where the tracer finds things in the Go runtime's structures, whatever backend
 //! (DWARF today, `.gopclntab` + per-version tables for stripped binaries) produced it.
+//! The offset types are also sections of the per-release data files
+//! ([`crate::runtime::gotables`]), hence their serde derives.
 
 use gleak_common::TargetConfig;
+use serde::{Deserialize, Serialize};
 
 /// Byte offsets into `runtime.g` and `runtime.m` of one binary.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -28,7 +31,8 @@ pub struct RuntimeLayout {
 
 /// Where the heap's spans are described: `runtime.mheap_.allspans`, each
 /// `runtime.mspan`, and the special records (finalizers, cleanups) hung off spans.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct HeapLayout {
     /// `mheap.allspans`: a `[]*mspan` slice header.
     pub mheap_allspans: u32,
@@ -100,7 +104,8 @@ impl RuntimeLayout {
 }
 
 /// `runtime.gobuf`, relative to the gobuf (`g.sched`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct GobufOffsets {
     pub sp: u32,
     pub pc: u32,
@@ -111,7 +116,8 @@ pub struct GobufOffsets {
 /// in a channel operation has `g.waiting` → sudog → `waitlink` → … (one per select case).
 /// From 1.26 `elem` and `c` are `maybeTraceablePtr`s `{vp, vu}` whose `vp` the leak-
 /// detecting GC may clear: the offsets here are those of `vu`, the "source of truth".
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct SudogOffsets {
     /// `*g`: the waiting goroutine.
     pub g: u32,
@@ -131,7 +137,8 @@ pub struct SudogOffsets {
 }
 
 /// `runtime.hchan`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct HchanOffsets {
     /// `uint`: elements queued.
     pub qcount: u32,
@@ -148,7 +155,8 @@ pub struct HchanOffsets {
 }
 
 /// `runtime.waitq`, relative to the waitq (`hchan.recvq`/`hchan.sendq`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct WaitqOffsets {
     pub first: u32,
     pub last: u32,
