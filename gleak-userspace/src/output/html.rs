@@ -21,7 +21,10 @@ use std::{
 use crate::{
     analysis::verdict::{secs, Verdict},
     binary::symbolize::Frame,
-    output::report::{short_path, site_label, truncate, Percentiles, Report, SiteReport},
+    output::{
+        format::{bytes_in_words, short_path, site_label, truncate, BLOCKED_AT_SHOWN},
+        report::{Percentiles, Report, SiteReport},
+    },
     runtime::debuginfo::FactSources,
 };
 
@@ -192,8 +195,8 @@ fn write_header(out: &mut String, r: &Report) {
                  (heap {}, {} read, {:.0} ms)",
                 p.proven,
                 p.candidates,
-                bytes(p.heap_bytes),
-                bytes(p.bytes_read),
+                bytes_in_words(p.heap_bytes),
+                bytes_in_words(p.bytes_read),
                 finite_or_zero(p.elapsed_ms)
             ),
         };
@@ -432,9 +435,6 @@ fn trim_float(v: f64) -> String {
 // ---------------------------------------------------------------------------
 // Verdicts table
 // ---------------------------------------------------------------------------
-
-/// How many blocking places of a site the table lists.
-const BLOCKED_AT_SHOWN: usize = 3;
 
 fn write_sites_table(out: &mut String, report: &Report, charted: &[usize]) {
     if report.sites.is_empty() {
@@ -737,21 +737,6 @@ fn finite_or_zero(v: f64) -> f64 {
     }
 }
 
-fn bytes(b: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = b as f64;
-    let mut unit = 0;
-    while v >= 1024.0 && unit + 1 < UNITS.len() {
-        v /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{b} B")
-    } else {
-        format!("{v:.1} {}", UNITS[unit])
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1033,8 +1018,6 @@ mod tests {
         assert_eq!(compact(950.0), "950");
         assert_eq!(compact(12_000.0), "12k");
         assert_eq!(compact(3_500_000.0), "3.5M");
-        assert_eq!(bytes(512), "512 B");
-        assert_eq!(bytes(4 << 20), "4.0 MiB");
     }
 
     #[test]

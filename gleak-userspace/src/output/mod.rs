@@ -1,9 +1,10 @@
 //! Output: the report's types and its text and JSON forms ([`report`]), the
 //! goroutine profile `go tool pprof` reads ([`pprof`]) and the self-contained
-//! HTML page ([`html`]).
+//! HTML page ([`html`]), printers that share one formatting module (`format`).
 //!
 //! May use: [`crate::analysis`] for verdict types; nothing reads the target here.
 
+pub(crate) mod format;
 pub mod html;
 pub mod pprof;
 pub mod report;

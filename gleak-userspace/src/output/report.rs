@@ -9,6 +9,7 @@ use serde::Serialize;
 use crate::{
     analysis::verdict::{secs, Verdict},
     binary::symbolize::{package_of, Frame},
+    output::format::{bytes_in_column, short_path, site_label, truncate, BLOCKED_AT_SHOWN},
     process::waits::{ChanState, WaitKind},
     runtime::debuginfo::FactSources,
 };
@@ -444,7 +445,7 @@ impl Report {
                 },
                 s.blocked_s.map(|b| secs(b.p50)).unwrap_or_else(|| "-".into()),
                 truncate(&wait, 22),
-                bytes(s.stack_bytes),
+                bytes_in_column(s.stack_bytes),
                 site_label(s)
             );
         }
@@ -532,19 +533,8 @@ impl Report {
     }
 }
 
-/// How many blocking places of a site the table explains.
-const BLOCKED_AT_SHOWN: usize = 3;
 /// How many frames of the busiest blocking stack the table explains.
 const STUCK_FRAMES: usize = 10;
-
-/// `function (dir/file.go:line)`, or just the name for sites with no source line.
-pub(crate) fn site_label(s: &SiteReport) -> String {
-    if s.line == 0 {
-        s.function.clone()
-    } else {
-        format!("{} ({}:{})", s.function, short_path(&s.file), s.line)
-    }
-}
 
 fn write_frames(out: &mut String, frames: &[Frame]) {
     for f in frames {
@@ -588,35 +578,6 @@ fn add_series(a: &[u64], b: &[u64]) -> Vec<u64> {
     long.iter().enumerate().map(|(i, &v)| v + if i >= offset { short[i - offset] } else { 0 }).collect()
 }
 
-fn bytes(b: u64) -> String {
-    match b {
-        0 => "-".into(),
-        b if b >= 1 << 30 => format!("{:.1}G", b as f64 / (1u64 << 30) as f64),
-        b if b >= 1 << 20 => format!("{:.1}M", b as f64 / (1u64 << 20) as f64),
-        b => format!("{}K", b.div_ceil(1024)),
-    }
-}
-
-pub(crate) fn truncate(s: &str, n: usize) -> String {
-    if s.chars().count() <= n {
-        s.to_string()
-    } else {
-        s.chars().take(n - 1).chain(['…']).collect()
-    }
-}
-
-/// The last three path components: enough to recognise a file.
-pub(crate) fn short_path(path: &str) -> &str {
-    let mut idx = path.len();
-    for _ in 0..3 {
-        match path[..idx].rfind('/') {
-            Some(i) => idx = i,
-            None => return path,
-        }
-    }
-    &path[idx + 1..]
-}
-
 /// The final report of `gleak run` carries the gate's decision.
 fn final_run_report_has_gate(schema: &mut schemars::Schema) {
     schema.insert(
@@ -638,15 +599,6 @@ pub fn report_schema() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn formats() {
-        assert_eq!(short_path("/a/b/c/d/e.go"), "c/d/e.go");
-        assert_eq!(short_path("e.go"), "e.go");
-        assert_eq!(truncate("abcdef", 4), "abc…");
-        assert_eq!(bytes(8192), "8K");
-        assert_eq!(bytes(3 << 20), "3.0M");
-    }
 
     /// docs/report.schema.json is what the types say (`cargo xtask schema`).
     #[test]
