@@ -41,7 +41,7 @@ pub enum Ending {
 /// program's goroutines still alive are leaks. When gleak stops a command that was
 /// still running, live goroutines are expected (a server's workers): the tracing
 /// verdicts stand, so only sites that were leaking fail it.
-pub fn judge(report: &mut Report, fail_on: Verdict, ending: Ending) {
+pub fn decide(report: &mut Report, fail_on: Verdict, ending: Ending) {
     report.mode = "run";
     report.target_exited = matches!(ending, Ending::Exited { .. });
     let mut leaked = 0;

@@ -107,7 +107,8 @@ pub struct SiteFacts {
 /// Minimum growth, in goroutines, that counts as a trend.
 const MIN_GROWTH: u64 = 3;
 
-pub fn judge(f: &SiteFacts) -> (Verdict, String) {
+/// A site's verdict from its facts, with the reason in words.
+pub fn judge_site(f: &SiteFacts) -> (Verdict, String) {
     let reason = f.top_reason.as_deref().unwrap_or("?");
     if f.live == 0 {
         let life = f.lifetime_p50_s.map(|s| format!(", median lifetime {}", secs(s))).unwrap_or_default();
@@ -308,7 +309,7 @@ mod tests {
             oldest_s: Some(10.0),
             ..base()
         };
-        let (v, why) = judge(&f);
+        let (v, why) = judge_site(&f);
         assert_eq!(v, Verdict::Leak, "{why}");
         assert!(why.contains("chan send") && why.contains("0→500"), "{why}");
     }
@@ -331,29 +332,29 @@ mod tests {
             oldest_s: Some(3.0),
             ..base()
         };
-        let (v, why) = judge(&f);
+        let (v, why) = judge_site(&f);
         assert_eq!(v, Verdict::Stable, "{why}");
         assert!(why.contains("serving connections"), "{why}");
-        let (v, why) = judge(&SiteFacts { blocked: 6, ..f.clone() });
+        let (v, why) = judge_site(&SiteFacts { blocked: 6, ..f.clone() });
         assert_ne!(v, Verdict::Stable, "{why}");
-        let (v, why) = judge(&SiteFacts { live_connections: Some(16), ..f.clone() });
+        let (v, why) = judge_site(&SiteFacts { live_connections: Some(16), ..f.clone() });
         assert_ne!(v, Verdict::Stable, "{why}");
         // One of them on a lock is still busy (seen in CI: net/http's conn.serve
         // in "sync.Cond.Wait" and "semacquire" under load)...
-        let (v, why) = judge(&SiteFacts { blocked: 6, on_a_lock: 1, ..f.clone() });
+        let (v, why) = judge_site(&SiteFacts { blocked: 6, on_a_lock: 1, ..f.clone() });
         assert_eq!(v, Verdict::Stable, "{why}");
         assert!(why.contains("26 running, 1 briefly on a lock"), "{why}");
         // ...but not when more of them wait on locks than on the network.
-        let (v, why) = judge(&SiteFacts { blocked: 11, on_a_lock: 6, ..f.clone() });
+        let (v, why) = judge_site(&SiteFacts { blocked: 11, on_a_lock: 6, ..f.clone() });
         assert_ne!(v, Verdict::Stable, "{why}");
         // Caught in a GC cycle, most of them made to assist it: running, however
         // many (seen in CI: 26 of 48 readLoops in "GC assist wait", 20 on the
         // network, 2 on a lock).
         let gc = SiteFacts { live: 48, blocked: 48, io_waiting: 20, paused: 26, on_a_lock: 2, ..f.clone() };
-        let (v, why) = judge(&gc);
+        let (v, why) = judge_site(&gc);
         assert_eq!(v, Verdict::Stable, "{why}");
         assert!(why.contains("20 goroutines wait on the network, 26 paused by the runtime"), "{why}");
-        let (v, why) = judge(&SiteFacts { on_a_lock: 21, paused: 7, ..gc });
+        let (v, why) = judge_site(&SiteFacts { on_a_lock: 21, paused: 7, ..gc });
         assert_ne!(v, Verdict::Stable, "{why}");
     }
 
@@ -376,14 +377,14 @@ mod tests {
             oldest_s: Some(3.0),
             ..base()
         };
-        let (v, why) = judge(&f);
+        let (v, why) = judge_site(&f);
         assert_eq!(v, Verdict::Stable, "{why}");
         assert!(why.contains("32 goroutines wait on channels that goroutines serving live connections hold"), "{why}");
-        let (v, why) = judge(&SiteFacts { network_held: 29, ..f.clone() });
+        let (v, why) = judge_site(&SiteFacts { network_held: 29, ..f.clone() });
         assert_eq!(v, Verdict::Stable, "{why}");
-        let (v, why) = judge(&SiteFacts { network_held: 28, ..f.clone() });
+        let (v, why) = judge_site(&SiteFacts { network_held: 28, ..f.clone() });
         assert_eq!(v, Verdict::Leak, "{why}");
-        let (v, why) = judge(&SiteFacts { live_connections: Some(31), ..f });
+        let (v, why) = judge_site(&SiteFacts { live_connections: Some(31), ..f });
         assert_eq!(v, Verdict::Leak, "{why}");
     }
 
@@ -400,9 +401,9 @@ mod tests {
             ran: 8,
             ..base()
         };
-        assert_eq!(judge(&f).0, Verdict::Stable);
+        assert_eq!(judge_site(&f).0, Verdict::Stable);
         // Even an idle one that never ran during the trace.
-        assert_eq!(judge(&SiteFacts { ran: 0, ..f }).0, Verdict::Stable);
+        assert_eq!(judge_site(&SiteFacts { ran: 0, ..f }).0, Verdict::Stable);
     }
 
     #[test]
@@ -418,8 +419,8 @@ mod tests {
             lifetime_p99_s: Some(0.002),
             ..base()
         };
-        assert_eq!(judge(&f).0, Verdict::Ok);
-        assert_eq!(judge(&SiteFacts { live: 0, ..f }).0, Verdict::Ok);
+        assert_eq!(judge_site(&f).0, Verdict::Ok);
+        assert_eq!(judge_site(&SiteFacts { live: 0, ..f }).0, Verdict::Ok);
     }
 
     #[test]
@@ -432,9 +433,9 @@ mod tests {
             top_reason: Some("select (no cases)".into()),
             ..base()
         };
-        assert_eq!(judge(&f).0, Verdict::Leak);
+        assert_eq!(judge_site(&f).0, Verdict::Leak);
         // `select {}` at the end of main is how servers wait forever.
-        assert_eq!(judge(&SiteFacts { is_main: true, ..f }).0, Verdict::Stable);
+        assert_eq!(judge_site(&SiteFacts { is_main: true, ..f }).0, Verdict::Stable);
         assert!(never_wakes("chan receive (nil chan)"));
         assert!(!never_wakes("chan receive"));
     }
@@ -449,7 +450,7 @@ mod tests {
             top_reason: Some("chan send".into()),
             ..base()
         };
-        assert_eq!(judge(&f).0, Verdict::Suspect);
+        assert_eq!(judge_site(&f).0, Verdict::Suspect);
     }
 
     #[test]
@@ -466,10 +467,10 @@ mod tests {
             oldest_s: Some(10.0),
             ..base()
         };
-        assert_eq!(judge(&f).0, Verdict::Suspect);
+        assert_eq!(judge_site(&f).0, Verdict::Suspect);
         // Once some have exited, sleepers far older than their siblings are a leak.
         let with_baseline = SiteFacts { lifetime_p99_s: Some(0.1), exited_in_window: 5, ..f };
-        assert_eq!(judge(&with_baseline).0, Verdict::Leak);
+        assert_eq!(judge_site(&with_baseline).0, Verdict::Leak);
         assert!(wakes_by_itself("GC worker (idle)") && !wakes_by_itself("chan send"));
     }
 
@@ -485,6 +486,6 @@ mod tests {
             oldest_s: Some(9.0),
             ..base()
         };
-        assert_eq!(judge(&f).0, Verdict::Suspect);
+        assert_eq!(judge_site(&f).0, Verdict::Suspect);
     }
 }

@@ -300,7 +300,7 @@ impl Auditor {
                 self.drop_process(pid, "gone", None);
                 continue;
             }
-            self.judge(pid, &report);
+            self.record_findings(pid, &report);
         }
         if let Some(m) = &self.metrics {
             let lost = self.tracer.kernel_counters().lost_events();
@@ -309,7 +309,7 @@ impl Auditor {
         }
     }
 
-    fn judge(&mut self, pid: u32, report: &Report) {
+    fn record_findings(&mut self, pid: u32, report: &Report) {
         let Some(w) = self.watched.get_mut(&pid) else { return };
         let tier = w.tier;
         let mut changed = false;

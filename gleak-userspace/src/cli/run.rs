@@ -93,7 +93,7 @@ pub async fn run(
             }
             Step::Judge(how) => {
                 let mut report = report.take().context("internal error: judged before a report")?;
-                gate::judge(&mut report, fail_on, how);
+                gate::decide(&mut report, fail_on, how);
                 common.write_final(&report)?;
                 code = report.gate.map_or(0, |g| g.exit_code);
                 Observed::Done

@@ -12,7 +12,7 @@ use hdrhistogram::Histogram;
 use crate::{
     analysis::aggregate::{Aggregator, LiveGoroutine, Sample, SiteKey},
     analysis::proof::{self, ProofBudget},
-    analysis::verdict::{judge, never_wakes, paused_by_runtime, waits_on_a_lock, SiteFacts},
+    analysis::verdict::{judge_site, never_wakes, paused_by_runtime, waits_on_a_lock, SiteFacts},
     binary::symbolize::Frame,
     output::report::{
         is_runtime_site, BlockedAt, GoroutineSample, KernelCounters, PathReport, Percentiles, ProofReport, Rates,
@@ -375,7 +375,7 @@ impl TracedTarget {
             paused: wait_reasons.iter().filter(|(r, _)| paused_by_runtime(r)).map(|(_, n)| n).sum(),
             live_connections,
         };
-        let (verdict, verdict_reason) = judge(&facts);
+        let (verdict, verdict_reason) = judge_site(&facts);
         let (created, exited, live, adopted) = (stats.created, stats.exited, stats.live, stats.adopted);
         let paths = t.paths(probes, key, &a, &label);
         let blocked_at = t.blocked_at(&a.blocking);
