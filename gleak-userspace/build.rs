@@ -68,8 +68,11 @@ fn main() {
         dirs.push(PathBuf::from(home).join(".cargo/bin"));
         cmd.env("PATH", env::join_paths(dirs).unwrap());
     }
-    // Same flags aya-build passes: BTF for the loader, the arch whose pt_regs we read.
-    let rustflags = ["--cfg", "bpf_target_arch=\"x86_64\"", "-Cdebuginfo=2", "-Clink-arg=--btf"].join("\x1f");
+    // Same flags aya-build passes: BTF for the loader, and the arch whose pt_regs
+    // the probes read: the one gleak is built for (it loads them into its own kernel).
+    let arch = env::var("CARGO_CFG_TARGET_ARCH").expect("cargo sets CARGO_CFG_TARGET_ARCH");
+    let arch_cfg = format!("bpf_target_arch=\"{arch}\"");
+    let rustflags = ["--cfg", &arch_cfg, "-Cdebuginfo=2", "-Clink-arg=--btf"].join("\x1f");
     cmd.env("CARGO_ENCODED_RUSTFLAGS", rustflags);
 
     let status = cmd.status().unwrap_or_else(|e| panic!("failed to run cargo for gleak-ebpf ({}): {e}", route.name()));

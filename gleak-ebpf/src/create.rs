@@ -1,13 +1,14 @@
 //! Goroutine creation, where the new g is first complete: by preference the
-//! `CALL runtime.runqput` in `runtime.newproc.func1` (new g in RBX; the kernel
-//! emulates a CALL, so one trap instead of the two a single-stepped instruction
-//! costs), else each RET of `runtime.newproc1` (new g in RAX), plus the instruction
-//! after `CALL runtime.newproc1` in `runtime.newcoro` for coroutines (RAX).
+//! `CALL runtime.runqput` in `runtime.newproc.func1` (new g its second argument;
+//! the kernel emulates a CALL, so one trap instead of the two a single-stepped
+//! instruction costs), else each RET of `runtime.newproc1` (new g its result),
+//! plus the instruction after `CALL runtime.newproc1` in `runtime.newcoro` for
+//! coroutines (the result again).
 //!
 //! At these points `goid`, `gopc` and `startpc` are set, and we are still on g0
-//! (R14), whose `m.curg` is the goroutine running the `go` statement. The user stack
-//! taken here crosses `systemstack` into the creator's frames, so one hit gives the
-//! whole creation path.
+//! (the current g), whose `m.curg` is the goroutine running the `go` statement.
+//! The user stack taken here crosses `systemstack` into the creator's frames, so
+//! one hit gives the whole creation path.
 
 use aya_ebpf::{
     bindings::BPF_F_USER_STACK,
@@ -19,6 +20,7 @@ use aya_ebpf::{
 use gleak_common::{counter, CreateBatch, EventKind, GoroutineEvent, BATCH, CONFIG_CAPTURE_STACKS, CREATE_SPAN};
 
 use crate::{
+    arch::{self, RETURN_ADDRESS, SAVED_FRAME_POINTER},
     maps::{batch_filled, bump, read_optional, STACKS},
     target::{target_config, uprobe_per_cookie_source, CookieSource},
 };
@@ -78,23 +80,23 @@ static STACK_KEYS: PerCpuArray<KeyedStack> = PerCpuArray::with_max_entries(KEY_S
 static WALK_TICKS: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
 
 uprobe_per_cookie_source! {
-    /// The new g in RAX (RET of newproc1, after CALL newproc1 in newcoro).
-    goroutine_create, goroutine_create_tgid => create_from_rax
+    /// The new g as the result (RET of newproc1, after CALL newproc1 in newcoro).
+    goroutine_create_result, goroutine_create_result_tgid => create_from_result
 }
 
 uprobe_per_cookie_source! {
-    /// The new g in RBX (`runqput(pp, newg, true)` in newproc.func1).
-    goroutine_create_rbx, goroutine_create_rbx_tgid => create_from_rbx
+    /// The new g as the second argument (`runqput(pp, newg, true)` in newproc.func1).
+    goroutine_create_arg2, goroutine_create_arg2_tgid => create_from_second_argument
 }
 
 #[inline(always)]
-fn create_from_rax<S: CookieSource>(ctx: &ProbeContext) -> u32 {
-    on_create::<S>(ctx, unsafe { (*ctx.regs).rax })
+fn create_from_result<S: CookieSource>(ctx: &ProbeContext) -> u32 {
+    on_create::<S>(ctx, arch::result(ctx))
 }
 
 #[inline(always)]
-fn create_from_rbx<S: CookieSource>(ctx: &ProbeContext) -> u32 {
-    on_create::<S>(ctx, unsafe { (*ctx.regs).rbx })
+fn create_from_second_argument<S: CookieSource>(ctx: &ProbeContext) -> u32 {
+    on_create::<S>(ctx, arch::second_argument(ctx))
 }
 
 #[inline(always)]
@@ -123,8 +125,7 @@ fn on_create<S: CookieSource>(ctx: &ProbeContext, newg: u64) -> u32 {
     let parent_goid = if cfg.g_parent_goid != 0 {
         field(cfg.g_parent_goid)
     } else {
-        let g0 = unsafe { (*ctx.regs).r14 };
-        creator_goid(g0, &cfg).unwrap_or(0)
+        creator_goid(arch::current_g(ctx), &cfg).unwrap_or(0)
     };
     let stack_id = if cfg.flags & CONFIG_CAPTURE_STACKS != 0 { creation_stack(ctx) } else { -1 };
     let Some(batch) = PENDING_CREATES.get_ptr_mut(0) else { return 0 };
@@ -158,7 +159,7 @@ fn on_create<S: CookieSource>(ctx: &ProbeContext, newg: u64) -> u32 {
 /// [`RESAMPLE_EVERY`], so that paths that differ deeper are found too) walks it.
 #[inline(always)]
 fn creation_stack(ctx: &ProbeContext) -> i64 {
-    let key = path_key(unsafe { (*ctx.regs).rbp });
+    let key = path_key(arch::frame_pointer(ctx));
     let resample = match WALK_TICKS.get_ptr_mut(0) {
         // Per-CPU counter: no other writer.
         Some(ticks) => unsafe {
@@ -192,13 +193,15 @@ fn creation_stack(ctx: &ProbeContext) -> i64 {
 }
 
 /// The first [`KEY_FRAMES`] return addresses from frame pointer `bp` on. Frame
-/// records ({saved BP, return address}) are taken from a window of stack read in
-/// one helper call; only a frame outside it costs another read (of a new window).
+/// records ({saved frame pointer, return address}) are taken from a window of
+/// stack read in one helper call; only a frame outside it costs another read (of
+/// a new window).
 ///
 /// The first record, `runtime.newproc.func1`'s, is read alone: it is on g0's
 /// stack, which for the main thread is the top of its mapping, where a window
-/// would run past the end (a fault, then a retry). Its saved BP is already on the
-/// goroutine's stack: `systemstack` switches stacks without a frame of its own.
+/// would run past the end (a fault, then a retry). Its saved frame pointer is
+/// already on the goroutine's stack: `systemstack` switches stacks without a frame
+/// of its own.
 #[inline(always)]
 fn path_key(bp: u64) -> [u64; KEY_FRAMES] {
     let mut key = [0u64; KEY_FRAMES];
@@ -206,8 +209,8 @@ fn path_key(bp: u64) -> [u64; KEY_FRAMES] {
         return key;
     }
     let Ok(first) = (unsafe { bpf_probe_read_user(bp as *const [u64; 2]) }) else { return key };
-    key[0] = first[1];
-    let mut bp = first[0];
+    key[0] = first[RETURN_ADDRESS];
+    let mut bp = first[SAVED_FRAME_POINTER];
     let Some(window) = WINDOW.get_ptr_mut(0) else { return key };
     // Per-CPU buffer: no other writer while this program runs.
     let window = unsafe { &mut *window };
@@ -223,8 +226,8 @@ fn path_key(bp: u64) -> [u64; KEY_FRAMES] {
                 // The window ran past the end of the mapping (the top of a thread's
                 // stack): this frame alone.
                 let Ok(frame) = (unsafe { bpf_probe_read_user(bp as *const [u64; 2]) }) else { break };
-                *slot = frame[1];
-                bp = frame[0];
+                *slot = frame[RETURN_ADDRESS];
+                bp = frame[SAVED_FRAME_POINTER];
                 base = u64::MAX;
                 continue;
             }
@@ -235,8 +238,8 @@ fn path_key(bp: u64) -> [u64; KEY_FRAMES] {
         // frame pointers are 8-aligned).
         let at = (offset as usize) & (STACK_WINDOW - 8);
         let read = |i: usize| unsafe { core::ptr::read_unaligned(window.as_ptr().add(at + 8 * i).cast::<u64>()) };
-        *slot = read(1);
-        bp = read(0);
+        *slot = read(RETURN_ADDRESS);
+        bp = read(SAVED_FRAME_POINTER);
     }
     key
 }

@@ -1,7 +1,8 @@
 //! Goroutine death: a uprobe in `runtime.gdestroy` (Go ≥ 1.22; it also sees
 //! coroutine exits) or `runtime.goexit0` (older Go), on its first
 //! `CALL runtime.casgstatus(gp, _Grunning, _Gdead)` (emulated by the kernel: one
-//! trap) or else on its entry. Both run on g0 with the dying g in RAX.
+//! trap) or else on its entry. Both run on g0 with the dying g as their first
+//! argument (and `casgstatus`'s).
 //!
 //! A death is the dying `g`'s address alone: the user side knows which goroutine
 //! owns each `g`, so this probe needs neither the target's layout nor a read of
@@ -12,6 +13,7 @@ use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::map, maps::PerCpuArray, progra
 use gleak_common::{counter, ExitBatch, ExitRecord, BATCH};
 
 use crate::{
+    arch,
     maps::batch_filled,
     target::{target_pid, uprobe_per_cookie_source, CookieSource},
 };
@@ -36,7 +38,7 @@ fn on_exit<S: CookieSource>(ctx: &ProbeContext) -> u32 {
     let batch = unsafe { &mut *batch };
     let slot = batch.header.count as usize & (BATCH - 1);
     batch.exits[slot] =
-        ExitRecord { g_addr: unsafe { (*ctx.regs).rax }, ts_ns: unsafe { bpf_ktime_get_ns() }, pid, _pad: 0 };
+        ExitRecord { g_addr: arch::first_argument(ctx), ts_ns: unsafe { bpf_ktime_get_ns() }, pid, _pad: 0 };
     batch_filled(batch, slot, Some(counter::EXITS_LOST));
     0
 }

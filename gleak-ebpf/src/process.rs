@@ -9,6 +9,7 @@ use aya_ebpf::{helpers::generated::bpf_send_signal, programs::ProbeContext};
 use gleak_common::EventKind;
 
 use crate::{
+    arch,
     maps::{emit, read_optional},
     target::{target_config, uprobe_per_cookie_source, CookieSource},
 };
@@ -22,9 +23,9 @@ fn stop_at_exit<S: CookieSource>(ctx: &ProbeContext) -> u32 {
     let Some((pid, cfg)) = target_config::<S>(ctx) else {
         return 0;
     };
-    // The goroutine calling exit (R14; on g0 during a fatal panic, its m.curg):
-    // goleak does not count the current goroutine, nor does gleak.
-    let g = unsafe { (*ctx.regs).r14 };
+    // The goroutine calling exit (the current g; on g0 during a fatal panic, its
+    // m.curg): goleak does not count the current goroutine, nor does gleak.
+    let g = arch::current_g(ctx);
     let curg = read_optional(g, cfg.g_m)
         .filter(|&m| m != 0)
         .and_then(|m| read_optional(m, cfg.m_curg))

@@ -57,7 +57,7 @@ pub enum Error {
     #[error("{path}: no RET instruction found in {symbol}")]
     NoReturn { path: PathBuf, symbol: String },
 
-    #[error("only x86_64 targets are supported for now ({path} is {arch})")]
+    #[error("only {supported} targets are supported for now ({path} is {arch})", supported = crate::arch::supported())]
     UnsupportedArch { path: PathBuf, arch: String },
 
     #[error(

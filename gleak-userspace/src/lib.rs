@@ -3,6 +3,8 @@
 //! Folders by pipeline stage, bottom up; each says in its module doc what it
 //! owns and what it may use. Data flows one way: probe → ring buffer → event
 //! source → aggregate → observe → judge → report.
+//! - [`arch`]: the architecture seam: instruction decoding, calling convention
+//!   and frame layout of each instruction set gleak traces;
 //! - [`binary`]: reading a Go binary: ELF, build info, `.gopclntab`, DWARF,
 //!   symbols, machine code;
 //! - [`runtime`]: what gleak knows of the Go runtime, per release and per binary;
@@ -17,6 +19,7 @@
 //! The command line (`src/cli`) sits on top of these.
 
 pub mod analysis;
+pub mod arch;
 pub mod audit;
 pub mod binary;
 pub mod error;

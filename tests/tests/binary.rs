@@ -4,10 +4,7 @@
 
 use std::path::Path;
 
-use gleak::{
-    binary::{disasm::ret_offsets, GoBinary},
-    runtime::debuginfo::RuntimeInfo,
-};
+use gleak::{binary::GoBinary, runtime::debuginfo::RuntimeInfo};
 use gleak_tests::{build_fixture, go_toolchains, GoToolchain};
 
 fn load(tc: &GoToolchain) -> (GoBinary, RuntimeInfo) {
@@ -31,13 +28,13 @@ fn go_version_from_buildinfo() {
 }
 
 /// `runtime.newproc1` has exactly one RET in every release 1.19–1.27, and it must
-/// be a real C3 at an instruction boundary.
+/// be a real C3 at an instruction boundary (these fixtures are x86-64).
 #[test]
 fn finds_the_ret_of_newproc1() {
     for tc in go_toolchains() {
         let (binary, _) = load(&tc);
         let (sym, code) = binary.function_code("runtime.newproc1").unwrap();
-        let rets = ret_offsets(code, sym.addr).expect("decodes");
+        let rets = binary.arch.ret_offsets(code, sym.addr).expect("decodes");
         assert_eq!(rets.len(), 1, "{tc}: RETs at {rets:x?}");
         assert_eq!(code[rets[0] as usize], 0xc3, "{tc}");
         assert!(rets[0] > 16, "{tc}: RET too close to the entry");

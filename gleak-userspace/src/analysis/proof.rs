@@ -11,9 +11,10 @@ use std::{
 
 use crate::{
     analysis::reach::{self, Budget, Goroutine, HeapIndex, Marking, Memory, Roots, Span, StackMaps, WholeStacks},
-    binary::{pclntab::Pclntab, GoBinary},
+    binary::GoBinary,
     process::procmem::ProcessMemory,
     process::snapshot::{all_goroutines, GRecord},
+    process::unwind::Program,
     process::waits::{self, Blocked},
     runtime::debuginfo::RuntimeInfo,
     runtime::layout::{gstatus, HeapLayout, MSPAN_IN_USE},
@@ -169,7 +170,7 @@ fn one_pass(
     }
     let sched_sp: HashMap<u64, u64> = goroutines.iter().map(|(_, r)| (r.goid, r.sched_sp)).collect();
     let stack_maps: Box<dyn StackMaps> = match binary.pclntab() {
-        Some(pcln) => Box::new(GoStackMaps { pcln, bias }),
+        Some(pcln) => Box::new(GoStackMaps { program: Program { pcln, bias, arch: binary.arch } }),
         None => Box::new(WholeStacks),
     };
     let (marking, stats) =
@@ -304,8 +305,7 @@ fn read_allocated(mem: &ProcessMemory, spans: &mut [Span], alloc_bits: &[(u64, u
 /// A descheduled goroutine's stack as Go's collector sees it: the pointer words
 /// its frames' stack maps name (see [`crate::process::unwind::pointer_ranges`]).
 struct GoStackMaps<'a> {
-    pcln: &'a Pclntab,
-    bias: u64,
+    program: Program<'a>,
 }
 
 impl StackMaps for GoStackMaps<'_> {
@@ -316,7 +316,7 @@ impl StackMaps for GoStackMaps<'_> {
         let len = (g.stack.end - g.sp).min(crate::process::unwind::MAX_STACK_BYTES);
         let (buf, landed) = mem.read_ranges(&[(g.sp, len as usize)]);
         let bytes = &buf[landed.first()?.clone()?];
-        let mut ranges = crate::process::unwind::pointer_ranges(bytes, g.sp, g.pc, self.pcln, self.bias);
+        let mut ranges = crate::process::unwind::pointer_ranges(bytes, g.sp, g.pc, self.program);
         // A stack deeper than what was read: the rest whole.
         if g.sp + len < g.stack.end {
             ranges.push((g.sp + len, g.stack.end - (g.sp + len)));

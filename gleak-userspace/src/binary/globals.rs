@@ -5,15 +5,14 @@
 //! one function that appends to the goroutine table:
 //! `allgs = append(allgs, gp); …; atomic.Storeuintptr(&allglen, uintptr(len(allgs)))`.
 //! The slice is the address whose +8 and +16 (len, cap) are touched too; `allglen`
-//! is the destination of the atomic store (`XCHG`) whose value was loaded from
-//! `allgs+8`. Where the symbols exist, both ways must agree.
+//! is the destination of the atomic store whose value was loaded from `allgs+8`.
+//! Where the symbols exist, both ways must agree. The machine code is read
+//! through the binary's [`crate::arch`].
 
 use std::collections::HashSet;
 
-use super::{
-    disasm::{address_argument, data_accesses, DataAccess},
-    GoBinary,
-};
+use super::GoBinary;
+use crate::arch::DataAccess;
 
 /// Where the goroutine table is, or why it is not known.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -73,14 +72,14 @@ pub fn semtable(bin: &GoBinary) -> Result<(u64, FoundBy), String> {
     }
 }
 
-/// Decodes `runtime.semacquire1`: `semtable.rootFor(addr)` is inlined as
-/// `LEAQ runtime.semtable(SB), R` then an indexed `LEAQ`, at every use. The only
-/// writable data whose address the function takes is the table (its other `LEAQ`s
-/// load read-only function values and types).
+/// Decodes `runtime.semacquire1`: `semtable.rootFor(addr)` is inlined as the
+/// table's address taken (`LEAQ runtime.semtable(SB), R`), then indexed, at every
+/// use. The only writable data whose address the function takes is the table (the
+/// other addresses it takes are of read-only function values and types).
 pub fn from_semacquire1(bin: &GoBinary) -> Result<u64, String> {
     let (sym, code) = bin.function_code("runtime.semacquire1").map_err(|e| e.to_string())?;
     let accesses =
-        data_accesses(code, sym.addr).map_err(|at| format!("runtime.semacquire1+{at:#x} does not decode"))?;
+        bin.arch.data_accesses(code, sym.addr).map_err(|at| format!("runtime.semacquire1+{at:#x} does not decode"))?;
     let mut targets: Vec<u64> = accesses
         .iter()
         .filter(|&&(addr, access)| access == DataAccess::Address && bin.is_writable_data(addr))
@@ -97,7 +96,7 @@ pub fn from_semacquire1(bin: &GoBinary) -> Result<u64, String> {
 
 /// Finds `runtime.mheap_` (the heap, whose `allspans` the reachability proof
 /// reads): by the symbol when present (cross-checked with the machine code), else
-/// from `runtime.mallocinit`'s `LEAQ runtime.mheap_(SB), AX; CALL runtime.(*mheap).init`.
+/// from `runtime.mallocinit`, which passes `&mheap_` to `runtime.(*mheap).init`.
 pub fn mheap(bin: &GoBinary) -> Result<(u64, FoundBy), String> {
     let decoded = from_mallocinit(bin);
     match (bin.data_symbol("runtime.mheap_").map(|s| s.addr), decoded) {
@@ -118,7 +117,9 @@ pub fn mheap(bin: &GoBinary) -> Result<(u64, FoundBy), String> {
 pub fn from_mallocinit(bin: &GoBinary) -> Result<u64, String> {
     let init = bin.function("runtime.(*mheap).init").ok_or("no function runtime.(*mheap).init")?;
     let (sym, code) = bin.function_code("runtime.mallocinit").map_err(|e| e.to_string())?;
-    let addr = address_argument(code, sym.addr, init.addr)
+    let addr = bin
+        .arch
+        .address_argument(code, sym.addr, init.addr)
         .map_err(|at| format!("runtime.mallocinit+{at:#x} does not decode"))?
         .ok_or("runtime.mallocinit passes no data address to runtime.(*mheap).init")?;
     if !bin.is_writable_data(addr) {
@@ -130,7 +131,8 @@ pub fn from_mallocinit(bin: &GoBinary) -> Result<u64, String> {
 /// Decodes `runtime.allgadd`.
 pub fn from_allgadd(bin: &GoBinary) -> Result<GoroutineTable, String> {
     let (sym, code) = bin.function_code("runtime.allgadd").map_err(|e| e.to_string())?;
-    let accesses = data_accesses(code, sym.addr).map_err(|at| format!("runtime.allgadd+{at:#x} does not decode"))?;
+    let accesses =
+        bin.arch.data_accesses(code, sym.addr).map_err(|at| format!("runtime.allgadd+{at:#x} does not decode"))?;
     let touched: HashSet<u64> = accesses.iter().map(|&(a, _)| a).collect();
     let allgs = touched
         .iter()
@@ -173,7 +175,7 @@ mod tests {
         let mut elf = TestElf::go("go1.22.4");
         elf.section(".text", SHF_ALLOC | SHF_EXECINSTR, code).symbol("runtime.allgadd", text, 8);
         let bin = elf.binary().unwrap();
-        let accesses = data_accesses(bin.function_code("runtime.allgadd").unwrap().1, text).unwrap();
+        let accesses = bin.arch.data_accesses(bin.function_code("runtime.allgadd").unwrap().1, text).unwrap();
         assert_eq!(accesses, [(target, DataAccess::Plain)]);
         assert!(from_allgadd(&bin).unwrap_err().contains("no slice header"));
     }

@@ -4,9 +4,11 @@
 //! Everything here works on the file alone; nothing touches the running process.
 //! The file is mapped, not read whole, and every offset or length taken from it
 //! is bounded before use: the binary may be hostile.
+//!
+//! May use: [`crate::arch`], chosen here per binary from its ELF machine, for
+//! everything that depends on the instruction set.
 
 pub mod buildinfo;
-pub mod disasm;
 pub mod dwarf;
 pub mod globals;
 pub mod moduledata;
@@ -26,13 +28,14 @@ use object::{Object, ObjectSection, ObjectSegment, ObjectSymbol};
 pub use buildinfo::GoVersion;
 use pclntab::{Image, Pclntab};
 
-use crate::error::{Error, Result};
+use crate::{
+    arch::{self, Arch},
+    error::{Error, Result},
+};
 
 /// Oldest Go release whose runtime layout gleak knows.
 pub const MIN_GO: (u32, u32) = (1, 19);
 
-/// `R_X86_64_RELATIVE`: the loader writes load base + addend.
-const R_X86_64_RELATIVE: u32 = 8;
 /// `p_flags` bit of a writable segment.
 const PF_W: u32 = 2;
 /// Writable segments searched for the buildinfo header when there are no section headers.
@@ -81,6 +84,8 @@ pub enum SymbolSource {
 /// A parsed Go executable: a memory map of the file and indexes into it.
 pub struct GoBinary {
     pub path: PathBuf,
+    /// Its instruction set: how its code decodes, its frames, its calling convention.
+    pub arch: &'static dyn Arch,
     image: Image,
     pub go_version: GoVersion,
     /// The main package's import path, from `.go.buildinfo`.
@@ -94,7 +99,7 @@ pub struct GoBinary {
     elf_symbols: HashMap<String, Symbol>,
     segments: Vec<Segment>,
     sections: Vec<Section>,
-    /// `R_X86_64_RELATIVE` relocations: address → addend (what the loader stores there).
+    /// Relative relocations: address → addend (what the loader stores there).
     relative_relocs: HashMap<u64, u64>,
     pclntab: Option<Arc<Pclntab>>,
     /// Why `.gopclntab` could not be used, if it could not.
@@ -128,9 +133,9 @@ impl GoBinary {
         if file.format() != object::BinaryFormat::Elf {
             return Err(Error::NotElf { path, reason: format!("{:?} format", file.format()) });
         }
-        if file.architecture() != object::Architecture::X86_64 {
+        let Some(arch) = arch::of_elf(file.architecture()) else {
             return Err(Error::UnsupportedArch { path, arch: format!("{:?}", file.architecture()) });
-        }
+        };
         let sections: Vec<Section> = file
             .sections()
             .filter_map(|s| {
@@ -189,9 +194,9 @@ impl GoBinary {
             .dynamic_relocations()
             .into_iter()
             .flatten()
-            .filter(
-                |(_, r)| matches!(r.flags(), object::RelocationFlags::Elf { r_type } if r_type == R_X86_64_RELATIVE),
-            )
+            .filter(|(_, r)| {
+                matches!(r.flags(), object::RelocationFlags::Elf { r_type } if r_type == arch.relative_relocation())
+            })
             .map(|(at, r)| (at, r.addend() as u64))
             .collect();
         let is_pie = matches!(file.kind(), object::ObjectKind::Dynamic);
@@ -203,6 +208,7 @@ impl GoBinary {
 
         let mut bin = Self {
             path,
+            arch,
             image,
             go_version,
             main_path,
@@ -268,14 +274,15 @@ impl GoBinary {
 
     /// `.gopclntab`'s link address and file range. An external linker building a
     /// PIE (Go ≤ 1.25) folds it into `.data.rel.ro`: then it is found by its header
-    /// (magic, pc quantum 1, pointer size 8, at 8-byte alignment), and must be the
-    /// one a module data points to.
+    /// (magic, the architecture's pc quantum, pointer size 8, at 8-byte alignment),
+    /// and must be the one a module data points to.
     fn find_pclntab(&self) -> Option<(u64, (u64, u64))> {
         // `.gopclntab`, or `.data.rel.ro.gopclntab` in a PIE the Go linker built.
         if let Some(section) = self.sections.iter().find(|s| s.name.ends_with(".gopclntab")) {
             return Some((section.vaddr, section.file_range?));
         }
         let data = self.data();
+        let header_tail = [0, 0, self.arch.pc_quantum(), 8];
         // Sections may overlap (a hostile file can list thousands over the whole
         // file): scan at most twice the file's bytes, check a few candidates.
         let mut budget = data.len().saturating_mul(2);
@@ -291,7 +298,7 @@ impl GoBinary {
             for at in (0..bytes.len().saturating_sub(8)).step_by(8) {
                 let word = &bytes[at..at + 8];
                 let magic = u32::from_le_bytes([word[0], word[1], word[2], word[3]]);
-                if !matches!(magic, pclntab::MAGIC_GO118 | pclntab::MAGIC_GO120) || word[4..8] != [0, 0, 1, 8] {
+                if !matches!(magic, pclntab::MAGIC_GO118 | pclntab::MAGIC_GO120) || word[4..8] != header_tail {
                     continue;
                 }
                 candidates += 1;
@@ -493,6 +500,18 @@ mod tests {
         let bin = elf.binary().unwrap();
         assert!(started.elapsed() < QUICK, "{:?}", started.elapsed());
         assert!(bin.pclntab().is_none());
+    }
+
+    /// An architecture gleak has no seam for is refused by name, before anything
+    /// of it is decoded.
+    #[test]
+    fn other_architectures_are_refused() {
+        let mut data = TestElf::go("go1.22.4").build();
+        data[18..20].copy_from_slice(&object::elf::EM_AARCH64.to_le_bytes());
+        let refused = GoBinary::from_bytes(data, Path::new("arm64.bin")).err().expect("refused");
+        assert!(matches!(refused, Error::UnsupportedArch { .. }), "{refused:?}");
+        assert_eq!(refused.to_string(), "only x86_64 targets are supported for now (arm64.bin is Aarch64)");
+        assert_eq!(TestElf::go("go1.22.4").binary().unwrap().arch.name(), "x86_64");
     }
 
     /// A segment whose file offset is near u64::MAX: offsets of addresses in it

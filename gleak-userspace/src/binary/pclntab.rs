@@ -26,7 +26,10 @@
 
 use std::sync::Arc;
 
-use crate::binary::symbolize::{Frame, Symbolizer};
+use crate::{
+    arch::Arch,
+    binary::symbolize::{Frame, Symbolizer},
+};
 
 /// The whole ELF file's bytes, shared (a memory map or a `Vec`).
 pub type Image = Arc<dyn AsRef<[u8]> + Send + Sync>;
@@ -753,7 +756,8 @@ impl Pclntab {
 /// `runtime.getStackMap`): which of its words hold live pointers.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct FrameMap {
-    /// The frame's size below its return address (the `pcsp` value).
+    /// The `pcsp` value at the pc: how far the stack pointer is below its value at
+    /// the function's entry (laid out by [`Arch::frame`]).
     pub sp_delta: u64,
     /// Live pointer slots among the words just below `varp` (`locals[i]`: word
     /// `i` of the `locals.len()` words ending at `varp`).
@@ -770,10 +774,10 @@ pub struct FrameMap {
 
 impl Pclntab {
     /// The frame map of the function running at `pc` (a link-time address:
-    /// the goroutine's saved pc, or a return address). `None` when the function
-    /// or a map it needs is unknown, or the maps are implausible: the caller then
-    /// scans the frame conservatively.
-    pub fn frame_map(&self, pc: u64) -> Option<FrameMap> {
+    /// the goroutine's saved pc, or a return address), its frame laid out as on
+    /// `arch`. `None` when the function or a map it needs is unknown, or the maps
+    /// are implausible: the caller then scans the frame conservatively.
+    pub fn frame_map(&self, pc: u64, arch: &dyn Arch) -> Option<FrameMap> {
         // A return address may sit just past its function's last instruction.
         let (lookup, at_call) = match self.index_containing(pc) {
             Some(_) => (pc, pc.checked_sub(1)),
@@ -798,8 +802,7 @@ impl Pclntab {
         }
         .filter(|&ix| ix != -1)
         .unwrap_or(0);
-        // varp: below the return address and, in a frame, the saved frame pointer.
-        let locals_bytes = sp_delta.saturating_sub(8);
+        let locals_bytes = arch.frame(sp_delta).locals_len();
         let locals =
             if locals_bytes > 0 { self.stack_map(&f, FUNCDATA_LOCALS_POINTER_MAPS, index)? } else { Vec::new() };
         if locals.len() as u64 * 8 > locals_bytes {

@@ -4,8 +4,8 @@
 //! stuck ([`unwind`]) and on what ([`waits`]), its network connections
 //! ([`netconn`]).
 //!
-//! May use: [`crate::binary`], [`crate::runtime`]. Knows nothing of probes or
-//! verdicts.
+//! May use: [`crate::arch`], [`crate::binary`], [`crate::runtime`]. Knows
+//! nothing of probes or verdicts.
 
 pub mod launch;
 pub mod netconn;

@@ -1,6 +1,7 @@
 //! Where each blocked goroutine is stuck: its current stack, read from memory
 //! without stopping the target and unwound as Go's own traceback does, from
-//! `g.sched` (pc, sp) through the `pcsp` tables of `.gopclntab`. Frame pointers
+//! `g.sched` (pc, sp) through the `pcsp` tables of `.gopclntab`, each frame laid
+//! out as its architecture lays it out ([`crate::arch::Frame`]). Frame pointers
 //! are not used: how `mcall` saves them changed between releases (1.21 stores the
 //! caller's), while every binary, stripped or not, has `pcsp`.
 //!
@@ -12,7 +13,11 @@
 
 use std::collections::HashMap;
 
-use crate::{binary::pclntab::Pclntab, binary::symbolize::package_of, process::procmem::ProcessMemory};
+use crate::{
+    arch::Arch,
+    binary::{pclntab::Pclntab, symbolize::package_of},
+    process::procmem::ProcessMemory,
+};
 
 /// Deepest stack unwound; deeper ones are cut (the innermost frames are what matter).
 pub const MAX_FRAMES: usize = 64;
@@ -24,6 +29,16 @@ pub const MAX_BYTES_PER_REFRESH: u64 = 256 << 20;
 
 /// Most frames whose stack maps are followed; deeper stacks are scanned whole.
 pub const MAX_SCANNED_FRAMES: usize = 1024;
+
+/// The program whose stacks are walked: its function table, where it is loaded,
+/// and how its architecture lays out a frame.
+#[derive(Clone, Copy, Debug)]
+pub struct Program<'a> {
+    pub pcln: &'a Pclntab,
+    /// Runtime address − link address.
+    pub bias: u64,
+    pub arch: &'a dyn Arch,
+}
 
 /// One frame met walking a descheduled goroutine's stack.
 #[derive(Clone, Copy, Debug)]
@@ -52,23 +67,22 @@ pub enum WalkEnd {
 }
 
 /// The frames of a descheduled goroutine's stack, innermost first: from its saved
-/// pc and sp, each frame's size from the `pcsp` table gives the return address
-/// just above it. `stack` holds the bytes from `sp` up. The last frame yielded is
+/// pc and sp, each frame's size from the `pcsp` table says where its return
+/// address lies. `stack` holds the bytes from `sp` up. The last frame yielded is
 /// the one the walk ended at ([`FrameWalk::end`] says how).
 pub struct FrameWalk<'a> {
     stack: &'a [u8],
     /// The address of `stack[0]`.
     base: u64,
-    pcln: &'a Pclntab,
-    bias: u64,
+    program: Program<'a>,
     /// (pc, sp) of the frame to yield next.
     next: Option<(u64, u64)>,
     end: Option<WalkEnd>,
 }
 
 impl<'a> FrameWalk<'a> {
-    pub fn new(stack: &'a [u8], sp: u64, pc: u64, pcln: &'a Pclntab, bias: u64) -> Self {
-        Self { stack, base: sp, pcln, bias, next: Some((pc, sp)), end: None }
+    pub fn new(stack: &'a [u8], sp: u64, pc: u64, program: Program<'a>) -> Self {
+        Self { stack, base: sp, program, next: Some((pc, sp)), end: None }
     }
 
     /// How the walk ended, once it has.
@@ -78,14 +92,14 @@ impl<'a> FrameWalk<'a> {
 
     /// The caller of the frame at `sp` whose function holds `lookup`.
     fn caller(&self, lookup: u64, sp: u64) -> Result<(u64, u64), WalkEnd> {
-        let delta = self.pcln.sp_delta(lookup).and_then(|d| u64::try_from(d).ok()).ok_or(WalkEnd::Lost)?;
-        // The return address sits just above the frame.
-        let at = sp.checked_add(delta).and_then(|a| a.checked_sub(self.base)).ok_or(WalkEnd::Lost)?;
+        let delta = self.program.pcln.sp_delta(lookup).and_then(|d| u64::try_from(d).ok()).ok_or(WalkEnd::Lost)?;
+        let frame = self.program.arch.frame(delta);
+        let at = sp.checked_add(frame.return_address).and_then(|a| a.checked_sub(self.base)).ok_or(WalkEnd::Lost)?;
         let word =
             usize::try_from(at).ok().and_then(|at| self.stack.get(at..at.checked_add(8)?)).ok_or(WalkEnd::Lost)?;
         match u64::from_le_bytes(word.try_into().expect("8 bytes")) {
             0 => Err(WalkEnd::Bottom),
-            ret => Ok((ret, self.base + at + 8)),
+            ret => Ok((ret, sp.checked_add(frame.caller_sp).ok_or(WalkEnd::Lost)?)),
         }
     }
 }
@@ -97,9 +111,10 @@ impl<'a> Iterator for FrameWalk<'a> {
         let (pc, sp) = self.next.take()?;
         // A return address may sit just past its function's last instruction (a
         // call that never returns): look it up by the call, as Go's traceback does.
-        let link_pc = pc.wrapping_sub(self.bias);
-        let lookup = if self.pcln.function_containing(link_pc).is_some() { link_pc } else { link_pc.wrapping_sub(1) };
-        let function = self.pcln.function_containing(lookup).map(|(name, _)| name);
+        let pcln = self.program.pcln;
+        let link_pc = pc.wrapping_sub(self.program.bias);
+        let lookup = if pcln.function_containing(link_pc).is_some() { link_pc } else { link_pc.wrapping_sub(1) };
+        let function = pcln.function_containing(lookup).map(|(name, _)| name);
         match function {
             None => self.end = Some(WalkEnd::Lost),
             Some("runtime.goexit" | "runtime.goexit.abi0" | "runtime.mstart") => self.end = Some(WalkEnd::Bottom),
@@ -123,14 +138,14 @@ impl<'a> Iterator for FrameWalk<'a> {
 /// everything is scanned: never less than the collector would.
 ///
 /// `stack` holds the bytes from `sp` up; `pc` is the goroutine's saved pc.
-pub fn pointer_ranges(stack: &[u8], sp: u64, pc: u64, pcln: &Pclntab, bias: u64) -> Vec<(u64, u64)> {
+pub fn pointer_ranges(stack: &[u8], sp: u64, pc: u64, program: Program) -> Vec<(u64, u64)> {
     let end = sp + stack.len() as u64;
     let mut out: Vec<(u64, u64)> = Vec::new();
     let mut add = |addr: u64, len: u64| match out.last_mut() {
         Some(last) if last.0 + last.1 == addr => last.1 += len,
         _ => out.push((addr, len)),
     };
-    let mut walk = FrameWalk::new(stack, sp, pc, pcln, bias);
+    let mut walk = FrameWalk::new(stack, sp, pc, program);
     // Where the frames not scanned by their maps begin.
     let mut frame_sp = sp;
     let reached_bottom = 'frames: {
@@ -141,14 +156,15 @@ pub fn pointer_ranges(stack: &[u8], sp: u64, pc: u64, pcln: &Pclntab, bias: u64)
                 Some(name) if !name.starts_with("runtime.asyncPreempt") && !name.starts_with("runtime.debugCall") => {}
                 _ => break 'frames false,
             }
-            let Some(map) = pcln.frame_map(frame.link_pc) else { break 'frames false };
-            let fp = frame.sp.saturating_add(map.sp_delta).saturating_add(8);
+            let Some(map) = program.pcln.frame_map(frame.link_pc, program.arch) else { break 'frames false };
+            let layout = program.arch.frame(map.sp_delta);
+            let fp = frame.sp.saturating_add(layout.caller_sp);
             if fp > end {
                 break 'frames false;
             }
-            // As the runtime's unwinder: varp is below the return address and, in a
-            // frame, below the saved frame pointer; argp is the caller's sp.
-            let varp = if map.sp_delta > 0 { fp - 16 } else { fp - 8 };
+            // As the runtime's unwinder: locals below varp, arguments from argp up.
+            let varp = frame.sp + layout.locals_top;
+            let argp = frame.sp + layout.args;
             let locals_base = varp - 8 * map.locals.len() as u64;
             if map.defers {
                 add(frame.sp, fp - frame.sp);
@@ -158,13 +174,13 @@ pub fn pointer_ranges(stack: &[u8], sp: u64, pc: u64, pcln: &Pclntab, bias: u64)
                 }
             }
             for (k, _) in map.args.iter().enumerate().filter(|(_, &live)| live) {
-                let at = fp + 8 * k as u64;
+                let at = argp + 8 * k as u64;
                 if at + 8 <= end {
                     add(at, 8);
                 }
             }
             for &(off, size) in &map.stack_objects {
-                let base = if off < 0 { varp } else { fp };
+                let base = if off < 0 { varp } else { argp };
                 let Some(at) = base.checked_add_signed(off) else { continue };
                 if at >= frame.sp && at.saturating_add(size) <= end {
                     add(at, size);
@@ -189,8 +205,8 @@ pub type StackId = u32;
 /// addresses, load bias included), innermost first, `pc` itself first. Stops at
 /// `runtime.goexit`, at an address no function contains, at a return address
 /// outside `stack`, or after [`MAX_FRAMES`].
-pub fn unwind(stack: &[u8], sp: u64, pc: u64, pcln: &Pclntab, bias: u64) -> Vec<u64> {
-    FrameWalk::new(stack, sp, pc, pcln, bias).take(MAX_FRAMES).map(|frame| frame.pc).collect()
+pub fn unwind(stack: &[u8], sp: u64, pc: u64, program: Program) -> Vec<u64> {
+    FrameWalk::new(stack, sp, pc, program).take(MAX_FRAMES).map(|frame| frame.pc).collect()
 }
 
 /// `g.sched` of a parked goroutine, as read with its other fields.
@@ -240,8 +256,7 @@ impl BlockingStacks {
     pub fn refresh(
         &mut self,
         mem: &ProcessMemory,
-        pcln: &Pclntab,
-        bias: u64,
+        program: Program,
         parked: &[Parked],
         reread: impl FnOnce(&[u64]) -> Vec<Option<Sched>>,
     ) {
@@ -277,7 +292,7 @@ impl BlockingStacks {
                 self.torn += 1;
                 continue;
             }
-            let pcs = unwind(&buf[span], p.sched.sp, p.sched.pc, pcln, bias);
+            let pcs = unwind(&buf[span], p.sched.sp, p.sched.pc, program);
             let id = self.intern(pcs);
             self.by_goid.insert(p.goid, (p.sched, id));
         }

@@ -4,8 +4,9 @@
 //! tracer that turns their events into per-target state and reports
 //! ([`tracer`], with creation sites symbolized once in [`sitecache`]).
 //!
-//! May use: everything below it ([`crate::binary`], [`crate::runtime`],
-//! [`crate::process`]) and [`crate::analysis`] to judge what it traced.
+//! May use: everything below it ([`crate::arch`], [`crate::binary`],
+//! [`crate::runtime`], [`crate::process`]) and [`crate::analysis`] to judge what
+//! it traced.
 
 pub mod intake;
 pub mod placement;

@@ -4,18 +4,36 @@
 //! A uprobe on most instructions costs two traps (the breakpoint, then a single
 //! step of the displaced instruction); on a CALL the kernel emulates the call
 //! instead, one trap. So the default sites are CALLs whose arguments carry the g.
+//!
+//! Code is decoded through the binary's [`crate::arch`]; a site's program is
+//! chosen by where, in Go's calling convention, the g is there, and each
+//! architecture's probes read that role from its own register. Labels name
+//! instructions as Go's assembler does on every architecture (`CALL`, `RET`).
+//!
+//! A uretprobe rewrites the return address on the stack; Go copies goroutine
+//! stacks and the target then crashes, so "return" probes are plain uprobes on
+//! each RET.
 
 use crate::{
-    binary::{disasm, GoBinary, Symbol},
+    binary::{GoBinary, Symbol},
     error::{Error, Result},
 };
 
-/// The eBPF programs, by the name of their function in `gleak-ebpf`.
-pub const PROBE_CREATE: &str = "goroutine_create";
-pub const PROBE_CREATE_RBX: &str = "goroutine_create_rbx";
+// The eBPF programs, by the name of their function in `gleak-ebpf`; what each
+// reads is a role in Go's calling convention, never a register.
+
+/// A creation: the new g is the result of the call that just returned (or that
+/// a RET is returning).
+pub const PROBE_CREATE_RESULT: &str = "goroutine_create_result";
+/// A creation: the new g is the second argument of the call about to be made.
+pub const PROBE_CREATE_ARG2: &str = "goroutine_create_arg2";
+/// A death: the dying g is the first argument (at a function's entry or a call).
 pub const PROBE_EXIT: &str = "goroutine_exit";
+/// A park at `gopark`'s entry: the current g, and the wait reason as its third argument.
 pub const PROBE_PARK: &str = "goroutine_park";
+/// A park at `gopark`'s call of `mcall`: the current g, whose wait reason is stored.
 pub const PROBE_PARK_MCALL: &str = "goroutine_park_mcall";
+/// The process exiting: the current g.
 pub const PROBE_PROCESS_EXIT: &str = "process_exit";
 
 /// What to attach to a target.
@@ -72,6 +90,10 @@ pub struct ProbeSite {
 /// statement): further means an unknown shape, so use the entry.
 const MAX_PROLOGUE: u64 = 0x80;
 
+/// `runqput(pp, newg, next)`: the new g is its second argument (numbered from 0),
+/// which [`PROBE_CREATE_ARG2`] reads.
+const RUNQPUT_NEWG: usize = 1;
+
 /// The sites to probe in `bin`, in attach order: exit (and park, and process exit)
 /// before creation, so that every goroutine seen born is also seen die.
 pub fn plan(bin: &GoBinary, opts: AttachOptions) -> Result<Vec<ProbeSite>> {
@@ -111,7 +133,7 @@ fn park_site(bin: &GoBinary, classic: bool) -> Result<ProbeSite> {
     let (sym, bytes) = code(bin, "runtime.gopark")?;
     if let Some(mcall) = bin.function("runtime.mcall").filter(|_| !classic) {
         let calls =
-            disasm::call_offsets(bytes, sym.addr, mcall.addr).map_err(|at| undecodable(bin, "runtime.gopark", at))?;
+            bin.arch.call_offsets(bytes, sym.addr, mcall.addr).map_err(|at| undecodable(bin, "runtime.gopark", at))?;
         if let [off] = calls[..] {
             return Ok(site(PROBE_PARK_MCALL, format!("runtime.gopark+{off:#x} (CALL runtime.mcall)"), sym.addr + off));
         }
@@ -124,12 +146,12 @@ fn exit_site(bin: &GoBinary, classic: bool) -> Result<ProbeSite> {
     let func = if bin.function("runtime.gdestroy").is_some() { "runtime.gdestroy" } else { "runtime.goexit0" };
     let (sym, bytes) = code(bin, func)?;
     if let Some(casgstatus) = bin.function("runtime.casgstatus").filter(|_| !classic) {
-        let calls = disasm::call_offsets(bytes, sym.addr, casgstatus.addr).map_err(|at| undecodable(bin, func, at))?;
+        let calls = bin.arch.call_offsets(bytes, sym.addr, casgstatus.addr).map_err(|at| undecodable(bin, func, at))?;
         if let Some(&off) = calls.first().filter(|&&off| off <= MAX_PROLOGUE) {
             return Ok(site(PROBE_EXIT, format!("{func}+{off:#x} (CALL runtime.casgstatus)"), sym.addr + off));
         }
     }
-    // casgstatus inlined (PGO) or an unknown shape: the entry (g still in RAX).
+    // casgstatus inlined (PGO) or an unknown shape: the entry (g still the first argument).
     Ok(site(PROBE_EXIT, func.to_string(), sym.addr))
 }
 
@@ -138,11 +160,11 @@ fn exit_site(bin: &GoBinary, classic: bool) -> Result<ProbeSite> {
 fn create_sites(bin: &GoBinary, classic: bool) -> Result<Vec<ProbeSite>> {
     let (newproc1, newproc1_code) = code(bin, "runtime.newproc1")?;
     let fast = match (code(bin, "runtime.newproc.func1"), bin.function("runtime.runqput").filter(|_| !classic)) {
-        (Ok((func1, bytes)), Some(runqput)) => {
-            disasm::call_taking_result(bytes, func1.addr, newproc1.addr, runqput.addr)
-                .map_err(|at| undecodable(bin, "runtime.newproc.func1", at))?
-                .map(|off| (func1.addr, off))
-        }
+        (Ok((func1, bytes)), Some(runqput)) => bin
+            .arch
+            .call_passing_result(bytes, func1.addr, newproc1.addr, runqput.addr, RUNQPUT_NEWG)
+            .map_err(|at| undecodable(bin, "runtime.newproc.func1", at))?
+            .map(|off| (func1.addr, off)),
         _ => None,
     };
     // Coroutines (iter.Pull) call newproc1 from newcoro, or from its systemstack
@@ -151,7 +173,7 @@ fn create_sites(bin: &GoBinary, classic: bool) -> Result<Vec<ProbeSite>> {
     for func in ["runtime.newcoro", "runtime.newcoro.func1"] {
         if let Ok((sym, bytes)) = code(bin, func) {
             let after =
-                disasm::after_first_call(bytes, sym.addr, newproc1.addr).map_err(|at| undecodable(bin, func, at))?;
+                bin.arch.after_first_call(bytes, sym.addr, newproc1.addr).map_err(|at| undecodable(bin, func, at))?;
             if let Some(off) = after {
                 coro = Some((func, sym.addr, off));
                 break;
@@ -162,24 +184,28 @@ fn create_sites(bin: &GoBinary, classic: bool) -> Result<Vec<ProbeSite>> {
     if let Some((func1, off)) = fast {
         if coro.is_some() || !newcoro_linked {
             let mut sites = vec![site(
-                PROBE_CREATE_RBX,
+                PROBE_CREATE_ARG2,
                 format!("runtime.newproc.func1+{off:#x} (CALL runtime.runqput)"),
                 func1 + off,
             )];
             if let Some((func, addr, off)) = coro {
-                sites.push(site(PROBE_CREATE, format!("{func}+{off:#x} (after CALL runtime.newproc1)"), addr + off));
+                sites.push(site(
+                    PROBE_CREATE_RESULT,
+                    format!("{func}+{off:#x} (after CALL runtime.newproc1)"),
+                    addr + off,
+                ));
             }
             return Ok(sites);
         }
     }
     // Fallback, for every caller of newproc1 at once.
     let rets =
-        disasm::ret_offsets(newproc1_code, newproc1.addr).map_err(|at| undecodable(bin, "runtime.newproc1", at))?;
+        bin.arch.ret_offsets(newproc1_code, newproc1.addr).map_err(|at| undecodable(bin, "runtime.newproc1", at))?;
     if rets.is_empty() {
         return Err(Error::NoReturn { path: bin.path.clone(), symbol: "runtime.newproc1".into() });
     }
     Ok(rets
         .into_iter()
-        .map(|off| site(PROBE_CREATE, format!("runtime.newproc1+{off:#x} (RET)"), newproc1.addr + off))
+        .map(|off| site(PROBE_CREATE_RESULT, format!("runtime.newproc1+{off:#x} (RET)"), newproc1.addr + off))
         .collect())
 }

@@ -23,8 +23,8 @@ use crate::{
     error::{Error, Result},
     process::target::Target,
     tracing::placement::{
-        self, AttachOptions, ProbeSite, PROBE_CREATE, PROBE_CREATE_RBX, PROBE_EXIT, PROBE_PARK, PROBE_PARK_MCALL,
-        PROBE_PROCESS_EXIT,
+        self, AttachOptions, ProbeSite, PROBE_CREATE_ARG2, PROBE_CREATE_RESULT, PROBE_EXIT, PROBE_PARK,
+        PROBE_PARK_MCALL, PROBE_PROCESS_EXIT,
     },
 };
 
@@ -102,8 +102,8 @@ impl TargetLookup {
 /// Each probe program and its twin that finds its target by thread group id
 /// (`uprobe_per_cookie_source!` in `gleak-ebpf/src/target.rs`).
 const PROGRAM_TWINS: [(&str, &str); 6] = [
-    (PROBE_CREATE, "goroutine_create_tgid"),
-    (PROBE_CREATE_RBX, "goroutine_create_rbx_tgid"),
+    (PROBE_CREATE_RESULT, "goroutine_create_result_tgid"),
+    (PROBE_CREATE_ARG2, "goroutine_create_arg2_tgid"),
     (PROBE_EXIT, "goroutine_exit_tgid"),
     (PROBE_PARK, "goroutine_park_tgid"),
     (PROBE_PARK_MCALL, "goroutine_park_mcall_tgid"),

@@ -20,7 +20,7 @@ use crate::{
     },
     process::netconn,
     process::snapshot::{all_goroutines, read_records, GRecord},
-    process::unwind::{is_blocking_machinery, BlockingStacks, Parked, Sched, StackId},
+    process::unwind::{is_blocking_machinery, BlockingStacks, Parked, Program, Sched, StackId},
     process::waits::{self, ChanState, WaitKind, WaitObject},
     runtime::layout::gstatus,
     tracing::probes::Probes,
@@ -152,7 +152,8 @@ impl TracedTarget {
                 .map(|r| r.filter(GRecord::is_blocked).map(|r| sched_of(&r)))
                 .collect()
         };
-        self.blocking.refresh(mem, &pcln, self.target.load_bias, &parked, reread);
+        let program = Program { pcln: &pcln, bias: self.target.load_bias, arch: self.target.binary.arch };
+        self.blocking.refresh(mem, program, &parked, reread);
     }
 
     /// What each blocked goroutine waits on: the channels of its sudogs, or its
