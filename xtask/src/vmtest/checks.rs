@@ -139,7 +139,7 @@ impl Plan {
         let (attach_caps, run_caps, audit_caps) =
             (granted(Privilege::Root), granted(Privilege::Root), granted(Privilege::Root));
         let ambient_caps = granted(Privilege::Ambient);
-        let checks = vec![
+        let mut checks = vec![
             Check::new(
                 &format!("attach-go{}", old.version),
                 ATTACH_S,
@@ -186,6 +186,28 @@ impl Plan {
                 move |out| ambient_caps(out).and_then(|_| leak_in_reports(out, &site))
             }),
         ];
+        // Each capability taken away in turn, for a command that reads another
+        // process (attach) and for one that reads only its child (run): where this
+        // kernel needs it (what gleak's own privilege rules say, checked against
+        // what the kernel does), gleak must refuse and name it.
+        for cap in &capabilities {
+            let fewer: Vec<String> = capabilities.iter().filter(|c| *c != cap).cloned().collect();
+            let without = |command: String| least_privilege(Privilege::Root, &fewer, &command);
+            let (site, gate_site) = (chan_send.clone(), Site::of("gate_leaky", "LEAK:gate"));
+            let (cap_attach, cap_run) = (cap.clone(), cap.clone());
+            checks.push(Check::new(
+                &format!("attach-no-{}", cap.to_lowercase()),
+                ATTACH_S,
+                without(attach(&leaky_new, "1s", "")),
+                move |out| without_capability(out, &cap_attach, true, |out| leak_in_reports(out, &site)),
+            ));
+            checks.push(Check::new(
+                &format!("run-no-{}", cap.to_lowercase()),
+                RUN_S,
+                without(gleak_run(&gate_leaky)),
+                move |out| without_capability(out, &cap_run, false, |out| gate(out, Some(&gate_site))),
+            ));
+        }
         Plan { fixtures: vec![leaky_old, leaky_new, stuck, gate_leaky, gate_clean], checks, capabilities }
     }
 
@@ -257,7 +279,7 @@ fn least_privilege(who: Privilege, capabilities: &[String], command: &str) -> St
             set = sh_quote(&set)
         ),
     };
-    let show_then_run = sh_quote(&format!("{SETPRIV} --dump >&2; exec \"$0\" \"$@\""));
+    let show_then_run = sh_quote(&format!("cat /proc/version >&2; {SETPRIV} --dump >&2; exec \"$0\" \"$@\""));
     // The command stays outside every quote: the runner's shell expands its `$PID_…`.
     let lowered_memlock = sh_quote(&format!("ulimit -l {DEFAULT_MEMLOCK_KIB}; exec \"$@\""));
     format!("/bin/sh -c {lowered_memlock} sh {} {identity} -- /bin/sh -c {show_then_run} {command}", sh_quote(SETPRIV))
@@ -417,6 +439,42 @@ fn no_exit_probe(out: &CheckOutput, site: &Site) -> Outcome {
     leak_in_reports(out, site)
 }
 
+/// A command run without `capability` (name as the manifest spells it): refused
+/// with it named, never with "sudo" advice, where the guest's kernel needs it by
+/// gleak's own rules (`privilege::minimal_set`); otherwise it works (`works`).
+/// `reads_others`: the command reads a process that is not its child.
+fn without_capability(
+    out: &CheckOutput,
+    capability: &str,
+    reads_others: bool,
+    works: impl Fn(&CheckOutput) -> Outcome,
+) -> Outcome {
+    use gleak::tracing::privilege::{minimal_set, Capability};
+    let kernel = kernel_of(&out.stderr).ok_or_else(|| "no kernel version in /proc/version".to_string())?;
+    let name = format!("CAP_{capability}");
+    let needed = minimal_set(kernel, reads_others, false).iter().any(|c: &Capability| c.name() == name);
+    if !needed {
+        return works(out).map(|done| format!("not needed on this kernel: {done}"));
+    }
+    let message = gleak_error(&out.stderr);
+    ensure(out.rc == 5, || format!("gleak exited {} without {name} (want 5): {message}", out.rc))?;
+    ensure(out.stderr.contains(&name), || format!("the refusal does not name {name}: {message}"))?;
+    ensure(!out.stderr.contains("sudo"), || format!("uid 0 told to use sudo: {message}"))?;
+    Ok(format!("refused, naming {name}"))
+}
+
+/// The kernel's version from `/proc/version`: Debian's own (`Debian 5.10.262-1`),
+/// which `uname -r` does not show, else the one after `Linux version`.
+fn kernel_of(stderr: &str) -> Option<aya::util::KernelVersion> {
+    let line = stderr.lines().find(|l| l.starts_with("Linux version "))?;
+    // The last "Debian": the compiler's version says it too, earlier on the line.
+    let version = line.rsplit_once("Debian ").map(|(_, v)| v).or_else(|| line.strip_prefix("Linux version "))?;
+    let mut parts = version.split(|c: char| !c.is_ascii_digit()).filter(|p| !p.is_empty());
+    let mut next = || parts.next().and_then(|p| p.parse::<u16>().ok());
+    let (major, minor, patch) = (next()?, next()?, next().unwrap_or(0));
+    Some(aya::util::KernelVersion::new(u8::try_from(major).ok()?, u8::try_from(minor).ok()?, patch))
+}
+
 /// The proof on `stuck`'s leaks made before attach, at the first report (proof.rs).
 fn proof(out: &CheckOutput, go_minor: u32) -> Outcome {
     let reports = documents(out, 0)?;
@@ -534,6 +592,16 @@ mod tests {
         assert_eq!(manifest_capabilities(block).unwrap(), ["BPF", "SYS_ADMIN"]);
         assert!(manifest_capabilities("capabilities:\n  drop: [ALL]\nadd: [BPF]\n").is_err());
         assert!(manifest_capabilities("capabilities:\n  add: [\"BPF; rm -rf\"]\n").is_err());
+    }
+
+    #[test]
+    fn kernel_versions_from_proc_version() {
+        let debian = "Linux version 5.10.0-46-cloud-amd64 (debian-kernel@lists.debian.org) (gcc-10 (Debian \
+                      10.2.1-6) 10.2.1 20210110, GNU ld (GNU Binutils for Debian) 2.35.2) #1 SMP Debian 5.10.262-1";
+        assert_eq!(kernel_of(debian), Some(aya::util::KernelVersion::new(5, 10, 262)));
+        let plain = "Linux version 6.18.44-fc-v1147 (root@host) #1 SMP";
+        assert_eq!(kernel_of(&format!("x\n{plain}\n")), Some(aya::util::KernelVersion::new(6, 18, 44)));
+        assert_eq!(kernel_of("no version here"), None);
     }
 
     #[test]
