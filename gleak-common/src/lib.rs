@@ -166,6 +166,43 @@ impl CreateBatch {
     }
 }
 
+/// One record of the ring buffer, decoded: what the probes send, read back.
+// Decoded one record at a time and unpacked at once, never stored in bulk; the
+// probes' side is `no_std`, without `Box`.
+#[allow(clippy::large_enum_variant)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RingRecord {
+    /// A single event (a park, a process exit).
+    Event(GoroutineEvent),
+    /// Deaths gathered on one CPU.
+    Exits(ExitBatch),
+    /// Creations gathered on one CPU.
+    Creates(CreateBatch),
+}
+
+impl RingRecord {
+    /// Decodes the bytes of one ring record by its leading kind. `None` for a
+    /// record too short for its kind (nothing the probes write): the bytes come
+    /// from a buffer another program writes, and are checked before being read.
+    pub fn decode(record: &[u8]) -> Option<Self> {
+        let kind = u32::from_ne_bytes(record.get(..4)?.try_into().ok()?);
+        if kind == EventKind::ExitBatch as u32 {
+            // SAFETY: long enough for an `ExitBatch`, which is plain integers
+            // (any bit pattern is a value); read unaligned.
+            (record.len() >= ExitBatch::SIZE)
+                .then(|| Self::Exits(unsafe { core::ptr::read_unaligned(record.as_ptr().cast()) }))
+        } else if kind == EventKind::CreateBatch as u32 {
+            // SAFETY: as above, for a `CreateBatch`.
+            (record.len() >= CreateBatch::SIZE)
+                .then(|| Self::Creates(unsafe { core::ptr::read_unaligned(record.as_ptr().cast()) }))
+        } else {
+            // SAFETY: as above, for a `GoroutineEvent`.
+            (record.len() >= GoroutineEvent::SIZE)
+                .then(|| Self::Event(unsafe { core::ptr::read_unaligned(record.as_ptr().cast()) }))
+        }
+    }
+}
+
 /// Where to find things in one target's `runtime.g` and `runtime.m`, in bytes.
 /// Filled per process by the user side from the binary's DWARF.
 #[repr(C)]
@@ -231,4 +268,43 @@ mod user {
     unsafe impl aya::Pod for super::TargetConfig {}
     unsafe impl aya::Pod for super::ExitBatch {}
     unsafe impl aya::Pod for super::CreateBatch {}
+}
+
+#[cfg(test)]
+mod tests {
+    extern crate std;
+    use super::*;
+    use std::vec::Vec;
+
+    fn bytes<T>(value: &T) -> Vec<u8> {
+        // SAFETY: plain `#[repr(C)]` integers.
+        unsafe { core::slice::from_raw_parts((value as *const T).cast::<u8>(), core::mem::size_of::<T>()) }.to_vec()
+    }
+
+    #[test]
+    fn ring_records_decode_by_kind_and_short_ones_are_refused() {
+        let park = GoroutineEvent { kind: EventKind::Park as u32, pid: 7, goid: 5, ..GoroutineEvent::default() };
+        assert_eq!(RingRecord::decode(&bytes(&park)), Some(RingRecord::Event(park)));
+        let header = BatchHeader { kind: EventKind::ExitBatch as u32, cpu: 1, seq: 9, count: 1, _pad: 0 };
+        let mut exits = ExitBatch { header, ..ExitBatch::default() };
+        exits.exits[0] = ExitRecord { g_addr: 0xc000, ts_ns: 10, pid: 7, _pad: 0 };
+        assert_eq!(RingRecord::decode(&bytes(&exits)), Some(RingRecord::Exits(exits)));
+        let header = BatchHeader { kind: EventKind::CreateBatch as u32, cpu: 0, seq: 3, count: 1, _pad: 0 };
+        let creates = CreateBatch { header, ..CreateBatch::default() };
+        assert_eq!(RingRecord::decode(&bytes(&creates)), Some(RingRecord::Creates(creates)));
+        // Truncated records of each kind, and one with no kind at all.
+        assert_eq!(RingRecord::decode(&bytes(&exits)[..100]), None);
+        assert_eq!(RingRecord::decode(&bytes(&creates)[..CreateBatch::SIZE - 1]), None);
+        assert_eq!(RingRecord::decode(&bytes(&park)[..GoroutineEvent::SIZE - 1]), None);
+        assert_eq!(RingRecord::decode(&[1, 0]), None);
+    }
+
+    #[test]
+    fn a_torn_count_is_bounded() {
+        let header = BatchHeader { kind: EventKind::ExitBatch as u32, cpu: 1, seq: 9, count: u32::MAX, _pad: 0 };
+        let exits = ExitBatch { header, ..ExitBatch::default() };
+        assert_eq!(exits.events().count(), BATCH);
+        let exit = exits.events().next().unwrap();
+        assert_eq!((exit.kind, exit.stack_id), (EventKind::Exit as u32, -1));
+    }
 }

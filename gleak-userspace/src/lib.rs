@@ -10,8 +10,8 @@
 //! - [`runtime`]: what gleak knows of the Go runtime, per release and per binary;
 //! - [`process`]: the target process: memory, goroutines, stacks, waits,
 //!   connections, starting a command;
-//! - [`tracing`]: probe placement, privileges, the eBPF probes, the event intake,
-//!   the tracer;
+//! - [`tracing`]: probe placement, privileges, the eBPF probes, the event source
+//!   (ring, per-CPU batches, deduplication, time order), the tracer;
 //! - [`analysis`]: aggregation, the reachability proof, verdicts, the gate;
 //! - [`output`]: the table, JSON, pprof and HTML forms of a report;
 //! - [`audit`]: every Go process of a host, continuously.

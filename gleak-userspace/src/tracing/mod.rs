@@ -1,14 +1,15 @@
 //! Tracing: where each probe goes in a binary ([`placement`]), the capabilities
 //! that takes ([`privilege`]), loading and attaching the eBPF programs
-//! ([`probes`]), the thread draining their ring buffer ([`intake`]), and the
-//! tracer that turns their events into per-target state and reports
-//! ([`tracer`], with creation sites symbolized once in [`sitecache`]).
+//! ([`probes`]), the event source that turns their ring buffer and per-CPU
+//! batches into ordered events, each once ([`events`]), and the tracer that turns
+//! those into per-target state and reports ([`tracer`], with creation sites
+//! symbolized once in [`sitecache`]).
 //!
 //! May use: everything below it ([`crate::arch`], [`crate::binary`],
 //! [`crate::runtime`], [`crate::process`]) and [`crate::analysis`] to judge what
 //! it traced.
 
-pub mod intake;
+pub mod events;
 pub mod placement;
 pub mod privilege;
 pub mod probes;

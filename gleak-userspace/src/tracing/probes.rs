@@ -17,11 +17,12 @@ use aya::{
     sys::{is_helper_supported, BpfHelper},
     Ebpf, EbpfLoader,
 };
-use gleak_common::{counter, probe_cookie, CreateBatch, ExitBatch, TargetConfig, MAX_TARGETS};
+use gleak_common::{counter, probe_cookie, TargetConfig, MAX_TARGETS};
 
 use crate::{
     error::{Error, Result},
     process::target::Target,
+    tracing::events::EventMaps,
     tracing::placement::{
         self, AttachOptions, ProbeSite, PROBE_CREATE_ARG2, PROBE_CREATE_RESULT, PROBE_EXIT, PROBE_PARK,
         PROBE_PARK_MCALL, PROBE_PROCESS_EXIT,
@@ -131,7 +132,7 @@ impl Probes {
         if let Some(bytes) = ring_bytes {
             loader.map_max_entries("EVENTS", bytes);
         }
-        // The probes wake the intake thread once the ring is a quarter full.
+        // The probes wake the event source's ring thread once the ring is a quarter full.
         let wakeup_bytes = u64::from(ring_bytes.unwrap_or(DEFAULT_RING_BYTES)) / 4;
         let mut ebpf = loader
             .override_global("WAKEUP_BYTES", &wakeup_bytes, true)
@@ -161,10 +162,15 @@ impl Probes {
         }
     }
 
-    /// The ring buffer of events; call once.
-    pub fn take_events(&mut self) -> Result<RingBuf<MapData>> {
-        let map = self.ebpf.take_map("EVENTS").ok_or_else(|| Error::Load("no EVENTS map".into()))?;
-        RingBuf::try_from(map).map_err(|e| Error::Load(e.to_string()))
+    /// The maps the probes send events through; call once.
+    pub fn take_event_maps(&mut self) -> Result<EventMaps> {
+        let mut take = |name: &str| self.ebpf.take_map(name).ok_or_else(|| Error::Load(format!("no {name} map")));
+        let ring = RingBuf::try_from(take("EVENTS")?).map_err(|e| Error::Load(format!("EVENTS: {e}")))?;
+        let pending_exits =
+            PerCpuArray::try_from(take("PENDING_EXITS")?).map_err(|e| Error::Load(format!("PENDING_EXITS: {e}")))?;
+        let pending_creates = PerCpuArray::try_from(take("PENDING_CREATES")?)
+            .map_err(|e| Error::Load(format!("PENDING_CREATES: {e}")))?;
+        Ok(EventMaps { ring, pending_exits, pending_creates })
     }
 
     /// Registers the target's layout, then attaches exit (and park) probes before the
@@ -277,21 +283,6 @@ impl Probes {
             }
         }
         out
-    }
-
-    /// The batches the probes are still filling, per CPU (see
-    /// `gleak_common::BatchHeader`): the deaths' read first, then the creations',
-    /// so that every death seen has its goroutine's creation seen too (there, or in
-    /// the ring drained after).
-    pub fn pending(&self) -> (Vec<ExitBatch>, Vec<CreateBatch>) {
-        let exits = self.per_cpu::<ExitBatch>("PENDING_EXITS");
-        let creates = self.per_cpu::<CreateBatch>("PENDING_CREATES");
-        (exits.map(|v| v.to_vec()).unwrap_or_default(), creates.map(|v| v.to_vec()).unwrap_or_default())
-    }
-
-    /// The one value of per-CPU array `name`, per CPU.
-    fn per_cpu<T: aya::Pod>(&self, name: &str) -> Option<aya::maps::PerCpuValues<T>> {
-        PerCpuArray::<_, T>::try_from(self.ebpf.map(name)?).ok()?.get(&0, 0).ok()
     }
 
     /// The user stack recorded under `stack_id` (innermost first, runtime addresses).

@@ -1,6 +1,6 @@
 //! The tracing core: one loaded set of probes, any number of target processes, one
 //! event stream, and each target's state. `gleak attach`/`run` hold one target,
-//! `gleak audit` many. Events come in through [`crate::tracing::intake`]; reports are put
+//! `gleak audit` many. Events come in, ordered, from [`crate::tracing::events`]; reports are put
 //! together in [`assemble`].
 
 use std::{
@@ -8,7 +8,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use gleak_common::{counter, GoroutineEvent, CONFIG_CAPTURE_STACKS};
+use gleak_common::{counter, CONFIG_CAPTURE_STACKS};
 
 use crate::{
     analysis::aggregate::Aggregator,
@@ -19,7 +19,7 @@ use crate::{
     process::target::Target,
     process::unwind::{BlockingStacks, Sched, StackId},
     runtime::debuginfo::RuntimeInfo,
-    tracing::intake::{pending_events, Batch, BatchLedger, Intake},
+    tracing::events::{EventSource, OrderedEvents},
     tracing::placement::AttachOptions,
     tracing::probes::{AttachedProbe, Probes},
     tracing::sitecache::{Location, SiteLabels, StackCache},
@@ -74,8 +74,7 @@ pub struct TracedTarget {
 
 pub struct Tracer {
     probes: Probes,
-    intake: Intake,
-    ledger: BatchLedger,
+    events: EventSource,
     /// Looked up once per event: a fast hasher (the default SipHash showed in profiles).
     targets: foldhash::HashMap<u32, TracedTarget>,
 }
@@ -84,9 +83,8 @@ impl Tracer {
     /// Loads the probes and starts draining their events.
     pub fn new() -> Result<Self> {
         let mut probes = Probes::load()?;
-        let intake = Intake::start(probes.take_events()?)
-            .map_err(|e| crate::error::Error::Load(format!("starting the event intake thread: {e}")))?;
-        Ok(Self { probes, intake, ledger: BatchLedger::default(), targets: Default::default() })
+        let events = EventSource::start(probes.take_event_maps()?)?;
+        Ok(Self { probes, events, targets: Default::default() })
     }
 
     /// How the probes find the process they fired in (kernel-dependent).
@@ -177,33 +175,17 @@ impl Tracer {
         self.targets.keys().copied().collect()
     }
 
-    /// Waits for the intake's next batch of events, then applies everything
-    /// produced so far (see [`Tracer::drain_now`]). Cancel-safe.
+    /// Waits for the next events, then applies everything produced so far (see
+    /// [`Tracer::drain_now`]). Cancel-safe.
     pub async fn pump(&mut self) -> usize {
-        let handed = self.intake.next().await;
-        self.drain_with(vec![handed])
+        let events = self.events.next().await;
+        apply(&events, &mut self.targets)
     }
 
-    /// Applies every event produced so far: the ones the probes are still
-    /// gathering per CPU, and the ones in the ring.
+    /// Applies every event produced so far, in time order.
     pub fn drain_now(&mut self) -> usize {
-        self.drain_with(Vec::new())
-    }
-
-    /// Applies `handed` (taken from the intake) and everything produced since, each
-    /// record once, in time order: CPUs send their batches at different moments,
-    /// so a death can arrive before its goroutine's creation.
-    fn drain_with(&mut self, mut handed: Vec<Batch>) -> usize {
-        // The maps before the ring: a batch sent meanwhile is then in the ring.
-        let (exits, creates) = self.probes.pending();
-        let pending = pending_events(&exits, &creates);
-        handed.extend(self.intake.flush());
-        let mut events = Vec::with_capacity(pending.len() + handed.iter().map(Vec::len).sum::<usize>());
-        self.ledger.admit(pending, &mut events);
-        for batch in handed {
-            self.ledger.admit(batch, &mut events);
-        }
-        apply(&events, &time_order(&events), &mut self.targets)
+        let events = self.events.drain_now();
+        apply(&events, &mut self.targets)
     }
 
     /// Forwards the probes' log records; call now and then.
@@ -278,20 +260,8 @@ fn attach_probes(
     probes.attach(target, info.layout.target_config(flags), opts)
 }
 
-/// The events' indices in time order (ties in arrival order). Each CPU's events
-/// arrive in order, but one CPU's batch can arrive before another's older one.
-/// Sorting 16-byte keys instead of the events themselves: the sort was a quarter of
-/// the user side's time.
-fn time_order(events: &[GoroutineEvent]) -> Vec<(u64, u32)> {
-    let mut order: Vec<(u64, u32)> = events.iter().enumerate().map(|(i, e)| (e.ts_ns, i as u32)).collect();
-    // The keys are unique (the index breaks ties): unstable is as good as stable.
-    order.sort_unstable();
-    order
-}
-
-fn apply(events: &[GoroutineEvent], order: &[(u64, u32)], targets: &mut foldhash::HashMap<u32, TracedTarget>) -> usize {
-    for &(_, i) in order {
-        let ev = &events[i as usize];
+fn apply(events: &OrderedEvents, targets: &mut foldhash::HashMap<u32, TracedTarget>) -> usize {
+    for ev in events.iter() {
         if let Some(t) = targets.get_mut(&ev.pid) {
             t.agg.on_event(ev);
         }
@@ -307,21 +277,4 @@ pub fn monotonic_ns() -> u64 {
     use nix::time::{clock_gettime, ClockId};
     // CLOCK_MONOTONIC cannot fail on Linux.
     clock_gettime(ClockId::CLOCK_MONOTONIC).map_or(0, |ts| ts.tv_sec() as u64 * 1_000_000_000 + ts.tv_nsec() as u64)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn at(ts_ns: u64, goid: u64) -> GoroutineEvent {
-        GoroutineEvent { ts_ns, goid, ..Default::default() }
-    }
-
-    #[test]
-    fn events_are_applied_in_time_order_ties_in_arrival_order() {
-        // CPU 1's batch arrived before CPU 0's older one; 5 and 6 share a time.
-        let events = [at(30, 1), at(40, 2), at(10, 3), at(20, 4), at(25, 5), at(25, 6)];
-        let order: Vec<u64> = time_order(&events).iter().map(|&(_, i)| events[i as usize].goid).collect();
-        assert_eq!(order, [3, 4, 5, 6, 1, 2]);
-    }
 }
