@@ -10,9 +10,9 @@ use std::{
 };
 
 use crate::{
-    analysis::reach::{self, Budget, Goroutine, HeapIndex, Marking, Memory, Roots, Span, StackMaps, WholeStacks},
+    analysis::reach::{self, Budget, Goroutine, HeapIndex, Marking, Roots, Span, StackMaps, WholeStacks},
     binary::GoBinary,
-    process::procmem::ProcessMemory,
+    process::memory::ReadMemory,
     process::snapshot::{all_goroutines, GRecord},
     process::unwind::Program,
     process::waits::{self, Blocked},
@@ -64,7 +64,7 @@ pub struct ProofOutcome {
 
 /// Runs the proof on the process behind `mem`.
 pub fn prove(
-    mem: &ProcessMemory,
+    mem: &dyn ReadMemory,
     binary: &GoBinary,
     info: &RuntimeInfo,
     bias: u64,
@@ -98,7 +98,7 @@ pub fn prove(
 
 /// One marking pass: goid → (wait objects, `g.sched.sp`) of the unreachable.
 fn one_pass(
-    mem: &ProcessMemory,
+    mem: &dyn ReadMemory,
     binary: &GoBinary,
     info: &RuntimeInfo,
     bias: u64,
@@ -196,7 +196,7 @@ fn never_wakes(info: &RuntimeInfo, r: &GRecord) -> bool {
 
 /// The in-use spans (from `mheap_.allspans`) and the special records hung off
 /// them: (record, its size) and (the object it is about, 0), as extra roots.
-fn read_heap(mem: &ProcessMemory, h: &HeapLayout, mheap: u64) -> Result<(HeapIndex, Vec<(u64, u64)>), String> {
+fn read_heap(mem: &dyn ReadMemory, h: &HeapLayout, mheap: u64) -> Result<(HeapIndex, Vec<(u64, u64)>), String> {
     let header = mheap + u64::from(h.mheap_allspans);
     let ptr = mem.read_u64(header).map_err(|e| format!("mheap_.allspans unreadable: {e}"))?;
     let len = mem.read_u64(header + 8).map_err(|e| format!("mheap_.allspans unreadable: {e}"))?;
@@ -273,7 +273,7 @@ fn read_heap(mem: &ProcessMemory, h: &HeapLayout, mheap: u64) -> Result<(HeapInd
 /// Which objects of each span are allocated: its `allocBits` (allocated at the
 /// last sweep) plus every object below `freeindex` (allocated since). A span
 /// whose bits are implausible or unreadable keeps `None`: every slot counts.
-fn read_allocated(mem: &ProcessMemory, spans: &mut [Span], alloc_bits: &[(u64, u64)]) {
+fn read_allocated(mem: &dyn ReadMemory, spans: &mut [Span], alloc_bits: &[(u64, u64)]) {
     let mut reads = Vec::new();
     let mut which = Vec::new();
     for (i, (span, &(bits, freeindex))) in spans.iter().zip(alloc_bits).enumerate() {
@@ -309,7 +309,7 @@ struct GoStackMaps<'a> {
 }
 
 impl StackMaps for GoStackMaps<'_> {
-    fn pointer_ranges(&self, mem: &dyn Memory, g: &Goroutine) -> Option<Vec<(u64, u64)>> {
+    fn pointer_ranges(&self, mem: &dyn ReadMemory, g: &Goroutine) -> Option<Vec<(u64, u64)>> {
         if g.pc == 0 || !g.stack.contains(&g.sp) {
             return None;
         }
@@ -326,7 +326,7 @@ impl StackMaps for GoStackMaps<'_> {
 }
 
 /// `g.syscallsp` of the goroutines in a system call.
-fn read_syscall_sps(mem: &ProcessMemory, h: &HeapLayout, goroutines: &[(u64, GRecord)]) -> HashMap<u64, u64> {
+fn read_syscall_sps(mem: &dyn ReadMemory, h: &HeapLayout, goroutines: &[(u64, GRecord)]) -> HashMap<u64, u64> {
     goroutines
         .iter()
         .filter(|(_, r)| r.status == gstatus::SYSCALL)

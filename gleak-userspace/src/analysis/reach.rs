@@ -27,18 +27,7 @@ use std::{
     time::Instant,
 };
 
-/// Reads ranges of the target's memory (a live process, or a synthetic heap in tests).
-pub trait Memory {
-    /// Each `(address, length)` read into one buffer: where in it each landed,
-    /// `None` for ranges that could not be read.
-    fn read_ranges(&self, ranges: &[(u64, usize)]) -> (Vec<u8>, Vec<Option<Range<usize>>>);
-}
-
-impl Memory for crate::process::procmem::ProcessMemory {
-    fn read_ranges(&self, ranges: &[(u64, usize)]) -> (Vec<u8>, Vec<Option<Range<usize>>>) {
-        crate::process::procmem::ProcessMemory::read_ranges(self, ranges)
-    }
-}
+use crate::process::memory::ReadMemory;
 
 /// One in-use heap span: `[start, limit)` holds objects of `elem_size` bytes.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -159,14 +148,14 @@ pub struct Roots {
 /// (Go's stack maps, from the binary).
 pub trait StackMaps {
     /// `(address, length)` ranges of `g`'s stack to scan; `None`: all of `[sp, hi)`.
-    fn pointer_ranges(&self, mem: &dyn Memory, g: &Goroutine) -> Option<Vec<(u64, u64)>>;
+    fn pointer_ranges(&self, mem: &dyn ReadMemory, g: &Goroutine) -> Option<Vec<(u64, u64)>>;
 }
 
 /// Every stack scanned whole, from its `sp` up.
 pub struct WholeStacks;
 
 impl StackMaps for WholeStacks {
-    fn pointer_ranges(&self, _: &dyn Memory, _: &Goroutine) -> Option<Vec<(u64, u64)>> {
+    fn pointer_ranges(&self, _: &dyn ReadMemory, _: &Goroutine) -> Option<Vec<(u64, u64)>> {
         None
     }
 }
@@ -207,7 +196,7 @@ const CHUNK: u64 = 1 << 20;
 /// Marks from `roots` through `heap`, then answers which blocked goroutines stay
 /// unreachable.
 pub fn mark(
-    mem: &dyn Memory,
+    mem: &dyn ReadMemory,
     heap: &HeapIndex,
     roots: &Roots,
     stacks: &dyn StackMaps,
@@ -303,7 +292,7 @@ impl<'a> Marker<'a> {
     /// now marked (their stacks become roots), and repeats until nothing changes.
     fn fixpoint(
         &mut self,
-        mem: &dyn Memory,
+        mem: &dyn ReadMemory,
         budget: Budget,
         stats: &mut PassStats,
         woken: &mut HashSet<usize>,
@@ -340,7 +329,7 @@ impl<'a> Marker<'a> {
     }
 
     /// A goroutine that can run: its live frames and its `g` are roots.
-    fn wake(&mut self, mem: &dyn Memory, g: &Goroutine) {
+    fn wake(&mut self, mem: &dyn ReadMemory, g: &Goroutine) {
         let sp = if g.stack.contains(&g.sp) { g.sp } else { g.stack.start };
         match self.stacks.pointer_ranges(mem, g) {
             Some(ranges) => {
@@ -400,7 +389,7 @@ impl<'a> Marker<'a> {
     /// Scans everything queued, batch by batch: objects of small spans from whole
     /// spans read once (and kept a while), the rest (roots, large objects) read as
     /// they are, neighbours together.
-    fn drain(&mut self, mem: &dyn Memory, budget: Budget, stats: &mut PassStats) -> Result<(), String> {
+    fn drain(&mut self, mem: &dyn ReadMemory, budget: Budget, stats: &mut PassStats) -> Result<(), String> {
         while !self.queue.is_empty() {
             if Instant::now() > budget.deadline {
                 return Err(format!("out of time after reading {} MiB", stats.bytes_read >> 20));
@@ -562,40 +551,8 @@ fn merge_ranges(mut ranges: Vec<(u64, usize)>) -> (Vec<(u64, usize)>, Vec<Part>)
 #[allow(clippy::single_range_in_vec_init)]
 mod tests {
     use super::*;
+    use crate::process::memory::RecordedMemory;
     use std::time::Duration;
-
-    /// A synthetic address space: regions of bytes.
-    #[derive(Default)]
-    struct Fake {
-        regions: Vec<(u64, Vec<u8>)>,
-    }
-
-    impl Fake {
-        fn region(&mut self, base: u64, words: &[u64]) {
-            self.regions.push((base, words.iter().flat_map(|w| w.to_le_bytes()).collect()));
-        }
-    }
-
-    impl Memory for Fake {
-        fn read_ranges(&self, ranges: &[(u64, usize)]) -> (Vec<u8>, Vec<Option<Range<usize>>>) {
-            let mut out = Vec::new();
-            let mut spans = Vec::new();
-            for &(addr, len) in ranges {
-                let found = self.regions.iter().find_map(|(base, bytes)| {
-                    let off = addr.checked_sub(*base)? as usize;
-                    bytes.get(off..off + len)
-                });
-                match found {
-                    Some(bytes) => {
-                        spans.push(Some(out.len()..out.len() + len));
-                        out.extend_from_slice(bytes);
-                    }
-                    None => spans.push(None),
-                }
-            }
-            (out, spans)
-        }
-    }
 
     const HEAP: u64 = 0xc000_000000;
     const DATA: u64 = 0x50_0000;
@@ -648,7 +605,7 @@ mod tests {
         }
     }
 
-    fn run(mem: &Fake, roots: &Roots) -> HashSet<u64> {
+    fn run(mem: &RecordedMemory, roots: &Roots) -> HashSet<u64> {
         match mark(mem, &heap(), roots, &WholeStacks, budget()).0 {
             Marking::Done { unreachable, .. } => unreachable,
             other => panic!("{other:?}"),
@@ -660,14 +617,14 @@ mod tests {
     /// own stack references: 2 can never run, 1 can.
     #[test]
     fn globals_reach_through_objects_but_a_blocked_stack_does_not() {
-        let mut mem = Fake::default();
-        mem.region(DATA, &[obj(0)]);
+        let mut mem = RecordedMemory::default();
+        mem.insert_words(DATA, &[obj(0)]);
         let mut heap_words = vec![0u64; 32 * 64 / 8];
         heap_words[0] = obj(1) + 8; // interior pointer into object 1
         heap_words[(32 * 3) / 8] = obj(2);
-        mem.region(HEAP, &heap_words);
-        mem.region(STACKS, &[obj(3), 0, 0, 0, 0, 0, 0, 0]);
-        mem.region(STACKS + 0x100, &[0; 8]);
+        mem.insert_words(HEAP, &heap_words);
+        mem.insert_words(STACKS, &[obj(3), 0, 0, 0, 0, 0, 0, 0]);
+        mem.insert_words(STACKS + 0x100, &[0; 8]);
         let roots = Roots {
             data: vec![DATA..DATA + 8],
             goroutines: vec![blocked(1, STACKS + 0x100, obj(1)), blocked(2, STACKS, obj(2))],
@@ -683,12 +640,12 @@ mod tests {
     /// (conservatively) reachable.
     #[test]
     fn free_slots_are_not_followed() {
-        let mut mem = Fake::default();
-        mem.region(DATA, &[obj(5)]);
+        let mut mem = RecordedMemory::default();
+        mem.insert_words(DATA, &[obj(5)]);
         let mut heap_words = vec![0u64; 32 * 64 / 8];
         heap_words[(32 * 5) / 8] = obj(2);
-        mem.region(HEAP, &heap_words);
-        mem.region(STACKS, &[0; 8]);
+        mem.insert_words(HEAP, &heap_words);
+        mem.insert_words(STACKS, &[0; 8]);
         let roots =
             Roots { data: vec![DATA..DATA + 8], goroutines: vec![blocked(1, STACKS, obj(2))], ..Roots::default() };
         let mut span = Span::new(HEAP, HEAP + 32 * 64, 32, false);
@@ -705,17 +662,17 @@ mod tests {
     /// copies of pointers: they are not followed; a word after it is.
     #[test]
     fn write_barrier_buffers_are_not_followed() {
-        let mut mem = Fake::default();
+        let mut mem = RecordedMemory::default();
         let mut data = vec![0u64; 2 + WB_BUF_WORDS + 1];
         let buf = DATA + 16;
         data[0] = buf + 8 * 10; // next: 10 entries recorded
         data[1] = buf + 8 * WB_BUF_WORDS as u64; // end
         data[2 + 3] = obj(2); // a stale entry: goroutine 2's channel
         data[2 + WB_BUF_WORDS] = obj(1); // a real pointer after the buffer
-        mem.region(DATA, &data);
-        mem.region(HEAP, &[0u64; 32 * 64 / 8]);
-        mem.region(STACKS, &[0; 8]);
-        mem.region(STACKS + 0x100, &[0; 8]);
+        mem.insert_words(DATA, &data);
+        mem.insert_words(HEAP, &[0u64; 32 * 64 / 8]);
+        mem.insert_words(STACKS, &[0; 8]);
+        mem.insert_words(STACKS + 0x100, &[0; 8]);
         let roots = Roots {
             data: vec![DATA..DATA + 8 * data.len() as u64],
             goroutines: vec![blocked(1, STACKS, obj(1)), blocked(2, STACKS + 0x100, obj(2))],
@@ -730,13 +687,13 @@ mod tests {
     /// 2 is too (the fixpoint).
     #[test]
     fn woken_goroutines_become_roots() {
-        let mut mem = Fake::default();
+        let mut mem = RecordedMemory::default();
         let mut heap_words = vec![0u64; 32 * 64 / 8];
         heap_words[32 / 8] = obj(0);
-        mem.region(HEAP, &heap_words);
-        mem.region(STACKS, &[obj(1), 0, 0, 0, 0, 0, 0, 0]);
-        mem.region(STACKS + 0x100, &[obj(4), 0, 0, 0, 0, 0, 0, 0]);
-        mem.region(STACKS + 0x200, &[0; 8]);
+        mem.insert_words(HEAP, &heap_words);
+        mem.insert_words(STACKS, &[obj(1), 0, 0, 0, 0, 0, 0, 0]);
+        mem.insert_words(STACKS + 0x100, &[obj(4), 0, 0, 0, 0, 0, 0, 0]);
+        mem.insert_words(STACKS + 0x200, &[0; 8]);
         let roots = Roots {
             goroutines: vec![
                 runnable(9, STACKS),
@@ -752,20 +709,20 @@ mod tests {
     /// waiting on either can never run; marking terminates.
     #[test]
     fn cycles_unreferenced_from_roots_stay_unreachable() {
-        let mut mem = Fake::default();
+        let mut mem = RecordedMemory::default();
         let mut heap_words = vec![0u64; 32 * 64 / 8];
         heap_words[0] = obj(1);
         heap_words[32 / 8] = obj(0);
-        mem.region(HEAP, &heap_words);
-        mem.region(STACKS, &[obj(0), 0, 0, 0, 0, 0, 0, 0]);
-        mem.region(STACKS + 0x100, &[obj(1), 0, 0, 0, 0, 0, 0, 0]);
+        mem.insert_words(HEAP, &heap_words);
+        mem.insert_words(STACKS, &[obj(0), 0, 0, 0, 0, 0, 0, 0]);
+        mem.insert_words(STACKS + 0x100, &[obj(1), 0, 0, 0, 0, 0, 0, 0]);
         let roots = Roots {
             goroutines: vec![blocked(1, STACKS, obj(0)), blocked(2, STACKS + 0x100, obj(1))],
             ..Roots::default()
         };
         assert_eq!(run(&mem, &roots), HashSet::from([1, 2]));
         // Referenced from a global: both reachable.
-        mem.region(DATA, &[obj(1)]);
+        mem.insert_words(DATA, &[obj(1)]);
         let roots = Roots { data: vec![DATA..DATA + 8], ..roots };
         assert_eq!(run(&mem, &roots), HashSet::new());
     }
@@ -774,16 +731,16 @@ mod tests {
     /// reached. An opaque object (a g or sudog) is not scanned either.
     #[test]
     fn noscan_and_opaque_objects_are_not_scanned() {
-        let mut mem = Fake::default();
+        let mut mem = RecordedMemory::default();
         let mut noscan_words = vec![0u64; 16 * 64 / 8];
         noscan_words[0] = obj(5);
-        mem.region(HEAP + 0x10000, &noscan_words);
+        mem.insert_words(HEAP + 0x10000, &noscan_words);
         let mut heap_words = vec![0u64; 32 * 64 / 8];
         heap_words[(32 * 6) / 8] = obj(7); // object 6 (opaque) → 7
-        mem.region(HEAP, &heap_words);
-        mem.region(DATA, &[noscan(0), obj(6)]);
-        mem.region(STACKS, &[0; 8]);
-        mem.region(STACKS + 0x100, &[0; 8]);
+        mem.insert_words(HEAP, &heap_words);
+        mem.insert_words(DATA, &[noscan(0), obj(6)]);
+        mem.insert_words(STACKS, &[0; 8]);
+        mem.insert_words(STACKS + 0x100, &[0; 8]);
         let roots = Roots {
             data: vec![DATA..DATA + 16],
             goroutines: vec![blocked(1, STACKS, obj(5)), blocked(2, STACKS + 0x100, obj(7))],
@@ -801,9 +758,9 @@ mod tests {
     /// reachable; an address the marker knows nothing of counts as reachable.
     #[test]
     fn wait_objects_outside_the_heap() {
-        let mut mem = Fake::default();
+        let mut mem = RecordedMemory::default();
         for i in 0..4 {
-            mem.region(STACKS + 0x100 * i, &[0; 8]);
+            mem.insert_words(STACKS + 0x100 * i, &[0; 8]);
         }
         let roots = Roots {
             data: vec![DATA..DATA + 64],
@@ -816,7 +773,7 @@ mod tests {
             ],
             ..Roots::default()
         };
-        mem.region(STACKS + 0x400, &[0; 8]);
+        mem.insert_words(STACKS + 0x400, &[0; 8]);
         assert_eq!(run(&mem, &roots), HashSet::from([1]));
     }
 
@@ -827,14 +784,14 @@ mod tests {
     /// only that stack references, can never run either.
     #[test]
     fn network_held_and_never_waking() {
-        let mut mem = Fake::default();
-        mem.region(DATA, &[obj(4)]);
-        mem.region(STACKS, &[obj(2), 0, 0, 0, 0, 0, 0, 0]);
-        mem.region(STACKS + 0x500, &[obj(9), 0, 0, 0, 0, 0, 0, 0]);
+        let mut mem = RecordedMemory::default();
+        mem.insert_words(DATA, &[obj(4)]);
+        mem.insert_words(STACKS, &[obj(2), 0, 0, 0, 0, 0, 0, 0]);
+        mem.insert_words(STACKS + 0x500, &[obj(9), 0, 0, 0, 0, 0, 0, 0]);
         for i in 1..5 {
-            mem.region(STACKS + 0x100 * i, &[0; 8]);
+            mem.insert_words(STACKS + 0x100 * i, &[0; 8]);
         }
-        mem.region(STACKS + 0x600, &[0; 8]);
+        mem.insert_words(STACKS + 0x600, &[0; 8]);
         let mut reader = runnable(10, STACKS);
         reader.on_network = true;
         let mut nil_chan = runnable(5, STACKS + 0x500);
@@ -861,8 +818,8 @@ mod tests {
 
     #[test]
     fn the_budget_makes_it_inconclusive() {
-        let mut mem = Fake::default();
-        mem.region(DATA, &[0; 64]);
+        let mut mem = RecordedMemory::default();
+        mem.insert_words(DATA, &[0; 64]);
         let roots = Roots { data: vec![DATA..DATA + 512], ..Roots::default() };
         let tight = Budget { bytes: 100, deadline: Instant::now() + Duration::from_secs(10) };
         assert!(

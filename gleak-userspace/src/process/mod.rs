@@ -1,6 +1,6 @@
 //! The target process: finding it and its binary ([`target`]), starting one to
 //! trace from its first goroutine ([`launch`]), and reading it without stopping
-//! it: memory ([`procmem`]), goroutines ([`snapshot`]), where blocked ones are
+//! it: memory, live or recorded ([`memory`]), goroutines ([`snapshot`]), where blocked ones are
 //! stuck ([`unwind`]) and on what ([`waits`]), its network connections
 //! ([`netconn`]).
 //!
@@ -8,8 +8,8 @@
 //! nothing of probes or verdicts.
 
 pub mod launch;
+pub mod memory;
 pub mod netconn;
-pub mod procmem;
 pub mod snapshot;
 pub mod target;
 pub mod unwind;

@@ -4,7 +4,7 @@
 
 use crate::{
     binary::globals::GoroutineTable,
-    process::procmem::ProcessMemory,
+    process::memory::ReadMemory,
     runtime::layout::{gstatus, RuntimeLayout},
 };
 
@@ -46,7 +46,7 @@ impl GRecord {
 }
 
 /// Reads the records of the `g`s at `addrs`; `None` where memory was unreadable.
-pub fn read_records(mem: &ProcessMemory, layout: &RuntimeLayout, addrs: &[u64]) -> Vec<Option<GRecord>> {
+pub fn read_records(mem: &dyn ReadMemory, layout: &RuntimeLayout, addrs: &[u64]) -> Vec<Option<GRecord>> {
     let mut fields = vec![
         layout.g_stack_lo,
         layout.g_stack_hi,
@@ -96,7 +96,7 @@ pub fn read_records(mem: &ProcessMemory, layout: &RuntimeLayout, addrs: &[u64]) 
 /// its `g` address. `allgs` is append-only, so reading its length first and then
 /// its array (as the runtime's own readers do) is safe while the process runs.
 pub fn all_goroutines(
-    mem: &ProcessMemory,
+    mem: &dyn ReadMemory,
     table: &GoroutineTable,
     layout: &RuntimeLayout,
     bias: u64,

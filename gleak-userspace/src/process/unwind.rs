@@ -16,7 +16,7 @@ use std::collections::HashMap;
 use crate::{
     arch::Arch,
     binary::{pclntab::Pclntab, symbolize::package_of},
-    process::procmem::ProcessMemory,
+    process::memory::ReadMemory,
 };
 
 /// Deepest stack unwound; deeper ones are cut (the innermost frames are what matter).
@@ -255,7 +255,7 @@ impl BlockingStacks {
     /// stacks were read; a goroutine is kept only if it is still parked there.
     pub fn refresh(
         &mut self,
-        mem: &ProcessMemory,
+        mem: &dyn ReadMemory,
         program: Program,
         parked: &[Parked],
         reread: impl FnOnce(&[u64]) -> Vec<Option<Sched>>,

@@ -7,7 +7,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use crate::{process::procmem::ProcessMemory, runtime::layout::BlockedLayout};
+use crate::{process::memory::ReadMemory, runtime::layout::BlockedLayout};
 
 /// Most sudogs followed from one goroutine (a `select` has one per case; Go
 /// allows 65 536 cases, real code a handful).
@@ -92,7 +92,7 @@ pub struct WaitRead {
 /// Reads what each of `blocked` waits on: its `g.waiting` list, and for semaphore
 /// waiters not linked there (Go ≤ 1.25) the semaphore table at `semtable`
 /// (runtime address), if known.
-pub fn read(mem: &ProcessMemory, layout: &BlockedLayout, semtable: Option<u64>, blocked: &[Blocked]) -> WaitRead {
+pub fn read(mem: &dyn ReadMemory, layout: &BlockedLayout, semtable: Option<u64>, blocked: &[Blocked]) -> WaitRead {
     let mut found = from_waiting_lists(mem, layout, blocked);
     let unlinked: Vec<&Blocked> =
         blocked.iter().filter(|b| b.kind == WaitKind::Semaphore && !found.by_goid.contains_key(&b.goid)).collect();
@@ -111,7 +111,7 @@ pub fn read(mem: &ProcessMemory, layout: &BlockedLayout, semtable: Option<u64>, 
 /// Reads the wait objects on each goroutine's `g.waiting` list. A sudog belongs
 /// to the goroutine only while its `g` field points back at it; anything else
 /// (the goroutine woke meanwhile) is dropped.
-fn from_waiting_lists(mem: &ProcessMemory, layout: &BlockedLayout, blocked: &[Blocked]) -> WaitRead {
+fn from_waiting_lists(mem: &dyn ReadMemory, layout: &BlockedLayout, blocked: &[Blocked]) -> WaitRead {
     let s = &layout.sudog;
     let span = [s.g, s.elem, s.c, s.waitlink].into_iter().max().unwrap_or(0) as usize + 8;
     let mut out = WaitRead::default();
@@ -161,7 +161,7 @@ fn from_waiting_lists(mem: &ProcessMemory, layout: &BlockedLayout, blocked: &[Bl
 /// `semtable`: each entry's treap of sudogs (`prev`/`next` children), each with
 /// the chain of further waiters on its address (`waitlink`). Returns `g` address →
 /// semaphore address, and the sudogs visited.
-fn from_semtable(mem: &ProcessMemory, layout: &BlockedLayout, semtable: u64) -> (HashMap<u64, u64>, HashSet<u64>) {
+fn from_semtable(mem: &dyn ReadMemory, layout: &BlockedLayout, semtable: u64) -> (HashMap<u64, u64>, HashSet<u64>) {
     let s = &layout.sudog;
     let mut out = HashMap::new();
     let mut roots = Vec::new();
@@ -196,7 +196,7 @@ fn from_semtable(mem: &ProcessMemory, layout: &BlockedLayout, semtable: u64) -> 
 }
 
 /// The state of each channel at `addrs`; absent where unreadable.
-pub fn channel_states(mem: &ProcessMemory, layout: &BlockedLayout, addrs: &[u64]) -> HashMap<u64, ChanState> {
+pub fn channel_states(mem: &dyn ReadMemory, layout: &BlockedLayout, addrs: &[u64]) -> HashMap<u64, ChanState> {
     let h = &layout.hchan;
     let span = [h.qcount, h.dataqsiz, h.closed].into_iter().max().unwrap_or(0) as usize + 8;
     let (buf, ok) = mem.read_many(addrs, span);

@@ -14,7 +14,7 @@ use crate::{
     analysis::aggregate::Aggregator,
     error::Result,
     output::report::{KernelCounters, ProofReport, Report},
-    process::procmem::ProcessMemory,
+    process::memory::ProcessMemory,
     process::snapshot::all_goroutines,
     process::target::Target,
     process::unwind::{BlockingStacks, Sched, StackId},
