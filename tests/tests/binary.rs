@@ -125,3 +125,49 @@ fn probes_sit_on_calls_the_kernel_emulates() {
         assert!(labels.contains(&"runtime.gopark".to_string()), "{tc}: {labels:?}");
     }
 }
+
+/// A goroutine is named by the function its `go` statement runs, as Go's
+/// tracebacks name it: through the wrapper the compiler generates for `go f(x)`,
+/// whether `f` is called or inlined there, in every release and without symbols
+/// or DWARF. Through a func value the wrapper's code cannot tell, and a closure
+/// started as is needs no seeing through.
+#[test]
+fn goroutines_are_named_through_go_statement_wrappers() {
+    use gleak::binary::symbolize::Symbolizer;
+    use gleak_tests::{build_fixture_variant, fixture_source, marker_line_in, Variant};
+    let source = fixture_source("go_statements");
+    let expected = [
+        ("GO:direct_call", Some("main.work")),
+        ("GO:inlined", Some("main.small")),
+        ("GO:method", Some("main.(*server).serve")),
+        ("GO:func_value", None),
+    ];
+    for tc in go_toolchains() {
+        for variant in [Variant::Plain, Variant::Stripped] {
+            let bin = build_fixture_variant(&tc, "go_statements", variant);
+            let binary = GoBinary::open(&bin, &bin).expect("fixture is a Go binary");
+            let pcln = binary.pclntab().expect(".gopclntab").clone();
+            // Each wrapper of main.main, by the line of the `go` statement it serves.
+            let mut wrappers = std::collections::BTreeMap::new();
+            for (name, range) in pcln.functions() {
+                if name.starts_with("main.main.") && pcln.is_wrapper(range.entry) {
+                    let line = pcln.frames(range.entry).last().map_or(0, |f| f.line);
+                    wrappers.insert(line, (name.to_string(), binary.started_function(range.entry)));
+                }
+            }
+            for (marker, want) in expected {
+                let line = marker_line_in(&source, marker);
+                let Some((wrapper, started)) = wrappers.get(&line) else {
+                    panic!("{tc} {variant}: no wrapper for {marker} (line {line}); wrappers: {wrappers:?}")
+                };
+                assert_eq!(started.as_deref(), want, "{tc} {variant}: {marker} starts {wrapper}");
+            }
+            // The closure is started as is: not a wrapper, nothing to see through.
+            let closure_line = marker_line_in(&source, "GO:closure");
+            assert!(!wrappers.contains_key(&closure_line), "{tc} {variant}: {wrappers:?}");
+            let work = pcln.function("main.work").expect("main.work");
+            assert!(!pcln.is_wrapper(work.entry), "{tc} {variant}");
+            assert_eq!(binary.started_function(work.entry), None, "{tc} {variant}: not a wrapper");
+        }
+    }
+}

@@ -65,6 +65,9 @@ pub trait Arch: Send + Sync + std::fmt::Debug {
     /// The direct calls to `target`, in order.
     fn call_offsets(&self, code: &[u8], func_addr: u64, target: u64) -> Decoded<Vec<u64>>;
 
+    /// Every direct call, in order: the call's offset and its target's address.
+    fn direct_calls(&self, code: &[u8], func_addr: u64) -> Decoded<Vec<(u64, u64)>>;
+
     /// The instruction right after the first direct call to `target`, where the
     /// call's result is in the result register.
     fn after_first_call(&self, code: &[u8], func_addr: u64, target: u64) -> Decoded<Option<u64>>;

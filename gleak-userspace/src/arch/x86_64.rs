@@ -74,6 +74,14 @@ impl Arch for X86_64 {
             .collect())
     }
 
+    fn direct_calls(&self, code: &[u8], func_addr: u64) -> Decoded<Vec<(u64, u64)>> {
+        Ok(decode(code, func_addr)?
+            .iter()
+            .filter(|i| i.flow_control() == FlowControl::Call && i.op0_kind() == OpKind::NearBranch64)
+            .map(|i| (i.ip().wrapping_sub(func_addr), i.near_branch_target()))
+            .collect())
+    }
+
     fn after_first_call(&self, code: &[u8], func_addr: u64, target: u64) -> Decoded<Option<u64>> {
         let insns = decode(code, func_addr)?;
         Ok(insns

@@ -328,6 +328,49 @@ impl GoBinary {
         self.pclntab.as_ref()
     }
 
+    /// The function a goroutine starting at `entry` (a link address) runs, as
+    /// Go's tracebacks name it: when `entry` is a wrapper the compiler generated
+    /// for a `go` statement (`go f(x)` starts `main.main.gowrap1`, which calls
+    /// `main.f`), the function the wrapper calls, inlined into it or called
+    /// directly. `None` when `entry` is no wrapper, or when what it calls cannot be
+    /// told from its code (a call through a func value).
+    pub fn started_function(&self, entry: u64) -> Option<String> {
+        use symbolize::{package_of, Symbolizer};
+        // Wrappers around wrappers (a method value's `-fm`) are followed this deep.
+        const MAX_WRAPPERS: usize = 3;
+        // Wrappers are a few instructions; a longer one is not read whole.
+        const MAX_WRAPPER_BYTES: u64 = 4096;
+        let pcln = self.pclntab()?;
+        let mut pc = entry;
+        let mut through_wrapper = false;
+        for _ in 0..MAX_WRAPPERS {
+            if !pcln.is_wrapper(pc) {
+                return through_wrapper.then(|| pcln.function_name_at(pc).map(str::to_string)).flatten();
+            }
+            through_wrapper = true;
+            let (_, range) = pcln.function_containing(pc)?;
+            let len = (range.end - range.entry).min(MAX_WRAPPER_BYTES);
+            // Inlined: the frames at some pc of the wrapper show what it called.
+            let quantum = u64::from(self.arch.pc_quantum()).max(1);
+            let inlined = (0..len).step_by(quantum as usize).find_map(|off| {
+                let frames = pcln.frames(range.entry + off);
+                (frames.len() >= 2).then(|| frames[frames.len() - 2].function.clone())
+            });
+            if inlined.is_some() {
+                return inlined;
+            }
+            // Called: the first direct call out of the runtime (the prologue's
+            // morestack is the runtime's).
+            let code = self.bytes_at(range.entry, len)?;
+            let calls = self.arch.direct_calls(code, range.entry).ok()?;
+            pc = calls
+                .into_iter()
+                .map(|(_, target)| target)
+                .find(|&target| pcln.function_name_at(target).is_some_and(|name| package_of(name) != "runtime"))?;
+        }
+        None
+    }
+
     pub fn section(&self, name: &str) -> Option<&Section> {
         self.sections.iter().find(|s| s.name == name)
     }

@@ -164,6 +164,8 @@ struct FuncEntry {
     /// …and of the ELF symbol's name (`·` written `.`, `.abi0` for ABI0 twins).
     name: (usize, usize),
     flag: u8,
+    /// `funcID`: what the runtime's traceback treats specially (see [`Pclntab::is_wrapper`]).
+    func_id: u8,
     kind: NameKind,
 }
 
@@ -416,6 +418,8 @@ impl Pclntab {
                 .checked_add(funcoff as usize)
                 .filter(|r| r.checked_add(header_len).is_some_and(|end| end <= self.table_end))
                 .ok_or(PclntabError::FuncRecordOutOfRange { index, offset: u64::from(funcoff) })?;
+            // The header ends {funcID u8, flag u8, _ u8, nfuncdata u8}.
+            let func_id = self.bytes().get(record + header_len - 4).copied().ok_or_else(too_short)?;
             let flag = self.bytes().get(record + header_len - 3).copied().ok_or_else(too_short)?;
             self.funcs.push(FuncEntry {
                 entry_off,
@@ -424,6 +428,7 @@ impl Pclntab {
                 raw_name: (0, 0),
                 name: (0, 0),
                 flag,
+                func_id,
                 kind: NameKind::Unique,
             });
         }
@@ -559,6 +564,25 @@ impl Pclntab {
         let (i, _) = self.index_containing(pc)?;
         let range = self.range_of(i);
         (pc < range.end).then(|| (self.name_of(i), range))
+    }
+
+    /// Whether the function containing `pc` is code the compiler generated around
+    /// another function (`FuncIDWrapper`): the closure a `go f(x)` statement starts
+    /// (`main.main.gowrap1`; `main.main.func1` before Go 1.22), method-value and
+    /// method wrappers. Go's tracebacks hide these. The ID's value moves between
+    /// releases, but it is the last one, right after `runtime.systemstack_switch`'s,
+    /// in every release gleak reads (`internal/abi/symtab.go`, 1.19–1.27).
+    pub fn is_wrapper(&self, pc: u64) -> bool {
+        let Some((i, _)) = self.index_containing(pc) else { return false };
+        let Some(switch) = self.index_of("runtime.systemstack_switch") else { return false };
+        let Some(wrapper) = self.funcs[switch].func_id.checked_add(1) else { return false };
+        self.funcs[i].func_id == wrapper
+    }
+
+    /// The name of the function containing `pc`, as Go's tracebacks spell it.
+    pub fn function_name_at(&self, pc: u64) -> Option<&str> {
+        let (i, _) = self.index_containing(pc)?;
+        Some(self.raw_name_of(i))
     }
 
     /// How far the stack pointer at `pc` is below its value at the function's

@@ -193,7 +193,8 @@ impl TracedTarget {
         if !self.prove {
             return;
         }
-        let (bias, info, labels, agg) = (self.target.load_bias, &self.info, &mut self.labels, &self.agg);
+        let (bias, info, labels, agg, binary) =
+            (self.target.load_bias, &self.info, &mut self.labels, &self.agg, &self.target.binary);
         let retry = self.last_proof_at.is_none_or(|at| at.elapsed() >= PROOF_RETRY);
         let unproven = &self.unproven;
         let seen_unproven = |goid: &u64| {
@@ -204,7 +205,7 @@ impl TracedTarget {
             waits.by_goid.keys().filter(|goid| !self.proven.contains_key(goid) && !seen_unproven(goid)).any(|goid| {
                 agg.live.get(goid).is_some_and(|g| {
                     let startpc = agg.sites.get(&g.site).map_or(0, |s| s.startpc);
-                    !is_runtime_site(&labels.get(g.site, startpc, bias, info).at.function)
+                    !is_runtime_site(&labels.get(g.site, startpc, bias, info, binary).at.function)
                 })
             });
         if !open {
@@ -322,7 +323,7 @@ impl TracedTarget {
         let traced_s = now.saturating_sub(t.attached_ns) as f64 / 1e9;
         let bias = t.target.load_bias;
         let stats = &t.agg.sites[&key];
-        let label = t.labels.get(key, stats.startpc, bias, &t.info).clone();
+        let label = t.labels.get(key, stats.startpc, bias, &t.info, &t.target.binary).clone();
         let start = stats.sample_at_or_after(now.saturating_sub(TREND_WINDOW_NS)).copied().unwrap_or(Sample {
             t_ns: t.attached_ns,
             live: 0,
@@ -422,7 +423,7 @@ impl TracedTarget {
             blocked_at,
             wait_objects,
             proven: a.proven,
-            parent_chain: parent_chain(&t.agg, key, &mut t.labels, bias, &t.info),
+            parent_chain: parent_chain(&t.agg, key, &mut t.labels, bias, &t.info, &t.target.binary),
         }
     }
 
