@@ -17,6 +17,7 @@ use gleak::runtime::gotables::{
     from_dwarf::{self, RuntimeStructs},
     ReleaseFacts, NEWEST_KNOWN_MINOR, OLDEST_KNOWN_MINOR,
 };
+use gleak::runtime::waitreason::WaitReasons;
 use gleak_tests::{build_fixture, go_toolchains, GoToolchain};
 
 /// Collects every disagreement of one binary, so one run names them all.
@@ -159,6 +160,32 @@ fn check_wait_reasons(check: &mut Check, facts: &ReleaseFacts, binary: &GoBinary
     });
 }
 
+/// The DWARF fallback (the `runtime.waitReason*` constants, used when a binary's
+/// string table cannot be read) resolves every code to the same reason (name and
+/// class) as the binary's own `runtime.waitReasonStrings`, and every one of them
+/// is a reason gleak knows.
+fn check_wait_reason_constants(check: &mut Check, constants: &HashMap<u8, String>, binary: &GoBinary) {
+    let Some(own) = binary.wait_reason_strings() else {
+        return; // check_wait_reasons names it
+    };
+    check.expect(constants.len() == own.len(), || {
+        format!("{} waitReason constants in DWARF, {} strings in the binary", constants.len(), own.len())
+    });
+    let from_strings = WaitReasons::from_strings(own);
+    let from_constants = WaitReasons::from_constants(constants, binary.go_version.minor);
+    for code in 0..=u8::MAX {
+        let (by_name, by_constant) = (from_strings.get(code), from_constants.get(code));
+        check.expect(by_name == by_constant, || {
+            format!("waitReason {code}: strings give {by_name:?}, DWARF constants {by_constant:?}")
+        });
+        if usize::from(code) < constants.len() {
+            check.expect(by_name.known.is_some(), || {
+                format!("waitReason {code} {:?} is unknown to gleak", by_name.name)
+            });
+        }
+    }
+}
+
 /// `_Gname // N` lines of the toolchain's `runtime2.go` status block.
 fn source_statuses(tc: &GoToolchain) -> HashMap<String, u32> {
     let path = tc.goroot().join("src/runtime/runtime2.go");
@@ -225,7 +252,8 @@ fn check_toolchain(tc: &GoToolchain) -> (Vec<String>, Result<ReleaseFacts, Strin
     check_wait_reasons(&mut check, facts, &binary);
     check_statuses(&mut check, facts, tc);
     // What the probes use, as the DWARF backend reads it for unstripped binaries.
-    let (from_dwarf, _) = info.runtime_layout(&binary).expect("runtime layout readable");
+    let (from_dwarf, wait_constants) = info.runtime_layout(&binary).expect("runtime layout readable");
+    check_wait_reason_constants(&mut check, &wait_constants, &binary);
     let from_table = facts.runtime_layout();
     check.expect(from_table == from_dwarf, || format!("runtime layout table {from_table:?}, DWARF {from_dwarf:?}"));
     if check.mismatches.is_empty() {

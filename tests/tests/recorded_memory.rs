@@ -60,7 +60,7 @@ fn goroutines_read_through_a_recording_replay_the_same_from_its_bytes() {
             let at = info.symbolizer.frames(g.gopc.wrapping_sub(target.load_bias) - 1);
             let Some(frame) = at.first() else { continue };
             if frame.file.ends_with("mixed.go") {
-                *leaked.entry((info.wait_reasons.name(g.wait_reason), frame.line)).or_default() += 1;
+                *leaked.entry((info.wait_reasons.name(g.wait_reason).to_string(), frame.line)).or_default() += 1;
             }
         }
         let line = |marker| fx.marker_line(marker);

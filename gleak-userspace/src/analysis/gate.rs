@@ -8,19 +8,14 @@ use crate::{
     analysis::verdict::Verdict,
     binary::symbolize::package_of,
     output::report::{Gate, Report, SiteReport},
-    process::unwind::is_blocking_machinery,
+    runtime::package_roles::PackageRole,
 };
 
-/// Packages whose goroutines are infrastructure, not the program's: the runtime,
-/// the testing framework, signal delivery.
-const IGNORED_PACKAGES: &[&str] = &["runtime", "testing", "os/signal"];
-
+/// Goroutines that are infrastructure, not the program's (the runtime, the
+/// testing framework, signal delivery: see [`PackageRole::is_infrastructure`]),
+/// and the main goroutine, the one calling exit.
 pub fn is_infrastructure(function: &str) -> bool {
-    if function == crate::tracing::sitecache::MAIN_GOROUTINE {
-        return true; // the one calling exit
-    }
-    let pkg = package_of(function);
-    IGNORED_PACKAGES.iter().any(|p| pkg == *p || pkg.starts_with(&format!("{p}/")))
+    function == crate::tracing::sitecache::MAIN_GOROUTINE || PackageRole::of_function(function).is_infrastructure()
 }
 
 /// How the command ended.
@@ -117,13 +112,16 @@ struct HungTest {
 /// in code outside `testing` and the runtime's machinery, if any: the framework's
 /// own bookkeeping goroutines block inside `testing` and stay ignored.
 fn hung_test(site: &SiteReport) -> Option<HungTest> {
-    if package_of(&site.function) != "testing" || site.live == 0 {
+    if !PackageRole::of_function(&site.function).is_test_runner() || site.live == 0 {
         return None;
     }
     let stuck: Vec<_> = site
         .blocked_at
         .iter()
-        .filter(|b| package_of(&b.at.function) != "testing" && !is_blocking_machinery(&b.at.function))
+        .filter(|b| {
+            let role = PackageRole::of_function(&b.at.function);
+            !role.is_test_runner() && !role.is_blocking_machinery()
+        })
         .collect();
     let first = stuck.first()?;
     let goroutines = stuck.iter().map(|b| b.goroutines).sum();

@@ -18,6 +18,7 @@ use crate::{
     process::waits::{self, Blocked},
     runtime::debuginfo::RuntimeInfo,
     runtime::layout::{gstatus, HeapLayout, MSPAN_IN_USE},
+    runtime::waitreason::WaitClass,
 };
 
 /// Most spans read (a 1 TiB heap of 8 KiB spans).
@@ -118,7 +119,7 @@ fn one_pass(
         .iter()
         .filter(|(_, r)| r.is_blocked())
         .filter_map(|&(g_addr, r)| {
-            let kind = waits::kind_for_reason(&info.wait_reasons.name(r.wait_reason))?;
+            let kind = waits::kind_for(info.wait_reasons.get(r.wait_reason).class)?;
             Some(Blocked { goid: r.goid, g_addr, waiting: r.waiting, kind })
         })
         .collect();
@@ -164,7 +165,7 @@ fn one_pass(
                 _ => r.sched_pc,
             },
             never_wakes: never_wakes(info, &r),
-            on_network: r.is_blocked() && info.wait_reasons.name(r.wait_reason) == "IO wait",
+            on_network: r.is_blocked() && info.wait_reasons.get(r.wait_reason).class == WaitClass::Network,
             waits_on,
         });
     }
@@ -191,7 +192,7 @@ fn one_pass(
 }
 
 fn never_wakes(info: &RuntimeInfo, r: &GRecord) -> bool {
-    r.is_blocked() && crate::analysis::verdict::never_wakes(&info.wait_reasons.name(r.wait_reason))
+    r.is_blocked() && info.wait_reasons.get(r.wait_reason).class.never_wakes()
 }
 
 /// The in-use spans (from `mheap_.allspans`) and the special records hung off

@@ -5,6 +5,8 @@
 
 use serde::Serialize;
 
+use crate::runtime::waitreason::{KnownReason, WaitReason};
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Verdict {
@@ -25,30 +27,6 @@ impl Verdict {
     }
 }
 
-/// Wait reasons nothing can end: a nil channel, `select {}`.
-pub fn never_wakes(reason: &str) -> bool {
-    matches!(reason, "chan receive (nil chan)" | "chan send (nil chan)" | "select (no cases)")
-}
-
-/// Wait reasons that end by themselves (a timer, the network, the runtime's own
-/// idle workers): a growing population of them is not proof of a leak.
-pub fn wakes_by_itself(reason: &str) -> bool {
-    matches!(reason, "sleep" | "IO wait") || reason.starts_with("GC ") || reason.contains("(idle)")
-}
-
-/// Waits a goroutine serving a request passes through on its way: a lock, a
-/// condition. Brief by design, unlike a channel a request can hang on.
-pub fn waits_on_a_lock(reason: &str) -> bool {
-    matches!(reason, "semacquire" | "sync.Cond.Wait" | "sync.Mutex.Lock" | "sync.RWMutex.RLock" | "sync.RWMutex.Lock")
-}
-
-/// The runtime pausing a goroutine mid-work (GC assist, preemption, a stop of
-/// the world): it is running, as far as what it serves is concerned. During a
-/// GC cycle, many goroutines that allocate are in one of these at once.
-pub fn paused_by_runtime(reason: &str) -> bool {
-    matches!(reason, "GC assist marking" | "GC assist wait" | "preempted" | "stopping the world" | "wait for GC cycle")
-}
-
 /// What is known about one creation site at report time.
 #[derive(Clone, Debug, Default)]
 pub struct SiteFacts {
@@ -61,7 +39,8 @@ pub struct SiteFacts {
     pub exited_in_window: u64,
     /// Live goroutines in `_Gwaiting` now.
     pub blocked: u64,
-    pub top_reason: Option<String>,
+    /// The wait reason most of its blocked goroutines are in.
+    pub top_reason: Option<WaitReason>,
     /// Blocked on something that can never wake them.
     pub never_wake: u64,
     /// Median and maximum age of live goroutines created while tracing.
@@ -96,9 +75,9 @@ pub struct SiteFacts {
     pub network_held: u64,
     /// Live goroutines waiting on the network (`IO wait`).
     pub io_waiting: u64,
-    /// Blocked goroutines passing through a lock (`waits_on_a_lock`).
+    /// Blocked goroutines passing through a lock (`WaitClass::passes_through_a_lock`).
     pub on_a_lock: u64,
-    /// Blocked goroutines the runtime paused mid-work (`paused_by_runtime`).
+    /// Blocked goroutines the runtime paused mid-work (`WaitClass::paused_by_runtime`).
     pub paused: u64,
     /// The process's established TCP and connected Unix stream sockets.
     pub live_connections: Option<u64>,
@@ -109,7 +88,8 @@ const MIN_GROWTH: u64 = 3;
 
 /// A site's verdict from its facts, with the reason in words.
 pub fn judge_site(f: &SiteFacts) -> (Verdict, String) {
-    let reason = f.top_reason.as_deref().unwrap_or("?");
+    let reason = f.top_reason.as_ref().map_or("?", |r| r.name.as_str());
+    let ends_by_itself = f.top_reason.as_ref().is_some_and(|r| r.class.ends_by_itself());
     if f.live == 0 {
         let life = f.lifetime_p50_s.map(|s| format!(", median lifetime {}", secs(s))).unwrap_or_default();
         return (Verdict::Ok, format!("no live goroutines: all {} created exited{life}", f.created));
@@ -200,7 +180,7 @@ pub fn judge_site(f: &SiteFacts) -> (Verdict, String) {
     );
 
     if growing {
-        if blocked_pct >= 50 && old && wakes_by_itself(reason) && f.lifetime_p99_s.is_none() {
+        if blocked_pct >= 50 && old && ends_by_itself && f.lifetime_p99_s.is_none() {
             return (
                 Verdict::Suspect,
                 format!(
@@ -252,7 +232,7 @@ pub fn judge_site(f: &SiteFacts) -> (Verdict, String) {
         );
     }
     let stuck = blocked_pct >= 90 && f.ran == 0 && f.traced_s >= 2.0 && old;
-    if stuck && f.live >= 10 && reason == "chan send" {
+    if stuck && f.live >= 10 && f.top_reason.as_ref().is_some_and(|r| r.is(KnownReason::ChanSend)) {
         return (
             Verdict::Suspect,
             format!(
@@ -292,6 +272,10 @@ pub fn secs(s: f64) -> String {
 mod tests {
     use super::*;
 
+    fn reason(name: &str) -> Option<WaitReason> {
+        Some(WaitReason::from_name(name))
+    }
+
     fn base() -> SiteFacts {
         SiteFacts { window_s: 10.0, traced_s: 10.0, ..Default::default() }
     }
@@ -304,7 +288,7 @@ mod tests {
             live_start: 0,
             created_in_window: 500,
             blocked: 500,
-            top_reason: Some("chan send".into()),
+            top_reason: reason("chan send"),
             age_p50_s: Some(5.0),
             oldest_s: Some(10.0),
             ..base()
@@ -327,7 +311,7 @@ mod tests {
             blocked: 5,
             io_waiting: 5,
             live_connections: Some(64),
-            top_reason: Some("IO wait".into()),
+            top_reason: reason("IO wait"),
             age_p50_s: Some(1.5),
             oldest_s: Some(3.0),
             ..base()
@@ -371,7 +355,7 @@ mod tests {
             blocked: 32,
             network_held: 32,
             live_connections: Some(64),
-            top_reason: Some("select".into()),
+            top_reason: reason("select"),
             object_noun: "channel",
             age_p50_s: Some(1.6),
             oldest_s: Some(3.0),
@@ -395,7 +379,7 @@ mod tests {
             created: 8,
             live_start: 8,
             blocked: 8,
-            top_reason: Some("chan receive".into()),
+            top_reason: reason("chan receive"),
             age_p50_s: Some(10.0),
             oldest_s: Some(10.0),
             ran: 8,
@@ -430,14 +414,12 @@ mod tests {
             live_start: 1,
             blocked: 1,
             never_wake: 1,
-            top_reason: Some("select (no cases)".into()),
+            top_reason: reason("select (no cases)"),
             ..base()
         };
         assert_eq!(judge_site(&f).0, Verdict::Leak);
         // `select {}` at the end of main is how servers wait forever.
         assert_eq!(judge_site(&SiteFacts { is_main: true, ..f }).0, Verdict::Stable);
-        assert!(never_wakes("chan receive (nil chan)"));
-        assert!(!never_wakes("chan receive"));
     }
 
     #[test]
@@ -447,7 +429,7 @@ mod tests {
             live_start: 500,
             blocked: 500,
             preexisting: 500,
-            top_reason: Some("chan send".into()),
+            top_reason: reason("chan send"),
             ..base()
         };
         assert_eq!(judge_site(&f).0, Verdict::Suspect);
@@ -462,16 +444,20 @@ mod tests {
             live_start: 4,
             created_in_window: 100,
             blocked: 103,
-            top_reason: Some("sleep".into()),
+            top_reason: reason("sleep"),
             age_p50_s: Some(5.0),
             oldest_s: Some(10.0),
             ..base()
         };
         assert_eq!(judge_site(&f).0, Verdict::Suspect);
         // Once some have exited, sleepers far older than their siblings are a leak.
-        let with_baseline = SiteFacts { lifetime_p99_s: Some(0.1), exited_in_window: 5, ..f };
+        let with_baseline = SiteFacts { lifetime_p99_s: Some(0.1), exited_in_window: 5, ..f.clone() };
         assert_eq!(judge_site(&with_baseline).0, Verdict::Leak);
-        assert!(wakes_by_itself("GC worker (idle)") && !wakes_by_itself("chan send"));
+        // The same for the runtime's own idle workers; not for a channel.
+        let idle = SiteFacts { top_reason: reason("GC worker (idle)"), ..f.clone() };
+        assert_eq!(judge_site(&idle).0, Verdict::Suspect);
+        let channel = SiteFacts { top_reason: reason("chan send"), ..f };
+        assert_eq!(judge_site(&channel).0, Verdict::Leak);
     }
 
     #[test]

@@ -22,7 +22,8 @@ use serde::Serialize;
 use crate::{
     analysis::verdict::Verdict,
     error::Result,
-    output::report::{is_runtime_site, Report, SiteReport},
+    output::report::{Report, SiteReport},
+    runtime::package_roles::PackageRole,
     AttachOptions, Tracer,
 };
 use discover::{Candidate, Discovery, Filter, Identity};
@@ -330,10 +331,9 @@ impl Auditor {
                 findings.push(site_finding(s, previous));
             }
         }
-        let suspicious = report
-            .sites
-            .iter()
-            .any(|s| !is_runtime_site(&s.function) && matches!(s.verdict, Verdict::Leak | Verdict::Suspect));
+        let suspicious = report.sites.iter().any(|s| {
+            !PackageRole::of_function(&s.function).is_runtime() && matches!(s.verdict, Verdict::Leak | Verdict::Suspect)
+        });
         if let Some(m) = &self.metrics {
             let info = InfoLabels {
                 pid: pid.to_string(),

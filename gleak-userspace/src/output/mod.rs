@@ -2,7 +2,8 @@
 //! goroutine profile `go tool pprof` reads ([`pprof`]) and the self-contained
 //! HTML page ([`html`]), printers that share one formatting module (`format`).
 //!
-//! May use: [`crate::analysis`] for verdict types; nothing reads the target here.
+//! May use: [`crate::analysis`] for verdict types, [`crate::runtime`] for package
+//! roles; nothing reads the target here.
 
 pub(crate) mod format;
 pub mod html;

@@ -8,10 +8,11 @@ use serde::Serialize;
 
 use crate::{
     analysis::verdict::{secs, Verdict},
-    binary::symbolize::{package_of, Frame},
+    binary::symbolize::Frame,
     output::format::{bytes_in_column, short_path, site_label, truncate, BLOCKED_AT_SHOWN},
     process::waits::{ChanState, WaitKind},
     runtime::debuginfo::FactSources,
+    runtime::package_roles::PackageRole,
 };
 
 /// One report of `gleak attach` or `gleak run`: what `--json` prints, one per
@@ -273,18 +274,13 @@ pub struct BlockedAt {
 /// How the row folding the runtime's own goroutines is named.
 pub const RUNTIME_ROW: &str = "runtime";
 
-/// Whether a site's goroutines are the runtime's own (GC workers, finalizer,
-/// sweeper, scavenger, forced GC): created by a `go` statement in package runtime.
-pub fn is_runtime_site(function: &str) -> bool {
-    package_of(function) == "runtime"
-}
-
 impl Report {
     /// Folds the runtime's own goroutines into one `runtime` row (`--all` keeps them
     /// apart), as goleak ignores them: they are never a leak.
     pub fn fold_runtime_sites(&mut self) {
-        let (runtime, rest): (Vec<SiteReport>, Vec<SiteReport>) =
-            std::mem::take(&mut self.sites).into_iter().partition(|s| is_runtime_site(&s.function));
+        let (runtime, rest): (Vec<SiteReport>, Vec<SiteReport>) = std::mem::take(&mut self.sites)
+            .into_iter()
+            .partition(|s| PackageRole::of_function(&s.function).is_runtime());
         self.sites = rest;
         let n = runtime.len();
         let mut rows = runtime.into_iter();

@@ -13,11 +13,7 @@
 
 use std::collections::HashMap;
 
-use crate::{
-    arch::Arch,
-    binary::{pclntab::Pclntab, symbolize::package_of},
-    process::memory::ReadMemory,
-};
+use crate::{arch::Arch, binary::pclntab::Pclntab, process::memory::ReadMemory};
 
 /// Deepest stack unwound; deeper ones are cut (the innermost frames are what matter).
 pub const MAX_FRAMES: usize = 64;
@@ -306,31 +302,5 @@ impl BlockingStacks {
         self.stacks.push(pcs.clone());
         self.interned.insert(pcs, id);
         id
-    }
-}
-
-/// Whether `function` belongs to the machinery a goroutine blocks *through*
-/// (the runtime, `sync`, `internal/…`, `time`'s sleep) rather than the code that
-/// blocked: the first frame that does not is where the goroutine is stuck.
-pub fn is_blocking_machinery(function: &str) -> bool {
-    let package = package_of(function);
-    matches!(package, "runtime" | "sync" | "sync/atomic" | "time" | "iter" | "unique" | "weak")
-        || package.starts_with("internal/")
-        || package.starts_with("runtime/")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn machinery() {
-        assert!(is_blocking_machinery("runtime.gopark"));
-        assert!(is_blocking_machinery("internal/poll.(*FD).Read"));
-        assert!(is_blocking_machinery("sync.(*Mutex).Lock"));
-        assert!(is_blocking_machinery("time.Sleep"));
-        assert!(!is_blocking_machinery("main.worker"));
-        assert!(!is_blocking_machinery("net.(*conn).Read"));
-        assert!(!is_blocking_machinery("example.com/runtime.F"));
     }
 }

@@ -7,7 +7,10 @@
 
 use std::collections::{HashMap, HashSet};
 
-use crate::{process::memory::ReadMemory, runtime::layout::BlockedLayout};
+use crate::{
+    process::memory::ReadMemory,
+    runtime::{layout::BlockedLayout, waitreason::WaitClass},
+};
 
 /// Most sudogs followed from one goroutine (a `select` has one per case; Go
 /// allows 65 536 cases, real code a handful).
@@ -57,15 +60,13 @@ impl ChanState {
     }
 }
 
-/// The kind of object a goroutine blocked with this wait reason waits on, if any
-/// (`select {}` and nil-channel operations wait on nothing).
-pub fn kind_for_reason(reason: &str) -> Option<WaitKind> {
-    match reason {
-        "chan send" | "chan receive" | "select" => Some(WaitKind::Channel),
-        "semacquire" | "sync.Mutex.Lock" | "sync.RWMutex.RLock" | "sync.RWMutex.Lock" | "sync.WaitGroup.Wait" => {
-            Some(WaitKind::Semaphore)
-        }
-        "sync.Cond.Wait" => Some(WaitKind::Cond),
+/// The kind of object a goroutine blocked in a wait of this class waits on, if
+/// any (`select {}` and nil-channel operations wait on nothing).
+pub fn kind_for(class: WaitClass) -> Option<WaitKind> {
+    match class {
+        WaitClass::Channel => Some(WaitKind::Channel),
+        WaitClass::Lock | WaitClass::WaitGroup => Some(WaitKind::Semaphore),
+        WaitClass::Cond => Some(WaitKind::Cond),
         _ => None,
     }
 }

@@ -130,7 +130,7 @@ impl RuntimeInfo {
             }
             _ if !wait_consts.is_empty() => {
                 sources.wait_reasons = "DWARF constants".into();
-                WaitReasons::from_constants(&wait_consts)
+                WaitReasons::from_constants(&wait_consts, binary.go_version.minor)
             }
             _ => match release {
                 Some(facts) => {

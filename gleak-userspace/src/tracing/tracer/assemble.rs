@@ -12,17 +12,19 @@ use hdrhistogram::Histogram;
 use crate::{
     analysis::aggregate::{Aggregator, LiveGoroutine, Sample, SiteKey},
     analysis::proof::{self, ProofBudget},
-    analysis::verdict::{judge_site, never_wakes, paused_by_runtime, waits_on_a_lock, SiteFacts},
+    analysis::verdict::{judge_site, SiteFacts},
     binary::symbolize::Frame,
     output::report::{
-        is_runtime_site, BlockedAt, GoroutineSample, KernelCounters, PathReport, Percentiles, ProofReport, Rates,
-        Report, SiteReport, Totals, Trend, WaitObjectReport, WaitSummary,
+        BlockedAt, GoroutineSample, KernelCounters, PathReport, Percentiles, ProofReport, Rates, Report, SiteReport,
+        Totals, Trend, WaitObjectReport, WaitSummary,
     },
     process::netconn,
     process::snapshot::{all_goroutines, read_records, GRecord},
-    process::unwind::{is_blocking_machinery, BlockingStacks, Parked, Program, Sched, StackId},
+    process::unwind::{BlockingStacks, Parked, Program, Sched, StackId},
     process::waits::{self, ChanState, WaitKind, WaitObject},
     runtime::layout::gstatus,
+    runtime::package_roles::PackageRole,
+    runtime::waitreason::{WaitClass, WaitReason},
     tracing::probes::Probes,
     tracing::sitecache::{parent_chain, unknown_frame, Location, SiteLabel, MAIN_GOROUTINE},
 };
@@ -163,7 +165,7 @@ impl TracedTarget {
         let mut blocked = Vec::new();
         for (&goid, rec) in records {
             let Some(rec) = rec.as_ref().filter(|r| r.is_blocked()) else { continue };
-            let Some(kind) = waits::kind_for_reason(&self.info.wait_reasons.name(rec.wait_reason)) else { continue };
+            let Some(kind) = waits::kind_for(self.info.wait_reasons.get(rec.wait_reason).class) else { continue };
             let Some(g) = self.agg.live.get(&goid) else { continue };
             blocked.push(waits::Blocked { goid, g_addr: g.g_addr, waiting: rec.waiting, kind });
         }
@@ -205,7 +207,7 @@ impl TracedTarget {
             waits.by_goid.keys().filter(|goid| !self.proven.contains_key(goid) && !seen_unproven(goid)).any(|goid| {
                 agg.live.get(goid).is_some_and(|g| {
                     let startpc = agg.sites.get(&g.site).map_or(0, |s| s.startpc);
-                    !is_runtime_site(&labels.get(g.site, startpc, bias, info, binary).at.function)
+                    !PackageRole::of_function(&labels.get(g.site, startpc, bias, info, binary).at.function).is_runtime()
                 })
             });
         if !open {
@@ -300,13 +302,13 @@ impl TracedTarget {
             .into_iter()
             .take(BLOCKED_AT_GROUPS)
             .map(|(&(id, reason), &goroutines)| {
-                let wait_reason = self.info.wait_reasons.name(reason);
+                let wait_reason = self.info.wait_reasons.name(reason).to_string();
                 let locations = self.blocking_stack(id).to_vec();
                 let stack: Vec<Frame> = locations.iter().flat_map(|(_, f)| f.iter().cloned()).collect();
                 let at = stack
                     .iter()
-                    .find(|f| !is_blocking_machinery(&f.function))
-                    .or_else(|| stack.iter().find(|f| !f.function.starts_with("runtime.")))
+                    .find(|f| !PackageRole::of_function(&f.function).is_blocking_machinery())
+                    .or_else(|| stack.iter().find(|f| !PackageRole::of_function(&f.function).is_runtime()))
                     .or(stack.first())
                     .cloned()
                     .unwrap_or_else(|| unknown_frame(self.blocking.pcs(id).first().copied().unwrap_or(0)));
@@ -338,11 +340,24 @@ impl TracedTarget {
             .map(|h| h.live)
             .chain(std::iter::once(stats.live))
             .collect();
-        let wait_reasons: BTreeMap<String, u64> =
-            a.reasons.iter().map(|(&r, &n)| (t.info.wait_reasons.name(r), n)).collect();
-        let never_wake = wait_reasons.iter().filter(|(r, _)| never_wakes(r)).map(|(_, n)| n).sum();
+        // Each code's reason, resolved once for the binary: the rules count by
+        // class, the report shows the names.
+        let reasons: Vec<(&WaitReason, u64)> =
+            a.reasons.iter().map(|(&r, &n)| (t.info.wait_reasons.get(r), n)).collect();
+        let count = |of_class: fn(WaitClass) -> bool| -> u64 {
+            reasons.iter().filter(|(r, _)| of_class(r.class)).map(|(_, n)| n).sum()
+        };
+        let mut wait_reasons: BTreeMap<String, u64> = BTreeMap::new();
+        for (reason, n) in &reasons {
+            *wait_reasons.entry(reason.name.clone()).or_default() += n;
+        }
+        let never_wake = count(WaitClass::never_wakes);
         let top_wait_reason =
             wait_reasons.iter().max_by_key(|(name, n)| (**n, std::cmp::Reverse(*name))).map(|(r, _)| r.clone());
+        let top_reason = top_wait_reason
+            .as_ref()
+            .and_then(|top| reasons.iter().find(|(r, _)| &r.name == top))
+            .map(|(r, _)| (*r).clone());
         let blocked = wait_reasons.values().sum();
         let goroutines = a.oldest.iter().filter_map(|&(_, goid)| t.goroutine_sample(goid, records, now)).collect();
         let lifetime =
@@ -355,7 +370,7 @@ impl TracedTarget {
             created_in_window: stats.created - start.created,
             exited_in_window: stats.exited - start.exited,
             blocked,
-            top_reason: top_wait_reason.clone(),
+            top_reason,
             never_wake,
             age_p50_s: quantile_s(&a.ages_us, 0.5),
             oldest_s: (!a.ages_us.is_empty()).then(|| a.ages_us.max() as f64 / 1e6),
@@ -372,9 +387,9 @@ impl TracedTarget {
             distinct_objects: a.objects.len() as u64,
             object_noun: object_noun(&a.objects),
             network_held: a.network_held,
-            io_waiting: wait_reasons.get("IO wait").copied().unwrap_or(0),
-            on_a_lock: wait_reasons.iter().filter(|(r, _)| waits_on_a_lock(r)).map(|(_, n)| n).sum(),
-            paused: wait_reasons.iter().filter(|(r, _)| paused_by_runtime(r)).map(|(_, n)| n).sum(),
+            io_waiting: count(|class| class == WaitClass::Network),
+            on_a_lock: count(WaitClass::passes_through_a_lock),
+            paused: count(WaitClass::paused_by_runtime),
             live_connections,
         };
         let (verdict, verdict_reason) = judge_site(&facts);
@@ -435,7 +450,7 @@ impl TracedTarget {
         Some(GoroutineSample {
             goid,
             state: rec.map_or("unknown", |r| gstatus::name(r.status)),
-            wait_reason: waiting.map(|r| self.info.wait_reasons.name(r.wait_reason)),
+            wait_reason: waiting.map(|r| self.info.wait_reasons.name(r.wait_reason).to_string()),
             blocked_s: waiting.and_then(|r| blocked_since(g, &r)).map(|since| now.saturating_sub(since) as f64 / 1e9),
             age_s: g.created_ns.map(|c| now.saturating_sub(c) as f64 / 1e9),
             g_addr: format!("{:#x}", g.g_addr),
