@@ -40,6 +40,11 @@ impl GRecord {
         matches!(self.status, gstatus::WAITING | gstatus::LEAKED)
     }
 
+    /// Where it stopped, if descheduled: what its blocking stack is unwound from.
+    pub fn sched(&self) -> crate::process::unwind::Sched {
+        crate::process::unwind::Sched { sp: self.sched_sp, pc: self.sched_pc, stack_hi: self.stack_hi }
+    }
+
     pub fn is_dead(&self) -> bool {
         matches!(self.status, gstatus::DEAD | gstatus::DEAD_EXTRA | gstatus::IDLE)
     }

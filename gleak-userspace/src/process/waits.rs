@@ -12,6 +12,37 @@ use crate::{
     runtime::{layout::BlockedLayout, waitreason::WaitClass},
 };
 
+/// What the blocked goroutines of one look at the target wait on.
+#[derive(Debug, Default)]
+pub struct Waits {
+    /// Per goroutine, the objects it waits on.
+    pub by_goid: HashMap<u64, Vec<WaitObject>>,
+    /// Per object, the goroutines (of every site) waiting on it.
+    pub waiters: HashMap<WaitObject, u64>,
+    /// The state of each channel waited on.
+    pub channels: HashMap<u64, ChanState>,
+}
+
+/// Where a blocked goroutine waits, and on which objects.
+pub type WaitPlace = (crate::process::unwind::Sched, Vec<u64>);
+
+impl Waits {
+    /// Whether `goid` (its record `rec`) is blocked at `place`: the same place, on
+    /// the same objects.
+    pub fn blocked_at(&self, goid: u64, rec: &crate::process::snapshot::GRecord, (sched, objects): &WaitPlace) -> bool {
+        rec.is_blocked()
+            && rec.sched() == *sched
+            && self.by_goid.get(&goid).is_some_and(|o| o.iter().map(|w| w.addr).eq(objects.iter().copied()))
+    }
+
+    /// Whether `goid` waits on one of `objects` now. (A goroutine that wakes
+    /// often can be read mid-park, one of its select's channels not linked yet;
+    /// and its stack may have moved since: neither changes what it waits on.)
+    pub fn on_any_of(&self, goid: u64, objects: &[u64]) -> bool {
+        self.by_goid.get(&goid).is_some_and(|now| now.iter().any(|w| objects.contains(&w.addr)))
+    }
+}
+
 /// Most sudogs followed from one goroutine (a `select` has one per case; Go
 /// allows 65 536 cases, real code a handful).
 pub const MAX_SUDOGS: usize = 128;
@@ -213,4 +244,20 @@ pub fn channel_states(mem: &dyn ReadMemory, layout: &BlockedLayout, addrs: &[u64
             (addr, ChanState { len: word(h.qcount), cap: word(h.dataqsiz), closed: closed != 0 })
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_connections_goroutine_is_known_by_any_channel_it_waited_on() {
+        let chan = |addr| WaitObject { kind: WaitKind::Channel, addr };
+        let waits = Waits { by_goid: HashMap::from([(7, vec![chan(0x10), chan(0x20)])]), ..Default::default() };
+        // Read mid-park once: only one of its select's two channels was linked.
+        assert!(waits.on_any_of(7, &[0x20]));
+        assert!(waits.on_any_of(7, &[0x10, 0x20]));
+        assert!(!waits.on_any_of(7, &[0x30]), "another connection's channel");
+        assert!(!waits.on_any_of(8, &[0x10]), "not waiting now");
+    }
 }

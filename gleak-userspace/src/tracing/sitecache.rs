@@ -25,15 +25,9 @@ pub(crate) struct SiteLabel {
     pub(crate) go_func: String,
 }
 
-/// The creation site of each site's most common creator, then of its creator… (cycles cut).
-pub(crate) fn parent_chain(
-    agg: &Aggregator,
-    site: SiteKey,
-    labels: &mut SiteLabels,
-    bias: u64,
-    info: &RuntimeInfo,
-    binary: &GoBinary,
-) -> Vec<Frame> {
+/// The creation site of each site's most common creator, then of its creator…
+/// (cycles cut), from labels symbolized already.
+pub(crate) fn parent_chain(agg: &Aggregator, site: SiteKey, labels: &SiteLabels) -> Vec<Frame> {
     let mut chain = Vec::new();
     let mut seen = vec![site];
     let mut key = site;
@@ -45,7 +39,7 @@ pub(crate) fn parent_chain(
             break;
         }
         let startpc = agg.sites.get(&parent).map_or(0, |s| s.startpc);
-        chain.push(labels.get(parent, startpc, bias, info, binary).at.clone());
+        chain.push(labels.peek(parent).map_or_else(|| unknown_frame(startpc), |label| label.at.clone()));
         seen.push(parent);
         key = parent;
     }
@@ -56,7 +50,19 @@ pub(crate) fn parent_chain(
 #[derive(Default)]
 pub(crate) struct SiteLabels(HashMap<SiteKey, SiteLabel>);
 
+impl SiteLabel {
+    /// A site nothing symbolized.
+    pub(crate) fn unknown(key: SiteKey, startpc: u64) -> Self {
+        SiteLabel { at: unknown_frame(key), inlined: Vec::new(), go_func: format!("{startpc:#x}") }
+    }
+}
+
 impl SiteLabels {
+    /// The site's label, if symbolized already.
+    pub(crate) fn peek(&self, key: SiteKey) -> Option<&SiteLabel> {
+        self.0.get(&key)
+    }
+
     pub(crate) fn get(
         &mut self,
         key: SiteKey,
@@ -90,6 +96,11 @@ impl SiteLabels {
 pub(crate) struct StackCache(HashMap<i64, Vec<Location>>);
 
 impl StackCache {
+    /// The stack symbolized already, or nothing.
+    pub(crate) fn peek(&self, stack_id: i64) -> &[Location] {
+        self.0.get(&stack_id).map_or(&[], Vec::as_slice)
+    }
+
     pub(crate) fn get(
         &mut self,
         probes: &Probes,

@@ -1,67 +1,53 @@
-//! Report assembly: from a traced target's event counts and what its memory
-//! shows now (live goroutines, where they block, on what, what the proof settles)
-//! to one judged report, with the per-site aggregation done at report time.
+//! Report assembly: from a traced target's event counts, what was just observed
+//! of it (live goroutines, where they block, on what) and what the proof has
+//! settled, to one judged report, with the per-site aggregation done at report
+//! time. Reads, never changes, the tracer's state.
 
-use std::{
-    collections::{BTreeMap, HashMap},
-    time::Instant,
-};
+use std::collections::{BTreeMap, HashMap};
 
 use hdrhistogram::Histogram;
 
 use crate::{
-    analysis::aggregate::{Aggregator, LiveGoroutine, Sample, SiteKey},
-    analysis::proof::{self, ProofBudget},
+    analysis::aggregate::{Aggregator, LiveGoroutine, Sample, SiteKey, SiteStats},
+    analysis::proof_state::{ProofState, Records},
     analysis::verdict::{judge_site, SiteFacts},
     binary::symbolize::Frame,
     output::report::{
         BlockedAt, GoroutineSample, KernelCounters, PathReport, Percentiles, ProofReport, Rates, Report, SiteReport,
         Totals, Trend, WaitObjectReport, WaitSummary,
     },
-    process::netconn,
-    process::snapshot::{all_goroutines, read_records, GRecord},
-    process::unwind::{BlockingStacks, Parked, Program, Sched, StackId},
-    process::waits::{self, ChanState, WaitKind, WaitObject},
+    process::snapshot::GRecord,
+    process::unwind::{BlockingStacks, StackId},
+    process::waits::{WaitKind, WaitObject, Waits},
     runtime::layout::gstatus,
     runtime::package_roles::PackageRole,
-    runtime::waitreason::{WaitClass, WaitReason},
-    tracing::probes::Probes,
+    runtime::waitreason::{WaitClass, WaitReason, WaitReasons},
     tracing::sitecache::{parent_chain, unknown_frame, Location, SiteLabel, MAIN_GOROUTINE},
 };
 
-use super::{monotonic_ns, TracedTarget, WaitPlace, PROOF_RETRY};
+use super::{observe::Observation, TracedTarget};
 
 impl TracedTarget {
-    /// The report of this target now: reads its live goroutines from memory,
-    /// retires the ones that died unseen, groups by creation site, judges each.
+    /// The report of this target from what was just observed of it: a function of
+    /// the observation, the aggregator's state and the proof's, changing none of
+    /// them (symbols come from caches [`TracedTarget::observe`] filled).
     pub(super) fn assemble(
-        &mut self,
-        probes: &Probes,
+        &self,
+        observed: &Observation,
         pid: u32,
         target_exited: bool,
         kernel: KernelCounters,
         is_final: bool,
     ) -> Report {
-        let now = monotonic_ns();
-        let records = self.observe_live(target_exited, now);
-        let waits = if target_exited {
-            Waits::default()
-        } else {
-            self.unwind_blocked(&records);
-            let waits = self.observe_waits(&records);
-            self.refresh_proof(&records, &waits);
-            waits
-        };
+        let now = observed.at;
         let mut summaries =
-            LiveSummary::per_site(&self.agg, &records, &self.blocking, &waits, &self.proven, &self.network_held, now);
-        let live_connections = if target_exited { None } else { netconn::live_connections(pid).ok() };
-        let observed = Observed { records, waits, live_connections, at: now };
+            LiveSummary::per_site(&self.agg, &observed.records, &self.blocking, &observed.waits, &self.proof, now);
         let keys: Vec<SiteKey> = self.agg.sites.keys().copied().collect();
         let mut sites: Vec<SiteReport> = keys
             .into_iter()
             .map(|key| {
                 let summary = summaries.remove(&key).unwrap_or_default();
-                self.site_report(probes, key, summary, &observed)
+                self.site_report(key, summary, observed)
             })
             .collect();
         sites.sort_by(|a, b| {
@@ -96,155 +82,20 @@ impl TracedTarget {
             reconciled_exits: self.agg.reconciled_exits,
             reconciled_creations: self.agg.reconciled_creations,
             sites,
-            proof: self.last_proof.clone(),
+            proof: self.proof.last_run().map(|run| ProofReport {
+                candidates: run.candidates,
+                proven: run.proven,
+                inconclusive: run.inconclusive.clone(),
+                heap_bytes: run.heap_bytes,
+                bytes_read: run.bytes_read,
+                elapsed_ms: run.elapsed.as_secs_f64() * 1e3,
+            }),
             gate: None,
         }
     }
 }
 
 impl TracedTarget {
-    /// Picks up live goroutines whose creation event was lost, from the goroutine
-    /// table in memory (no stop; skipped where the table is not known).
-    pub(super) fn reconcile_creations(&mut self) {
-        let Ok(table) = &self.info.goroutine_table else { return };
-        match all_goroutines(&self.mem, table, &self.info.layout, self.target.load_bias) {
-            Ok(existing) => self.agg.reconcile_creations(&existing, super::monotonic_ns()),
-            Err(e) => log::debug!("PID {}: goroutine table unreadable for reconciliation: {e}", self.target.pid),
-        }
-    }
-
-    /// What memory says about every goroutine believed alive; retires the ones
-    /// that died unseen. `None` where memory could not be read.
-    pub(super) fn observe_live(&mut self, target_exited: bool, now: u64) -> Records {
-        let live: Vec<(u64, u64)> = self.agg.live.iter().map(|(&goid, g)| (goid, g.g_addr)).collect();
-        let records = if target_exited {
-            vec![None; live.len()]
-        } else {
-            let addrs: Vec<u64> = live.iter().map(|&(_, g)| g).collect();
-            read_records(&self.mem, &self.info.layout, &addrs)
-        };
-        let mut by_goid = HashMap::with_capacity(live.len());
-        for ((goid, _), rec) in live.iter().zip(records) {
-            if self.agg.observe(*goid, rec.as_ref(), now) {
-                by_goid.insert(*goid, rec);
-            }
-        }
-        by_goid
-    }
-
-    /// Reads the current stack of every blocked goroutine not already known where
-    /// it is (see [`BlockingStacks`]).
-    fn unwind_blocked(&mut self, records: &Records) {
-        if self.info.layout.blocked.is_none() {
-            return;
-        }
-        let Some(pcln) = self.target.binary.pclntab().cloned() else { return };
-        let parked: Vec<Parked> = records
-            .iter()
-            .filter_map(|(&goid, rec)| {
-                let rec = rec.as_ref().filter(|r| r.is_blocked() && r.sched_pc != 0)?;
-                let g_addr = self.agg.live.get(&goid)?.g_addr;
-                Some(Parked { goid, g_addr, sched: sched_of(rec) })
-            })
-            .collect();
-        let (mem, layout) = (&self.mem, &self.info.layout);
-        let reread = |addrs: &[u64]| -> Vec<Option<Sched>> {
-            read_records(mem, layout, addrs)
-                .into_iter()
-                .map(|r| r.filter(GRecord::is_blocked).map(|r| sched_of(&r)))
-                .collect()
-        };
-        let program = Program { pcln: &pcln, bias: self.target.load_bias, arch: self.target.binary.arch };
-        self.blocking.refresh(mem, program, &parked, reread);
-    }
-
-    /// What each blocked goroutine waits on: the channels of its sudogs, or its
-    /// semaphore (from `g.waiting` on Go ≥ 1.26, else from `runtime.semtable`).
-    fn observe_waits(&self, records: &Records) -> Waits {
-        let Some(layout) = self.info.layout.blocked else { return Waits::default() };
-        let mut blocked = Vec::new();
-        for (&goid, rec) in records {
-            let Some(rec) = rec.as_ref().filter(|r| r.is_blocked()) else { continue };
-            let Some(kind) = waits::kind_for(self.info.wait_reasons.get(rec.wait_reason).class) else { continue };
-            let Some(g) = self.agg.live.get(&goid) else { continue };
-            blocked.push(waits::Blocked { goid, g_addr: g.g_addr, waiting: rec.waiting, kind });
-        }
-        let semtable = self.info.semtable.as_ref().ok().map(|t| t.wrapping_add(self.target.load_bias));
-        let by_goid = waits::read(&self.mem, &layout, semtable, &blocked).by_goid;
-        let mut waiters: HashMap<WaitObject, u64> = HashMap::new();
-        for objects in by_goid.values() {
-            for o in objects {
-                *waiters.entry(*o).or_default() += 1;
-            }
-        }
-        let channels: Vec<u64> = waiters.keys().filter(|o| o.kind == WaitKind::Channel).map(|o| o.addr).collect();
-        let channels = waits::channel_states(&self.mem, &layout, &channels);
-        Waits { by_goid, waiters, channels }
-    }
-
-    /// Keeps the proofs that still hold (same goroutine, blocked at the same place
-    /// on the same objects) and what the network held of goroutines still alive
-    /// and, if some blocked goroutine of the program's own code is not proven
-    /// yet, runs the proof again.
-    fn refresh_proof(&mut self, records: &Records, waits: &Waits) {
-        self.proven
-            .retain(|goid, at| records.get(goid).copied().flatten().is_some_and(|r| waits.blocked_at(*goid, &r, at)));
-        // Kept while it runs too: a connection's writer runs after each request
-        // and blocks again on the same channels (counted only then).
-        self.network_held.retain(|goid, _| records.contains_key(goid));
-        if !self.prove {
-            return;
-        }
-        let (bias, info, labels, agg, binary) =
-            (self.target.load_bias, &self.info, &mut self.labels, &self.agg, &self.target.binary);
-        let retry = self.last_proof_at.is_none_or(|at| at.elapsed() >= PROOF_RETRY);
-        let unproven = &self.unproven;
-        let seen_unproven = |goid: &u64| {
-            let now = records.get(goid).copied().flatten().map(|r| sched_of(&r));
-            !retry && now.is_some() && unproven.get(goid) == now.as_ref()
-        };
-        let open =
-            waits.by_goid.keys().filter(|goid| !self.proven.contains_key(goid) && !seen_unproven(goid)).any(|goid| {
-                agg.live.get(goid).is_some_and(|g| {
-                    let startpc = agg.sites.get(&g.site).map_or(0, |s| s.startpc);
-                    !PackageRole::of_function(&labels.get(g.site, startpc, bias, info, binary).at.function).is_runtime()
-                })
-            });
-        if !open {
-            return;
-        }
-        self.last_proof_at = Some(Instant::now());
-        let outcome = proof::prove(&self.mem, &self.target.binary, &self.info, bias, ProofBudget::default());
-        for goid in &outcome.network_held {
-            if let Some(objects) = waits.by_goid.get(goid) {
-                self.network_held.insert(*goid, objects.iter().map(|w| w.addr).collect());
-            }
-        }
-        for (goid, objects) in &outcome.proven {
-            if let Some(Some(rec)) = records.get(goid) {
-                self.proven.insert(*goid, (sched_of(rec), objects.clone()));
-            }
-        }
-        self.unproven = if outcome.inconclusive.is_none() {
-            waits
-                .by_goid
-                .keys()
-                .filter(|goid| !self.proven.contains_key(goid))
-                .filter_map(|goid| Some((*goid, sched_of(&records.get(goid).copied().flatten()?))))
-                .collect()
-        } else {
-            HashMap::new()
-        };
-        self.last_proof = Some(ProofReport {
-            candidates: outcome.candidates as u64,
-            proven: self.proven.len() as u64,
-            inconclusive: outcome.inconclusive,
-            heap_bytes: outcome.heap_bytes,
-            bytes_read: outcome.bytes_read,
-            elapsed_ms: outcome.elapsed.as_secs_f64() * 1e3,
-        });
-    }
-
     /// The site's wait objects, summarised.
     fn wait_summary(&self, objects: &HashMap<WaitObject, u64>, goroutines: u64, waits: &Waits) -> Option<WaitSummary> {
         if objects.is_empty() {
@@ -272,30 +123,13 @@ impl TracedTarget {
         Some(WaitSummary { goroutines, objects: objects.len() as u64, shared, most_on_one: most, summary, busiest })
     }
 
-    /// A blocking stack symbolized: each return address (as linked) with its frames
-    /// (inlined ones expanded), `runtime.goexit` dropped.
-    fn blocking_stack(&mut self, id: StackId) -> &[Location] {
-        let (sym, bias, blocking) = (&self.info.symbolizer, self.target.load_bias, &self.blocking);
-        self.blocking_frames.entry(id).or_insert_with(|| {
-            blocking
-                .pcs(id)
-                .iter()
-                .map(|&pc| {
-                    let pc = pc.wrapping_sub(bias);
-                    let frames: Vec<Frame> = sym
-                        .frames(pc.saturating_sub(1))
-                        .into_iter()
-                        .filter(|f| f.function != "runtime.goexit")
-                        .collect();
-                    (pc, frames)
-                })
-                .filter(|(_, frames)| !frames.is_empty())
-                .collect()
-        })
+    /// A blocking stack symbolized (by [`TracedTarget::observe`]).
+    fn blocking_stack(&self, id: StackId) -> &[Location] {
+        self.blocking_frames.get(&id).map_or(&[], Vec::as_slice)
     }
 
     /// The site's blocked goroutines grouped by where they are stuck, busiest first.
-    fn blocked_at(&mut self, groups: &HashMap<(StackId, u8), u64>) -> Vec<BlockedAt> {
+    fn blocked_at(&self, groups: &HashMap<(StackId, u8), u64>) -> Vec<BlockedAt> {
         let mut groups: Vec<(&(StackId, u8), &u64)> = groups.iter().collect();
         groups.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
         groups
@@ -318,83 +152,28 @@ impl TracedTarget {
     }
 
     /// One report row: the site's counts, trend, live goroutines, paths, verdict.
-    fn site_report(&mut self, probes: &Probes, key: SiteKey, a: LiveSummary, observed: &Observed) -> SiteReport {
-        let Observed { records, waits, live_connections, at: now } = observed;
+    fn site_report(&self, key: SiteKey, a: LiveSummary, observed: &Observation) -> SiteReport {
+        let Observation { records, waits, live_connections, at: now } = observed;
         let (live_connections, now) = (*live_connections, *now);
         let t = self;
-        let traced_s = now.saturating_sub(t.attached_ns) as f64 / 1e9;
         let bias = t.target.load_bias;
         let stats = &t.agg.sites[&key];
-        let label = t.labels.get(key, stats.startpc, bias, &t.info, &t.target.binary).clone();
-        let start = stats.sample_at_or_after(now.saturating_sub(TREND_WINDOW_NS)).copied().unwrap_or(Sample {
-            t_ns: t.attached_ns,
-            live: 0,
-            created: 0,
-            exited: 0,
-        });
-        let window_s = (now.saturating_sub(start.t_ns) as f64 / 1e9).max(1e-3);
-        let live_series: Vec<u64> = stats
-            .history
-            .iter()
-            .filter(|h| h.t_ns >= start.t_ns)
-            .map(|h| h.live)
-            .chain(std::iter::once(stats.live))
-            .collect();
-        // Each code's reason, resolved once for the binary: the rules count by
-        // class, the report shows the names.
-        let reasons: Vec<(&WaitReason, u64)> =
-            a.reasons.iter().map(|(&r, &n)| (t.info.wait_reasons.get(r), n)).collect();
-        let count = |of_class: fn(WaitClass) -> bool| -> u64 {
-            reasons.iter().filter(|(r, _)| of_class(r.class)).map(|(_, n)| n).sum()
-        };
-        let mut wait_reasons: BTreeMap<String, u64> = BTreeMap::new();
-        for (reason, n) in &reasons {
-            *wait_reasons.entry(reason.name.clone()).or_default() += n;
-        }
-        let never_wake = count(WaitClass::never_wakes);
-        let top_wait_reason =
-            wait_reasons.iter().max_by_key(|(name, n)| (**n, std::cmp::Reverse(*name))).map(|(r, _)| r.clone());
-        let top_reason = top_wait_reason
-            .as_ref()
-            .and_then(|top| reasons.iter().find(|(r, _)| &r.name == top))
-            .map(|(r, _)| (*r).clone());
-        let blocked = wait_reasons.values().sum();
-        let goroutines = a.oldest.iter().filter_map(|&(_, goid)| t.goroutine_sample(goid, records, now)).collect();
-        let lifetime =
-            |q: f64| (!stats.lifetimes_us.is_empty()).then(|| stats.lifetimes_us.value_at_quantile(q) as f64 / 1e6);
-        let facts = SiteFacts {
-            live: stats.live,
-            created: stats.created,
-            window_s,
-            live_start: start.live,
-            created_in_window: stats.created - start.created,
-            exited_in_window: stats.exited - start.exited,
-            blocked,
-            top_reason,
-            never_wake,
-            age_p50_s: quantile_s(&a.ages_us, 0.5),
-            oldest_s: (!a.ages_us.is_empty()).then(|| a.ages_us.max() as f64 / 1e6),
-            lifetime_p99_s: lifetime(0.99),
-            lifetime_p50_s: lifetime(0.5),
-            preexisting: a.preexisting,
-            ran: a.ran,
-            blocked_p50_s: quantile_s(&a.blocked_us, 0.5),
-            traced_s,
-            is_main: label.at.function == MAIN_GOROUTINE,
-            proven: a.proven,
-            proof_ran: t.prove && t.last_proof.as_ref().is_some_and(|p| p.inconclusive.is_none()),
-            waiting_on_known: a.with_objects,
-            distinct_objects: a.objects.len() as u64,
-            object_noun: object_noun(&a.objects),
-            network_held: a.network_held,
-            io_waiting: count(|class| class == WaitClass::Network),
-            on_a_lock: count(WaitClass::passes_through_a_lock),
-            paused: count(WaitClass::paused_by_runtime),
+        let label = t.labels.peek(key).cloned().unwrap_or_else(|| SiteLabel::unknown(key, stats.startpc));
+        let is_main = label.at.function == MAIN_GOROUTINE;
+        let context = SiteContext {
+            wait_reasons: &t.info.wait_reasons,
+            is_main,
+            proof_concluded: t.proof.concluded(),
             live_connections,
+            now,
+            attached_ns: t.attached_ns,
         };
+        let SiteView { start, window_s, live_series, wait_reasons, top_wait_reason, blocked, facts } =
+            view_site(stats, &a, &context);
+        let goroutines = a.oldest.iter().filter_map(|&(_, goid)| t.goroutine_sample(goid, records, now)).collect();
         let (verdict, verdict_reason) = judge_site(&facts);
         let (created, exited, live, adopted) = (stats.created, stats.exited, stats.live, stats.adopted);
-        let paths = t.paths(probes, key, &a, &label);
+        let paths = t.paths(key, &a, &label);
         let blocked_at = t.blocked_at(&a.blocking);
         let wait_objects = t.wait_summary(&a.objects, a.with_objects, waits);
         let stack = paths.first().map(|p| p.stack.clone()).unwrap_or_else(|| label.inlined.clone());
@@ -438,7 +217,7 @@ impl TracedTarget {
             blocked_at,
             wait_objects,
             proven: a.proven,
-            parent_chain: parent_chain(&t.agg, key, &mut t.labels, bias, &t.info, &t.target.binary),
+            parent_chain: parent_chain(&t.agg, key, &t.labels),
         }
     }
 
@@ -459,14 +238,14 @@ impl TracedTarget {
 
     /// The site's distinct creation paths, busiest first; goroutines from before
     /// attach have no recorded stack, so their `go` statement stands in.
-    fn paths(&mut self, probes: &Probes, key: SiteKey, a: &LiveSummary, label: &SiteLabel) -> Vec<PathReport> {
+    fn paths(&self, key: SiteKey, a: &LiveSummary, label: &SiteLabel) -> Vec<PathReport> {
         let bias = self.target.load_bias;
         let stats = &self.agg.sites[&key];
         let mut paths: Vec<PathReport> = stats
             .stacks
             .iter()
             .map(|(&id, &created)| {
-                let locations = self.stacks.get(probes, id, key, bias, &self.info).to_vec();
+                let locations = self.stacks.peek(id).to_vec();
                 PathReport {
                     live: a.per_stack.get(&id).copied().unwrap_or(0),
                     created,
@@ -490,8 +269,103 @@ impl TracedTarget {
     }
 }
 
-/// Per live goroutine (by goid): its `g` as read from memory, `None` if unreadable.
-type Records = HashMap<u64, Option<GRecord>>;
+/// What a site's facts are judged against, besides its own counts.
+struct SiteContext<'a> {
+    wait_reasons: &'a WaitReasons,
+    /// The site is the main goroutine's.
+    is_main: bool,
+    /// A proof ran and came to a conclusion.
+    proof_concluded: bool,
+    live_connections: Option<u64>,
+    /// CLOCK_MONOTONIC now, and at attach.
+    now: u64,
+    attached_ns: u64,
+}
+
+/// One site's numbers at report time and the facts its verdict is judged on.
+struct SiteView {
+    /// Where its trend window starts.
+    start: Sample,
+    window_s: f64,
+    live_series: Vec<u64>,
+    /// Blocked goroutines by wait reason, as Go names them.
+    wait_reasons: BTreeMap<String, u64>,
+    top_wait_reason: Option<String>,
+    blocked: u64,
+    facts: SiteFacts,
+}
+
+/// The site's view, a function of its counts and of its live goroutines as
+/// observed (`a`).
+fn view_site(stats: &SiteStats, a: &LiveSummary, context: &SiteContext) -> SiteView {
+    let (now, attached_ns) = (context.now, context.attached_ns);
+    let traced_s = now.saturating_sub(attached_ns) as f64 / 1e9;
+    let start = stats.sample_at_or_after(now.saturating_sub(TREND_WINDOW_NS)).copied().unwrap_or(Sample {
+        t_ns: attached_ns,
+        live: 0,
+        created: 0,
+        exited: 0,
+    });
+    let window_s = (now.saturating_sub(start.t_ns) as f64 / 1e9).max(1e-3);
+    let live_series: Vec<u64> = stats
+        .history
+        .iter()
+        .filter(|h| h.t_ns >= start.t_ns)
+        .map(|h| h.live)
+        .chain(std::iter::once(stats.live))
+        .collect();
+    // Each code's reason, resolved once for the binary: the rules count by
+    // class, the report shows the names.
+    let reasons: Vec<(&WaitReason, u64)> = a.reasons.iter().map(|(&r, &n)| (context.wait_reasons.get(r), n)).collect();
+    let count = |of_class: fn(WaitClass) -> bool| -> u64 {
+        reasons.iter().filter(|(r, _)| of_class(r.class)).map(|(_, n)| n).sum()
+    };
+    let mut wait_reasons: BTreeMap<String, u64> = BTreeMap::new();
+    for (reason, n) in &reasons {
+        *wait_reasons.entry(reason.name.clone()).or_default() += n;
+    }
+    let never_wake = count(WaitClass::never_wakes);
+    let top_wait_reason =
+        wait_reasons.iter().max_by_key(|(name, n)| (**n, std::cmp::Reverse(*name))).map(|(r, _)| r.clone());
+    let top_reason = top_wait_reason
+        .as_ref()
+        .and_then(|top| reasons.iter().find(|(r, _)| &r.name == top))
+        .map(|(r, _)| (*r).clone());
+    let blocked = wait_reasons.values().sum();
+    let lifetime =
+        |q: f64| (!stats.lifetimes_us.is_empty()).then(|| stats.lifetimes_us.value_at_quantile(q) as f64 / 1e6);
+    let facts = SiteFacts {
+        live: stats.live,
+        created: stats.created,
+        window_s,
+        live_start: start.live,
+        created_in_window: stats.created - start.created,
+        exited_in_window: stats.exited - start.exited,
+        blocked,
+        top_reason,
+        never_wake,
+        age_p50_s: quantile_s(&a.ages_us, 0.5),
+        oldest_s: (!a.ages_us.is_empty()).then(|| a.ages_us.max() as f64 / 1e6),
+        lifetime_p99_s: lifetime(0.99),
+        lifetime_p50_s: lifetime(0.5),
+        preexisting: a.preexisting,
+        ran: a.ran,
+        blocked_p50_s: quantile_s(&a.blocked_us, 0.5),
+        traced_s,
+        is_main: context.is_main,
+        proven: a.proven,
+        proof_ran: context.proof_concluded,
+        waiting_on_known: a.with_objects,
+        distinct_objects: a.objects.len() as u64,
+        object_noun: object_noun(&a.objects),
+        network_held: a.network_held,
+        io_waiting: count(|class| class == WaitClass::Network),
+        on_a_lock: count(WaitClass::passes_through_a_lock),
+        paused: count(WaitClass::paused_by_runtime),
+        live_connections: context.live_connections,
+    };
+    SiteView { start, window_s, live_series, wait_reasons, top_wait_reason, blocked, facts }
+}
 
 fn quantile_s(h: &Histogram<u64>, q: f64) -> Option<f64> {
     (!h.is_empty()).then(|| h.value_at_quantile(q) as f64 / 1e6)
@@ -534,26 +408,6 @@ const BLOCKED_AT_GROUPS: usize = 32;
 
 /// How many of a site's wait objects a report details.
 const BUSIEST_OBJECTS: usize = 3;
-
-/// What one report read of the target, for every site's row.
-struct Observed {
-    records: Records,
-    waits: Waits,
-    live_connections: Option<u64>,
-    /// CLOCK_MONOTONIC when read.
-    at: u64,
-}
-
-/// What the blocked goroutines of one report wait on.
-#[derive(Default)]
-struct Waits {
-    /// Per goroutine, the objects it waits on.
-    by_goid: HashMap<u64, Vec<WaitObject>>,
-    /// Per object, the goroutines (of every site) waiting on it.
-    waiters: HashMap<WaitObject, u64>,
-    /// The state of each channel waited on.
-    channels: HashMap<u64, ChanState>,
-}
 
 /// "500 goroutines wait on 500 distinct channels, none shared", "300 goroutines
 /// wait on one channel (unbuffered, open)".
@@ -599,27 +453,6 @@ fn object_noun(objects: &HashMap<WaitObject, u64>) -> &'static str {
     }
 }
 
-impl Waits {
-    /// Whether `goid` (its record `rec`) is blocked at `at`: the same place, on
-    /// the same objects.
-    fn blocked_at(&self, goid: u64, rec: &GRecord, (sched, objects): &WaitPlace) -> bool {
-        rec.is_blocked()
-            && sched_of(rec) == *sched
-            && self.by_goid.get(&goid).is_some_and(|o| o.iter().map(|w| w.addr).eq(objects.iter().copied()))
-    }
-
-    /// Whether `goid` waits on one of `objects` now. (A goroutine that wakes
-    /// often can be read mid-park, one of its select's channels not linked yet;
-    /// and its stack may have moved since: neither changes what it waits on.)
-    fn on_any_of(&self, goid: u64, objects: &[u64]) -> bool {
-        self.by_goid.get(&goid).is_some_and(|now| now.iter().any(|w| objects.contains(&w.addr)))
-    }
-}
-
-fn sched_of(rec: &GRecord) -> Sched {
-    Sched { sp: rec.sched_sp, pc: rec.sched_pc, stack_hi: rec.stack_hi }
-}
-
 impl LiveSummary {
     /// Summarises the live goroutines of every site.
     fn per_site(
@@ -627,8 +460,7 @@ impl LiveSummary {
         records: &Records,
         blocking: &BlockingStacks,
         waits: &Waits,
-        proven: &HashMap<u64, WaitPlace>,
-        network_held: &HashMap<u64, Vec<u64>>,
+        proof: &ProofState,
         now: u64,
     ) -> HashMap<SiteKey, LiveSummary> {
         let mut acc: HashMap<SiteKey, LiveSummary> = HashMap::new();
@@ -651,7 +483,7 @@ impl LiveSummary {
             *a.states.entry(gstatus::name(rec.status)).or_default() += 1;
             if rec.is_blocked() {
                 *a.reasons.entry(rec.wait_reason).or_default() += 1;
-                if let Some(id) = blocking.get(*goid, &sched_of(rec)) {
+                if let Some(id) = blocking.get(*goid, &rec.sched()) {
                     *a.blocking.entry((id, rec.wait_reason)).or_default() += 1;
                 }
                 if let Some(objects) = waits.by_goid.get(goid) {
@@ -660,8 +492,8 @@ impl LiveSummary {
                         *a.objects.entry(*o).or_default() += 1;
                     }
                 }
-                a.proven += proven.contains_key(goid) as u64;
-                a.network_held += network_held.get(goid).is_some_and(|held| waits.on_any_of(*goid, held)) as u64;
+                a.proven += proof.is_proven(*goid) as u64;
+                a.network_held += proof.network_held(*goid, waits) as u64;
                 if let Some(since) = blocked_since(g, rec) {
                     a.blocked_us.record((now.saturating_sub(since) / 1000).max(1)).ok();
                 }
@@ -721,18 +553,159 @@ fn percentiles(h: &Histogram<u64>) -> Option<Percentiles> {
     })
 }
 
+/// Site facts and verdicts from recorded memory: goroutines created through the
+/// aggregator as the probes would report them, their `g`s laid out in memory as
+/// Go 1.27 lays them out, read back by the same code that reads a live target.
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::{
+        analysis::verdict::Verdict,
+        process::{memory::RecordedMemory, snapshot::read_records},
+        runtime::{gotables, layout::gstatus},
+    };
+    use gleak_common::{EventKind, GoroutineEvent};
+
+    const SECOND: u64 = 1_000_000_000;
+    /// CLOCK_MONOTONIC at attach.
+    const ATTACHED: u64 = 1_000 * SECOND;
+    /// The `go` statement's return address: the site's key.
+    const SITE: u64 = 0x4b_00bf;
+    const FIRST_G: u64 = 0xc0_0010_0000;
+    const G_SIZE: u64 = 0x200;
+
+    struct Scenario {
+        /// Goroutines the site creates, evenly over `over_s` seconds after attach.
+        created: u64,
+        over_s: u64,
+        /// How many of them exited at once.
+        exited: u64,
+        /// The status and wait reason memory shows for the live ones.
+        status: u32,
+        reason: &'static str,
+    }
+
+    /// The site's view and verdict at `ATTACHED + over_s`.
+    fn judge(s: &Scenario) -> (SiteView, (Verdict, String)) {
+        let release = gotables::for_release(27).expect("Go 1.27 facts");
+        let layout = release.runtime_layout();
+        let wait_reasons = WaitReasons::from_strings(release.wait_reasons.clone());
+        let code = release.wait_reasons.iter().position(|r| r == s.reason).expect("a Go 1.27 wait reason") as u8;
+        let mut agg = Aggregator::default();
+        agg.sample(ATTACHED);
+        let mut mem = RecordedMemory::default();
+        let step = s.over_s * SECOND / s.created.max(1);
+        // Sampled once a second, as the tracer does.
+        let mut next_sample = ATTACHED + SECOND;
+        for i in 0..s.created {
+            let (goid, g_addr, ts_ns) = (100 + i, FIRST_G + i * G_SIZE, ATTACHED + (i + 1) * step);
+            while next_sample <= ts_ns {
+                agg.sample(next_sample);
+                next_sample += SECOND;
+            }
+            agg.on_event(&GoroutineEvent {
+                kind: EventKind::Create as u32,
+                pid: 1,
+                ts_ns,
+                goid,
+                g_addr,
+                parent_goid: 1,
+                gopc: SITE,
+                startpc: 0x4b_0000,
+                stack_id: -1,
+                ..GoroutineEvent::default()
+            });
+            if i < s.exited {
+                agg.on_exit(goid, ts_ns + 1000);
+                continue;
+            }
+            // The g as the runtime leaves it: a stack, a status, a wait reason,
+            // the creation site, blocked since its creation.
+            mem.insert(g_addr, &[0; G_SIZE as usize]);
+            let put = |mem: &mut RecordedMemory, off: u32, bytes: &[u8]| mem.insert(g_addr + u64::from(off), bytes);
+            put(&mut mem, layout.g_stack_lo, &(0xc1_0000_0000 + i * 0x2000).to_le_bytes());
+            put(&mut mem, layout.g_stack_hi, &(0xc1_0000_2000 + i * 0x2000).to_le_bytes());
+            put(&mut mem, layout.g_status, &s.status.to_le_bytes());
+            put(&mut mem, layout.g_goid, &goid.to_le_bytes());
+            put(&mut mem, layout.g_waitreason, &[code]);
+            put(&mut mem, layout.g_waitsince, &ts_ns.to_le_bytes());
+            put(&mut mem, layout.g_gopc, &SITE.to_le_bytes());
+        }
+        agg.end_of_drain();
+        let now = ATTACHED + s.over_s * SECOND;
+        agg.sample(now);
+        let live: Vec<(u64, u64)> = agg.live.iter().map(|(&goid, g)| (goid, g.g_addr)).collect();
+        let addrs: Vec<u64> = live.iter().map(|&(_, g)| g).collect();
+        let mut records = Records::new();
+        for ((goid, _), rec) in live.iter().zip(read_records(&mem, &layout, &addrs)) {
+            assert!(rec.is_some(), "g of goroutine {goid} unreadable from the recording");
+            if agg.observe(*goid, rec.as_ref(), now) {
+                records.insert(*goid, rec);
+            }
+        }
+        let mut summaries = LiveSummary::per_site(
+            &agg,
+            &records,
+            &BlockingStacks::default(),
+            &Waits::default(),
+            &ProofState::default(),
+            now,
+        );
+        let summary = summaries.remove(&SITE).unwrap_or_default();
+        let context = SiteContext {
+            wait_reasons: &wait_reasons,
+            is_main: false,
+            proof_concluded: false,
+            live_connections: None,
+            now,
+            attached_ns: ATTACHED,
+        };
+        let view = view_site(&agg.sites[&SITE], &summary, &context);
+        let verdict = judge_site(&view.facts);
+        (view, verdict)
+    }
 
     #[test]
-    fn a_connections_goroutine_is_known_by_any_channel_it_waited_on() {
-        let chan = |addr| WaitObject { kind: WaitKind::Channel, addr };
-        let waits = Waits { by_goid: HashMap::from([(7, vec![chan(0x10), chan(0x20)])]), ..Default::default() };
-        // Read mid-park once: only one of its select's two channels was linked.
-        assert!(waits.on_any_of(7, &[0x20]));
-        assert!(waits.on_any_of(7, &[0x10, 0x20]));
-        assert!(!waits.on_any_of(7, &[0x30]), "another connection's channel");
-        assert!(!waits.on_any_of(8, &[0x10]), "not waiting now");
+    fn a_growing_site_of_goroutines_blocked_in_chan_send_is_a_leak() {
+        let (view, (verdict, why)) =
+            judge(&Scenario { created: 40, over_s: 20, exited: 0, status: gstatus::WAITING, reason: "chan send" });
+        assert_eq!(view.blocked, 40);
+        assert_eq!(view.top_wait_reason.as_deref(), Some("chan send"));
+        assert_eq!(view.wait_reasons, BTreeMap::from([("chan send".to_string(), 40)]));
+        assert_eq!((view.facts.live, view.facts.created, view.facts.never_wake), (40, 40, 0));
+        assert!(view.live_series.windows(2).all(|w| w[0] <= w[1]), "{:?}", view.live_series);
+        assert_eq!(view.live_series.last(), Some(&40));
+        assert_eq!(verdict, Verdict::Leak, "{why}");
+    }
+
+    #[test]
+    fn goroutines_nothing_can_wake_are_a_leak_however_few() {
+        let (view, (verdict, why)) = judge(&Scenario {
+            created: 3,
+            over_s: 2,
+            exited: 0,
+            status: gstatus::WAITING,
+            reason: "select (no cases)",
+        });
+        assert_eq!(view.facts.never_wake, 3);
+        assert_eq!(verdict, Verdict::Leak);
+        assert!(why.contains("nothing can ever wake them"), "{why}");
+    }
+
+    #[test]
+    fn a_site_whose_goroutines_all_exited_is_ok() {
+        let (view, (verdict, why)) =
+            judge(&Scenario { created: 50, over_s: 10, exited: 50, status: gstatus::WAITING, reason: "chan send" });
+        assert_eq!((view.facts.live, view.blocked), (0, 0));
+        assert_eq!(verdict, Verdict::Ok, "{why}");
+    }
+
+    #[test]
+    fn running_goroutines_are_not_blocked_and_not_a_leak() {
+        let (view, (verdict, why)) =
+            judge(&Scenario { created: 8, over_s: 20, exited: 0, status: gstatus::RUNNING, reason: "chan send" });
+        assert_eq!((view.facts.live, view.blocked), (8, 0));
+        assert!(view.top_wait_reason.is_none());
+        assert_ne!(verdict, Verdict::Leak, "{why}");
     }
 }

@@ -1,23 +1,22 @@
 //! The tracing core: one loaded set of probes, any number of target processes, one
 //! event stream, and each target's state. `gleak attach`/`run` hold one target,
-//! `gleak audit` many. Events come in, ordered, from [`crate::tracing::events`]; reports are put
-//! together in [`assemble`].
+//! `gleak audit` many. Events come in, ordered, from [`crate::tracing::events`];
+//! a report is one look at the target ([`observe`], every side effect of looking)
+//! and then its assembly from what was seen ([`assemble`], none).
 
-use std::{
-    collections::HashMap,
-    time::{Duration, Instant},
-};
+use std::collections::HashMap;
 
 use gleak_common::{counter, CONFIG_CAPTURE_STACKS};
 
 use crate::{
     analysis::aggregate::Aggregator,
+    analysis::proof_state::ProofState,
     error::Result,
-    output::report::{KernelCounters, ProofReport, Report},
+    output::report::{KernelCounters, Report},
     process::memory::ProcessMemory,
     process::snapshot::all_goroutines,
     process::target::Target,
-    process::unwind::{BlockingStacks, Sched, StackId},
+    process::unwind::{BlockingStacks, StackId},
     runtime::debuginfo::RuntimeInfo,
     tracing::events::{EventSource, OrderedEvents},
     tracing::placement::AttachOptions,
@@ -26,13 +25,7 @@ use crate::{
 };
 
 mod assemble;
-
-/// Where a blocked goroutine waits, and on which objects.
-type WaitPlace = (Sched, Vec<u64>);
-
-/// How long a goroutine a proof could not settle waits before the proof runs
-/// again for it alone (blocked goroutines that move, or new ones, run it at once).
-const PROOF_RETRY: Duration = Duration::from_secs(30);
+mod observe;
 
 /// A process being traced.
 pub struct TracedTarget {
@@ -47,25 +40,10 @@ pub struct TracedTarget {
     stacks: StackCache,
     /// Where each blocked goroutine is stuck, cached per goroutine.
     blocking: BlockingStacks,
-    /// Goroutines proven unable to run again, with where they were blocked and on
-    /// what: the proof holds as long as both stay the same.
-    proven: HashMap<u64, WaitPlace>,
-    /// Blocked goroutines the last proof looked at and could not prove, where
-    /// they were then: not a reason to run it again until they move or
-    /// [`PROOF_RETRY`] passes (what holds their objects may let go).
-    unproven: HashMap<u64, Sched>,
-    last_proof_at: Option<Instant>,
-    prove: bool,
+    /// What the proof has settled, kept between reports.
+    proof: ProofState,
     /// Exits come from the probe (else from memory, see [`AttachOptions::exit_probe`]).
     exit_probe: bool,
-    /// Goroutines whose wait objects a goroutine waiting on the network held at a
-    /// proof, with those objects: a live connection's other goroutines whenever
-    /// they wait on one of them again. (A proof sees each reader at one instant,
-    /// and a busy reader is often off the network; its writer runs after each
-    /// request.)
-    network_held: HashMap<u64, Vec<u64>>,
-    /// The last proof run, for the report.
-    last_proof: Option<ProofReport>,
     /// Blocking stacks symbolized, once per stack.
     blocking_frames: HashMap<StackId, Vec<Location>>,
     /// What cannot be seen in this target (said in every report).
@@ -126,13 +104,8 @@ impl Tracer {
             stacks: StackCache::default(),
             blocking: BlockingStacks::default(),
             blocking_frames: HashMap::new(),
-            proven: HashMap::new(),
-            unproven: HashMap::new(),
-            last_proof_at: None,
-            prove: opts.prove,
+            proof: ProofState::new(opts.prove),
             exit_probe: opts.exit_probe,
-            network_held: HashMap::new(),
-            last_proof: None,
             gaps,
         };
         self.targets.insert(pid, traced);
@@ -148,7 +121,7 @@ impl Tracer {
         if t.probes.is_empty() {
             t.probes = attach_probes(probes, &t.target, &t.info, opts)?;
         }
-        t.prove = opts.prove;
+        t.proof.enabled = opts.prove;
         t.exit_probe = opts.exit_probe;
         Ok(())
     }
@@ -158,7 +131,7 @@ impl Tracer {
         self.probes.detach(pid);
         if let Some(t) = self.targets.get_mut(&pid) {
             t.probes.clear();
-            t.prove = false;
+            t.proof.enabled = false;
         }
     }
 
@@ -240,7 +213,9 @@ impl Tracer {
         }
         let kernel = self.kernel_counters();
         let Tracer { probes, targets, .. } = self;
-        Some(targets.get_mut(&pid)?.assemble(probes, pid, target_exited, kernel, is_final))
+        let traced = targets.get_mut(&pid)?;
+        let observed = traced.observe(probes, pid, target_exited);
+        Some(traced.assemble(&observed, pid, target_exited, kernel, is_final))
     }
 }
 
