@@ -11,12 +11,11 @@
 use std::collections::HashMap;
 use std::fs;
 
-use gleak::binary::{dwarf::DwarfInfo, GoBinary};
-use gleak::runtime::gotables::{
-    self,
-    from_dwarf::{self, RuntimeStructs},
-    ReleaseFacts, NEWEST_KNOWN_MINOR, OLDEST_KNOWN_MINOR,
+use gleak::binary::{
+    dwarf::{DwarfInfo, RuntimeStructs},
+    GoBinary,
 };
+use gleak::runtime::gotables::{self, from_dwarf, ReleaseFacts, NEWEST_KNOWN_MINOR, OLDEST_KNOWN_MINOR};
 use gleak::runtime::waitreason::WaitReasons;
 use gleak_tests::{build_fixture, go_toolchains, GoToolchain};
 

@@ -29,6 +29,167 @@ pub struct StructLayout {
     pub member_types: HashMap<String, String>,
 }
 
+/// The runtime structs gleak reads facts from (the probes' offsets, the blocked
+/// goroutines' structures, the heap, and for the release tables `moduledata`).
+pub const RUNTIME_STRUCTS: &[&str] = &[
+    "runtime.g",
+    "runtime.m",
+    "runtime.stack",
+    "runtime.gobuf",
+    "runtime.sudog",
+    "runtime.hchan",
+    "runtime.waitq",
+    "runtime.moduledata",
+    "runtime.mheap",
+    "runtime.mspan",
+    "runtime.special",
+];
+
+/// Structs Go wraps a single word in. Offsets are of the word, so a path ending
+/// in a member of one of these types is followed into it: (type, member holding the word).
+pub const WRAPPERS: &[(&str, &str)] = &[
+    // g.atomicstatus from 1.20 (package renamed in 1.23).
+    ("runtime/internal/atomic.Uint32", "value"),
+    ("internal/runtime/atomic.Uint32", "value"),
+    // sudog.elem / sudog.c from 1.26: `vu` is the source of truth, `vp` may be nil.
+    ("runtime.maybeTraceablePtr", "vu"),
+    ("runtime.maybeTraceableChan", "maybeTraceablePtr"),
+];
+
+/// The layouts of [`RUNTIME_STRUCTS`] and [`WRAPPERS`] in one binary, and the one
+/// reading of member paths through them: what the DWARF backend gives the probes
+/// and what `cargo xtask gotables` writes into the release tables.
+pub struct RuntimeStructs {
+    layouts: HashMap<String, StructLayout>,
+}
+
+impl RuntimeStructs {
+    /// From the layouts read; a struct without members counts as missing.
+    pub fn new(layouts: HashMap<String, StructLayout>) -> Self {
+        Self { layouts: layouts.into_iter().filter(|(_, s)| !s.members.is_empty()).collect() }
+    }
+
+    /// The names of the structs to read.
+    fn names() -> Vec<&'static str> {
+        RUNTIME_STRUCTS.iter().copied().chain(WRAPPERS.iter().map(|(name, _)| *name)).collect()
+    }
+
+    pub fn read(info: &DwarfInfo, binary: &GoBinary) -> Result<Self> {
+        Ok(Self::new(info.struct_layouts(binary, &Self::names())?))
+    }
+
+    /// How many of the structs the binary defines.
+    pub fn len(&self) -> usize {
+        self.layouts.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.layouts.is_empty()
+    }
+
+    pub fn layout(&self, name: &str) -> std::result::Result<&StructLayout, String> {
+        self.layouts.get(name).ok_or_else(|| format!("no struct {name}"))
+    }
+
+    /// The DWARF name of a member's type (`runtime.gobuf`, `uint16`).
+    pub fn member_type(&self, struct_name: &str, member: &str) -> Option<&str> {
+        self.layouts.get(struct_name)?.member_types.get(member).map(String::as_str)
+    }
+
+    /// Offset of `path[0]` in `struct_name`, plus that of `path[1]` in its type, and
+    /// so on, each member inside its struct; then into any [`WRAPPERS`] type the
+    /// last member has (`sudog.c` is the `vu` word of its `maybeTraceableChan`).
+    pub fn offset(&self, struct_name: &str, path: &[&str]) -> std::result::Result<u64, String> {
+        let mut owner = struct_name.to_string();
+        let mut offset = 0u64;
+        let mut steps: Vec<String> = path.iter().rev().map(|s| s.to_string()).collect();
+        while let Some(member) = steps.pop() {
+            let layout = self.layout(&owner)?;
+            let member_offset = layout
+                .members
+                .get(&member)
+                .copied()
+                .filter(|&at| at < if layout.size > 0 { layout.size } else { MAX_STRUCT_SIZE })
+                .ok_or_else(|| format!("no member {owner}.{member} inside the struct"))?;
+            offset = offset.checked_add(member_offset).ok_or_else(|| format!("{owner}.{member}: offset overflows"))?;
+            let member_type = layout.member_types.get(&member).cloned().unwrap_or_default();
+            if steps.is_empty() {
+                if let Some((_, inner)) = WRAPPERS.iter().find(|(wrapper, _)| *wrapper == member_type) {
+                    steps.push(inner.to_string());
+                }
+            }
+            owner = member_type;
+        }
+        Ok(offset)
+    }
+
+    /// [`Self::offset`] as a `u32`, the width gleak keeps offsets in.
+    pub fn offset32(&self, struct_name: &str, path: &[&str]) -> std::result::Result<u32, String> {
+        let offset = self.offset(struct_name, path)?;
+        u32::try_from(offset).map_err(|_| format!("{struct_name}.{} at {offset:#x}", path.join(".")))
+    }
+
+    /// Where blocked goroutines are stuck and on what: `g.sched`, `g.waiting`,
+    /// `runtime.sudog`, `runtime.hchan`, `runtime.waitq`.
+    pub fn blocked_layout(&self) -> std::result::Result<BlockedLayout, String> {
+        let at = |owner: &str, path: &[&str]| self.offset32(owner, path);
+        Ok(BlockedLayout {
+            g_sched_sp: at("runtime.g", &["sched", "sp"])?,
+            g_sched_pc: at("runtime.g", &["sched", "pc"])?,
+            g_waiting: at("runtime.g", &["waiting"])?,
+            sudog: SudogOffsets {
+                g: at("runtime.sudog", &["g"])?,
+                next: at("runtime.sudog", &["next"])?,
+                prev: at("runtime.sudog", &["prev"])?,
+                elem: at("runtime.sudog", &["elem"])?,
+                c: at("runtime.sudog", &["c"])?,
+                waitlink: at("runtime.sudog", &["waitlink"])?,
+                isselect: at("runtime.sudog", &["isSelect"])?,
+            },
+            hchan: HchanOffsets {
+                qcount: at("runtime.hchan", &["qcount"])?,
+                dataqsiz: at("runtime.hchan", &["dataqsiz"])?,
+                elemsize: at("runtime.hchan", &["elemsize"])?,
+                closed: at("runtime.hchan", &["closed"])?,
+                recvq: at("runtime.hchan", &["recvq"])?,
+                sendq: at("runtime.hchan", &["sendq"])?,
+            },
+            waitq: WaitqOffsets { first: at("runtime.waitq", &["first"])?, last: at("runtime.waitq", &["last"])? },
+        })
+    }
+
+    /// The heap's span metadata the reachability proof reads.
+    pub fn heap_layout(&self) -> std::result::Result<HeapLayout, String> {
+        let at = |owner: &str, path: &[&str]| self.offset32(owner, path);
+        // A field gleak reads as either width, by its type.
+        let width = |owner: &str, member: &str| match self.member_type(owner, member) {
+            Some("uint16") => Ok(2),
+            Some("uintptr" | "uint64") => Ok(8),
+            other => Err(format!("{owner}.{member} of type {other:?}, not of a width gleak reads")),
+        };
+        let g_size = self.layout("runtime.g")?.size;
+        Ok(HeapLayout {
+            mheap_allspans: at("runtime.mheap", &["allspans"])?,
+            mspan_start: at("runtime.mspan", &["startAddr"])?,
+            mspan_limit: at("runtime.mspan", &["limit"])?,
+            mspan_elemsize: at("runtime.mspan", &["elemsize"])?,
+            mspan_spanclass: at("runtime.mspan", &["spanclass"])?,
+            mspan_state: at("runtime.mspan", &["state"])?,
+            mspan_specials: at("runtime.mspan", &["specials"])?,
+            mspan_freeindex: at("runtime.mspan", &["freeindex"])?,
+            mspan_freeindex_bytes: width("runtime.mspan", "freeindex")?,
+            mspan_alloc_bits: at("runtime.mspan", &["allocBits"])?,
+            special_offset: at("runtime.special", &["offset"])?,
+            special_offset_bytes: width("runtime.special", "offset")?,
+            g_size: u32::try_from(g_size)
+                .ok()
+                .filter(|&s| s > 0)
+                .ok_or_else(|| format!("runtime.g of {g_size} bytes"))?,
+            g_syscallsp: at("runtime.g", &["syscallsp"])?,
+        })
+    }
+}
+
 /// How many times the file's size its DWARF sections may take decompressed, in
 /// total. Go's zlib-compressed DWARF inflates 3–5×, and the file holds far more
 /// than DWARF: real binaries stay under 2×.
@@ -190,20 +351,7 @@ impl DwarfInfo {
 
     /// Reads the runtime structures and `runtime.waitReason*` constants.
     pub fn runtime_layout(&self, binary: &GoBinary) -> Result<(RuntimeLayout, HashMap<u8, String>)> {
-        let wanted = [
-            "runtime.g",
-            "runtime.m",
-            "runtime.stack",
-            "runtime.gobuf",
-            "runtime.sudog",
-            "runtime.hchan",
-            "runtime.waitq",
-            "runtime.maybeTraceablePtr",
-            "runtime.maybeTraceableChan",
-            "runtime.mheap",
-            "runtime.mspan",
-            "runtime.special",
-        ];
+        let wanted = RuntimeStructs::names();
         let mut layouts: HashMap<String, StructLayout> = HashMap::new();
         let mut wait_consts = HashMap::new();
         // One pass for both structs and constants: the runtime unit holds every type.
@@ -226,9 +374,8 @@ impl DwarfInfo {
             }
             Ok(())
         })?;
-        // As before: a struct without members counts as missing.
-        let structs: HashMap<String, StructLayout> =
-            layouts.into_iter().filter(|(_, s)| !s.members.is_empty()).collect();
+        let runtime_structs = RuntimeStructs::new(layouts);
+        let structs = &runtime_structs.layouts;
         let missing = |what: &str| Error::MissingDwarf { path: binary.path.clone(), what: what.to_string() };
         let g = structs.get("runtime.g").ok_or_else(|| missing("struct runtime.g"))?;
         let m = structs.get("runtime.m").ok_or_else(|| missing("struct runtime.m"))?;
@@ -249,100 +396,20 @@ impl DwarfInfo {
                 .filter(|&v| inside(g, u64::from(v)))
                 .ok_or_else(|| missing(&format!("field runtime.g.stack.{name} (inside runtime.g)")))
         };
-        // Offset of a member path (`sched.sp`), each step inside its struct; a
-        // member of a single-word wrapper type (`maybeTraceablePtr`) is followed to
-        // the word the runtime reads.
-        let path = |owner: &str, steps: &[&str]| -> Result<u32> {
-            let what = || missing(&format!("field {owner}.{} (inside the struct)", steps.join(".")));
-            let mut total = 0u32;
-            let mut ty = owner.to_string();
-            let mut steps: Vec<&str> = steps.iter().rev().copied().collect();
-            while let Some(step) = steps.pop() {
-                let s = structs.get(&ty).ok_or_else(what)?;
-                total = total.checked_add(offset(s, step).ok_or_else(what)?).ok_or_else(what)?;
-                ty = s.member_types.get(step).cloned().unwrap_or_default();
-                if steps.is_empty() {
-                    match ty.as_str() {
-                        "runtime.maybeTraceableChan" => steps.extend(["vu", "maybeTraceablePtr"]),
-                        "runtime.maybeTraceablePtr" => steps.push("vu"),
-                        _ => {}
-                    }
-                }
-            }
-            Ok(total)
-        };
-        let blocked = || -> Result<BlockedLayout> {
-            Ok(BlockedLayout {
-                g_sched_sp: path("runtime.g", &["sched", "sp"])?,
-                g_sched_pc: path("runtime.g", &["sched", "pc"])?,
-                g_waiting: path("runtime.g", &["waiting"])?,
-                sudog: SudogOffsets {
-                    g: path("runtime.sudog", &["g"])?,
-                    next: path("runtime.sudog", &["next"])?,
-                    prev: path("runtime.sudog", &["prev"])?,
-                    elem: path("runtime.sudog", &["elem"])?,
-                    c: path("runtime.sudog", &["c"])?,
-                    waitlink: path("runtime.sudog", &["waitlink"])?,
-                    isselect: path("runtime.sudog", &["isSelect"])?,
-                },
-                hchan: HchanOffsets {
-                    qcount: path("runtime.hchan", &["qcount"])?,
-                    dataqsiz: path("runtime.hchan", &["dataqsiz"])?,
-                    elemsize: path("runtime.hchan", &["elemsize"])?,
-                    closed: path("runtime.hchan", &["closed"])?,
-                    recvq: path("runtime.hchan", &["recvq"])?,
-                    sendq: path("runtime.hchan", &["sendq"])?,
-                },
-                waitq: WaitqOffsets {
-                    first: path("runtime.waitq", &["first"])?,
-                    last: path("runtime.waitq", &["last"])?,
-                },
-            })
-        };
-        let blocked = match blocked() {
+        let blocked = match runtime_structs.blocked_layout() {
             Ok(b) => Some(b),
             Err(e) => {
-                log::debug!("{e}: blocked goroutines' structures from gleak's tables instead");
+                log::debug!(
+                    "{}: {e}: blocked goroutines' structures from gleak's tables instead",
+                    binary.path.display()
+                );
                 None
             }
         };
-        let heap = || -> Result<HeapLayout> {
-            let special = structs.get("runtime.special").ok_or_else(|| missing("struct runtime.special"))?;
-            let special_offset_bytes = match special.member_types.get("offset").map(String::as_str) {
-                Some("uint16") => 2,
-                Some("uintptr" | "uint64") => 8,
-                other => return Err(missing(&format!("field runtime.special.offset of a known width ({other:?})"))),
-            };
-            let span = structs.get("runtime.mspan").ok_or_else(|| missing("struct runtime.mspan"))?;
-            let mspan_freeindex_bytes = match span.member_types.get("freeindex").map(String::as_str) {
-                Some("uint16") => 2,
-                Some("uintptr" | "uint64") => 8,
-                other => return Err(missing(&format!("field runtime.mspan.freeindex of a known width ({other:?})"))),
-            };
-            Ok(HeapLayout {
-                mheap_allspans: path("runtime.mheap", &["allspans"])?,
-                mspan_start: path("runtime.mspan", &["startAddr"])?,
-                mspan_limit: path("runtime.mspan", &["limit"])?,
-                mspan_elemsize: path("runtime.mspan", &["elemsize"])?,
-                mspan_spanclass: path("runtime.mspan", &["spanclass"])?,
-                mspan_state: path("runtime.mspan", &["state"])?,
-                mspan_specials: path("runtime.mspan", &["specials"])?,
-                mspan_freeindex: path("runtime.mspan", &["freeindex"])?,
-                mspan_freeindex_bytes,
-                mspan_alloc_bits: path("runtime.mspan", &["allocBits"])?,
-                special_offset: path("runtime.special", &["offset"])?,
-                special_offset_bytes,
-                g_size: u32::try_from(g.size)
-                    .ok()
-                    .filter(|&s| s > 0)
-                    .ok_or_else(|| missing("the size of runtime.g"))?,
-                g_syscallsp: path("runtime.g", &["syscallsp"])?,
-            })
-        };
-        let heap = match heap() {
+        let heap = match runtime_structs.heap_layout() {
             Ok(h) => Some(h),
             Err(e) => {
-                log::debug!("{e}: heap spans from gleak's tables instead");
+                log::debug!("{}: {e}: heap spans from gleak's tables instead", binary.path.display());
                 None
             }
         };
