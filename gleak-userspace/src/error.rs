@@ -111,7 +111,7 @@ pub mod exit_code {
     /// No such process (or it exited before gleak could attach).
     pub const NO_PROCESS: i32 = 3;
     /// The target is not a Go program gleak can trace (not ELF, not Go, Go < 1.19,
-    /// unknown release without DWARF, unreadable binary, not x86_64).
+    /// unknown release without DWARF, unreadable binary, neither x86_64 nor aarch64).
     pub const NOT_TRACEABLE: i32 = 4;
     /// Not permitted: a capability is missing (CAP_SYS_ADMIN, or CAP_BPF and CAP_PERFMON
     /// on kernels that accept them for uprobes; CAP_SYS_PTRACE; CAP_SYS_RESOURCE before 5.11).
