@@ -187,6 +187,13 @@ fn globals_decoded_from_machine_code_are_where_nm_says() {
             assert_eq!(globals::from_allgadd(&binary), Ok(want.clone()), "{tc} {variant}");
             assert_eq!(globals::from_mallocinit(&binary), Ok(sym("runtime.mheap_")), "{tc} {variant}");
             assert_eq!(globals::from_semacquire1(&binary), Ok(sym("runtime.semtable")), "{tc} {variant}");
+            if variant == Variant::Pie {
+                // The module data's first word points at the function table: in a
+                // PIE a relative relocation (R_AARCH64_RELATIVE) the loader fills.
+                let pointers: Vec<u64> = binary.relocations_to(sym("runtime.pclntab")).collect();
+                assert!(pointers.contains(&sym("runtime.firstmoduledata")), "{tc}: relocations {pointers:x?}");
+                assert_eq!(binary.pointer_at(sym("runtime.firstmoduledata")), Some(sym("runtime.pclntab")), "{tc}");
+            }
             if variant != Variant::NoDwarf {
                 continue;
             }

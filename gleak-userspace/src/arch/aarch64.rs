@@ -90,13 +90,16 @@ impl Arch for Aarch64 {
     }
 
     fn call_offsets(&self, code: &[u8], func_addr: u64, target: u64) -> Decoded<Vec<u64>> {
-        Ok(words(code)?.filter(|&(off, w)| bl_target(w, func_addr + off) == Some(target)).map(|(off, _)| off).collect())
+        Ok(words(code)?
+            .filter(|&(off, w)| bl_target(w, func_addr.wrapping_add(off)) == Some(target))
+            .map(|(off, _)| off)
+            .collect())
     }
 
     fn after_first_call(&self, code: &[u8], func_addr: u64, target: u64) -> Decoded<Option<u64>> {
         let len = code.len() as u64;
         Ok(words(code)?
-            .find(|&(off, w)| bl_target(w, func_addr + off) == Some(target))
+            .find(|&(off, w)| bl_target(w, func_addr.wrapping_add(off)) == Some(target))
             .map(|(off, _)| off + INSN)
             .filter(|&next| next < len))
     }
@@ -114,14 +117,14 @@ impl Arch for Aarch64 {
         }
         let wanted = argument as u8;
         let mut insns = words(code)?;
-        if !insns.any(|(off, w)| bl_target(w, func_addr + off) == Some(producer)) {
+        if !insns.any(|(off, w)| bl_target(w, func_addr.wrapping_add(off)) == Some(producer)) {
             return Ok(None);
         }
         // Follow the result from R0 into the argument register.
         let mut holder = Some(RESULT);
         for (off, w) in insns {
             if is_call(w) {
-                let ok = holder == Some(wanted) && bl_target(w, func_addr + off) == Some(consumer);
+                let ok = holder == Some(wanted) && bl_target(w, func_addr.wrapping_add(off)) == Some(consumer);
                 return Ok(ok.then_some(off));
             }
             if is_branch_or_exception(w) {
@@ -578,6 +581,21 @@ mod tests {
         assert_eq!(Aarch64.call_passing_result(&code, FUNC1_ADDR, newproc1, runqput, 0), Ok(None));
         // Producer and consumer swapped: no site.
         assert_eq!(Aarch64.call_passing_result(&code, FUNC1_ADDR, runqput, newproc1, second), Ok(None));
+    }
+
+    /// A hostile symbol at the top of the address space: pcs and targets wrap.
+    #[test]
+    fn addresses_wrap_instead_of_overflowing() {
+        let bytes = code(&[
+            0x97ffffff, // BL -4
+            0x90000000, // ADRP +0, R0 (at a pc wrapped to 0)
+            0xf9400000, // MOVD (R0), R0
+        ]);
+        let top = u64::MAX - 3;
+        assert_eq!(Aarch64.call_offsets(&bytes, top, top - 4), Ok(vec![0]));
+        assert_eq!(Aarch64.after_first_call(&bytes, top, top - 4), Ok(Some(4)));
+        assert_eq!(Aarch64.data_accesses(&bytes, top), Ok(vec![(0, DataAccess::Plain)]));
+        assert_eq!(Aarch64.call_passing_result(&bytes, top, top - 4, 0, 99), Ok(None));
     }
 
     #[test]
