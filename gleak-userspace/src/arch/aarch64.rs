@@ -177,8 +177,8 @@ impl Arch for Aarch64 {
     }
 
     fn unprobeable(&self, code: &[u8], offset: u64) -> Option<&'static str> {
-        let at = usize::try_from(offset).ok()?;
-        let Some(bytes) = code.get(at..at.checked_add(4)?) else {
+        let word = usize::try_from(offset).ok().and_then(|at| code.get(at..at.checked_add(INSN as usize)?));
+        let Some(bytes) = word else {
             return Some("not an instruction of the function");
         };
         if !offset.is_multiple_of(INSN) {
@@ -249,7 +249,8 @@ fn mov_register(w: u32) -> Option<(u8, u8)> {
 }
 
 /// The general registers an instruction may write (at most three; R31 is the
-/// zero register or sp, never tracked). Errs towards more.
+/// zero register or sp, never tracked). Errs towards more, but for CASP's
+/// second register pair member, which Go does not emit.
 fn writes(w: u32) -> [Option<u8>; 3] {
     let reg = |r: u8| (r != 31).then_some(r);
     let is_load_store = field(w, 27, 1) == 1 && field(w, 25, 1) == 0;
@@ -738,5 +739,6 @@ mod tests {
         assert!(Aarch64.unprobeable(&bytes, 4).is_some());
         assert!(Aarch64.unprobeable(&bytes, 2).is_some());
         assert!(Aarch64.unprobeable(&bytes, 8).is_some());
+        assert!(Aarch64.unprobeable(&bytes, u64::MAX).is_some());
     }
 }
