@@ -2,9 +2,9 @@
 //! as gleak reads them before attaching: the probe sites, the runtime's globals,
 //! and stack walks over the binary's own frame tables. Checked against the Go
 //! toolchain's own view of the same binary (`go tool objdump`, `go tool nm`), for
-//! the oldest and the newest toolchain, plain, stripped and PIE. Nothing here
-//! runs the binaries: the probes themselves need an arm64 kernel
-//! (`cargo xtask vmtest --arch aarch64`).
+//! the oldest and the newest toolchain, plain, stripped and PIE. One test runs
+//! a fixture under qemu-user and reads its live goroutines; the probes
+//! themselves need an arm64 kernel (`cargo xtask vmtest --arch aarch64`).
 
 use std::{collections::HashMap, path::Path};
 
@@ -286,5 +286,105 @@ fn walks_an_arm64_stack_laid_out_as_the_runtime_does() {
         let mut walk = FrameWalk::new(&fresh, sp, entry, program);
         assert_eq!(walk.by_ref().map(|f| f.pc).collect::<Vec<_>>(), [entry], "{tc}");
         assert_eq!(walk.end(), Some(WalkEnd::Bottom), "{tc}");
+    }
+}
+
+/// `qemu-aarch64-static` (Debian's qemu-user-static) runs arm64 programs on
+/// this host with the guest's memory at the guest's own addresses inside its
+/// process (guest base 0 for a static binary), so reading that process's memory
+/// reads the Go program's: its real goroutines, stacks and `g.sched`.
+const QEMU_USER: &str = "/usr/bin/qemu-aarch64-static";
+
+/// The leaked workers of a live arm64 chan_send, run under qemu-user: found
+/// through the `allgs` the decoder located, their `g` read with the offsets of
+/// the arm64 binary's DWARF, and their real stacks unwound from `g.sched` to
+/// `runtime.goexit` frame by frame as the arm64 runtime lays them out; the
+/// proof's scan of each (its frames' stack maps) holds the channel it waits on.
+#[test]
+fn unwinds_live_arm64_goroutines_under_qemu_user() {
+    use gleak::{
+        process::{procmem::ProcessMemory, snapshot::all_goroutines},
+        runtime::debuginfo::RuntimeInfo,
+    };
+    use gleak_tests::{is_strict, require_root, RunningGo};
+    if !require_root() {
+        return;
+    }
+    if !Path::new(QEMU_USER).exists() {
+        assert!(!is_strict(), "{QEMU_USER} missing: apt-get install qemu-user-static");
+        eprintln!("skipping: {QEMU_USER} missing (apt-get install qemu-user-static)");
+        return;
+    }
+    const LEAKS: usize = 5;
+    for tc in toolchains() {
+        let (path, binary) = build(&tc, Variant::Plain);
+        let info = RuntimeInfo::load(&binary).expect("arm64 DWARF");
+        let table = info.goroutine_table.clone().expect("goroutine table");
+        let pcln = binary.pclntab().expect("pclntab").clone();
+        let program = Program { pcln: &pcln, bias: 0, arch: binary.arch };
+        let max = LEAKS.to_string();
+        let target = RunningGo::spawn(Path::new(QEMU_USER), &[path.to_str().unwrap(), "-max", &max], "ready chan_send");
+        let mem = ProcessMemory::new(target.pid());
+        let sudog = info.layout.blocked.expect("blocked layout from DWARF").sudog;
+        let want =
+            ["runtime.gopark", "runtime.chansend", "runtime.chansend1", "main.handleRequest.func1", "runtime.goexit"];
+        let mut last = Vec::new();
+        // Until every leak has happened (the program stops leaking at -max).
+        for _ in 0..600 {
+            let goroutines = all_goroutines(&mem, &table, &info.layout, 0).expect("allgs readable");
+            last.clear();
+            for (_, rec) in goroutines.iter().filter(|(_, r)| r.is_blocked() && r.sched_pc != 0) {
+                let Some(len) = rec.stack_hi.checked_sub(rec.sched_sp).filter(|&l| l > 0 && l <= 1 << 20) else {
+                    continue;
+                };
+                let mut stack = vec![0u8; len as usize];
+                if mem.read(rec.sched_sp, &mut stack).is_err() {
+                    continue;
+                }
+                let mut walk = FrameWalk::new(&stack, rec.sched_sp, rec.sched_pc, program);
+                let mut frame_sps = Vec::new();
+                // goexit is an assembly function: `runtime.goexit.abi0` from Go 1.21 on.
+                let names: Vec<&str> = walk
+                    .by_ref()
+                    .inspect(|f| frame_sps.push(f.sp))
+                    .map(|f| f.function.unwrap_or("?").trim_end_matches(".abi0"))
+                    .collect();
+                // The proof's scan of this stack (what the frames' maps mark live)
+                // must hold the channel a sender waits on: chansend uses it after
+                // gopark returns.
+                let holds_channel = || {
+                    let hchan = mem.read_u64(rec.waiting + u64::from(sudog.c)).ok().filter(|&c| c != 0)?;
+                    let ranges = pointer_ranges(&stack, rec.sched_sp, rec.sched_pc, program);
+                    // Never a saved LR (each frame's word at its sp, but the bottom's).
+                    let covers_lr = ranges.iter().any(|&(start, len)| {
+                        frame_sps[..frame_sps.len() - 1].iter().any(|sp| (start..start + len).contains(sp))
+                    });
+                    assert!(!covers_lr, "{tc}: {ranges:x?} covers a saved LR of frames at {frame_sps:x?}");
+                    Some(ranges.iter().any(|&(start, len)| {
+                        (start..start + len).step_by(8).any(|at| {
+                            let off = (at - rec.sched_sp) as usize;
+                            stack.get(off..off + 8).is_some_and(|w| u64::from_le_bytes(w.try_into().unwrap()) == hchan)
+                        })
+                    }))
+                };
+                let end = walk.end();
+                let scanned = if names.contains(&"runtime.chansend") { holds_channel() } else { Some(true) };
+                last.push((names.join(" < "), end.filter(|_| scanned == Some(true))));
+            }
+            if last.iter().filter(|(names, end)| *names == want.join(" < ") && *end == Some(WalkEnd::Bottom)).count()
+                >= LEAKS
+            {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        let leaked = last.iter().filter(|(names, end)| *names == want.join(" < ") && *end == Some(WalkEnd::Bottom));
+        assert_eq!(leaked.count(), LEAKS, "{tc}: blocked stacks {last:#?}");
+        // main, blocked in its ticker's select, unwinds to the bottom too.
+        assert!(
+            last.iter().any(|(names, end)| names.contains("main.main") && *end == Some(WalkEnd::Bottom)),
+            "{tc}: {last:#?}"
+        );
+        drop(target);
     }
 }
