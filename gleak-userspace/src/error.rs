@@ -57,6 +57,9 @@ pub enum Error {
     #[error("{path}: no RET instruction found in {symbol}")]
     NoReturn { path: PathBuf, symbol: String },
 
+    #[error("{path}: a uprobe cannot sit at {site}: {why}")]
+    Unprobeable { path: PathBuf, site: String, why: &'static str },
+
     #[error("only {supported} targets are supported for now ({path} is {arch})", supported = crate::arch::supported())]
     UnsupportedArch { path: PathBuf, arch: String },
 
@@ -108,7 +111,7 @@ pub mod exit_code {
     /// No such process (or it exited before gleak could attach).
     pub const NO_PROCESS: i32 = 3;
     /// The target is not a Go program gleak can trace (not ELF, not Go, Go < 1.19,
-    /// unknown release without DWARF, unreadable binary, not x86_64).
+    /// unknown release without DWARF, unreadable binary, neither x86_64 nor aarch64).
     pub const NOT_TRACEABLE: i32 = 4;
     /// Not permitted: a capability is missing (CAP_SYS_ADMIN, or CAP_BPF and CAP_PERFMON
     /// on kernels that accept them for uprobes; CAP_SYS_PTRACE; CAP_SYS_RESOURCE before 5.11).
@@ -148,7 +151,10 @@ impl Error {
             | Error::Dwarf { .. } => NOT_TRACEABLE,
             Error::MissingCapabilities(_) => PERMISSION,
             Error::NoUprobes { .. } => UNSUPPORTED_SYSTEM,
-            Error::MissingSymbol { .. } | Error::Undecodable { .. } | Error::NoReturn { .. } => NO_PROBE_POINT,
+            Error::MissingSymbol { .. }
+            | Error::Undecodable { .. }
+            | Error::NoReturn { .. }
+            | Error::Unprobeable { .. } => NO_PROBE_POINT,
             Error::Load(reason) | Error::Attach { reason, .. } if is_permission(reason) => PERMISSION,
             // aya does not always pass the errno on ("failed to create map").
             Error::Load(_) if crate::tracing::privilege::loading_shortfall().is_some() => PERMISSION,

@@ -516,6 +516,31 @@ pub fn build_fixture_variant(tc: &GoToolchain, name: &str, variant: Variant) -> 
     })
 }
 
+/// Builds `tests/fixtures/<name>.go` with `tc` as `variant` for another
+/// architecture; see [`build_go_program_for_arch`].
+pub fn build_fixture_for_arch(tc: &GoToolchain, name: &str, variant: Variant, goarch: &str) -> PathBuf {
+    build_go_program_for_arch(tc, &fixture_source(name), name, variant, goarch)
+}
+
+/// Builds the single-file Go program `src` with `tc` as `variant` for another
+/// architecture (`GOARCH=goarch`, no cgo: Go cross-compiles with its own
+/// linker) into `$GLEAK_CACHE/fixtures/<version>/<name>-<goarch><suffix>`,
+/// cached like [`build_go_program`]. For reading on this host, not running.
+pub fn build_go_program_for_arch(tc: &GoToolchain, src: &Path, name: &str, variant: Variant, goarch: &str) -> PathBuf {
+    assert!(!variant.is_cgo(), "cgo fixtures need a cross C toolchain");
+    assert!(src.is_file(), "Go source {} does not exist", src.display());
+    let out_name = format!("{name}-{goarch}{}", variant.suffix());
+    let out_dir = gleak_cache().join("fixtures").join(&tc.version);
+    let mut flags: Vec<&str> = variant.go_build_flags().to_vec();
+    let goarch_flag = format!("GOARCH={goarch}");
+    // Part of the cache stamp only: the name says the architecture too.
+    let stamp_flags: Vec<&str> = flags.iter().copied().chain([goarch_flag.as_str()]).collect();
+    build_cached(tc, &[src.to_path_buf()], &stamp_flags, &out_name, |cmd, tmp| {
+        cmd.env("GOARCH", goarch).env("CGO_ENABLED", "0");
+        cmd.arg("build").args(flags.drain(..)).arg("-o").arg(tmp).arg(src).current_dir(&out_dir);
+    })
+}
+
 /// Builds `tests/fixtures/<name>.go` with `tc`; see [`build_go_program`].
 pub fn build_fixture(tc: &GoToolchain, name: &str) -> PathBuf {
     build_go_program(tc, &fixture_source(name), name)

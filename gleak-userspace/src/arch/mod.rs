@@ -9,7 +9,9 @@
 //!   result, its second argument, the current g), so placement never names a
 //!   register. The kernel side reads each role from this architecture's registers
 //!   in `gleak-ebpf/src/arch/`.
-//! - The frame layout that unwinding and stack scanning follow ([`Frame`]).
+//! - The frame layout that unwinding and stack scanning follow ([`Frame`]),
+//!   including where a link-register machine keeps a return address not yet saved.
+//! - Which instructions the kernel's uprobes refuse ([`Arch::unprobeable`]).
 //! - ELF and `.gopclntab` facts: the relative relocation type, the pc quantum.
 //!
 //! Consumers call the seam, never a decoder or a register name. Another
@@ -18,10 +20,11 @@
 //!
 //! May use: nothing else of gleak's.
 
+pub mod aarch64;
 pub mod x86_64;
 
 /// Every architecture gleak traces.
-pub const ARCHITECTURES: [&dyn Arch; 1] = [&x86_64::X86_64];
+pub const ARCHITECTURES: [&dyn Arch; 2] = [&x86_64::X86_64, &aarch64::Aarch64];
 
 /// The architecture of an ELF machine, if gleak knows it.
 pub fn of_elf(machine: object::Architecture) -> Option<&'static dyn Arch> {
@@ -96,6 +99,10 @@ pub trait Arch: Send + Sync + std::fmt::Debug {
     /// for the short runtime functions it is used on and errs towards "unknown"
     /// elsewhere.
     fn data_accesses(&self, code: &[u8], func_addr: u64) -> Decoded<Vec<(u64, DataAccess)>>;
+
+    /// Why a uprobe cannot sit on the instruction at `offset` (the kernel refuses
+    /// it, or would execute it wrongly), or `None` if it can.
+    fn unprobeable(&self, code: &[u8], offset: u64) -> Option<&'static str>;
 }
 
 /// What an instruction does with a data address it reaches pc-relatively.
@@ -118,6 +125,12 @@ pub enum DataAccess {
 pub struct Frame {
     /// Where the return address into the caller is saved.
     pub return_address: u64,
+    /// At this pc the return address may still be in the link register (a
+    /// link-register machine's function with no frame: a leaf, or its entry).
+    /// The runtime's unwinder then takes it from the saved context's LR when
+    /// this is the innermost frame and that LR is set, and from
+    /// `return_address` otherwise.
+    pub return_address_in_link_register: bool,
     /// The caller's stack pointer: the top of this frame (the runtime's `fp`).
     pub caller_sp: u64,
     /// The locals lie in `[locals_bottom, locals_top)`; stack objects at negative
@@ -143,8 +156,13 @@ mod tests {
     #[test]
     fn chosen_by_elf_machine() {
         assert_eq!(of_elf(object::Architecture::X86_64).map(|a| a.name()), Some("x86_64"));
-        assert!(of_elf(object::Architecture::Aarch64).is_none(), "not ported yet");
+        assert_eq!(of_elf(object::Architecture::Aarch64).map(|a| a.name()), Some("aarch64"));
         assert!(of_elf(object::Architecture::I386).is_none());
-        assert_eq!(supported(), "x86_64");
+        assert!(of_elf(object::Architecture::Arm).is_none(), "32-bit arm is not arm64");
+        assert_eq!(supported(), "x86_64, aarch64");
+        let quanta: Vec<u8> = ARCHITECTURES.iter().map(|a| a.pc_quantum()).collect();
+        assert_eq!(quanta, [1, 4]);
+        let relocations: Vec<u32> = ARCHITECTURES.iter().map(|a| a.relative_relocation()).collect();
+        assert_eq!(relocations, [8, 1027]);
     }
 }

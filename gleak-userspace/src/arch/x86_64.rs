@@ -55,7 +55,14 @@ impl Arch for X86_64 {
         // Below the return address, in a frame that has one, the caller's frame
         // pointer (the prologue's PUSHQ BP); an empty frame has neither.
         let locals_top = sp_delta.saturating_sub(WORD);
-        Frame { return_address: sp_delta, caller_sp, locals_bottom: 0, locals_top, args: caller_sp }
+        Frame {
+            return_address: sp_delta,
+            return_address_in_link_register: false,
+            caller_sp,
+            locals_bottom: 0,
+            locals_top,
+            args: caller_sp,
+        }
     }
 
     fn ret_offsets(&self, code: &[u8], func_addr: u64) -> Decoded<Vec<u64>> {
@@ -207,6 +214,13 @@ impl Arch for X86_64 {
         }
         Ok(out)
     }
+
+    /// gleak's x86-64 sites are function entries, CALLs, RETs and the
+    /// instruction after a CALL, none of which x86 uprobes refuse (they refuse
+    /// prefixed or privileged forms Go does not emit there); not checked.
+    fn unprobeable(&self, _code: &[u8], _offset: u64) -> Option<&'static str> {
+        None
+    }
 }
 
 /// Decodes all of `code`; `Err(offset)` of the first byte sequence that does not decode.
@@ -340,12 +354,29 @@ mod tests {
         let frame = X86_64.frame(0x28);
         assert_eq!(
             frame,
-            Frame { return_address: 0x28, caller_sp: 0x30, locals_bottom: 0, locals_top: 0x20, args: 0x30 }
+            Frame {
+                return_address: 0x28,
+                return_address_in_link_register: false,
+                caller_sp: 0x30,
+                locals_bottom: 0,
+                locals_top: 0x20,
+                args: 0x30
+            }
         );
         assert_eq!(frame.locals_len(), 0x20);
         // A leaf with no frame (`NOFRAME`): the return address at sp, no frame pointer.
         let leaf = X86_64.frame(0);
-        assert_eq!(leaf, Frame { return_address: 0, caller_sp: 8, locals_bottom: 0, locals_top: 0, args: 8 });
+        assert_eq!(
+            leaf,
+            Frame {
+                return_address: 0,
+                return_address_in_link_register: false,
+                caller_sp: 8,
+                locals_bottom: 0,
+                locals_top: 0,
+                args: 8
+            }
+        );
         assert_eq!(leaf.locals_len(), 0);
     }
 }

@@ -549,12 +549,16 @@ mod tests {
     /// of it is decoded.
     #[test]
     fn other_architectures_are_refused() {
-        let mut data = TestElf::go("go1.22.4").build();
-        data[18..20].copy_from_slice(&object::elf::EM_AARCH64.to_le_bytes());
-        let refused = GoBinary::from_bytes(data, Path::new("arm64.bin")).err().expect("refused");
+        let with_machine = |machine: u16| {
+            let mut data = TestElf::go("go1.22.4").build();
+            data[18..20].copy_from_slice(&machine.to_le_bytes());
+            GoBinary::from_bytes(data, Path::new("other.bin"))
+        };
+        let refused = with_machine(object::elf::EM_RISCV).err().expect("refused");
         assert!(matches!(refused, Error::UnsupportedArch { .. }), "{refused:?}");
-        assert_eq!(refused.to_string(), "only x86_64 targets are supported for now (arm64.bin is Aarch64)");
+        assert_eq!(refused.to_string(), "only x86_64, aarch64 targets are supported for now (other.bin is Riscv64)");
         assert_eq!(TestElf::go("go1.22.4").binary().unwrap().arch.name(), "x86_64");
+        assert_eq!(with_machine(object::elf::EM_AARCH64).unwrap().arch.name(), "aarch64");
     }
 
     /// A segment whose file offset is near u64::MAX: offsets of addresses in it

@@ -39,7 +39,7 @@ EXIT CODES:
     1    gleak run: a site reached --fail-on
     2    bad usage, or an error of no class below
     3    no such process, or it exited before gleak could attach
-    4    not a Go program gleak can trace (not ELF/x86_64, not Go, Go < 1.19, no function table)
+    4    not a Go program gleak can trace (not ELF x86_64/aarch64, not Go, Go < 1.19, no function table)
     5    not permitted: a capability is missing (CAP_SYS_ADMIN for uprobes on kernels 6.16+ and
          those fixed for CVE-2025-38466, else CAP_BPF and CAP_PERFMON; CAP_SYS_PTRACE to read
          another user's process; CAP_SYS_RESOURCE before 5.11); the message names it

@@ -73,12 +73,23 @@ pub struct FrameWalk<'a> {
     program: Program<'a>,
     /// (pc, sp) of the frame to yield next.
     next: Option<(u64, u64)>,
+    /// The saved context's link register, while the innermost frame is next
+    /// (0: none saved).
+    link_register: u64,
     end: Option<WalkEnd>,
 }
 
 impl<'a> FrameWalk<'a> {
+    /// From a context saved with no link register (a parked goroutine's
+    /// `g.sched`: `mcall` stores `gobuf.lr = 0` on link-register machines).
     pub fn new(stack: &'a [u8], sp: u64, pc: u64, program: Program<'a>) -> Self {
-        Self { stack, base: sp, program, next: Some((pc, sp)), end: None }
+        Self::with_link_register(stack, sp, pc, 0, program)
+    }
+
+    /// From a saved context whose link register is `lr` (`gobuf.lr`; 0 if
+    /// none): the innermost frame's return address when it has no frame yet.
+    pub fn with_link_register(stack: &'a [u8], sp: u64, pc: u64, lr: u64, program: Program<'a>) -> Self {
+        Self { stack, base: sp, program, next: Some((pc, sp)), link_register: lr, end: None }
     }
 
     /// How the walk ended, once it has.
@@ -87,13 +98,23 @@ impl<'a> FrameWalk<'a> {
     }
 
     /// The caller of the frame at `sp` whose function holds `lookup`.
-    fn caller(&self, lookup: u64, sp: u64) -> Result<(u64, u64), WalkEnd> {
+    fn caller(&mut self, lookup: u64, sp: u64) -> Result<(u64, u64), WalkEnd> {
+        // Only the innermost frame (the first asked) may take the saved LR.
+        let link_register = std::mem::take(&mut self.link_register);
         let delta = self.program.pcln.sp_delta(lookup).and_then(|d| u64::try_from(d).ok()).ok_or(WalkEnd::Lost)?;
         let frame = self.program.arch.frame(delta);
-        let at = sp.checked_add(frame.return_address).and_then(|a| a.checked_sub(self.base)).ok_or(WalkEnd::Lost)?;
-        let word =
-            usize::try_from(at).ok().and_then(|at| self.stack.get(at..at.checked_add(8)?)).ok_or(WalkEnd::Lost)?;
-        match u64::from_le_bytes(word.try_into().expect("8 bytes")) {
+        // As the runtime's unwinder: the saved LR only for the innermost frame,
+        // and only if the context saved one; else the stack slot.
+        let ret = if frame.return_address_in_link_register && link_register != 0 {
+            link_register
+        } else {
+            let at =
+                sp.checked_add(frame.return_address).and_then(|a| a.checked_sub(self.base)).ok_or(WalkEnd::Lost)?;
+            let word =
+                usize::try_from(at).ok().and_then(|at| self.stack.get(at..at.checked_add(8)?)).ok_or(WalkEnd::Lost)?;
+            u64::from_le_bytes(word.try_into().expect("8 bytes"))
+        };
+        match ret {
             0 => Err(WalkEnd::Bottom),
             ret => Ok((ret, sp.checked_add(frame.caller_sp).ok_or(WalkEnd::Lost)?)),
         }

@@ -113,6 +113,18 @@ pub fn plan(bin: &GoBinary, opts: AttachOptions) -> Result<Vec<ProbeSite>> {
         }
     }
     sites.extend(create_sites(bin, opts.classic_sites)?);
+    // Every site chosen is one the kernel accepts (on arm64 it refuses e.g.
+    // exclusive loads/stores): refuse rather than fail at attach, or worse.
+    for s in &sites {
+        // One instruction's bytes, or fewer at the very end of the code.
+        let why = match (1..=4).rev().find_map(|len| bin.bytes_at(s.vaddr, len)) {
+            Some(bytes) => bin.arch.unprobeable(bytes, 0),
+            None => Some("not in the binary's code"),
+        };
+        if let Some(why) = why {
+            return Err(Error::Unprobeable { path: bin.path.clone(), site: s.label.clone(), why });
+        }
+    }
     Ok(sites)
 }
 
@@ -174,7 +186,8 @@ fn create_sites(bin: &GoBinary, classic: bool) -> Result<Vec<ProbeSite>> {
         if let Ok((sym, bytes)) = code(bin, func) {
             let after =
                 bin.arch.after_first_call(bytes, sym.addr, newproc1.addr).map_err(|at| undecodable(bin, func, at))?;
-            if let Some(off) = after {
+            // The instruction after the call is whatever the compiler put there.
+            if let Some(off) = after.filter(|&off| bin.arch.unprobeable(bytes, off).is_none()) {
                 coro = Some((func, sym.addr, off));
                 break;
             }
