@@ -303,7 +303,10 @@ const QEMU_USER: &str = "/usr/bin/qemu-aarch64-static";
 #[test]
 fn unwinds_live_arm64_goroutines_under_qemu_user() {
     use gleak::{
-        process::{procmem::ProcessMemory, snapshot::all_goroutines},
+        process::{
+            memory::{ProcessMemory, ReadMemory},
+            snapshot::all_goroutines,
+        },
         runtime::debuginfo::RuntimeInfo,
     };
     use gleak_tests::{is_strict, require_root, RunningGo};

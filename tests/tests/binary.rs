@@ -129,12 +129,13 @@ fn probes_sit_on_calls_the_kernel_emulates() {
 /// A goroutine is named by the function its `go` statement runs, as Go's
 /// tracebacks name it: through the wrapper the compiler generates for `go f(x)`,
 /// whether `f` is called or inlined there, in every release and without symbols
-/// or DWARF. Through a func value the wrapper's code cannot tell, and a closure
-/// started as is needs no seeing through.
+/// or DWARF, on x86-64 and (oldest and newest toolchain) arm64. Through a func
+/// value the wrapper's code cannot tell, and a closure started as is needs no
+/// seeing through.
 #[test]
 fn goroutines_are_named_through_go_statement_wrappers() {
     use gleak::binary::symbolize::Symbolizer;
-    use gleak_tests::{build_fixture_variant, fixture_source, marker_line_in, Variant};
+    use gleak_tests::{build_fixture_for_arch, build_fixture_variant, fixture_source, marker_line_in, Variant};
     let source = fixture_source("go_statements");
     let expected = [
         ("GO:direct_call", Some("main.work")),
@@ -142,10 +143,17 @@ fn goroutines_are_named_through_go_statement_wrappers() {
         ("GO:method", Some("main.(*server).serve")),
         ("GO:func_value", None),
     ];
-    for tc in go_toolchains() {
-        for variant in [Variant::Plain, Variant::Stripped] {
-            let bin = build_fixture_variant(&tc, "go_statements", variant);
+    let toolchains = go_toolchains();
+    let arm64_on = [toolchains.first().cloned(), toolchains.last().cloned()];
+    for tc in &toolchains {
+        let arches: &[&str] = if arm64_on.contains(&Some(tc.clone())) { &["amd64", "arm64"] } else { &["amd64"] };
+        for (&goarch, variant) in arches.iter().flat_map(|a| [(a, Variant::Plain), (a, Variant::Stripped)]) {
+            let bin = match goarch {
+                "amd64" => build_fixture_variant(tc, "go_statements", variant),
+                _ => build_fixture_for_arch(tc, "go_statements", variant, goarch),
+            };
             let binary = GoBinary::open(&bin, &bin).expect("fixture is a Go binary");
+            let tc = format!("{tc} {goarch}");
             let pcln = binary.pclntab().expect(".gopclntab").clone();
             // Each wrapper of main.main, by the line of the `go` statement it serves.
             let mut wrappers = std::collections::BTreeMap::new();

@@ -96,6 +96,10 @@ impl Arch for Aarch64 {
             .collect())
     }
 
+    fn direct_calls(&self, code: &[u8], func_addr: u64) -> Decoded<Vec<(u64, u64)>> {
+        Ok(words(code)?.filter_map(|(off, w)| Some((off, bl_target(w, func_addr.wrapping_add(off))?))).collect())
+    }
+
     fn after_first_call(&self, code: &[u8], func_addr: u64, target: u64) -> Decoded<Option<u64>> {
         let len = code.len() as u64;
         Ok(words(code)?
