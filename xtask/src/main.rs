@@ -242,12 +242,17 @@ fn test(unit_only: bool, all_kernels: bool) -> Result<()> {
     run(cargo().args(["fmt", "--check", "--manifest-path", "gleak-ebpf/Cargo.toml"]))?;
     step("cargo clippy -D warnings");
     run(cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;
-    step("cargo clippy -D warnings on the eBPF crate (checked for the host: clippy is not in Debian's rustc)");
-    run(cargo()
-        .args(["clippy", "--manifest-path", "gleak-ebpf/Cargo.toml", "--target-dir"])
-        .arg(root().join("target/ebpf-clippy"))
-        .args(["--", "-D", "warnings"])
-        .env("RUSTFLAGS", "--cfg bpf_target_arch=\"x86_64\""))?;
+    // Once per architecture: each compiles its own src/arch file.
+    for arch in ["x86_64", "aarch64"] {
+        step(&format!(
+            "cargo clippy -D warnings on the eBPF crate for {arch} (checked for the host: clippy is not in Debian's rustc)"
+        ));
+        run(cargo()
+            .args(["clippy", "--manifest-path", "gleak-ebpf/Cargo.toml", "--target-dir"])
+            .arg(root().join(format!("target/ebpf-clippy-{arch}")))
+            .args(["--", "-D", "warnings"])
+            .env("RUSTFLAGS", format!("--cfg bpf_target_arch=\"{arch}\"")))?;
+    }
     // Debug build: overflow checks on, so arithmetic on untrusted input that
     // would wrap fails here rather than pass silently.
     step("unit tests (debug build: overflow checks on)");
