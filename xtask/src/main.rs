@@ -13,6 +13,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod debian;
 mod dist;
 mod fuzz;
 mod gotables;
