@@ -3,7 +3,7 @@
 //! from its `runtime.waitReasonStrings`. What `cargo xtask gotables` writes into
 //! the data files, and what `tests/tests/gotables.rs` compares them with.
 
-use std::collections::HashMap;
+use std::{collections::HashMap, path::Path};
 
 use super::{GOffsets, MOffsets, ModuledataOffsets, Origin, ReleaseFacts};
 use crate::{
@@ -48,8 +48,14 @@ pub struct RuntimeStructs {
 
 impl RuntimeStructs {
     pub fn read(info: &DwarfInfo, binary: &GoBinary) -> Result<Self, String> {
+        Self::read_in(info, &binary.path)
+    }
+
+    /// [`Self::read`] for DWARF loaded with [`DwarfInfo::from_elf`]: any ELF file,
+    /// e.g. an arm64 build checked on x86-64. `path` is for messages.
+    pub fn read_in(info: &DwarfInfo, path: &Path) -> Result<Self, String> {
         let names: Vec<&str> = STRUCTS.iter().copied().chain(WRAPPERS.iter().map(|(name, _)| *name)).collect();
-        let layouts = info.struct_layouts(binary, &names).map_err(|e| e.to_string())?;
+        let layouts = info.struct_layouts_in(path, &names).map_err(|e| e.to_string())?;
         Ok(Self { layouts })
     }
 
