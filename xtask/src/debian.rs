@@ -192,6 +192,11 @@ pub fn fetch_package(mirror: &str, package: &PackageEntry, dir: &Path) -> Result
     Ok(unpacked)
 }
 
+/// The newest version of package `name` among `packages`.
+pub fn newest<'a>(packages: &'a [PackageEntry], name: &str) -> Option<&'a PackageEntry> {
+    packages.iter().filter(|p| p.name == name).max_by(|a, b| compare_debian_versions(&a.version, &b.version))
+}
+
 fn index_path(arch: &str) -> String {
     format!("main/binary-{arch}/Packages.xz")
 }
@@ -526,6 +531,16 @@ mod tests {
         );
         assert_eq!(release_checksum(&release, &index_path("amd64")), Some((sha.clone(), 34)));
         assert_eq!(release_checksum(&release, &index_path("riscv64")), None);
-        assert_eq!(release_checksum(&release, &index_path("arm64")), Some((sha, 56)));
+        assert_eq!(release_checksum(&release, &index_path("arm64")), Some((sha.clone(), 56)));
+        let both = parse_packages(
+            &format!(
+                "Package: libstd-rust-web-dev\nVersion: 1.96.0+dfsg1-1~deb12u2\nFilename: pool/a.deb\nSize: 1\n\
+                 SHA256: {sha}\n\nPackage: libstd-rust-web-dev\nVersion: 1.85.0+dfsg3-1~deb12u3\n\
+                 Filename: pool/b.deb\nSize: 1\nSHA256: {sha}\n"
+            ),
+            |_| true,
+        );
+        assert_eq!(newest(&both, "libstd-rust-web-dev").map(|p| p.filename.as_str()), Some("pool/a.deb"));
+        assert!(newest(&both, "rustc-web").is_none());
     }
 }
