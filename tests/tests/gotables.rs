@@ -7,6 +7,11 @@
 //! the DWARF says, the wait-reason names equal the binary's own
 //! `runtime.waitReasonStrings` element by element, and the `_G*` statuses agree
 //! with the toolchain's `runtime2.go`.
+//!
+//! The same table serves arm64: every offset it holds also equals the DWARF of
+//! each toolchain's `GOARCH=arm64` build (Go lays the runtime's structs out alike
+//! on both 64-bit architectures; a release where they differed would need the
+//! table to gain an architecture dimension, and this test would say which field).
 
 use std::collections::HashMap;
 use std::fs;
@@ -17,7 +22,7 @@ use gleak::binary::{
 };
 use gleak::runtime::gotables::{self, from_dwarf, ReleaseFacts, NEWEST_KNOWN_MINOR, OLDEST_KNOWN_MINOR};
 use gleak::runtime::waitreason::WaitReasons;
-use gleak_tests::{build_fixture, go_toolchains, GoToolchain};
+use gleak_tests::{build_fixture, fixture_source, gleak_cache, go_command, go_toolchains, unique_suffix, GoToolchain};
 
 /// Collects every disagreement of one binary, so one run names them all.
 struct Check {
@@ -309,6 +314,74 @@ fn table_matches_each_toolchain() {
         mismatches.is_empty(),
         "{} mismatch(es):\n{}\n(`cargo xtask gotables` rewrites the data files from these toolchains: \
          run it and review the diff)",
+        mismatches.len(),
+        mismatches.join("\n")
+    );
+}
+
+/// ELF machine number of AArch64 (`EM_AARCH64`).
+const EM_AARCH64: u16 = 183;
+
+/// Builds `tests/fixtures/<name>.go` with `tc` for linux/arm64 (Go cross-compiles
+/// with no other tool); returns the binary's bytes.
+fn build_for_arm64(tc: &GoToolchain, name: &str) -> Vec<u8> {
+    let out_dir = gleak_cache().join("fixtures").join(&tc.version);
+    fs::create_dir_all(&out_dir).unwrap_or_else(|e| panic!("creating {}: {e}", out_dir.display()));
+    let out = out_dir.join(format!("{name}-arm64.{}", unique_suffix()));
+    let output = go_command(tc)
+        .env("GOOS", "linux")
+        .env("GOARCH", "arm64")
+        .env("CGO_ENABLED", "0")
+        .arg("build")
+        .arg("-o")
+        .arg(&out)
+        .arg(fixture_source(name))
+        .current_dir(&out_dir)
+        .output()
+        .unwrap_or_else(|e| panic!("{tc}: running go build: {e}"));
+    assert!(output.status.success(), "{tc}: GOARCH=arm64 go build failed: {}", String::from_utf8_lossy(&output.stderr));
+    let data = fs::read(&out).unwrap_or_else(|e| panic!("reading {}: {e}", out.display()));
+    let _ = fs::remove_file(&out);
+    data
+}
+
+/// Every offset of each toolchain's table entry equals the DWARF of that
+/// toolchain's `GOARCH=arm64` build, field by field (the same list as for x86-64,
+/// [`check_offsets`]): gleak's one table is right for arm64 too.
+#[test]
+fn table_matches_each_toolchain_on_arm64() {
+    let toolchains = go_toolchains();
+    assert!(!toolchains.is_empty(), "no Go toolchain found: nothing to check the table against");
+    let mut mismatches = Vec::new();
+    for tc in &toolchains {
+        eprintln!("gotables vs arm64 DWARF: {tc}");
+        let data = build_for_arm64(tc, "chan_send");
+        let machine = data.get(18..20).map(|m| u16::from_le_bytes([m[0], m[1]]));
+        assert_eq!(machine, Some(EM_AARCH64), "{tc}: GOARCH=arm64 built no AArch64 ELF");
+        let label = format!("Go {} (arm64)", tc.version);
+        let Some(facts) = gotables::for_release(minor(tc)) else {
+            mismatches.push(format!("{label}: no table entry for Go 1.{}", minor(tc)));
+            continue;
+        };
+        let path = std::path::Path::new(&label);
+        let info = DwarfInfo::from_elf(&data, path).unwrap_or_else(|e| panic!("{label}: DWARF: {e}"));
+        let dwarf = RuntimeStructs::read_in(&info, path).unwrap_or_else(|e| panic!("{label}: struct layouts: {e}"));
+        let mut check = Check { label, mismatches: Vec::new() };
+        check_offsets(&mut check, facts, &dwarf);
+        if check.mismatches.is_empty() {
+            eprintln!(
+                "  {}: {} matches the arm64 DWARF ({} structs read)",
+                check.label,
+                facts.file_name(),
+                dwarf.len()
+            );
+        }
+        mismatches.extend(check.mismatches);
+    }
+    assert!(
+        mismatches.is_empty(),
+        "{} arm64 mismatch(es):\n{}\n(the table is shared by x86-64 and arm64: a release whose arm64 layout \
+         differs needs the table to gain an architecture dimension)",
         mismatches.len(),
         mismatches.join("\n")
     );

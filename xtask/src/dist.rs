@@ -1,23 +1,25 @@
 //! `cargo xtask dist`: release artifacts under `target/dist/`, one fully static
 //! gleak per target (what a production host, a container image or a test VM
-//! needs: one file, no shared libraries) and `SHA256SUMS` beside them.
+//! needs: one file, no shared libraries) and `SHA256SUMS` beside them. The arm64
+//! gleak is cross-built here (`crate::cross`) and run under `qemu-aarch64-static`.
 
 use std::{
     fmt,
     fs::{self, File},
     io,
     path::{Path, PathBuf},
+    process::Command,
 };
 
 use anyhow::{bail, Context, Result};
 use object::{
-    elf::{FileHeader64, DT_NEEDED, EM_BPF, ET_DYN, PT_INTERP},
+    elf::{FileHeader64, DT_NEEDED, EM_AARCH64, EM_BPF, EM_X86_64, ET_DYN, PT_INTERP},
     read::elf::{Dyn, FileHeader, ProgramHeader},
     Endianness,
 };
 use sha2::{Digest, Sha256};
 
-use crate::{bootstrap, cargo, run, step, target_dir};
+use crate::{bootstrap, cargo, cross::CrossTarget, run, step, target_dir};
 
 /// One platform gleak is released for.
 pub struct DistTarget {
@@ -26,14 +28,26 @@ pub struct DistTarget {
     pub triple: &'static str,
     /// File name of the artifact under `target/dist/`.
     pub artifact: &'static str,
+    /// The ELF machine the artifact must be built for.
+    pub machine: u16,
+    /// How to build it from this x86-64 host; `None`: the host's own platform.
+    pub cross: Option<&'static CrossTarget>,
 }
 
-/// The targets `cargo xtask dist` builds, in this order. `aarch64-unknown-linux-gnu`
-/// (artifact `gleak-aarch64-linux`) joins once cross-building for arm64 is set up.
-pub const TARGETS: &[DistTarget] = &[X86_64];
+/// The targets `cargo xtask dist` builds, in this order.
+pub const TARGETS: &[DistTarget] = &[X86_64, AARCH64];
 
 /// The host's own platform: what `cargo xtask vmtest` boots.
-pub const X86_64: DistTarget = DistTarget { triple: "x86_64-unknown-linux-gnu", artifact: "gleak-x86_64-linux" };
+pub const X86_64: DistTarget =
+    DistTarget { triple: "x86_64-unknown-linux-gnu", artifact: "gleak-x86_64-linux", machine: EM_X86_64, cross: None };
+
+/// linux/arm64 (Graviton, Ampere, Cobalt nodes), cross-built with Debian's compiler.
+pub const AARCH64: DistTarget = DistTarget {
+    triple: "aarch64-unknown-linux-gnu",
+    artifact: "gleak-aarch64-linux",
+    machine: EM_AARCH64,
+    cross: Some(&crate::cross::AARCH64),
+};
 
 pub fn dist_dir() -> PathBuf {
     target_dir().join("dist")
@@ -56,18 +70,29 @@ pub fn run_dist() -> Result<()> {
     Ok(())
 }
 
-/// Builds the static gleak for `target` and copies it to `target/dist/`; returns its path.
-/// The caller has run scripts/bootstrap.sh (the eBPF toolchain).
+/// Builds the static gleak for `target`, checks it (machine, static, probes, that it
+/// runs) and copies it to `target/dist/`; returns its path.
+/// The caller has run scripts/bootstrap.sh (the eBPF toolchain, the cross toolchain).
 pub fn build(target: &DistTarget) -> Result<PathBuf> {
     step(&format!("building a static gleak for {} (release, +crt-static)", target.triple));
-    run(cargo()
-        .args(["build", "--release", "-p", "gleak-userspace", "--bin", "gleak", "--target", target.triple])
-        // RUSTFLAGS applies to the --target build only, not to build scripts; the
-        // nested eBPF build of build.rs clears it and sets its own flags.
-        .env("RUSTFLAGS", "-C target-feature=+crt-static")
-        .env_remove("CARGO_ENCODED_RUSTFLAGS"))?;
+    let started = std::time::Instant::now();
+    let mut command = cargo();
+    command.args(["build", "--release", "-p", "gleak-userspace", "--bin", "gleak", "--target", target.triple]);
+    // RUSTFLAGS applies to the --target build only, not to build scripts; the
+    // nested eBPF build of build.rs clears it and sets its own flags (its
+    // bpf_target_arch follows the target).
+    const STATIC: &str = "-C target-feature=+crt-static";
+    match target.cross {
+        Some(cross) => cross.configure(&mut command, STATIC)?,
+        None => {
+            command.env("RUSTFLAGS", STATIC).env_remove("CARGO_ENCODED_RUSTFLAGS");
+        }
+    }
+    run(&mut command)?;
+    step(&format!("built for {} in {:.0}s", target.triple, started.elapsed().as_secs_f64()));
     let built = target_dir().join(target.triple).join("release/gleak");
-    let linkage = check_artifact(&built)?;
+    let linkage = check_artifact(&built, target)?;
+    check_runs(&built, target)?;
     let dest = dist_dir().join(target.artifact);
     fs::create_dir_all(dist_dir())?;
     // Copy beside, then rename: a VM test or a reader never sees half a file.
@@ -78,8 +103,22 @@ pub fn build(target: &DistTarget) -> Result<PathBuf> {
     Ok(dest)
 }
 
-/// A release artifact must run anywhere (static) and carry its probes.
-fn check_artifact(path: &Path) -> Result<Linkage> {
+/// A release artifact must be for its target's machine, run anywhere (static)
+/// and carry its probes.
+fn check_artifact(path: &Path, target: &DistTarget) -> Result<Linkage> {
+    let data = fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let found = machine(&data).with_context(|| format!("{}: not a 64-bit ELF", path.display()))?;
+    if found != target.machine {
+        bail!(
+            "{} is for ELF machine {} ({}), not {} ({}) as {} needs",
+            path.display(),
+            found,
+            machine_name(found),
+            target.machine,
+            machine_name(target.machine),
+            target.triple
+        );
+    }
     let linkage = linkage(path)?;
     if let Linkage::Dynamic { needed } = linkage {
         bail!(
@@ -88,7 +127,6 @@ fn check_artifact(path: &Path) -> Result<Linkage> {
             path.display()
         );
     }
-    let data = fs::read(path)?;
     if !embeds_bpf_object(&data) {
         bail!(
             "{} holds no eBPF object: it was built without its probes (no eBPF toolchain). \
@@ -97,6 +135,59 @@ fn check_artifact(path: &Path) -> Result<Linkage> {
         );
     }
     Ok(linkage)
+}
+
+/// The artifact starts and answers `--version` (its name and the workspace's
+/// version) and `--help` (its subcommands): on this host, or under the target's
+/// user-mode emulator (no kernel features needed).
+fn check_runs(path: &Path, target: &DistTarget) -> Result<()> {
+    let version = format!("gleak {}", env!("CARGO_PKG_VERSION"));
+    let checks: [(&str, &[&str]); 2] =
+        [("--version", &[version.as_str()]), ("--help", &["\n  attach ", "\n  run ", "\n  audit "])];
+    for (flag, wanted) in checks {
+        let mut command = match target.cross {
+            Some(cross) => {
+                let mut c = Command::new(cross.emulator);
+                c.arg(path);
+                c
+            }
+            None => Command::new(path),
+        };
+        command.arg(flag);
+        let out = command.output().with_context(|| {
+            format!("running {command:?} (qemu-user-static runs foreign binaries: run scripts/bootstrap.sh --no-go)")
+        })?;
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        if !out.status.success() || wanted.iter().any(|w| !stdout.contains(w)) {
+            bail!(
+                "{command:?} ({}) printed no {wanted:?}: stdout {:?}, stderr {:?}",
+                out.status,
+                stdout.trim(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+    }
+    step(&format!(
+        "{} runs{}: --version and --help answer",
+        path.display(),
+        target.cross.map(|c| format!(" under {}", c.emulator)).unwrap_or_default()
+    ));
+    Ok(())
+}
+
+/// The ELF machine (`e_machine`) of a 64-bit ELF.
+fn machine(data: &[u8]) -> Result<u16> {
+    let header = FileHeader64::<Endianness>::parse(data)?;
+    Ok(header.e_machine(header.endian()?))
+}
+
+fn machine_name(machine: u16) -> &'static str {
+    match machine {
+        EM_X86_64 => "x86-64",
+        EM_AARCH64 => "AArch64",
+        EM_BPF => "BPF",
+        _ => "another",
+    }
 }
 
 /// How an ELF executable gets its libraries.
@@ -173,6 +264,17 @@ mod tests {
         assert!(embeds_bpf_object(&binary));
         // The host binary's own header (offset 0) does not count.
         assert!(!embeds_bpf_object(&object));
+    }
+
+    #[test]
+    fn reads_the_elf_machine() {
+        let me = fs::read(std::env::current_exe().unwrap()).unwrap();
+        assert_eq!(machine(&me).unwrap(), if cfg!(target_arch = "x86_64") { EM_X86_64 } else { EM_AARCH64 });
+        let mut header = me[..64].to_vec();
+        header[18..20].copy_from_slice(&EM_AARCH64.to_le_bytes());
+        assert_eq!(machine(&header).unwrap(), EM_AARCH64);
+        assert!(machine(b"\x7fELF").is_err());
+        assert!(TARGETS.iter().any(|t| t.machine == EM_AARCH64 && t.artifact == "gleak-aarch64-linux"));
     }
 
     #[test]

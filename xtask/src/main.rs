@@ -13,6 +13,8 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod cross;
+mod debian;
 mod dist;
 mod fuzz;
 mod gotables;
@@ -242,12 +244,18 @@ fn test(unit_only: bool, all_kernels: bool) -> Result<()> {
     run(cargo().args(["fmt", "--check", "--manifest-path", "gleak-ebpf/Cargo.toml"]))?;
     step("cargo clippy -D warnings");
     run(cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;
-    step("cargo clippy -D warnings on the eBPF crate (checked for the host: clippy is not in Debian's rustc)");
-    run(cargo()
-        .args(["clippy", "--manifest-path", "gleak-ebpf/Cargo.toml", "--target-dir"])
-        .arg(root().join("target/ebpf-clippy"))
-        .args(["--", "-D", "warnings"])
-        .env("RUSTFLAGS", "--cfg bpf_target_arch=\"x86_64\""))?;
+    clippy_aarch64()?;
+    // Once per architecture: each compiles its own src/arch file.
+    for arch in ["x86_64", "aarch64"] {
+        step(&format!(
+            "cargo clippy -D warnings on the eBPF crate for {arch} (checked for the host: clippy is not in Debian's rustc)"
+        ));
+        run(cargo()
+            .args(["clippy", "--manifest-path", "gleak-ebpf/Cargo.toml", "--target-dir"])
+            .arg(root().join(format!("target/ebpf-clippy-{arch}")))
+            .args(["--", "-D", "warnings"])
+            .env("RUSTFLAGS", format!("--cfg bpf_target_arch=\"{arch}\"")))?;
+    }
     // Debug build: overflow checks on, so arithmetic on untrusted input that
     // would wrap fails here rather than pass silently.
     step("unit tests (debug build: overflow checks on)");
@@ -282,6 +290,24 @@ fn test(unit_only: bool, all_kernels: bool) -> Result<()> {
     vmtest::run(vmtest::VmtestArgs { kernels, list: false, accel: vmtest::AccelChoice::Auto, refresh: false })?;
     step(&format!("all checks passed in {:.0}s", started.elapsed().as_secs_f64()));
     Ok(())
+}
+
+/// clippy on the user side as built for arm64 (its own cfg'd code: ptrace's
+/// register sets, libc's types), with Debian's clippy for Debian's rustc and the
+/// arm64 standard library, the way `cargo clippy` runs it (a workspace wrapper).
+/// `-D warnings` in RUSTFLAGS reaches the workspace's crates only: cargo caps
+/// dependencies' lints.
+fn clippy_aarch64() -> Result<()> {
+    step("cargo clippy -D warnings for aarch64-unknown-linux-gnu (Debian's clippy, the arm64 sysroot)");
+    if !Path::new(cross::DEBIAN_CLIPPY_DRIVER).is_file() {
+        bail!("{} is missing: run `sudo scripts/bootstrap.sh --no-go` (rust-web-clippy)", cross::DEBIAN_CLIPPY_DRIVER);
+    }
+    let mut clippy = cargo();
+    clippy
+        .args(["check", "-p", "gleak-userspace", "--all-targets", "--target", cross::AARCH64.triple])
+        .env("RUSTC_WORKSPACE_WRAPPER", cross::DEBIAN_CLIPPY_DRIVER);
+    cross::AARCH64.configure(&mut clippy, "-D warnings")?;
+    run(&mut clippy)
 }
 
 pub struct KillOnDrop(pub Child);

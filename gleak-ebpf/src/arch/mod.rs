@@ -13,7 +13,12 @@ mod x86_64;
 #[cfg(bpf_target_arch = "x86_64")]
 pub use x86_64::*;
 
-#[cfg(not(any(bpf_target_arch = "x86_64")))]
+#[cfg(bpf_target_arch = "aarch64")]
+mod aarch64;
+#[cfg(bpf_target_arch = "aarch64")]
+pub use aarch64::*;
+
+#[cfg(not(any(bpf_target_arch = "x86_64", bpf_target_arch = "aarch64")))]
 compile_error!(
-    "gleak's probes know the registers of x86_64 only: this bpf_target_arch needs a file of its own in src/arch/"
+    "gleak's probes know the registers of x86_64 and aarch64 only: this bpf_target_arch needs a file of its own in src/arch/"
 );

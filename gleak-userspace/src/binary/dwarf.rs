@@ -2,7 +2,7 @@
 //! other runtime struct), wait-reason constants, and PC → function, file:line
 //! through the line tables (inlining included).
 
-use std::{collections::HashMap, sync::Arc};
+use std::{collections::HashMap, path::Path, sync::Arc};
 
 use gimli::{EndianArcSlice, LittleEndian};
 use object::{Object, ObjectSection};
@@ -76,6 +76,12 @@ impl RuntimeStructs {
 
     pub fn read(info: &DwarfInfo, binary: &GoBinary) -> Result<Self> {
         Ok(Self::new(info.struct_layouts(binary, &Self::names())?))
+    }
+
+    /// [`Self::read`] for DWARF loaded with [`DwarfInfo::from_elf`]: any ELF file,
+    /// e.g. an arm64 build checked on x86-64. `path` is for messages.
+    pub fn read_in(info: &DwarfInfo, path: &Path) -> Result<Self> {
+        Ok(Self::new(info.struct_layouts_in(path, &Self::names())?))
     }
 
     /// How many of the structs the binary defines.
@@ -223,15 +229,22 @@ pub struct DwarfInfo {
 
 impl DwarfInfo {
     pub fn load(binary: &GoBinary) -> Result<Self> {
-        let path = &binary.path;
-        let file = object::File::parse(binary.data())
-            .map_err(|e| Error::NotElf { path: path.clone(), reason: e.to_string() })?;
+        Self::from_elf(binary.data(), &binary.path)
+    }
+
+    /// The DWARF of any ELF file, whatever its machine: struct layouts do not need
+    /// the binary's architecture to be one gleak traces (tests/tests/gotables.rs
+    /// checks arm64 builds this way). `path` is for messages.
+    pub fn from_elf(image: &[u8], path: &Path) -> Result<Self> {
+        let path = &path.to_path_buf();
+        let file =
+            object::File::parse(image).map_err(|e| Error::NotElf { path: path.clone(), reason: e.to_string() })?;
         if file.section_by_name(".debug_info").is_none() {
             return Err(Error::NoDwarf { path: path.clone() });
         }
         // What the sections may take decompressed, all together, checked against the
         // sizes their compression headers claim before anything is allocated.
-        let mut budget = dwarf_budget(binary.data().len());
+        let mut budget = dwarf_budget(image.len());
         let mut load = |id: gimli::SectionId| -> Result<Reader> {
             let bytes: Arc<[u8]> = match file.section_by_name(id.name()) {
                 Some(section) => {
@@ -247,7 +260,7 @@ impl DwarfInfo {
                     budget = budget.checked_sub(size).ok_or_else(|| {
                         bad(format!(
                             "{size} bytes decompressed is more than the DWARF of a {}-byte file can hold",
-                            binary.data().len()
+                            image.len()
                         ))
                     })?;
                     data.decompress().map_err(|e| bad(e.to_string()))?.into_owned().into()
@@ -264,8 +277,8 @@ impl DwarfInfo {
         Ok(Self { dwarf: Arc::new(dwarf) })
     }
 
-    fn dwarf_err(&self, binary: &GoBinary, e: gimli::Error) -> Error {
-        Error::Dwarf { path: binary.path.clone(), reason: e.to_string() }
+    fn dwarf_err(&self, path: &Path, e: gimli::Error) -> Error {
+        Error::Dwarf { path: path.to_path_buf(), reason: e.to_string() }
     }
 
     /// Member offsets and byte size of the named struct types, e.g. `runtime.g`,
@@ -273,8 +286,14 @@ impl DwarfInfo {
     /// spells them). Names the binary does not define are absent from the result:
     /// which structs exist depends on the Go release.
     pub fn struct_layouts(&self, binary: &GoBinary, names: &[&str]) -> Result<HashMap<String, StructLayout>> {
+        self.struct_layouts_in(&binary.path, names)
+    }
+
+    /// [`Self::struct_layouts`] of a file that need not be a [`GoBinary`] (see
+    /// [`Self::from_elf`]); `path` is for messages.
+    pub fn struct_layouts_in(&self, path: &Path, names: &[&str]) -> Result<HashMap<String, StructLayout>> {
         let mut structs = HashMap::new();
-        self.visit_runtime_unit(binary, |unit, entry| {
+        self.visit_runtime_unit(path, |unit, entry| {
             if entry.tag() == gimli::DW_TAG_structure_type {
                 self.collect_struct(unit, entry, names, &mut structs)?;
             }
@@ -287,12 +306,12 @@ impl DwarfInfo {
     /// linker puts every type (of all packages) and the runtime's constants.
     fn visit_runtime_unit(
         &self,
-        binary: &GoBinary,
+        path: &Path,
         mut visit: impl FnMut(&gimli::Unit<Reader>, &gimli::DebuggingInformationEntry<Reader>) -> gimli::Result<()>,
     ) -> Result<()> {
         let mut units = self.dwarf.units();
-        while let Some(header) = units.next().map_err(|e| self.dwarf_err(binary, e))? {
-            let unit = self.dwarf.unit(header).map_err(|e| self.dwarf_err(binary, e))?;
+        while let Some(header) = units.next().map_err(|e| self.dwarf_err(path, e))? {
+            let unit = self.dwarf.unit(header).map_err(|e| self.dwarf_err(path, e))?;
             let is_runtime = {
                 let mut entries = unit.entries();
                 match entries.next_dfs() {
@@ -304,8 +323,8 @@ impl DwarfInfo {
                 continue;
             }
             let mut entries = unit.entries();
-            while let Some((_, entry)) = entries.next_dfs().map_err(|e| self.dwarf_err(binary, e))? {
-                visit(&unit, entry).map_err(|e| self.dwarf_err(binary, e))?;
+            while let Some((_, entry)) = entries.next_dfs().map_err(|e| self.dwarf_err(path, e))? {
+                visit(&unit, entry).map_err(|e| self.dwarf_err(path, e))?;
             }
         }
         Ok(())
@@ -336,7 +355,7 @@ impl DwarfInfo {
     /// `runtime._Gdead` = 6 and the other goroutine statuses), by full name.
     pub fn constants(&self, binary: &GoBinary, prefix: &str) -> Result<HashMap<String, u64>> {
         let mut constants = HashMap::new();
-        self.visit_runtime_unit(binary, |unit, entry| {
+        self.visit_runtime_unit(&binary.path, |unit, entry| {
             if entry.tag() == gimli::DW_TAG_constant {
                 if let Some(name) = self.name_of(unit, entry).filter(|name| name.starts_with(prefix)) {
                     if let Some(value) = constant_value(entry) {
@@ -355,7 +374,7 @@ impl DwarfInfo {
         let mut layouts: HashMap<String, StructLayout> = HashMap::new();
         let mut wait_consts = HashMap::new();
         // One pass for both structs and constants: the runtime unit holds every type.
-        self.visit_runtime_unit(binary, |unit, entry| {
+        self.visit_runtime_unit(&binary.path, |unit, entry| {
             match entry.tag() {
                 gimli::DW_TAG_structure_type => self.collect_struct(unit, entry, &wanted, &mut layouts)?,
                 gimli::DW_TAG_constant => {
@@ -487,7 +506,8 @@ impl DwarfInfo {
 
     /// A line-table symbolizer sharing these sections.
     pub fn symbolizer(&self, binary: &GoBinary) -> Result<DwarfSymbolizer> {
-        let ctx = addr2line::Context::from_arc_dwarf(self.dwarf.clone()).map_err(|e| self.dwarf_err(binary, e))?;
+        let ctx =
+            addr2line::Context::from_arc_dwarf(self.dwarf.clone()).map_err(|e| self.dwarf_err(&binary.path, e))?;
         Ok(DwarfSymbolizer { ctx })
     }
 }
