@@ -17,6 +17,7 @@ use std::{
 
 use anyhow::{anyhow, bail, Context, Result};
 
+use super::arch::GuestArch;
 use crate::{dist::sha256_file, step};
 
 /// One row of the matrix: which kernel, and what it stands for in fleets.
@@ -26,9 +27,16 @@ pub struct KernelSpec {
     pub stands_for: &'static str,
     /// The Debian suite whose index lists it.
     pub suite: &'static str,
-    /// Binary package names `<prefix><version…><suffix>`; the newest version wins.
+    /// Binary package names `<prefix><version…><flavour><Debian's arch>`; the newest version wins.
     pub name_prefix: &'static str,
-    pub name_suffix: &'static str,
+    pub flavour: &'static str,
+}
+
+impl KernelSpec {
+    /// The end of the row's package names for `arch`: `-cloud-arm64`.
+    fn name_suffix(&self, arch: GuestArch) -> String {
+        format!("{}{}", self.flavour, arch.debian())
+    }
 }
 
 /// Cloud flavours: they boot from an initramfs without modules, and all have BTF.
@@ -38,28 +46,28 @@ pub const MATRIX: &[KernelSpec] = &[
         stands_for: "Amazon Linux 2, Debian 11, many EKS/GKE node images",
         suite: "bullseye-security",
         name_prefix: "linux-image-5.10.0-",
-        name_suffix: "-cloud-amd64",
+        flavour: "-cloud-",
     },
     KernelSpec {
         key: "6.1",
         stands_for: "Debian 12, Amazon Linux 2023",
         suite: "bookworm-security",
         name_prefix: "linux-image-6.1.0-",
-        name_suffix: "-cloud-amd64",
+        flavour: "-cloud-",
     },
     KernelSpec {
         key: "6.12",
         stands_for: "Debian 13, RHEL 10 line",
         suite: "trixie-security",
         name_prefix: "linux-image-6.12.",
-        name_suffix: "-cloud-amd64",
+        flavour: "-cloud-",
     },
     KernelSpec {
         key: "newest",
         stands_for: "the newest kernel Debian ships",
         suite: "trixie-backports",
         name_prefix: "linux-image-",
-        name_suffix: "-cloud-amd64",
+        flavour: "-cloud-",
     },
 ];
 
@@ -72,7 +80,11 @@ const MAX_PACKAGES: usize = 512 << 20;
 const MAX_DEB: u64 = 512 << 20;
 /// The archive key apt uses when a source names no `Signed-By` file.
 const DEFAULT_KEYRING: &str = "/usr/share/keyrings/debian-archive-keyring.gpg";
-const INDEX_PATH: &str = "main/binary-amd64/Packages.xz";
+
+/// The index of one architecture's packages in a suite's `InRelease`.
+fn index_path(arch: GuestArch) -> String {
+    format!("main/binary-{}/Packages.xz", arch.debian())
+}
 
 /// A kernel package chosen for a row.
 #[derive(Clone, Debug)]
@@ -109,30 +121,46 @@ impl KernelPackage {
             return Ok(vmlinuz);
         }
         let pkg = &self.vmlinuz_in;
-        fs::create_dir_all(&dir)?;
-        let deb = dir.join("package.deb");
-        let url = format!("{}/{}", self.mirror, pkg.filename);
-        step(&format!("downloading {} {} ({:.1} MiB)", pkg.name, pkg.version, pkg.size as f64 / 1048576.0));
-        download(&url, &deb, pkg.size)?.require(&url).context("the index may be stale: run again with --refresh")?;
-        let got = sha256_file(&deb)?;
-        if got != pkg.sha256 || fs::metadata(&deb)?.len() != pkg.size {
-            let _ = fs::remove_file(&deb);
-            bail!("{url}: SHA-256 {got} or size differs from the signed index ({}): refusing it", pkg.sha256);
-        }
-        let unpacked = dir.join("unpacked");
-        let _ = fs::remove_dir_all(&unpacked);
-        let out = Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&unpacked).output().context("running dpkg-deb")?;
-        if !out.status.success() {
-            bail!("dpkg-deb -x {}: {}", deb.display(), String::from_utf8_lossy(&out.stderr).trim());
-        }
-        let found = find_vmlinuz(&unpacked, 0).ok_or_else(|| {
-            anyhow!("{} {} holds no vmlinuz (looked for vmlinuz and vmlinuz-*)", pkg.name, pkg.version)
+        extract_from_package(&self.mirror, pkg, &vmlinuz, |unpacked| {
+            find_vmlinuz(unpacked, 0).ok_or_else(|| {
+                anyhow!("{} {} holds no vmlinuz (looked for vmlinuz and vmlinuz-*)", pkg.name, pkg.version)
+            })
         })?;
-        fs::rename(found, &vmlinuz)?;
-        fs::remove_dir_all(&unpacked)?;
-        fs::remove_file(&deb)?;
         Ok(vmlinuz)
     }
+}
+
+/// Downloads `pkg` from `mirror`, checks its SHA-256 and size against the
+/// signed index, unpacks it beside `dest` and moves the file `pick` chooses
+/// in the unpacked tree to `dest`.
+fn extract_from_package(
+    mirror: &str,
+    pkg: &PackageEntry,
+    dest: &Path,
+    pick: impl FnOnce(&Path) -> Result<PathBuf>,
+) -> Result<()> {
+    let dir = dest.parent().context("a package's file needs a directory")?;
+    fs::create_dir_all(dir)?;
+    let deb = dir.join("package.deb");
+    let url = format!("{mirror}/{}", pkg.filename);
+    step(&format!("downloading {} {} ({:.1} MiB)", pkg.name, pkg.version, pkg.size as f64 / 1048576.0));
+    download(&url, &deb, pkg.size)?.require(&url).context("the index may be stale: run again with --refresh")?;
+    let got = sha256_file(&deb)?;
+    if got != pkg.sha256 || fs::metadata(&deb)?.len() != pkg.size {
+        let _ = fs::remove_file(&deb);
+        bail!("{url}: SHA-256 {got} or size differs from the signed index ({}): refusing it", pkg.sha256);
+    }
+    let unpacked = dir.join("unpacked");
+    let _ = fs::remove_dir_all(&unpacked);
+    let out = Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&unpacked).output().context("running dpkg-deb")?;
+    if !out.status.success() {
+        bail!("dpkg-deb -x {}: {}", deb.display(), String::from_utf8_lossy(&out.stderr).trim());
+    }
+    let found = pick(&unpacked)?;
+    fs::rename(found, dest)?;
+    fs::remove_dir_all(&unpacked)?;
+    fs::remove_file(&deb)?;
+    Ok(())
 }
 
 /// The kernel image in an unpacked package: `/boot/vmlinuz-<release>`, or
@@ -212,11 +240,14 @@ impl Archive {
         Ok(Archive { sources, cache: cache.to_path_buf(), refresh, unreachable: RefCell::default() })
     }
 
-    /// Picks the row's kernel: the newest matching package of its suite.
-    pub fn resolve(&self, spec: &KernelSpec) -> Result<KernelPackage> {
-        let (mirror, packages) = self.suite_index(spec.suite)?;
+    /// Picks the row's kernel for `arch`: the newest matching package of its suite.
+    pub fn resolve(&self, spec: &KernelSpec, arch: GuestArch) -> Result<KernelPackage> {
+        let (mirror, packages) = self.suite_index(spec.suite, arch, |name| {
+            name.starts_with("linux-image-") || name.starts_with("linux-binary-")
+        })?;
+        let name_suffix = spec.name_suffix(arch);
         let matches = |p: &&PackageEntry| {
-            p.name.strip_prefix(spec.name_prefix).and_then(|rest| rest.strip_suffix(spec.name_suffix)).is_some_and(
+            p.name.strip_prefix(spec.name_prefix).and_then(|rest| rest.strip_suffix(&name_suffix)).is_some_and(
                 // A version, not the `linux-image-cloud-amd64` metapackage.
                 |middle| middle.starts_with(|c: char| c.is_ascii_digit()),
             )
@@ -228,7 +259,7 @@ impl Archive {
                     "no package {}*{} in Debian's {} (index from {mirror}): the archive no longer has this kernel; \
                      pick another with --kernels",
                     spec.name_prefix,
-                    spec.name_suffix,
+                    name_suffix,
                     spec.suite
                 )
                 },
@@ -243,14 +274,42 @@ impl Archive {
         })
     }
 
-    /// The kernel packages of `suite`'s main/amd64 index and the mirror it came from.
-    fn suite_index(&self, suite: &str) -> Result<(String, Vec<PackageEntry>)> {
-        let dir = self.cache.join("debian").join(suite);
+    /// The newest `name` of `suite` for `arch` (checked along the archive's chain
+    /// of trust), downloaded once; returns the cached copy of the file at `path`
+    /// inside it.
+    pub fn package_file(&self, suite: &str, arch: GuestArch, name: &str, path: &str) -> Result<PathBuf> {
+        let (mirror, packages) = self.suite_index(suite, arch, |n| n == name)?;
+        let pkg = packages.iter().max_by(|a, b| compare_debian_versions(&a.version, &b.version)).ok_or_else(|| {
+            anyhow!("no package {name} in Debian's {suite} for {} (index from {mirror})", arch.debian())
+        })?;
+        let file_name = Path::new(path).file_name().context("a package file's path names a file")?;
+        let dest =
+            self.cache.join("packages").join(format!("{}_{}_{}", pkg.name, pkg.version, arch.debian())).join(file_name);
+        if !dest.is_file() {
+            extract_from_package(&mirror, pkg, &dest, |unpacked| {
+                let found = unpacked.join(path.trim_start_matches('/'));
+                match found.is_file() {
+                    true => Ok(found),
+                    false => bail!("{name} {} holds no {path}", pkg.version),
+                }
+            })?;
+        }
+        Ok(dest)
+    }
+
+    /// The packages `keep` accepts of `suite`'s main index for `arch`, and the mirror it came from.
+    fn suite_index(
+        &self,
+        suite: &str,
+        arch: GuestArch,
+        keep: impl Fn(&str) -> bool,
+    ) -> Result<(String, Vec<PackageEntry>)> {
+        let dir = self.cache.join("debian").join(arch.debian()).join(suite);
         let fresh = fs::metadata(dir.join("InRelease"))
             .and_then(|m| m.modified())
             .is_ok_and(|t| SystemTime::now().duration_since(t).unwrap_or_default() < INDEX_MAX_AGE);
         if self.refresh || !fresh || !dir.join("mirror").is_file() {
-            if let Err(e) = self.fetch_index(suite, &dir) {
+            if let Err(e) = self.fetch_index(suite, arch, &dir) {
                 if !dir.join("mirror").is_file() {
                     return Err(e);
                 }
@@ -260,15 +319,14 @@ impl Archive {
         let mirror = fs::read_to_string(dir.join("mirror"))?.trim().to_string();
         let xz = fs::read(dir.join("Packages.xz"))?;
         let text = xz_decompress(&xz, MAX_PACKAGES).with_context(|| format!("decompressing {suite}'s Packages.xz"))?;
-        let packages =
-            parse_packages(&text, |name| name.starts_with("linux-image-") || name.starts_with("linux-binary-"));
-        Ok((mirror, packages))
+        Ok((mirror, parse_packages(&text, keep)))
     }
 
     /// Fetches `InRelease` (verified with gpgv) and `Packages.xz` (verified against
     /// it) from the first of apt's mirrors that has the suite.
-    fn fetch_index(&self, suite: &str, dir: &Path) -> Result<()> {
+    fn fetch_index(&self, suite: &str, arch: GuestArch, dir: &Path) -> Result<()> {
         fs::create_dir_all(dir)?;
+        let index_path = index_path(arch);
         let mut tried = Vec::new();
         for source in &self.sources {
             let base = source.uri.trim_end_matches('/');
@@ -293,12 +351,12 @@ impl Archive {
             }
             let keyring = source.keyring.clone().unwrap_or_else(|| DEFAULT_KEYRING.into());
             let signed = verify_signature(&inrelease, &keyring).with_context(|| url.clone())?;
-            let (sha256, size) = release_checksum(&signed, INDEX_PATH)
-                .ok_or_else(|| anyhow!("{url} lists no SHA-256 for {INDEX_PATH}"))?;
+            let (sha256, size) = release_checksum(&signed, &index_path)
+                .ok_or_else(|| anyhow!("{url} lists no SHA-256 for {index_path}"))?;
             if size > MAX_PACKAGES_XZ {
-                bail!("{url}: {INDEX_PATH} is {size} bytes, over the {MAX_PACKAGES_XZ}-byte bound");
+                bail!("{url}: {index_path} is {size} bytes, over the {MAX_PACKAGES_XZ}-byte bound");
             }
-            let index_url = format!("{base}/dists/{suite}/{INDEX_PATH}");
+            let index_url = format!("{base}/dists/{suite}/{index_path}");
             let index = dir.join("Packages.xz.new");
             download(&index_url, &index, size)?.require(&index_url)?;
             let got = sha256_file(&index)?;
@@ -657,7 +715,12 @@ mod tests {
         let found = parse_packages(&index, |n| n.starts_with("linux-image-"));
         assert_eq!(found.len(), 1, "a path escaping the mirror is dropped");
         assert_eq!(binary_dependency(&found[0].depends), Some("linux-binary-7.3.4+deb13-cloud-amd64"));
-        let release = format!("Suite: x\nSHA256:\n {sha} 12 main/binary-amd64/Packages\n {sha} 34 {INDEX_PATH}\n");
-        assert_eq!(release_checksum(&release, INDEX_PATH), Some((sha, 34)));
+        let arm64 = index_path(GuestArch::Aarch64);
+        let release = format!(
+            "Suite: x\nSHA256:\n {sha} 12 main/binary-amd64/Packages\n {sha} 34 {}\n {sha} 56 {arm64}\n",
+            index_path(GuestArch::X86_64)
+        );
+        assert_eq!(release_checksum(&release, &index_path(GuestArch::X86_64)), Some((sha.clone(), 34)));
+        assert_eq!(release_checksum(&release, &arm64), Some((sha, 56)));
     }
 }
