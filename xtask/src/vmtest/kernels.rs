@@ -81,11 +81,6 @@ const MAX_DEB: u64 = 512 << 20;
 /// The archive key apt uses when a source names no `Signed-By` file.
 const DEFAULT_KEYRING: &str = "/usr/share/keyrings/debian-archive-keyring.gpg";
 
-/// The index of one architecture's packages in a suite's `InRelease`.
-fn index_path(arch: GuestArch) -> String {
-    format!("main/binary-{}/Packages.xz", arch.debian())
-}
-
 /// A kernel package chosen for a row.
 #[derive(Clone, Debug)]
 pub struct KernelPackage {
@@ -121,34 +116,29 @@ impl KernelPackage {
             return Ok(vmlinuz);
         }
         let pkg = &self.vmlinuz_in;
-        extract_from_package(&self.mirror, pkg, &vmlinuz, |unpacked| {
-            find_vmlinuz(unpacked, 0).ok_or_else(|| {
-                anyhow!("{} {} holds no vmlinuz (looked for vmlinuz and vmlinuz-*)", pkg.name, pkg.version)
-            })
+        let unpacked =
+            fetch_package(&self.mirror, pkg, &dir).context("run again with --refresh to fetch the index again")?;
+        let found = find_vmlinuz(&unpacked, 0).ok_or_else(|| {
+            anyhow!("{} {} holds no vmlinuz (looked for vmlinuz and vmlinuz-*)", pkg.name, pkg.version)
         })?;
+        fs::rename(found, &vmlinuz)?;
+        fs::remove_dir_all(&unpacked)?;
         Ok(vmlinuz)
     }
 }
 
-/// Downloads `pkg` from `mirror`, checks its SHA-256 and size against the
-/// signed index, unpacks it beside `dest` and moves the file `pick` chooses
-/// in the unpacked tree to `dest`.
-fn extract_from_package(
-    mirror: &str,
-    pkg: &PackageEntry,
-    dest: &Path,
-    pick: impl FnOnce(&Path) -> Result<PathBuf>,
-) -> Result<()> {
-    let dir = dest.parent().context("a package's file needs a directory")?;
+/// Downloads `package` from `mirror` into `dir`, checks its SHA-256 and size
+/// against the signed index and unpacks it; returns the unpacked tree's path.
+pub fn fetch_package(mirror: &str, package: &PackageEntry, dir: &Path) -> Result<PathBuf> {
     fs::create_dir_all(dir)?;
     let deb = dir.join("package.deb");
-    let url = format!("{mirror}/{}", pkg.filename);
-    step(&format!("downloading {} {} ({:.1} MiB)", pkg.name, pkg.version, pkg.size as f64 / 1048576.0));
-    download(&url, &deb, pkg.size)?.require(&url).context("the index may be stale: run again with --refresh")?;
+    let url = format!("{mirror}/{}", package.filename);
+    step(&format!("downloading {} {} ({:.1} MiB)", package.name, package.version, package.size as f64 / 1048576.0));
+    download(&url, &deb, package.size)?.require(&url).context("the cached index may be stale (it is kept a day)")?;
     let got = sha256_file(&deb)?;
-    if got != pkg.sha256 || fs::metadata(&deb)?.len() != pkg.size {
+    if got != package.sha256 || fs::metadata(&deb)?.len() != package.size {
         let _ = fs::remove_file(&deb);
-        bail!("{url}: SHA-256 {got} or size differs from the signed index ({}): refusing it", pkg.sha256);
+        bail!("{url}: SHA-256 {got} or size differs from the signed index ({}): refusing it", package.sha256);
     }
     let unpacked = dir.join("unpacked");
     let _ = fs::remove_dir_all(&unpacked);
@@ -156,11 +146,17 @@ fn extract_from_package(
     if !out.status.success() {
         bail!("dpkg-deb -x {}: {}", deb.display(), String::from_utf8_lossy(&out.stderr).trim());
     }
-    let found = pick(&unpacked)?;
-    fs::rename(found, dest)?;
-    fs::remove_dir_all(&unpacked)?;
     fs::remove_file(&deb)?;
-    Ok(())
+    Ok(unpacked)
+}
+
+/// The newest version of package `name` among `packages`.
+pub fn newest<'a>(packages: &'a [PackageEntry], name: &str) -> Option<&'a PackageEntry> {
+    packages.iter().filter(|p| p.name == name).max_by(|a, b| compare_debian_versions(&a.version, &b.version))
+}
+
+fn index_path(arch: &str) -> String {
+    format!("main/binary-{arch}/Packages.xz")
 }
 
 /// The kernel image in an unpacked package: `/boot/vmlinuz-<release>`, or
@@ -185,14 +181,14 @@ fn find_vmlinuz(dir: &Path, depth: usize) -> Option<PathBuf> {
 
 /// One paragraph of a `Packages` index (the fields used here).
 #[derive(Clone, Debug, Default)]
-struct PackageEntry {
-    name: String,
-    version: String,
+pub struct PackageEntry {
+    pub name: String,
+    pub version: String,
     /// Path under the mirror's root.
-    filename: String,
-    size: u64,
-    sha256: String,
-    depends: String,
+    pub filename: String,
+    pub size: u64,
+    pub sha256: String,
+    pub depends: String,
 }
 
 /// Where apt fetches from: the `deb` sources of `/etc/apt`.
@@ -242,7 +238,7 @@ impl Archive {
 
     /// Picks the row's kernel for `arch`: the newest matching package of its suite.
     pub fn resolve(&self, spec: &KernelSpec, arch: GuestArch) -> Result<KernelPackage> {
-        let (mirror, packages) = self.suite_index(spec.suite, arch, |name| {
+        let (mirror, packages) = self.index(spec.suite, arch.debian(), |name| {
             name.starts_with("linux-image-") || name.starts_with("linux-binary-")
         })?;
         let name_suffix = spec.name_suffix(arch);
@@ -274,37 +270,11 @@ impl Archive {
         })
     }
 
-    /// The newest `name` of `suite` for `arch` (checked along the archive's chain
-    /// of trust), downloaded once; returns the cached copy of the file at `path`
-    /// inside it.
-    pub fn package_file(&self, suite: &str, arch: GuestArch, name: &str, path: &str) -> Result<PathBuf> {
-        let (mirror, packages) = self.suite_index(suite, arch, |n| n == name)?;
-        let pkg = packages.iter().max_by(|a, b| compare_debian_versions(&a.version, &b.version)).ok_or_else(|| {
-            anyhow!("no package {name} in Debian's {suite} for {} (index from {mirror})", arch.debian())
-        })?;
-        let file_name = Path::new(path).file_name().context("a package file's path names a file")?;
-        let dest =
-            self.cache.join("packages").join(format!("{}_{}_{}", pkg.name, pkg.version, arch.debian())).join(file_name);
-        if !dest.is_file() {
-            extract_from_package(&mirror, pkg, &dest, |unpacked| {
-                let found = unpacked.join(path.trim_start_matches('/'));
-                match found.is_file() {
-                    true => Ok(found),
-                    false => bail!("{name} {} holds no {path}", pkg.version),
-                }
-            })?;
-        }
-        Ok(dest)
-    }
-
-    /// The packages `keep` accepts of `suite`'s main index for `arch`, and the mirror it came from.
-    fn suite_index(
-        &self,
-        suite: &str,
-        arch: GuestArch,
-        keep: impl Fn(&str) -> bool,
-    ) -> Result<(String, Vec<PackageEntry>)> {
-        let dir = self.cache.join("debian").join(arch.debian()).join(suite);
+    /// The packages of `suite`'s main index for `arch` (Debian's name: amd64,
+    /// arm64) that `keep` accepts by name, and the mirror the index came from.
+    /// The index is cached for a day under `<cache>/debian/<suite>/binary-<arch>/`.
+    pub fn index(&self, suite: &str, arch: &str, keep: impl Fn(&str) -> bool) -> Result<(String, Vec<PackageEntry>)> {
+        let dir = self.cache.join("debian").join(suite).join(format!("binary-{arch}"));
         let fresh = fs::metadata(dir.join("InRelease"))
             .and_then(|m| m.modified())
             .is_ok_and(|t| SystemTime::now().duration_since(t).unwrap_or_default() < INDEX_MAX_AGE);
@@ -318,15 +288,17 @@ impl Archive {
         }
         let mirror = fs::read_to_string(dir.join("mirror"))?.trim().to_string();
         let xz = fs::read(dir.join("Packages.xz"))?;
-        let text = xz_decompress(&xz, MAX_PACKAGES).with_context(|| format!("decompressing {suite}'s Packages.xz"))?;
+        let text =
+            xz_decompress(&xz, MAX_PACKAGES).with_context(|| format!("decompressing {suite}'s {arch} Packages.xz"))?;
         Ok((mirror, parse_packages(&text, keep)))
     }
 
     /// Fetches `InRelease` (verified with gpgv) and `Packages.xz` (verified against
     /// it) from the first of apt's mirrors that has the suite.
-    fn fetch_index(&self, suite: &str, arch: GuestArch, dir: &Path) -> Result<()> {
+    fn fetch_index(&self, suite: &str, arch: &str, dir: &Path) -> Result<()> {
         fs::create_dir_all(dir)?;
         let index_path = index_path(arch);
+        let index_path = index_path.as_str();
         let mut tried = Vec::new();
         for source in &self.sources {
             let base = source.uri.trim_end_matches('/');
@@ -351,7 +323,7 @@ impl Archive {
             }
             let keyring = source.keyring.clone().unwrap_or_else(|| DEFAULT_KEYRING.into());
             let signed = verify_signature(&inrelease, &keyring).with_context(|| url.clone())?;
-            let (sha256, size) = release_checksum(&signed, &index_path)
+            let (sha256, size) = release_checksum(&signed, index_path)
                 .ok_or_else(|| anyhow!("{url} lists no SHA-256 for {index_path}"))?;
             if size > MAX_PACKAGES_XZ {
                 bail!("{url}: {index_path} is {size} bytes, over the {MAX_PACKAGES_XZ}-byte bound");
@@ -715,12 +687,10 @@ mod tests {
         let found = parse_packages(&index, |n| n.starts_with("linux-image-"));
         assert_eq!(found.len(), 1, "a path escaping the mirror is dropped");
         assert_eq!(binary_dependency(&found[0].depends), Some("linux-binary-7.3.4+deb13-cloud-amd64"));
-        let arm64 = index_path(GuestArch::Aarch64);
-        let release = format!(
-            "Suite: x\nSHA256:\n {sha} 12 main/binary-amd64/Packages\n {sha} 34 {}\n {sha} 56 {arm64}\n",
-            index_path(GuestArch::X86_64)
-        );
-        assert_eq!(release_checksum(&release, &index_path(GuestArch::X86_64)), Some((sha.clone(), 34)));
+        let (amd64, arm64) = (index_path("amd64"), index_path("arm64"));
+        let release =
+            format!("Suite: x\nSHA256:\n {sha} 12 main/binary-amd64/Packages\n {sha} 34 {amd64}\n {sha} 56 {arm64}\n");
+        assert_eq!(release_checksum(&release, &amd64), Some((sha.clone(), 34)));
         assert_eq!(release_checksum(&release, &arm64), Some((sha, 56)));
     }
 }

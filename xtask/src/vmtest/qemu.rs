@@ -11,7 +11,10 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 
-use super::{arch::GuestArch, kernels::Archive};
+use super::{
+    arch::{GuestArch, GuestPackage},
+    kernels::{fetch_package, newest, Archive},
+};
 use crate::{
     dist::{linkage, Linkage},
     step, KillOnDrop,
@@ -45,7 +48,7 @@ pub fn ensure_tools(arch: GuestArch, archive: &Archive) -> Result<Tools> {
         .with_context(|| format!("{qemu_name} is still missing after installing {qemu_package}"))?;
     let busybox = match foreign_busybox {
         Some(p) => {
-            let busybox = archive.package_file(p.suite, arch, p.name, p.path)?;
+            let busybox = package_file(archive, arch, &p)?;
             if !matches!(linkage(&busybox)?, Linkage::Static | Linkage::StaticPie) {
                 bail!("{} of Debian's {} is not statically linked", p.path, p.name);
             }
@@ -54,6 +57,30 @@ pub fn ensure_tools(arch: GuestArch, archive: &Archive) -> Result<Tools> {
         None => static_busybox().context("no statically linked busybox after installing busybox-static")?,
     };
     Ok(Tools { arch, qemu, busybox })
+}
+
+/// The file `wanted.path` of the newest `wanted.name` for `arch` in Debian's
+/// archive (checked along its chain of trust), downloaded once and cached under
+/// `$GLEAK_CACHE/vm/packages/`.
+fn package_file(archive: &Archive, arch: GuestArch, wanted: &GuestPackage) -> Result<PathBuf> {
+    let (mirror, packages) = archive.index(wanted.suite, arch.debian(), |name| name == wanted.name)?;
+    let package = newest(&packages, wanted.name)
+        .with_context(|| format!("no package {} for {} in Debian's {}", wanted.name, arch.debian(), wanted.suite))?;
+    let dir =
+        crate::cache_dir().join("vm/packages").join(format!("{}_{}_{}", package.name, package.version, arch.debian()));
+    let file_name = Path::new(wanted.path).file_name().context("a package file's path names a file")?;
+    let cached = dir.join(file_name);
+    if cached.is_file() {
+        return Ok(cached);
+    }
+    let unpacked = fetch_package(&mirror, package, &dir)?;
+    let found = unpacked.join(wanted.path.trim_start_matches('/'));
+    if !found.is_file() {
+        bail!("{} {} holds no {}", package.name, package.version, wanted.path);
+    }
+    fs::rename(&found, &cached)?;
+    fs::remove_dir_all(&unpacked)?;
+    Ok(cached)
 }
 
 /// The host file at `path`, installing `package` with apt when it is missing.
