@@ -242,7 +242,9 @@ impl RunningVm {
         let trouble: Vec<&str> = console
             .lines()
             .map(str::trim)
-            .filter(|l| ["BUG:", "Oops:", "RIP:", "Kernel panic"].iter().any(|w| l.contains(w)))
+            .filter(|l| {
+                ["BUG:", "Oops:", "RIP:", "Kernel panic", "Unable to handle kernel"].iter().any(|w| l.contains(w))
+            })
             .take(3)
             .collect();
         if !trouble.is_empty() {
