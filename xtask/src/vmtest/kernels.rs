@@ -150,11 +150,6 @@ pub fn fetch_package(mirror: &str, package: &PackageEntry, dir: &Path) -> Result
     Ok(unpacked)
 }
 
-/// The newest version of package `name` among `packages`.
-pub fn newest<'a>(packages: &'a [PackageEntry], name: &str) -> Option<&'a PackageEntry> {
-    packages.iter().filter(|p| p.name == name).max_by(|a, b| compare_debian_versions(&a.version, &b.version))
-}
-
 fn index_path(arch: &str) -> String {
     format!("main/binary-{arch}/Packages.xz")
 }
@@ -481,7 +476,7 @@ fn upstream_version(version: &str) -> &str {
 }
 
 /// Debian's version ordering (dpkg's `verrevcmp` on epoch, upstream version, revision).
-fn compare_debian_versions(a: &str, b: &str) -> Ordering {
+pub fn compare_debian_versions(a: &str, b: &str) -> Ordering {
     fn split(v: &str) -> (u64, &str, &str) {
         let (epoch, rest) = match v.split_once(':') {
             Some((e, rest)) if e.bytes().all(|b| b.is_ascii_digit()) => (e.parse().unwrap_or(0), rest),

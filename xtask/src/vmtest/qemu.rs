@@ -13,7 +13,7 @@ use anyhow::{bail, Context, Result};
 
 use super::{
     arch::{GuestArch, GuestPackage},
-    kernels::{fetch_package, newest, Archive},
+    kernels::{compare_debian_versions, fetch_package, Archive},
 };
 use crate::{
     dist::{linkage, Linkage},
@@ -64,7 +64,9 @@ pub fn ensure_tools(arch: GuestArch, archive: &Archive) -> Result<Tools> {
 /// `$GLEAK_CACHE/vm/packages/`.
 fn package_file(archive: &Archive, arch: GuestArch, wanted: &GuestPackage) -> Result<PathBuf> {
     let (mirror, packages) = archive.index(wanted.suite, arch.debian(), |name| name == wanted.name)?;
-    let package = newest(&packages, wanted.name)
+    let package = packages
+        .iter()
+        .max_by(|a, b| compare_debian_versions(&a.version, &b.version))
         .with_context(|| format!("no package {} for {} in Debian's {}", wanted.name, arch.debian(), wanted.suite))?;
     let dir =
         crate::cache_dir().join("vm/packages").join(format!("{}_{}_{}", package.name, package.version, arch.debian()));
