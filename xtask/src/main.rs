@@ -48,6 +48,10 @@ enum Task {
         /// Boot every kernel of the matrix, not only the oldest and the newest.
         #[arg(long)]
         all_kernels: bool,
+        /// Also boot Debian 12's arm64 kernel under TCG with the arm64 gleak
+        /// (`cargo xtask vmtest --arch aarch64`); the default is `ARM64_VM_IN_TEST`.
+        #[arg(long, value_name = "true|false", default_value_t = ARM64_VM_IN_TEST, action = clap::ArgAction::Set)]
+        arm64_vm: bool,
     },
     /// Measure what gleak costs, side by side in one run; writes BENCHMARKS.md.
     Bench {
@@ -78,6 +82,14 @@ enum Task {
     Dist,
     /// Boot Debian's kernels (5.10, 6.1, 6.12, the newest) in QEMU and run gleak end to end in each.
     Vmtest {
+        /// The guest's architecture: x86_64 (KVM or TCG), or aarch64 (TCG; Debian 12's
+        /// kernel by default, with target/dist/gleak-aarch64-linux).
+        #[arg(long, value_enum, default_value = "x86_64")]
+        arch: vmtest::GuestArch,
+        /// Only the checks that need no gleak: the fixtures run in the guest, a
+        /// tracefs uprobe on one of them fires.
+        #[arg(long)]
+        without_gleak: bool,
         /// Only these kernels, by row (5.10, 6.1, 6.12, newest) or version prefix (7, 7.3).
         #[arg(long, value_delimiter = ',')]
         kernels: Vec<String>,
@@ -97,13 +109,13 @@ fn main() -> Result<()> {
     match Cli::parse().task {
         Task::Setup => bootstrap(&[]),
         Task::Demo { duration } => demo(&duration),
-        Task::Test { unit_only, all_kernels } => test(unit_only, all_kernels),
+        Task::Test { unit_only, all_kernels, arm64_vm } => test(unit_only, all_kernels, arm64_vm),
         Task::Bench { goroutines, soak_cycles, only } => bench::run(bench::BenchArgs { goroutines, soak_cycles, only }),
         Task::Fuzz { seconds, seed } => fuzz::run(seconds, seed.as_deref()),
         Task::Gotables => gotables::run(),
         Task::Dist => dist::run_dist(),
-        Task::Vmtest { kernels, list, accel, refresh } => {
-            vmtest::run(vmtest::VmtestArgs { kernels, list, accel, refresh })
+        Task::Vmtest { arch, without_gleak, kernels, list, accel, refresh } => {
+            vmtest::run(vmtest::VmtestArgs { arch, without_gleak, kernels, list, accel, refresh })
         }
         Task::Schema => {
             let path = root().join("docs/report.schema.json");
@@ -227,7 +239,15 @@ fn demo(duration: &str) -> Result<()> {
     Ok(())
 }
 
-fn test(unit_only: bool, all_kernels: bool) -> Result<()> {
+/// Whether `cargo xtask test` boots the arm64 VM too (issue 21: CI runs the arm64
+/// subset). Off until the arm64 gleak (`cargo xtask dist`'s aarch64 target) and
+/// the arm64 port are merged: before, there is no arm64 gleak to test. Turn on
+/// then; it adds one TCG boot of Debian 12's arm64 kernel and its 12 checks:
+/// 83 s for the VM, about 100 s in all with the fixtures' builds cached (measured
+/// with both branches merged), plus the arm64 gleak's build when it is stale.
+const ARM64_VM_IN_TEST: bool = false;
+
+fn test(unit_only: bool, all_kernels: bool, arm64_vm: bool) -> Result<()> {
     let started = Instant::now();
     if !unit_only && !nix::unistd::geteuid().is_root() {
         bail!(
@@ -287,7 +307,25 @@ fn test(unit_only: bool, all_kernels: bool) -> Result<()> {
             "5.10 and the newest Debian ships; --all-kernels for 6.1 and 6.12 too"
         }
     ));
-    vmtest::run(vmtest::VmtestArgs { kernels, list: false, accel: vmtest::AccelChoice::Auto, refresh: false })?;
+    vmtest::run(vmtest::VmtestArgs {
+        arch: vmtest::GuestArch::X86_64,
+        without_gleak: false,
+        kernels,
+        list: false,
+        accel: vmtest::AccelChoice::Auto,
+        refresh: false,
+    })?;
+    if arm64_vm {
+        step("the arm64 gleak on Debian 12's arm64 kernel in QEMU (cargo xtask vmtest --arch aarch64)");
+        vmtest::run(vmtest::VmtestArgs {
+            arch: vmtest::GuestArch::Aarch64,
+            without_gleak: false,
+            kernels: Vec::new(),
+            list: false,
+            accel: vmtest::AccelChoice::Tcg,
+            refresh: false,
+        })?;
+    }
     step(&format!("all checks passed in {:.0}s", started.elapsed().as_secs_f64()));
     Ok(())
 }

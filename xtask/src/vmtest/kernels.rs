@@ -12,6 +12,8 @@ use anyhow::{anyhow, Context, Result};
 pub use crate::debian::Archive;
 use crate::debian::{compare_debian_versions, fetch_package, PackageEntry};
 
+use super::arch::GuestArch;
+
 /// One row of the matrix: which kernel, and what it stands for in fleets.
 pub struct KernelSpec {
     /// What `--kernels` selects it by, and the table's first column.
@@ -19,9 +21,16 @@ pub struct KernelSpec {
     pub stands_for: &'static str,
     /// The Debian suite whose index lists it.
     pub suite: &'static str,
-    /// Binary package names `<prefix><version…><suffix>`; the newest version wins.
+    /// Binary package names `<prefix><version…><flavour><Debian's arch>`; the newest version wins.
     pub name_prefix: &'static str,
-    pub name_suffix: &'static str,
+    pub flavour: &'static str,
+}
+
+impl KernelSpec {
+    /// The end of the row's package names for `arch`: `-cloud-arm64`.
+    fn name_suffix(&self, arch: GuestArch) -> String {
+        format!("{}{}", self.flavour, arch.debian())
+    }
 }
 
 /// Cloud flavours: they boot from an initramfs without modules, and all have BTF.
@@ -31,33 +40,30 @@ pub const MATRIX: &[KernelSpec] = &[
         stands_for: "Amazon Linux 2, Debian 11, many EKS/GKE node images",
         suite: "bullseye-security",
         name_prefix: "linux-image-5.10.0-",
-        name_suffix: "-cloud-amd64",
+        flavour: "-cloud-",
     },
     KernelSpec {
         key: "6.1",
         stands_for: "Debian 12, Amazon Linux 2023",
         suite: "bookworm-security",
         name_prefix: "linux-image-6.1.0-",
-        name_suffix: "-cloud-amd64",
+        flavour: "-cloud-",
     },
     KernelSpec {
         key: "6.12",
         stands_for: "Debian 13, RHEL 10 line",
         suite: "trixie-security",
         name_prefix: "linux-image-6.12.",
-        name_suffix: "-cloud-amd64",
+        flavour: "-cloud-",
     },
     KernelSpec {
         key: "newest",
         stands_for: "the newest kernel Debian ships",
         suite: "trixie-backports",
         name_prefix: "linux-image-",
-        name_suffix: "-cloud-amd64",
+        flavour: "-cloud-",
     },
 ];
-
-/// Debian's name of the architecture whose kernels the matrix boots.
-const DEBIAN_ARCH: &str = "amd64";
 
 /// A kernel package chosen for a row.
 #[derive(Clone, Debug)]
@@ -127,12 +133,13 @@ fn find_vmlinuz(dir: &Path, depth: usize) -> Option<PathBuf> {
 
 impl Archive {
     /// Picks the row's kernel: the newest matching package of its suite.
-    pub fn resolve(&self, spec: &KernelSpec) -> Result<KernelPackage> {
-        let (mirror, packages) = self.index(spec.suite, DEBIAN_ARCH, |name| {
+    pub fn resolve(&self, spec: &KernelSpec, arch: GuestArch) -> Result<KernelPackage> {
+        let name_suffix = spec.name_suffix(arch);
+        let (mirror, packages) = self.index(spec.suite, arch.debian(), |name| {
             name.starts_with("linux-image-") || name.starts_with("linux-binary-")
         })?;
         let matches = |p: &&PackageEntry| {
-            p.name.strip_prefix(spec.name_prefix).and_then(|rest| rest.strip_suffix(spec.name_suffix)).is_some_and(
+            p.name.strip_prefix(spec.name_prefix).and_then(|rest| rest.strip_suffix(&name_suffix)).is_some_and(
                 // A version, not the `linux-image-cloud-amd64` metapackage.
                 |middle| middle.starts_with(|c: char| c.is_ascii_digit()),
             )
@@ -144,7 +151,7 @@ impl Archive {
                     "no package {}*{} in Debian's {} (index from {mirror}): the archive no longer has this kernel; \
                      pick another with --kernels",
                     spec.name_prefix,
-                    spec.name_suffix,
+                    name_suffix,
                     spec.suite
                 )
                 },

@@ -3,11 +3,16 @@
 //! table: kernel, what it stands for, one column per check. Exits non-zero on
 //! any failure.
 //!
-//! Layout: `kernels` (Debian's packages, found in the archive's indexes, cached),
-//! `initramfs` (the newc writer), `qemu` (tools, accelerator, one VM), `guest`
-//! (the initramfs's contents and the runner's frames), `checks` (what runs and
-//! how it is judged). Everything cached lives under `$GLEAK_CACHE/vm/`.
+//! `--arch aarch64` boots the same kernels built for arm64 under QEMU's TCG,
+//! with arm64 Go fixtures and the arm64 gleak (`target/dist/gleak-aarch64-linux`).
+//!
+//! Layout: `arch` (what differs per guest architecture), `kernels` (Debian's
+//! packages, found in the archive's indexes, cached), `initramfs` (the newc
+//! writer), `qemu` (tools, accelerator, one VM), `guest` (the initramfs's
+//! contents and the runner's frames), `checks` (what runs and how it is
+//! judged). Everything cached lives under `$GLEAK_CACHE/vm/`.
 
+mod arch;
 mod checks;
 mod guest;
 mod initramfs;
@@ -24,8 +29,9 @@ use anyhow::{bail, Context, Result};
 use clap::ValueEnum;
 use gleak_tests::GoToolchain;
 
+pub use self::arch::GuestArch;
 use self::{
-    checks::{manifest_capabilities, Plan},
+    checks::{manifest_capabilities, Plan, PlanOptions},
     guest::{write_initramfs, Event, GuestFiles, ResultsParser},
     kernels::{Archive, KernelPackage, KernelSpec, MATRIX},
     qemu::{Accel, RunningVm, Tools},
@@ -41,6 +47,9 @@ pub enum AccelChoice {
 }
 
 pub struct VmtestArgs {
+    pub arch: GuestArch,
+    /// Only the checks that need no gleak (the guest runs the fixtures, uprobes fire).
+    pub without_gleak: bool,
     pub kernels: Vec<String>,
     pub list: bool,
     pub accel: AccelChoice,
@@ -58,8 +67,14 @@ pub fn run(args: VmtestArgs) -> Result<()> {
     let cache = cache_dir().join("vm");
     let archive = Archive::from_apt_sources(&cache, args.refresh)?;
     step("finding the kernels in the Debian archive's indexes");
-    let resolved: Vec<(&KernelSpec, Result<KernelPackage>)> = MATRIX.iter().map(|s| (s, archive.resolve(s))).collect();
-    let selected = select(&resolved, &args.kernels)?;
+    let arch = args.arch;
+    let resolved: Vec<(&KernelSpec, Result<KernelPackage>)> =
+        MATRIX.iter().map(|s| (s, archive.resolve(s, arch))).collect();
+    let wanted: Vec<String> = match args.kernels.is_empty() {
+        true => arch.default_kernels().iter().map(|k| k.to_string()).collect(),
+        false => args.kernels.clone(),
+    };
+    let selected = select(&resolved, &wanted)?;
     if args.list {
         print_list(&selected, &cache);
         return Ok(());
@@ -72,8 +87,9 @@ pub fn run(args: VmtestArgs) -> Result<()> {
     }
 
     bootstrap(&[])?;
-    let tools = qemu::ensure_tools()?;
-    let (plan, initrd) = prepare_guest(&tools, &cache)?;
+    let tools = qemu::ensure_tools(arch, &archive)?;
+    let options = PlanOptions { arch, with_gleak: !args.without_gleak };
+    let (plan, initrd) = prepare_guest(&tools, &cache, &options)?;
     // Kernels first: a missing one is a row of its own, the others still run.
     let kernels: Vec<(&KernelSpec, Result<(KernelPackage, PathBuf)>)> = selected
         .into_iter()
@@ -87,8 +103,11 @@ pub fn run(args: VmtestArgs) -> Result<()> {
         .collect();
     let probe_kernel = kernels.iter().find_map(|(_, k)| k.as_ref().ok()).map(|(_, vmlinuz)| vmlinuz.clone());
     let accel = match probe_kernel {
-        Some(vmlinuz) => choose_accel(args.accel, &tools, &vmlinuz, &cache)?,
-        None => Accel::Tcg,
+        Some(vmlinuz) if arch.kvm_possible() => choose_accel(args.accel, &tools, &vmlinuz, &cache)?,
+        Some(_) if matches!(args.accel, AccelChoice::Kvm) => {
+            bail!("--accel kvm: KVM cannot run an {} guest on this host", arch.name())
+        }
+        _ => Accel::Tcg,
     };
 
     let mut rows = Vec::new();
@@ -101,7 +120,7 @@ pub fn run(args: VmtestArgs) -> Result<()> {
         let row = match kernel {
             Ok((package, vmlinuz)) => {
                 eprintln!("  {} {} under {}", package.image, package.version, accel.name());
-                run_kernel(&tools, vmlinuz, &initrd, accel, &plan, &cache.join("runs").join(spec.key))
+                run_kernel(&tools, vmlinuz, &initrd, accel, &plan, &runs_dir(&cache, arch).join(spec.key))
             }
             Err(e) => RowResult::unavailable(&plan, &format!("{e:#}")),
         };
@@ -109,13 +128,17 @@ pub fn run(args: VmtestArgs) -> Result<()> {
     }
 
     print_table(&plan, &rows);
+    let caps = match plan.checks.iter().any(|c| c.id.starts_with("caps-")) {
+        true => format!("; caps = {} (from {MANIFEST})", plan.capabilities.join(", ")),
+        false => String::new(),
+    };
     println!(
-        "\n{} kernel(s) under {} in {:.0}s; caps = {} (from {MANIFEST}); logs in {}",
+        "\n{} {} kernel(s) under {} in {:.0}s{caps}; logs in {}",
         rows.len(),
+        arch.name(),
         accel.name(),
         started.elapsed().as_secs_f64(),
-        plan.capabilities.join(", "),
-        cache.join("runs").display()
+        runs_dir(&cache, arch).display()
     );
     let failed: usize = rows.iter().map(|(_, _, r)| r.cells.iter().filter(|c| c.is_err()).count()).sum();
     let total = rows.len() * plan.checks.len();
@@ -125,6 +148,14 @@ pub fn run(args: VmtestArgs) -> Result<()> {
         bail!("{failed} of {total} checks failed");
     }
     Ok(())
+}
+
+/// Where each kernel's logs go: `runs/<kernel>` for x86-64, `runs/<arch>/<kernel>` for others.
+fn runs_dir(cache: &Path, arch: GuestArch) -> PathBuf {
+    match arch {
+        GuestArch::X86_64 => cache.join("runs"),
+        _ => cache.join("runs").join(arch.name()),
+    }
 }
 
 /// The rows `--kernels` asks for, by key (`5.10`, `newest`) or version prefix (`7`, `7.3`).
@@ -165,19 +196,57 @@ fn print_list(rows: &[&(&KernelSpec, Result<KernelPackage>)], cache: &Path) {
 
 /// The plan (fixtures, checks, the manifest's capabilities) and the initramfs
 /// that carries it: the static gleak, the fixtures, busybox, setpriv.
-fn prepare_guest(tools: &Tools, cache: &Path) -> Result<(Plan, PathBuf)> {
-    let gleak = dist::build(&dist::X86_64)?;
+fn prepare_guest(tools: &Tools, cache: &Path, options: &PlanOptions) -> Result<(Plan, PathBuf)> {
+    let gleak = match options.with_gleak {
+        true => Some(gleak_artifact(options.arch)?),
+        false => None,
+    };
     let (old_go, new_go) = two_toolchains()?;
     let manifest = root().join(MANIFEST);
     let capabilities = manifest_capabilities(
         &std::fs::read_to_string(&manifest).with_context(|| format!("reading {}", manifest.display()))?,
     )
     .with_context(|| format!("reading the capability set of {MANIFEST}"))?;
-    let plan = Plan::new(&old_go, &new_go, capabilities);
-    let initrd = cache.join("initramfs.cpio.gz");
-    step(&format!("building the Go fixtures (Go {} and {}, static) and the initramfs", old_go.version, new_go.version));
-    write_initramfs(&initrd, &guest_files(tools, &gleak, &plan, cache)?, &plan.script())?;
+    let plan = Plan::new(&old_go, &new_go, capabilities, options);
+    let initrd = match options.arch {
+        GuestArch::X86_64 => cache.join("initramfs.cpio.gz"),
+        arch => cache.join(format!("initramfs-{}.cpio.gz", arch.name())),
+    };
+    step(&format!(
+        "building the Go fixtures (Go {} and {}, GOARCH={}) and the initramfs",
+        old_go.version,
+        new_go.version,
+        options.arch.goarch()
+    ));
+    let files = guest_files(tools, gleak.as_deref(), &plan, cache)?;
+    write_initramfs(&initrd, &files, &plan.script(&files.files)?)?;
     Ok((plan, initrd))
+}
+
+/// The static gleak for `arch`, built by `cargo xtask dist`'s code for the dist
+/// target of its triple. While this tree's dist has no such target (arm64's is
+/// built on another branch), an artifact already in `target/dist/` is taken, said
+/// in one line.
+fn gleak_artifact(arch: GuestArch) -> Result<PathBuf> {
+    if let Some(target) = dist::TARGETS.iter().find(|t| t.triple == arch.rust_triple()) {
+        return dist::build(target);
+    }
+    let prebuilt = dist::dist_dir().join(arch.dist_artifact());
+    if prebuilt.is_file() {
+        step(&format!(
+            "warning: `cargo xtask dist` has no {} target in this tree: using the prebuilt {}",
+            arch.rust_triple(),
+            prebuilt.display()
+        ));
+        return Ok(prebuilt);
+    }
+    bail!(
+        "no gleak for {}: `cargo xtask dist` has no {} target in this tree and {} does not exist; \
+         `--without-gleak` runs the checks that need none",
+        arch.name(),
+        arch.rust_triple(),
+        prebuilt.display()
+    )
 }
 
 /// Debian's Go 1.19 (the oldest) and the newest toolchain under `$GLEAK_CACHE/go`.
@@ -189,13 +258,26 @@ fn two_toolchains() -> Result<(GoToolchain, GoToolchain)> {
     }
 }
 
-/// gleak, the fixtures, and setpriv with its libraries, at their guest paths.
-fn guest_files(tools: &Tools, gleak: &Path, plan: &Plan, cache: &Path) -> Result<GuestFiles> {
-    let mut files = vec![("/vmtest/gleak".to_string(), gleak.to_path_buf())];
+/// gleak, the fixtures (and the dynamic loader a PIE one asks for), and setpriv
+/// with its libraries where the capability checks run, at their guest paths.
+fn guest_files(tools: &Tools, gleak: Option<&Path>, plan: &Plan, cache: &Path) -> Result<GuestFiles> {
+    let arch = tools.arch;
+    let mut files: Vec<(String, PathBuf)> =
+        gleak.map(|g| ("/vmtest/gleak".to_string(), g.to_path_buf())).into_iter().collect();
+    let fixtures_dir = match arch {
+        GuestArch::X86_64 => cache.join("fixtures"),
+        _ => cache.join("fixtures").join(arch.goarch()),
+    };
     for fx in &plan.fixtures {
-        files.push((fx.guest_path(), fx.build(&cache.join("fixtures"))?));
+        files.push((fx.guest_path(), fx.build(&fixtures_dir, arch)?));
     }
-    files.extend(guest::with_libraries(Path::new(checks::SETPRIV))?);
+    if plan.fixtures.iter().any(|fx| fx.variant == gleak_tests::Variant::Pie) {
+        let (guest, host, package) = arch.pie_loader();
+        files.push((guest.to_string(), qemu::ensure_host_file(host, package)?));
+    }
+    if arch.runs_capability_checks() && plan.checks.iter().any(|c| c.id.starts_with("caps-")) {
+        files.extend(guest::with_libraries(Path::new(checks::SETPRIV))?);
+    }
     Ok(GuestFiles { busybox: tools.busybox.clone(), files })
 }
 
@@ -250,7 +332,7 @@ fn boot(
     mut on_event: impl FnMut(Event),
 ) -> BootEnd {
     let mut end = BootEnd { reached_init: false, done: false, why_stopped: None };
-    let mut vm = match RunningVm::start(&tools.qemu, vmlinuz, initrd, accel, logs) {
+    let mut vm = match RunningVm::start(tools, vmlinuz, initrd, accel, logs) {
         Ok(vm) => vm,
         Err(e) => {
             end.why_stopped = Some(format!("{e:#}"));

@@ -11,37 +11,90 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 
+use super::{
+    arch::{GuestArch, GuestPackage},
+    kernels::Archive,
+};
 use crate::{
+    debian::{compare_debian_versions, fetch_package},
     dist::{linkage, Linkage},
     step, KillOnDrop,
 };
 
-pub const QEMU: &str = "qemu-system-x86_64";
-
 /// The host tools a VM run needs.
 pub struct Tools {
+    pub arch: GuestArch,
     pub qemu: PathBuf,
-    /// A statically linked busybox: the guest's only userland.
+    /// A statically linked busybox of the guest's architecture: its only userland.
     pub busybox: PathBuf,
 }
 
-/// Finds QEMU and a static busybox, installing `qemu-system-x86` and
-/// `busybox-static` with apt when either is missing.
-pub fn ensure_tools() -> Result<Tools> {
+/// Finds QEMU for `arch` and a static busybox, installing QEMU's package and
+/// `busybox-static` with apt when either is missing; a foreign architecture's
+/// busybox comes from Debian's archive instead (apt here installs the host's).
+pub fn ensure_tools(arch: GuestArch, archive: &Archive) -> Result<Tools> {
+    let (qemu_name, qemu_package) = arch.qemu();
+    let foreign_busybox = arch.foreign_busybox();
     let mut missing = Vec::new();
-    if find_on_path(QEMU).is_none() {
-        missing.push("qemu-system-x86");
+    if find_on_path(qemu_name).is_none() {
+        missing.push(qemu_package);
     }
-    if static_busybox().is_none() {
+    if foreign_busybox.is_none() && static_busybox().is_none() {
         missing.push("busybox-static");
     }
     if !missing.is_empty() {
         apt_install(&missing)?;
     }
-    let qemu =
-        find_on_path(QEMU).with_context(|| format!("{QEMU} is still missing after installing qemu-system-x86"))?;
-    let busybox = static_busybox().context("no statically linked busybox after installing busybox-static")?;
-    Ok(Tools { qemu, busybox })
+    let qemu = find_on_path(qemu_name)
+        .with_context(|| format!("{qemu_name} is still missing after installing {qemu_package}"))?;
+    let busybox = match foreign_busybox {
+        Some(p) => {
+            let busybox = package_file(archive, arch, &p)?;
+            if !matches!(linkage(&busybox)?, Linkage::Static | Linkage::StaticPie) {
+                bail!("{} of Debian's {} is not statically linked", p.path, p.name);
+            }
+            busybox
+        }
+        None => static_busybox().context("no statically linked busybox after installing busybox-static")?,
+    };
+    Ok(Tools { arch, qemu, busybox })
+}
+
+/// The file `wanted.path` of the newest `wanted.name` for `arch` in Debian's
+/// archive (checked along its chain of trust), downloaded once and cached under
+/// `$GLEAK_CACHE/vm/packages/`.
+fn package_file(archive: &Archive, arch: GuestArch, wanted: &GuestPackage) -> Result<PathBuf> {
+    let (mirror, packages) = archive.index(wanted.suite, arch.debian(), |name| name == wanted.name)?;
+    let package = packages
+        .iter()
+        .max_by(|a, b| compare_debian_versions(&a.version, &b.version))
+        .with_context(|| format!("no package {} for {} in Debian's {}", wanted.name, arch.debian(), wanted.suite))?;
+    let dir =
+        crate::cache_dir().join("vm/packages").join(format!("{}_{}_{}", package.name, package.version, arch.debian()));
+    let file_name = Path::new(wanted.path).file_name().context("a package file's path names a file")?;
+    let cached = dir.join(file_name);
+    if cached.is_file() {
+        return Ok(cached);
+    }
+    let unpacked = fetch_package(&mirror, package, &dir)?;
+    let found = unpacked.join(wanted.path.trim_start_matches('/'));
+    if !found.is_file() {
+        bail!("{} {} holds no {}", package.name, package.version, wanted.path);
+    }
+    fs::rename(&found, &cached)?;
+    fs::remove_dir_all(&unpacked)?;
+    Ok(cached)
+}
+
+/// The host file at `path`, installing `package` with apt when it is missing.
+pub fn ensure_host_file(path: &Path, package: &str) -> Result<PathBuf> {
+    if !path.is_file() {
+        apt_install(&[package])?;
+    }
+    match path.is_file() {
+        true => Ok(path.to_path_buf()),
+        false => bail!("{} is still missing after installing {package}", path.display()),
+    }
 }
 
 fn static_busybox() -> Option<PathBuf> {
@@ -105,7 +158,8 @@ pub fn kvm_device_problem() -> Option<String> {
     }
 }
 
-/// One VM: QEMU with the console (ttyS0) and the results port (ttyS1) in files.
+/// One VM: QEMU with the console and the runner's results port in files (one
+/// file when the machine has a single serial port for both).
 pub struct RunningVm {
     child: KillOnDrop,
     results_path: PathBuf,
@@ -116,10 +170,15 @@ pub struct RunningVm {
 }
 
 impl RunningVm {
-    pub fn start(qemu: &Path, kernel: &Path, initrd: &Path, accel: Accel, logs: &Path) -> Result<RunningVm> {
+    pub fn start(tools: &Tools, kernel: &Path, initrd: &Path, accel: Accel, logs: &Path) -> Result<RunningVm> {
+        let (qemu, arch) = (&tools.qemu, tools.arch);
         fs::create_dir_all(logs)?;
-        let (console, results_path, qemu_log) =
-            (logs.join("console.log"), logs.join("results.log"), logs.join("qemu.log"));
+        let results_path = logs.join("results.log");
+        let console = match arch.separate_results_port() {
+            true => logs.join("console.log"),
+            false => results_path.clone(),
+        };
+        let qemu_log = logs.join("qemu.log");
         for path in [&console, &results_path] {
             // QEMU's option syntax splits at commas.
             if path.to_string_lossy().contains(',') {
@@ -129,23 +188,21 @@ impl RunningVm {
         }
         let mut cmd = Command::new(qemu);
         match accel {
-            Accel::Kvm => cmd.args(["-accel", "kvm", "-cpu", "host"]),
-            // One host thread for both vCPUs: with a thread per vCPU, the kernel's
-            // live code patching (int3 over a jump label) raced and oopsed a 6.12
-            // guest in __schedule one run in three; one thread is no slower here.
-            Accel::Tcg => cmd.args(["-accel", "tcg,thread=single", "-cpu", "max"]),
+            Accel::Kvm => cmd.args(arch.kvm_args()),
+            Accel::Tcg => cmd.args(arch.tcg_args()),
         };
-        cmd.args(["-m", "2048", "-smp", "2", "-display", "none", "-monitor", "none", "-no-reboot", "-nic", "none"])
+        cmd.args(["-m", "2048", "-display", "none", "-monitor", "none", "-no-reboot", "-nic", "none"])
             .arg("-kernel")
             .arg(kernel)
             .arg("-initrd")
             .arg(initrd)
-            .args(["-append", "console=ttyS0 rdinit=/init panic=-1 quiet"])
+            .args(["-append", arch.kernel_command_line()])
             .arg("-serial")
-            .arg(format!("file:{}", console.display()))
-            .arg("-serial")
-            .arg(format!("file:{}", results_path.display()))
-            .stdin(Stdio::null());
+            .arg(format!("file:{}", console.display()));
+        if arch.separate_results_port() {
+            cmd.arg("-serial").arg(format!("file:{}", results_path.display()));
+        }
+        cmd.stdin(Stdio::null());
         let log = File::create(&qemu_log)?;
         cmd.stdout(log.try_clone()?).stderr(log);
         let child = cmd.spawn().with_context(|| format!("starting {}", qemu.display()))?;
@@ -188,7 +245,9 @@ impl RunningVm {
         let trouble: Vec<&str> = console
             .lines()
             .map(str::trim)
-            .filter(|l| ["BUG:", "Oops:", "RIP:", "Kernel panic"].iter().any(|w| l.contains(w)))
+            .filter(|l| {
+                ["BUG:", "Oops:", "RIP:", "Kernel panic", "Unable to handle kernel"].iter().any(|w| l.contains(w))
+            })
             .take(3)
             .collect();
         if !trouble.is_empty() {
