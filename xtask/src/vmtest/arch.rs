@@ -49,14 +49,6 @@ impl GuestArch {
         }
     }
 
-    /// The artifact's file name under `target/dist/`.
-    pub fn dist_artifact(self) -> &'static str {
-        match self {
-            GuestArch::X86_64 => "gleak-x86_64-linux",
-            GuestArch::Aarch64 => "gleak-aarch64-linux",
-        }
-    }
-
     pub fn goarch(self) -> &'static str {
         match self {
             GuestArch::X86_64 => "amd64",

@@ -224,29 +224,12 @@ fn prepare_guest(tools: &Tools, cache: &Path, options: &PlanOptions) -> Result<(
 }
 
 /// The static gleak for `arch`, built by `cargo xtask dist`'s code for the dist
-/// target of its triple. While this tree's dist has no such target (arm64's is
-/// built on another branch), an artifact already in `target/dist/` is taken, said
-/// in one line.
+/// target of its triple.
 fn gleak_artifact(arch: GuestArch) -> Result<PathBuf> {
-    if let Some(target) = dist::TARGETS.iter().find(|t| t.triple == arch.rust_triple()) {
-        return dist::build(target);
-    }
-    let prebuilt = dist::dist_dir().join(arch.dist_artifact());
-    if prebuilt.is_file() {
-        step(&format!(
-            "warning: `cargo xtask dist` has no {} target in this tree: using the prebuilt {}",
-            arch.rust_triple(),
-            prebuilt.display()
-        ));
-        return Ok(prebuilt);
-    }
-    bail!(
-        "no gleak for {}: `cargo xtask dist` has no {} target in this tree and {} does not exist; \
-         `--without-gleak` runs the checks that need none",
-        arch.name(),
-        arch.rust_triple(),
-        prebuilt.display()
-    )
+    let Some(target) = dist::TARGETS.iter().find(|t| t.triple == arch.rust_triple()) else {
+        bail!("`cargo xtask dist` builds no gleak for {} ({})", arch.name(), arch.rust_triple());
+    };
+    dist::build(target)
 }
 
 /// Debian's Go 1.19 (the oldest) and the newest toolchain under `$GLEAK_CACHE/go`.
