@@ -62,6 +62,11 @@ pub enum Error {
 
     #[error("only {supported} targets are supported for now ({path} is {arch})", supported = crate::arch::supported())]
     UnsupportedArch { path: PathBuf, arch: String },
+    #[error(
+        "{path} is an {target} program and this gleak is built for {host}: its probes read {host} registers. \
+         Run gleak-{target}-linux on an {target} host (a program emulated on another architecture cannot be traced)"
+    )]
+    ForeignArch { path: PathBuf, target: &'static str, host: &'static str },
 
     #[error(
         "gleak was built without its eBPF programs (no eBPF toolchain at build time). \
@@ -145,6 +150,7 @@ impl Error {
             | Error::UnsupportedGoVersion { .. }
             | Error::UnknownRelease { .. }
             | Error::UnsupportedArch { .. }
+            | Error::ForeignArch { .. }
             | Error::NoFunctionTable { .. }
             | Error::NoDwarf { .. }
             | Error::MissingDwarf { .. }

@@ -178,6 +178,14 @@ impl Probes {
     pub fn attach(&mut self, target: &Target, config: TargetConfig, opts: AttachOptions) -> Result<Vec<AttachedProbe>> {
         let pid = target.pid;
         let bin = &target.binary;
+        // The probes were compiled for this machine's registers (`bpf_target_arch`).
+        if bin.arch.name() != std::env::consts::ARCH {
+            return Err(Error::ForeignArch {
+                path: target.exe.clone(),
+                target: bin.arch.name(),
+                host: std::env::consts::ARCH,
+            });
+        }
         let attach_error = |site: &ProbeSite, reason: String| Error::Attach {
             probe: site.label.clone(),
             path: target.exe.clone(),
