@@ -558,7 +558,8 @@ fn documents(out: &CheckOutput, want_rc: i32) -> Result<Vec<Value>, String> {
 }
 
 /// The leak at `site` in an attach's last report: `leak`, more than 20 live,
-/// growing since the first report, blocked in `chan send` (attach.rs's assert_leaks).
+/// growing since the first report, blocked in `chan send`, its creation stack
+/// (the probe's frame-pointer walk) reaching `main.main` (attach.rs's assert_leaks).
 fn leak_in_reports(out: &CheckOutput, site: &Site) -> Outcome {
     let reports = documents(out, 0)?;
     let (first, last) = (&reports[0], &reports[reports.len() - 1]);
@@ -573,7 +574,10 @@ fn leak_in_reports(out: &CheckOutput, site: &Site) -> Outcome {
     ensure(s["top_wait_reason"] == "chan send", || {
         format!("{}: waits on {}, not chan send", site.at(), s["top_wait_reason"])
     })?;
-    Ok(format!("leak at {}: {live} live, chan send", site.at()))
+    let stack: Vec<&str> =
+        s["stack"].as_array().into_iter().flatten().filter_map(|f| f["function"].as_str()).collect();
+    ensure(stack.contains(&"main.main"), || format!("{}: creation stack {stack:?} misses main.main", site.at()))?;
+    Ok(format!("leak at {}: {live} live, chan send, created from main.main", site.at()))
 }
 
 /// `--trace-parks`: every traced goroutine has an exact blocked time no longer
