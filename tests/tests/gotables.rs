@@ -22,7 +22,7 @@ use gleak::binary::{
 };
 use gleak::runtime::gotables::{self, from_dwarf, ReleaseFacts, NEWEST_KNOWN_MINOR, OLDEST_KNOWN_MINOR};
 use gleak::runtime::waitreason::WaitReasons;
-use gleak_tests::{build_fixture, fixture_source, gleak_cache, go_command, go_toolchains, unique_suffix, GoToolchain};
+use gleak_tests::{build_fixture, build_fixture_for_arch, go_toolchains, GoToolchain, Variant};
 
 /// Collects every disagreement of one binary, so one run names them all.
 struct Check {
@@ -322,29 +322,6 @@ fn table_matches_each_toolchain() {
 /// ELF machine number of AArch64 (`EM_AARCH64`).
 const EM_AARCH64: u16 = 183;
 
-/// Builds `tests/fixtures/<name>.go` with `tc` for linux/arm64 (Go cross-compiles
-/// with no other tool); returns the binary's bytes.
-fn build_for_arm64(tc: &GoToolchain, name: &str) -> Vec<u8> {
-    let out_dir = gleak_cache().join("fixtures").join(&tc.version);
-    fs::create_dir_all(&out_dir).unwrap_or_else(|e| panic!("creating {}: {e}", out_dir.display()));
-    let out = out_dir.join(format!("{name}-arm64.{}", unique_suffix()));
-    let output = go_command(tc)
-        .env("GOOS", "linux")
-        .env("GOARCH", "arm64")
-        .env("CGO_ENABLED", "0")
-        .arg("build")
-        .arg("-o")
-        .arg(&out)
-        .arg(fixture_source(name))
-        .current_dir(&out_dir)
-        .output()
-        .unwrap_or_else(|e| panic!("{tc}: running go build: {e}"));
-    assert!(output.status.success(), "{tc}: GOARCH=arm64 go build failed: {}", String::from_utf8_lossy(&output.stderr));
-    let data = fs::read(&out).unwrap_or_else(|e| panic!("reading {}: {e}", out.display()));
-    let _ = fs::remove_file(&out);
-    data
-}
-
 /// Every offset of each toolchain's table entry equals the DWARF of that
 /// toolchain's `GOARCH=arm64` build, field by field (the same list as for x86-64,
 /// [`check_offsets`]): gleak's one table is right for arm64 too.
@@ -355,7 +332,8 @@ fn table_matches_each_toolchain_on_arm64() {
     let mut mismatches = Vec::new();
     for tc in &toolchains {
         eprintln!("gotables vs arm64 DWARF: {tc}");
-        let data = build_for_arm64(tc, "chan_send");
+        let bin = build_fixture_for_arch(tc, "chan_send", Variant::Plain, "arm64");
+        let data = fs::read(&bin).unwrap_or_else(|e| panic!("reading {}: {e}", bin.display()));
         let machine = data.get(18..20).map(|m| u16::from_le_bytes([m[0], m[1]]));
         assert_eq!(machine, Some(EM_AARCH64), "{tc}: GOARCH=arm64 built no AArch64 ELF");
         let label = format!("Go {} (arm64)", tc.version);

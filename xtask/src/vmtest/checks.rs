@@ -574,8 +574,7 @@ fn leak_in_reports(out: &CheckOutput, site: &Site) -> Outcome {
     ensure(s["top_wait_reason"] == "chan send", || {
         format!("{}: waits on {}, not chan send", site.at(), s["top_wait_reason"])
     })?;
-    let stack: Vec<&str> =
-        s["stack"].as_array().into_iter().flatten().filter_map(|f| f["function"].as_str()).collect();
+    let stack: Vec<&str> = s["stack"].as_array().into_iter().flatten().filter_map(|f| f["function"].as_str()).collect();
     ensure(stack.contains(&"main.main"), || format!("{}: creation stack {stack:?} misses main.main", site.at()))?;
     Ok(format!("leak at {}: {live} live, chan send, created from main.main", site.at()))
 }
