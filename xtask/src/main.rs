@@ -61,7 +61,8 @@ enum Task {
         /// Attach/detach cycles of the soak.
         #[arg(long, default_value_t = 1000)]
         soak_cycles: u32,
-        /// Only these sections: overhead, intake, attach, pause, proof, audit, soak.
+        /// Only these sections, each replaced in BENCHMARKS.md in place: overhead, intake, attach, pause,
+        /// proof, audit, soak, arm64.
         #[arg(long, value_delimiter = ',')]
         only: Vec<String>,
     },
@@ -202,10 +203,20 @@ pub fn newest_go() -> Result<PathBuf> {
 
 /// Builds a single-file, standard-library-only Go program.
 pub fn go_build(go: &Path, src: &Path, out: &Path) -> Result<()> {
+    go_build_for(go, src, out, None)
+}
+
+/// Builds a single-file, standard-library-only Go program, for `goarch` (static,
+/// without cgo) when given, else for the host.
+pub fn go_build_for(go: &Path, src: &Path, out: &Path, goarch: Option<&str>) -> Result<()> {
     let version =
         go.parent().and_then(|p| p.parent()).and_then(|p| p.file_name()).unwrap().to_string_lossy().to_string();
     let cache = cache_dir();
-    run(Command::new(go)
+    let mut command = Command::new(go);
+    if let Some(goarch) = goarch {
+        command.env("GOARCH", goarch).env("CGO_ENABLED", "0");
+    }
+    run(command
         .args(["build", "-o"])
         .arg(out)
         .arg(src)

@@ -9,7 +9,12 @@
 //! gleak attaches and reports, against pprof's debug=2 dump), `proof` (its time
 //! and memory per GiB of heap), `audit` (each tier's cost per process per scan, the
 //! target's slowdown, memory over a churn of short-lived processes), `soak`
-//! (attach/detach cycles, some ended by SIGKILL, on a target that checks itself).
+//! (attach/detach cycles, some ended by SIGKILL, on a target that checks itself),
+//! `arm64` (the overhead workload in an arm64 VM under QEMU's TCG, untraced and
+//! under gleak side by side: ratios only, emulated timings are not a real core's).
+//!
+//! A full run writes the whole file; `--only` replaces its sections in place
+//! (each from its `## ` heading to the next) and keeps the rest as it was.
 
 use std::{
     fmt::Write as _,
@@ -25,6 +30,7 @@ use serde_json::Value;
 
 use crate::{build_gleak, cache_dir, go_build, newest_go, root, step};
 
+mod arm64;
 mod attach;
 mod audit;
 mod intake;
@@ -80,7 +86,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let env = Env { gleak, go, go_version, args };
     let wanted = |name: &str| env.args.only.is_empty() || env.args.only.iter().any(|o| o == name);
     let mut doc = header(&env);
-    let sections: [(&str, Section); 7] = [
+    let sections: [(&str, Section); 8] = [
         ("overhead", overhead::run),
         ("intake", intake::run),
         ("attach", attach::run),
@@ -88,7 +94,18 @@ pub fn run(args: BenchArgs) -> Result<()> {
         ("proof", proof::run),
         ("audit", audit::run),
         ("soak", soak::run),
+        ("arm64", arm64::run),
     ];
+    if let Some(unknown) = env.args.only.iter().find(|o| !sections.iter().any(|(name, _)| name == o)) {
+        let names: Vec<&str> = sections.iter().map(|(name, _)| *name).collect();
+        bail!("--only {unknown}: no such section (there are {})", names.join(", "));
+    }
+    let out = root().join("BENCHMARKS.md");
+    // `--only`: the other sections stay as the last run wrote them.
+    let mut previous = match env.args.only.is_empty() {
+        true => None,
+        false => std::fs::read_to_string(&out).ok(),
+    };
     for (name, section) in sections {
         if !wanted(name) {
             continue;
@@ -96,13 +113,35 @@ pub fn run(args: BenchArgs) -> Result<()> {
         step(&format!("bench: {name}"));
         let text = section(&env).with_context(|| format!("bench section {name}"))?;
         println!("{text}");
-        doc.push_str(&text);
-        doc.push('\n');
+        match &mut previous {
+            Some(file) => *file = splice_section(file, &text),
+            None => {
+                doc.push_str(&text);
+                doc.push('\n');
+            }
+        }
     }
-    let out = root().join("BENCHMARKS.md");
-    std::fs::write(&out, doc)?;
+    std::fs::write(&out, previous.unwrap_or(doc))?;
     step(&format!("wrote {}", out.display()));
     Ok(())
+}
+
+/// `file` with `section` (markdown starting with its `## ` heading) in place of
+/// the section of the same heading, up to the next `## ` heading; appended when
+/// the file has none.
+fn splice_section(file: &str, section: &str) -> String {
+    let heading = section.lines().next().unwrap_or_default();
+    let section = format!("{}\n\n", section.trim_end());
+    let starts: Vec<usize> = std::iter::once(0)
+        .chain(file.match_indices('\n').map(|(i, _)| i + 1))
+        .filter(|&i| file[i..].starts_with("## "))
+        .collect();
+    let Some(&start) = starts.iter().find(|&&i| file[i..].lines().next() == Some(heading)) else {
+        return format!("{}\n\n{section}", file.trim_end()).trim_end().to_string() + "\n";
+    };
+    let end = starts.iter().copied().find(|&i| i > start).unwrap_or(file.len());
+    let spliced = format!("{}{section}{}", &file[..start], &file[end..]);
+    spliced.trim_end().to_string() + "\n"
 }
 
 fn header(env: &Env) -> String {
@@ -337,5 +376,26 @@ pub fn ns(v: f64) -> String {
         format!("{:.2} µs", v / 1000.0)
     } else {
         format!("{v:.0} ns")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::splice_section;
+
+    #[test]
+    fn only_replaces_its_own_section() {
+        let file = "# gleak benchmarks\n\nheader\n\n## A\n\nold a\n\n## B\n\nold b\n\n## C\n\nold c\n";
+        assert_eq!(
+            splice_section(file, "## B\n\nnew b\n| x |\n"),
+            "# gleak benchmarks\n\nheader\n\n## A\n\nold a\n\n## B\n\nnew b\n| x |\n\n## C\n\nold c\n"
+        );
+        let last = splice_section(file, "## C\n\nnew c\n");
+        assert!(last.ends_with("## B\n\nold b\n\n## C\n\nnew c\n"), "{last}");
+        let appended = splice_section(file, "## D\n\nd\n");
+        assert!(appended.starts_with(file.trim_end()) && appended.ends_with("old c\n\n## D\n\nd\n"), "{appended}");
+        // A heading that merely begins like another is another section.
+        let similar = splice_section("## A2\n\nx\n", "## A\n\ny\n");
+        assert_eq!(similar, "## A2\n\nx\n\n## A\n\ny\n");
     }
 }

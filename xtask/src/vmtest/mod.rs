@@ -29,7 +29,10 @@ use anyhow::{bail, Context, Result};
 use clap::ValueEnum;
 use gleak_tests::GoToolchain;
 
-pub use self::arch::GuestArch;
+pub use self::{
+    arch::GuestArch,
+    guest::{sh_quote, CheckOutput},
+};
 use self::{
     checks::{manifest_capabilities, Plan, PlanOptions},
     guest::{write_initramfs, Event, GuestFiles, ResultsParser},
@@ -488,4 +491,86 @@ fn print_table(plan: &Plan, rows: &[(String, &str, RowResult)]) {
             println!("  {} FAIL: {why}", ids.join(", "));
         }
     }
+}
+
+/// A command for [`run_commands`]: run by the guest's runner as a check is, its
+/// output handed back unjudged.
+pub struct GuestCommand {
+    /// The frame's name (no spaces).
+    pub id: String,
+    pub timeout_s: u32,
+    /// Shell words for the runner's `check` function.
+    pub command: String,
+}
+
+/// What one boot gave: the kernel and how it ran, and each command's output.
+pub struct GuestRun {
+    /// Debian's package and version, e.g. `linux-image-6.1.0-40-cloud-arm64 6.1.153-1`.
+    pub kernel: String,
+    pub accel: &'static str,
+    /// QEMU's machine, CPU and vCPU arguments.
+    pub machine: String,
+    pub outputs: Vec<(String, CheckOutput)>,
+    /// From QEMU's start to the guest's power-off.
+    pub secs: f64,
+}
+
+/// Boots `arch`'s default kernel (`GuestArch::default_kernels`) once, under TCG
+/// unless KVM runs this architecture, with its gleak at `/vmtest/gleak` and
+/// `files` at their guest paths, and runs `commands` in turn: for work that is not
+/// a check, such as `cargo xtask bench`'s arm64 section.
+pub fn run_commands(arch: GuestArch, files: Vec<(String, PathBuf)>, commands: &[GuestCommand]) -> Result<GuestRun> {
+    let cache = cache_dir().join("vm");
+    let archive = Archive::from_apt_sources(&cache, false)?;
+    let key = arch.default_kernels().first().context("no default kernel for this architecture")?;
+    let spec = MATRIX.iter().find(|s| s.key == *key).context("the default kernel is not in the matrix")?;
+    let package = archive.resolve(spec, arch)?;
+    let vmlinuz = package.fetch_vmlinuz(&cache)?;
+    bootstrap(&[])?;
+    let tools = qemu::ensure_tools(arch, &archive)?;
+    let mut guest = GuestFiles { busybox: tools.busybox.clone(), files };
+    guest.files.push(("/vmtest/gleak".to_string(), gleak_artifact(arch)?));
+    let mut script = String::from("# Written by cargo xtask (xtask/src/vmtest/mod.rs, run_commands).\n");
+    for c in commands {
+        script.push_str(&format!("check {} {} {}\n", c.id, c.timeout_s, c.command));
+    }
+    let initrd = cache.join(format!("initramfs-commands-{}.cpio.gz", arch.name()));
+    write_initramfs(&initrd, &guest, &script)?;
+    let accel = match arch.kvm_possible() {
+        true => choose_accel(AccelChoice::Auto, &tools, &vmlinuz, &cache)?,
+        false => Accel::Tcg,
+    };
+    let machine = match accel {
+        Accel::Tcg => arch.tcg_args().join(" "),
+        Accel::Kvm => arch.kvm_args().join(" "),
+    };
+    let budget = Duration::from_secs(commands.iter().map(|c| u64::from(c.timeout_s)).sum::<u64>() + 30);
+    let mut outputs = Vec::new();
+    let logs = runs_dir(&cache, arch).join("commands");
+    let started = Instant::now();
+    let end = boot(&tools, &vmlinuz, &initrd, accel, &logs, budget, |event| match event {
+        Event::Note(note) => eprintln!("  {note}"),
+        Event::Finished { id, output } => {
+            eprintln!("  {id}: exited {} after {}s", output.rc, output.secs);
+            outputs.push((id, output));
+        }
+        _ => {}
+    });
+    if !end.done {
+        bail!(
+            "{} {} under {}: {}; logs in {}",
+            package.image,
+            package.version,
+            accel.name(),
+            end.why_stopped.unwrap_or_else(|| "the plan did not finish".into()),
+            logs.display()
+        );
+    }
+    Ok(GuestRun {
+        kernel: format!("{} {}", package.image, package.version),
+        accel: accel.name(),
+        machine,
+        outputs,
+        secs: started.elapsed().as_secs_f64(),
+    })
 }
