@@ -222,6 +222,10 @@ pub struct TargetConfig {
     /// `g.parentGoid` (Go ≥ 1.21: the creator's goid, in the new g itself); 0 when
     /// absent, and the creator is found through `g0.m.curg`.
     pub g_parent_goid: u32,
+    /// `g.sched.bp`: where the creator's frames go on past `systemstack` (read by
+    /// the arm64 probe's own stack walk); 0 when unknown.
+    pub g_sched_bp: u32,
+    pub _pad: u32,
 }
 
 /// Processes traced at once, at most: the slots of the probes' `TARGETS` array.
@@ -236,6 +240,10 @@ pub const fn probe_cookie(pid: u32, slot: u32) -> u64 {
 /// Bytes of a new `g` the creation probe reads at once, from `g.goid` on: every
 /// field it needs lies there (checked by the user side before attaching).
 pub const CREATE_SPAN: u32 = 192;
+
+/// Return addresses of a creation stack the probe walks itself (on arm64, where
+/// the kernel's unwinder cannot cross from g0's stack to the goroutine's).
+pub const WALKED_FRAMES: usize = 32;
 
 /// Take the user stack at each goroutine creation.
 pub const CONFIG_CAPTURE_STACKS: u32 = 1;

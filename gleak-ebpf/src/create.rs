@@ -10,18 +10,24 @@
 //! The user stack taken here crosses `systemstack` into the creator's frames, so
 //! one hit gives the whole creation path.
 
+// The creation-path cache serves the kernel's unwinder, which arm64 does not use.
+#![cfg_attr(bpf_target_arch = "aarch64", allow(dead_code))]
+
+#[cfg(not(bpf_target_arch = "aarch64"))]
+use aya_ebpf::{bindings::BPF_F_USER_STACK, programs::tracing::StackIdContext};
 use aya_ebpf::{
-    bindings::BPF_F_USER_STACK,
     helpers::{bpf_ktime_get_ns, bpf_probe_read_user, bpf_probe_read_user_buf},
     macros::map,
     maps::PerCpuArray,
-    programs::{tracing::StackIdContext, ProbeContext},
+    programs::ProbeContext,
 };
 use gleak_common::{counter, CreateBatch, EventKind, GoroutineEvent, BATCH, CONFIG_CAPTURE_STACKS, CREATE_SPAN};
 
+#[cfg(not(bpf_target_arch = "aarch64"))]
+use crate::maps::STACKS;
 use crate::{
     arch::{self, RETURN_ADDRESS, SAVED_FRAME_POINTER},
-    maps::{batch_filled, bump, read_optional, STACKS},
+    maps::{batch_filled, bump, read_optional},
     target::{target_config, uprobe_per_cookie_source, CookieSource},
 };
 
@@ -58,6 +64,22 @@ const _: () = assert!(STACK_WINDOW.is_power_of_two() && STACK_WINDOW >= 64);
 /// a frame record at any 8-aligned offset the mask lets through is in bounds.
 #[map]
 static WINDOW: PerCpuArray<[u8; STACK_WINDOW + 16]> = PerCpuArray::with_max_entries(1, 0);
+
+/// Frames of a creation stack walked by the probe (arm64): the kernel's own
+/// unwinder keeps up to 127; the creating code's innermost frames matter most.
+#[cfg(bpf_target_arch = "aarch64")]
+pub const WALKED_FRAMES: usize = gleak_common::WALKED_FRAMES;
+
+/// Per CPU, the stack being walked (arm64).
+#[cfg(bpf_target_arch = "aarch64")]
+#[map]
+static WALKED: PerCpuArray<[u64; WALKED_FRAMES]> = PerCpuArray::with_max_entries(1, 0);
+
+/// Creation stacks walked by the probe, by id (arm64; see `user_stack_id`).
+#[cfg(bpf_target_arch = "aarch64")]
+#[map]
+pub static WALKED_STACKS: aya_ebpf::maps::HashMap<u32, [u64; WALKED_FRAMES]> =
+    aya_ebpf::maps::HashMap::with_max_entries(16384, 0);
 
 /// A creation path key and the stack id it was last walked to.
 #[derive(Clone, Copy)]
@@ -127,7 +149,7 @@ fn on_create<S: CookieSource>(ctx: &ProbeContext, newg: u64) -> u32 {
     } else {
         creator_goid(arch::current_g(ctx), &cfg).unwrap_or(0)
     };
-    let stack_id = if cfg.flags & CONFIG_CAPTURE_STACKS != 0 { creation_stack(ctx) } else { -1 };
+    let stack_id = if cfg.flags & CONFIG_CAPTURE_STACKS != 0 { creation_stack(ctx, &cfg) } else { -1 };
     let Some(batch) = PENDING_CREATES.get_ptr_mut(0) else { return 0 };
     // Per-CPU: no other writer unless the kernel preempts this program (a
     // preemptible kernel), when a creation can be lost or sent twice. User space
@@ -152,13 +174,14 @@ fn on_create<S: CookieSource>(ctx: &ProbeContext, newg: u64) -> u32 {
     0
 }
 
-/// The creation stack's id in `STACKS`. Walking the whole user stack is most of a
+/// The creation stack's id (see `user_stack_id`). Walking the whole user stack is most of a
 /// creation probe's cost, and most creations come from a few call paths: the
 /// innermost return addresses (followed through frame pointers, which Go keeps)
 /// key the path in a per-CPU cache, and only a new key (or one hit in
 /// [`RESAMPLE_EVERY`], so that paths that differ deeper are found too) walks it.
+#[cfg(not(bpf_target_arch = "aarch64"))]
 #[inline(always)]
-fn creation_stack(ctx: &ProbeContext) -> i64 {
+fn creation_stack(ctx: &ProbeContext, _cfg: &gleak_common::TargetConfig) -> i64 {
     let key = path_key(arch::frame_pointer(ctx));
     let resample = match WALK_TICKS.get_ptr_mut(0) {
         // Per-CPU counter: no other writer.
@@ -178,7 +201,7 @@ fn creation_stack(ctx: &ProbeContext) -> i64 {
             }
         }
     }
-    match ctx.get_stackid(&STACKS, BPF_F_USER_STACK as u64) {
+    match user_stack_id(ctx) {
         Ok(stack_id) => {
             if let Some(slot) = slot {
                 unsafe { *slot = KeyedStack { key, stack_id } };
@@ -192,31 +215,51 @@ fn creation_stack(ctx: &ProbeContext) -> i64 {
     }
 }
 
-/// The first [`KEY_FRAMES`] return addresses from frame pointer `bp` on. Frame
-/// records ({saved frame pointer, return address}) are taken from a window of
-/// stack read in one helper call; only a frame outside it costs another read (of
-/// a new window).
-///
-/// The first record, `runtime.newproc.func1`'s, is read alone: it is on g0's
-/// stack, which for the main thread is the top of its mapping, where a window
-/// would run past the end (a fault, then a retry). Its saved frame pointer is
-/// already on the goroutine's stack: `systemstack` switches stacks without a frame
-/// of its own.
+/// The creation stack's id. The probe walks arm64 stacks itself (see
+/// `user_stack_id`), so keying the walk by its first frames, to skip it, would
+/// cost most of what it saves; and the key's stack space is what the verifier's
+/// 512 bytes lack here.
+#[cfg(bpf_target_arch = "aarch64")]
+#[inline(always)]
+fn creation_stack(ctx: &ProbeContext, cfg: &gleak_common::TargetConfig) -> i64 {
+    user_stack_id(ctx, cfg).unwrap_or_else(|()| {
+        bump(counter::STACK_FAILED);
+        -1
+    })
+}
+
+/// The first [`KEY_FRAMES`] return addresses from frame pointer `bp` on.
 #[inline(always)]
 fn path_key(bp: u64) -> [u64; KEY_FRAMES] {
     let mut key = [0u64; KEY_FRAMES];
+    return_addresses(bp, &mut key);
+    key
+}
+
+/// Fills `out` with the return addresses from frame pointer `bp` on; what lies
+/// past the outermost frame is left as it was. Frame records ({saved frame pointer, return address})
+/// are taken from a window of stack read in one helper call; only a frame outside
+/// it costs another read (of a new window).
+///
+/// The first record, `runtime.newproc.func1`'s, is read alone: it is on g0's
+/// stack, which for the main thread is the top of its mapping, where a window
+/// would run past the end (a fault, then a retry). Its saved frame pointer leads
+/// on to the goroutine's stack, through `systemstack` (which on arm64 keeps a
+/// frame record of its own).
+#[inline(always)]
+fn return_addresses<const N: usize>(bp: u64, out: &mut [u64; N]) {
     if bp == 0 {
-        return key;
+        return;
     }
-    let Ok(first) = (unsafe { bpf_probe_read_user(bp as *const [u64; 2]) }) else { return key };
-    key[0] = first[RETURN_ADDRESS];
+    let Ok(first) = (unsafe { bpf_probe_read_user(bp as *const [u64; 2]) }) else { return };
+    out[0] = first[RETURN_ADDRESS];
     let mut bp = first[SAVED_FRAME_POINTER];
-    let Some(window) = WINDOW.get_ptr_mut(0) else { return key };
+    let Some(window) = WINDOW.get_ptr_mut(0) else { return };
     // Per-CPU buffer: no other writer while this program runs.
     let window = unsafe { &mut *window };
     // The window covers [base, base + STACK_WINDOW); none is read yet.
     let mut base = u64::MAX;
-    for slot in key.iter_mut().skip(1) {
+    for slot in out.iter_mut().skip(1) {
         if bp == 0 {
             break;
         }
@@ -241,7 +284,49 @@ fn path_key(bp: u64) -> [u64; KEY_FRAMES] {
         *slot = read(RETURN_ADDRESS);
         bp = read(SAVED_FRAME_POINTER);
     }
-    key
+}
+
+/// The user stack at a creation, kept in `STACKS`: the kernel's unwinder follows
+/// the same frame records from the probed instruction.
+#[cfg(not(bpf_target_arch = "aarch64"))]
+#[inline(always)]
+fn user_stack_id(ctx: &ProbeContext) -> Result<i64, ()> {
+    ctx.get_stackid(&STACKS, BPF_F_USER_STACK as u64).map_err(|_| ())
+}
+
+/// The user stack at a creation, walked here and kept in `WALKED_STACKS` under a
+/// hash of its return addresses. arm64's kernel unwinder stops where a frame
+/// pointer does not move up the stack, which is where `systemstack` switched from
+/// the goroutine's stack to g0's (they lie anywhere in memory): it would keep
+/// the runtime's frames and none of the creator's.
+#[cfg(bpf_target_arch = "aarch64")]
+#[inline(always)]
+fn user_stack_id(ctx: &ProbeContext, cfg: &gleak_common::TargetConfig) -> Result<i64, ()> {
+    let walked = WALKED.get_ptr_mut(0).ok_or(())?;
+    // Per-CPU buffer: no other writer while this program runs.
+    let walked = unsafe { &mut *walked };
+    // An element at a time (at once would be a call to memset): the buffer holds
+    // the last walk, and frames past this one's end must read as none.
+    for slot in walked.iter_mut() {
+        unsafe { core::ptr::write_volatile(slot, 0) };
+    }
+    // From the creator's frame pointer as `systemstack` saved it in
+    // `g0.m.curg.sched.bp`: before Go 1.21, systemstack leaves R29 at g0's own
+    // chain, which does not lead back to the goroutine's stack.
+    let creator_bp = (cfg.g_sched_bp != 0)
+        .then(|| creator(arch::current_g(ctx), cfg))
+        .flatten()
+        .and_then(|curg| read_optional(curg, cfg.g_sched_bp))
+        .filter(|&bp| bp != 0);
+    return_addresses(creator_bp.unwrap_or_else(|| arch::frame_pointer(ctx)), walked);
+    // FNV-1a over the words: the stack's id (a collision replaces the older stack).
+    let mut hash: u32 = 0x811c_9dc5;
+    for &word in walked.iter() {
+        hash = (hash ^ (word as u32) ^ ((word >> 32) as u32)).wrapping_mul(0x0100_0193);
+    }
+    let id = hash & 0x7fff_ffff;
+    WALKED_STACKS.insert(id, walked, 0).map_err(|_| ())?;
+    Ok(i64::from(id))
 }
 
 /// Word by word, inline: `==` on the arrays compiles to a call of a `memcmp`
@@ -269,13 +354,16 @@ fn key_hash(key: &[u64; KEY_FRAMES]) -> u32 {
 /// `g0.m.curg.goid`; `None` when no user goroutine runs (the main goroutine's birth).
 #[inline(always)]
 fn creator_goid(g0: u64, cfg: &gleak_common::TargetConfig) -> Option<u64> {
+    read_optional(creator(g0, cfg)?, cfg.g_goid)
+}
+
+/// `g0.m.curg`: the goroutine running the `go` statement; `None` when none runs.
+#[inline(always)]
+fn creator(g0: u64, cfg: &gleak_common::TargetConfig) -> Option<u64> {
     let m = read_optional(g0, cfg.g_m)?;
     if m == 0 {
         return None;
     }
     let curg = read_optional(m, cfg.m_curg)?;
-    if curg == 0 {
-        return None;
-    }
-    read_optional(curg, cfg.g_goid)
+    (curg != 0).then_some(curg)
 }

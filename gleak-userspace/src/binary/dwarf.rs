@@ -142,6 +142,7 @@ impl RuntimeStructs {
         Ok(BlockedLayout {
             g_sched_sp: at("runtime.g", &["sched", "sp"])?,
             g_sched_pc: at("runtime.g", &["sched", "pc"])?,
+            g_sched_bp: at("runtime.g", &["sched", "bp"])?,
             g_waiting: at("runtime.g", &["waiting"])?,
             sudog: SudogOffsets {
                 g: at("runtime.sudog", &["g"])?,

@@ -169,6 +169,7 @@ impl ReleaseFacts {
         BlockedLayout {
             g_sched_sp: self.g.sched + self.gobuf.sp,
             g_sched_pc: self.g.sched + self.gobuf.pc,
+            g_sched_bp: self.g.sched + self.gobuf.bp,
             g_waiting: self.g.waiting,
             sudog: self.sudog,
             hchan: self.hchan,

@@ -70,6 +70,9 @@ pub struct BlockedLayout {
     /// `g.sched.sp` and `g.sched.pc`: where a descheduled goroutine stopped.
     pub g_sched_sp: u32,
     pub g_sched_pc: u32,
+    /// `g.sched.bp`: the frame pointer a goroutine left when it switched to the
+    /// system stack (`systemstack` saves it), where its frames go on.
+    pub g_sched_bp: u32,
     /// `g.waiting`: the sudogs of a goroutine blocked in a channel operation.
     pub g_waiting: u32,
     pub sudog: SudogOffsets,
@@ -99,6 +102,8 @@ impl RuntimeLayout {
             g_waitreason: self.g_waitreason,
             flags,
             g_parent_goid: self.g_parent_goid.unwrap_or(0),
+            g_sched_bp: self.blocked.map_or(0, |b| b.g_sched_bp),
+            _pad: 0,
         }
     }
 }

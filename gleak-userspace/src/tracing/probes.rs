@@ -9,7 +9,7 @@
 use std::{collections::HashMap, num::NonZeroU32};
 
 use aya::{
-    maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf, StackTraceMap},
+    maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
     programs::{
         uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeLinkId, UProbeScope},
         ProgramType, UProbe,
@@ -294,11 +294,24 @@ impl Probes {
     }
 
     /// The user stack recorded under `stack_id` (innermost first, runtime addresses).
+    #[cfg(not(target_arch = "aarch64"))]
     pub fn stack(&self, stack_id: i64) -> Option<Vec<u64>> {
         let id = u32::try_from(stack_id).ok()?;
-        let stacks = StackTraceMap::try_from(self.ebpf.map("STACKS")?).ok()?;
+        let stacks = aya::maps::StackTraceMap::try_from(self.ebpf.map("STACKS")?).ok()?;
         let trace = stacks.get(&id, 0).ok()?;
         Some(trace.frames().iter().map(|f| f.ip).collect())
+    }
+
+    /// The user stack recorded under `stack_id`, as the arm64 probe walked it
+    /// (return addresses, innermost first; see `gleak-ebpf/src/create.rs`).
+    #[cfg(target_arch = "aarch64")]
+    pub fn stack(&self, stack_id: i64) -> Option<Vec<u64>> {
+        use gleak_common::WALKED_FRAMES;
+        let id = u32::try_from(stack_id).ok()?;
+        let stacks: aya::maps::HashMap<_, u32, [u64; WALKED_FRAMES]> =
+            aya::maps::HashMap::try_from(self.ebpf.map("WALKED_STACKS")?).ok()?;
+        let frames = stacks.get(&id, 0).ok()?;
+        Some(frames.into_iter().take_while(|&pc| pc != 0).collect())
     }
 }
 
