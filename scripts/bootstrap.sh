@@ -145,10 +145,12 @@ if [ $want_test_tools -eq 1 ]; then
 fi
 # 5. Offline validation of the deployment manifests (tests/tests/deploy.rs):
 #    PyPI's kubernetes-validate in a virtualenv of its own under $GLEAK_CACHE.
-if [ $want_test_tools -eq 1 ] && [ ! -x "$GLEAK_CACHE/venv/bin/kubernetes-validate" ]; then
-  say "installing kubernetes-validate (PyPI) into $GLEAK_CACHE/venv"
+#    The --junit test (tests/tests/test_blame.rs): xmlschema to validate the file
+#    against the JUnit schema, junitparser to read it as CI report tools do.
+if [ $want_test_tools -eq 1 ] && ! "$GLEAK_CACHE/venv/bin/python" -c 'import xmlschema, junitparser' 2>/dev/null; then
+  say "installing kubernetes-validate, xmlschema and junitparser (PyPI) into $GLEAK_CACHE/venv"
   python3 -m venv "$GLEAK_CACHE/venv" >&2
-  "$GLEAK_CACHE/venv/bin/pip" install -q kubernetes-validate >&2
+  "$GLEAK_CACHE/venv/bin/pip" install -q kubernetes-validate xmlschema junitparser >&2
 fi
 # 6. The --html test (tests/tests/html.rs) opens gleak's page in headless Chromium.
 if [ $want_test_tools -eq 1 ]; then

@@ -67,6 +67,11 @@ pub struct GoroutineEvent {
     /// Park: the `waitReason` byte passed to `gopark`; ProcessExit: the exit code.
     pub wait_reason: u32,
     pub _pad: u32,
+    /// Create: the first variable the `go` statement's closure captured, read only
+    /// for goroutines that start at [`TargetConfig::test_runner_pc`] (`go tRunner(t, f)`:
+    /// the test's `*testing.T`); 0 otherwise. The closure is gone once the goroutine
+    /// runs, so only the probe can read it.
+    pub captured: u64,
 }
 
 impl GoroutineEvent {
@@ -225,7 +230,12 @@ pub struct TargetConfig {
     /// `g.sched.bp`: where the creator's frames go on past `systemstack` (read by
     /// the arm64 probe's own stack walk); 0 when unknown.
     pub g_sched_bp: u32,
-    pub _pad: u32,
+    /// `g.sched.ctxt`: a new goroutine's closure (`*funcval`) until it first runs.
+    pub g_sched_ctxt: u32,
+    /// Entry of the closure testing's `go tRunner(t, f)` starts (run-time address):
+    /// goroutines starting there have their closure's first captured word read
+    /// into [`GoroutineEvent::captured`]. 0: not a test binary, nothing read.
+    pub test_runner_pc: u64,
 }
 
 /// Processes traced at once, at most: the slots of the probes' `TARGETS` array.

@@ -149,6 +149,13 @@ fn on_create<S: CookieSource>(ctx: &ProbeContext, newg: u64) -> u32 {
     } else {
         creator_goid(arch::current_g(ctx), &cfg).unwrap_or(0)
     };
+    // Only the test runner's closure: two reads more per creation would cost
+    // every program what only tests need.
+    let captured = if cfg.test_runner_pc != 0 && startpc == cfg.test_runner_pc {
+        first_captured_word(newg, &cfg).unwrap_or(0)
+    } else {
+        0
+    };
     let stack_id = if cfg.flags & CONFIG_CAPTURE_STACKS != 0 { creation_stack(ctx, &cfg) } else { -1 };
     let Some(batch) = PENDING_CREATES.get_ptr_mut(0) else { return 0 };
     // Per-CPU: no other writer unless the kernel preempts this program (a
@@ -169,6 +176,7 @@ fn on_create<S: CookieSource>(ctx: &ProbeContext, newg: u64) -> u32 {
         stack_id,
         wait_reason: 0,
         _pad: 0,
+        captured,
     };
     batch_filled(batch, slot, None);
     0
@@ -349,6 +357,18 @@ fn key_hash(key: &[u64; KEY_FRAMES]) -> u32 {
         h ^= h >> 29;
     }
     (h >> 32) as u32
+}
+
+/// The first variable captured by the new goroutine's closure: `g.sched.ctxt` is
+/// its `*funcval` until the goroutine first runs, and the captured variables
+/// follow the function pointer.
+#[inline(always)]
+fn first_captured_word(newg: u64, cfg: &gleak_common::TargetConfig) -> Option<u64> {
+    let closure = read_optional(newg, cfg.g_sched_ctxt)?;
+    if closure == 0 {
+        return None;
+    }
+    read_optional(closure, 8)
 }
 
 /// `g0.m.curg.goid`; `None` when no user goroutine runs (the main goroutine's birth).

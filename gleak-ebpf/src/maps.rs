@@ -95,6 +95,7 @@ pub fn emit(kind: EventKind, pid: u32, goid: u64, g_addr: u64, wait_reason: u32)
         put(addr_of_mut!((*event).stack_id), -1);
         put(addr_of_mut!((*event).wait_reason), wait_reason);
         put(addr_of_mut!((*event)._pad), 0);
+        put(addr_of_mut!((*event).captured), 0);
     }
     entry.submit(wakeup_flags(matches!(kind, EventKind::ProcessExit)));
     true

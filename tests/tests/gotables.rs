@@ -1,7 +1,7 @@
 //! The per-release runtime table (`gleak::runtime::gotables`, what gleak uses for stripped
 //! binaries) against real binaries: for every Go toolchain on the machine, the facts
 //! `cargo xtask gotables` would write for its release (read from the DWARF and
-//! symbols of `chan_send` built by that toolchain) equal the committed data file,
+//! symbols of `release_facts` built by that toolchain) equal the committed data file,
 //! field by field; and, with a list of its own of which DWARF member each fact is
 //! (a second opinion on the generator's), every offset of the entry equals what
 //! the DWARF says, the wait-reason names equal the binary's own
@@ -84,7 +84,16 @@ fn check_offsets(check: &mut Check, facts: &ReleaseFacts, dwarf: &RuntimeStructs
     check.expect(sched_type == Some("runtime.gobuf"), || format!("g.sched is a {sched_type:?}, not runtime.gobuf"));
     check.field("gobuf.sp", facts.gobuf.sp, dwarf.offset("runtime.gobuf", &["sp"]));
     check.field("gobuf.pc", facts.gobuf.pc, dwarf.offset("runtime.gobuf", &["pc"]));
+    check.field("gobuf.ctxt", facts.gobuf.ctxt, dwarf.offset("runtime.gobuf", &["ctxt"]));
     check.field("gobuf.bp", facts.gobuf.bp, dwarf.offset("runtime.gobuf", &["bp"]));
+    match &facts.testing {
+        Some(testing) => {
+            let common = dwarf.member_type("testing.T", "common");
+            check.expect(common == Some("testing.common"), || format!("testing.T.common is a {common:?}"));
+            check.field("testing.T.name", testing.name, dwarf.offset("testing.T", &["common", "name"]));
+        }
+        None => check.expect(false, || "no testing.T layout in the table".to_string()),
+    }
 
     match &facts.heap {
         Some(h) => {
@@ -238,7 +247,7 @@ fn check_regenerated(check: &mut Check, facts: &ReleaseFacts, regenerated: &Resu
 /// Checks the table entry of `tc`'s release against a binary built by `tc`;
 /// returns the mismatches and the facts the generator reads from it.
 fn check_toolchain(tc: &GoToolchain) -> (Vec<String>, Result<ReleaseFacts, String>) {
-    let path = build_fixture(tc, "chan_send");
+    let path = build_fixture(tc, "release_facts");
     let binary = GoBinary::open(&path, &path).expect("fixture is a Go binary");
     let minor = minor(tc);
     assert_eq!(binary.go_version.minor, minor, "{tc}: binary says {}", binary.go_version);
@@ -332,7 +341,7 @@ fn table_matches_each_toolchain_on_arm64() {
     let mut mismatches = Vec::new();
     for tc in &toolchains {
         eprintln!("gotables vs arm64 DWARF: {tc}");
-        let bin = build_fixture_for_arch(tc, "chan_send", Variant::Plain, "arm64");
+        let bin = build_fixture_for_arch(tc, "release_facts", Variant::Plain, "arm64");
         let data = fs::read(&bin).unwrap_or_else(|e| panic!("reading {}: {e}", bin.display()));
         let machine = data.get(18..20).map(|m| u16::from_le_bytes([m[0], m[1]]));
         assert_eq!(machine, Some(EM_AARCH64), "{tc}: GOARCH=arm64 built no AArch64 ELF");

@@ -22,7 +22,8 @@ use gleak_tests::{gleak_cache, go_command, go_toolchains, GoToolchain};
 use crate::{root, step};
 
 /// Built by every toolchain. Any program links the runtime's structs; this one
-/// also uses a channel, `select` and a mutex, whose runtime parts the facts describe.
+/// also uses a channel, `select` and a mutex, whose runtime parts the facts describe,
+/// and package testing's `T`, whose name gleak reads to blame leaks on tests.
 const PROBE_PROGRAM: &str = r#"// Built by `cargo xtask gotables`: gleak reads the Go runtime's struct layouts
 // and wait-reason names from this binary's DWARF and symbols. It is never run.
 package main
@@ -30,6 +31,7 @@ package main
 import (
 	"fmt"
 	"sync"
+	"testing"
 )
 
 func main() {
@@ -44,6 +46,8 @@ func main() {
 	case n := <-results:
 		fmt.Println(n)
 	}
+	var t testing.T
+	fmt.Println(t.Name())
 }
 "#;
 

@@ -13,6 +13,7 @@ use foldhash::HashMap;
 use gleak_common::{EventKind, GoroutineEvent};
 use hdrhistogram::Histogram;
 
+use super::test_blame::{TestId, TestLedger};
 use crate::process::snapshot::GRecord;
 
 /// A creation site is the `go` statement: the return address of its call to
@@ -46,6 +47,10 @@ pub struct LiveGoroutine {
     /// Since when it is known to own its `g`: its creation, or the end of the table
     /// read that found it. An exit on that `g` from before is its predecessor's.
     pub owns_g_since_ns: u64,
+    /// The test it belongs to (0: none, or unknown).
+    pub test: TestId,
+    /// It is its test's `tRunner` goroutine: its exit ends the test.
+    pub runs_test: bool,
 }
 
 /// Counts of one site at one instant.
@@ -118,6 +123,8 @@ pub struct Aggregator {
     /// time, when the newer owner took the `g`), to give them a lifetime then.
     /// This drain's and the one before's.
     late_deaths: TwoDrains<LateDeath>,
+    /// The tests of a test binary, and which goroutines outlived theirs.
+    pub tests: TestLedger,
 }
 
 /// Entries by `g` kept for this drain and the one after (at most
@@ -243,7 +250,16 @@ impl Aggregator {
             }
         }
         // The creator is running the `go` statement, so if tracked it is live now.
-        let parent_site = self.live.get(&ev.parent_goid).map(|p| p.site);
+        let parent = self.live.get(&ev.parent_goid);
+        let parent_site = parent.map(|p| p.site);
+        let parent_test = parent.map_or(0, |p| p.test);
+        let (test, runs_test) = match ev.captured {
+            0 => (parent_test, false),
+            t_addr => {
+                let test = self.tests.start(t_addr, ev.goid, ev.ts_ns, parent_test);
+                (test, test != parent_test)
+            }
+        };
         let exited_ns = self.take_orphan_exit(ev.g_addr, ev.ts_ns);
         // A new goroutine on the `g` of a live one: that one died first (its exit
         // not traced, or its event lost). Go reuses dead `g`s at once, so the
@@ -274,6 +290,8 @@ impl Aggregator {
             ran: false,
             recovered: false,
             owns_g_since_ns: ev.ts_ns,
+            test,
+            runs_test,
         };
         self.count_creation(ev, parent_site);
         if exited_ns.is_some() || newer_owner_since.is_some() {
@@ -352,6 +370,7 @@ impl Aggregator {
             site.created += 1;
             site.live += 1;
             self.reconciled_creations += 1;
+            let test = self.test_of(rec.parent_goid);
             self.insert_live(
                 rec.goid,
                 LiveGoroutine {
@@ -365,6 +384,8 @@ impl Aggregator {
                     ran: false,
                     recovered: true,
                     owns_g_since_ns: read_ns,
+                    test,
+                    runs_test: false,
                 },
             );
         }
@@ -379,6 +400,7 @@ impl Aggregator {
         let site = self.sites.entry(rec.gopc).or_insert_with(|| SiteStats::new(rec.startpc));
         site.live += 1;
         site.adopted += 1;
+        let test = self.test_of(rec.parent_goid);
         self.insert_live(
             rec.goid,
             LiveGoroutine {
@@ -392,6 +414,8 @@ impl Aggregator {
                 ran: false,
                 recovered: false,
                 owns_g_since_ns: read_ns,
+                test,
+                runs_test: false,
             },
         );
     }
@@ -465,7 +489,17 @@ impl Aggregator {
         true
     }
 
+    /// The test of live goroutine `goid` (0 if none, or not tracked).
+    fn test_of(&self, goid: u64) -> TestId {
+        self.live.get(&goid).map_or(0, |g| g.test)
+    }
+
     fn count_exit(&mut self, g: &LiveGoroutine, ts_ns: u64) {
+        if g.runs_test {
+            self.tests.end(g.test, ts_ns);
+        } else if g.test != 0 {
+            self.tests.goroutine_exited(g.test, g.site, ts_ns);
+        }
         if let Some(site) = self.sites.get_mut(&g.site) {
             site.exited += 1;
             site.live -= 1;

@@ -2,12 +2,14 @@
 //! created (not the runtime, not the testing framework) that are still alive are
 //! leaks, as goleak counts them.
 
+use std::collections::HashSet;
+
 use nix::sys::signal::Signal;
 
 use crate::{
     analysis::verdict::Verdict,
     binary::symbolize::package_of,
-    output::report::{Gate, Report, SiteReport},
+    output::report::{Gate, Report, SiteReport, TestReport, TestStatus},
     runtime::package_roles::PackageRole,
 };
 
@@ -35,16 +37,21 @@ pub enum Ending {
 /// Decides the gate. At an exit, every site is re-judged as goleak would: the
 /// program's goroutines still alive are leaks. When gleak stops a command that was
 /// still running, live goroutines are expected (a server's workers): the tracing
-/// verdicts stand, so only sites that were leaking fail it.
-pub fn decide(report: &mut Report, fail_on: Verdict, ending: Ending) {
+/// verdicts stand, so only sites that were leaking fail it. In a test binary the
+/// leaks are blamed on the tests they descend from; with `fail_on_outlived`,
+/// goroutines that outlived their test fail it too.
+pub fn decide(report: &mut Report, fail_on: Verdict, fail_on_outlived: bool, ending: Ending) {
     report.mode = "run";
     report.target_exited = matches!(ending, Ending::Exited { .. });
     let mut leaked = 0;
+    // The sites whose live goroutines count, by `pc`.
+    let mut counted: HashSet<String> = HashSet::new();
     for site in &mut report.sites {
         if let (Ending::Exited { .. }, Some(hung)) = (ending, hung_test(site)) {
             (site.verdict, site.verdict_reason) = (Verdict::Leak, hung.reason);
             if site.verdict <= fail_on {
                 leaked += hung.goroutines;
+                counted.insert(site.pc.clone());
             }
             continue;
         }
@@ -63,9 +70,20 @@ pub fn decide(report: &mut Report, fail_on: Verdict, ending: Ending) {
         }
         if site.live > 0 && site.verdict <= fail_on {
             leaked += site.live;
+            counted.insert(site.pc.clone());
         }
     }
-    let failed = leaked > 0;
+    for test in &mut report.tests {
+        test.settle(|pc| counted.contains(pc));
+    }
+    let outlived: u64 = report.tests.iter().map(TestReport::outlived_goroutines).sum();
+    let failed_tests = report
+        .tests
+        .iter()
+        .filter(|t| t.status == TestStatus::Leaked || (fail_on_outlived && !t.outlived.is_empty()))
+        .map(|t| t.name.clone())
+        .collect();
+    let failed = leaked > 0 || (fail_on_outlived && outlived > 0);
     use crate::error::exit_code::{LEAK, OK};
     let (command_status, exit_code) = match ending {
         Ending::Exited { status, .. } | Ending::Exec { status } => (Some(status), if failed { LEAK } else { status }),
@@ -86,6 +104,9 @@ pub fn decide(report: &mut Report, fail_on: Verdict, ending: Ending) {
         exit_code,
         stopped_at_deadline: ending == Ending::Stopped { signal: None },
         interrupted: matches!(ending, Ending::Stopped { signal: Some(_) }),
+        fail_on_outlived,
+        outlived_goroutines: outlived,
+        failed_tests,
     });
 }
 

@@ -12,4 +12,5 @@ pub mod proof;
 pub mod proof_state;
 pub mod reach;
 pub mod runflow;
+pub mod test_blame;
 pub mod verdict;

@@ -43,6 +43,9 @@ pub const RUNTIME_STRUCTS: &[&str] = &[
     "runtime.mheap",
     "runtime.mspan",
     "runtime.special",
+    // A test's name, for blaming leaks on tests (in test binaries only).
+    "testing.T",
+    "testing.common",
 ];
 
 /// Structs Go wraps a single word in. Offsets are of the word, so a path ending
@@ -143,6 +146,7 @@ impl RuntimeStructs {
             g_sched_sp: at("runtime.g", &["sched", "sp"])?,
             g_sched_pc: at("runtime.g", &["sched", "pc"])?,
             g_sched_bp: at("runtime.g", &["sched", "bp"])?,
+            g_sched_ctxt: at("runtime.g", &["sched", "ctxt"])?,
             g_waiting: at("runtime.g", &["waiting"])?,
             sudog: SudogOffsets {
                 g: at("runtime.sudog", &["g"])?,
@@ -163,6 +167,14 @@ impl RuntimeStructs {
             },
             waitq: WaitqOffsets { first: at("runtime.waitq", &["first"])?, last: at("runtime.waitq", &["last"])? },
         })
+    }
+
+    /// `testing.T.common.name`, relative to a `testing.T` (test binaries only).
+    pub fn test_name(&self) -> std::result::Result<u32, String> {
+        match self.member_type("testing.T", "common") {
+            Some("testing.common") => self.offset32("testing.T", &["common", "name"]),
+            other => Err(format!("testing.T.common is a {other:?}, not testing.common")),
+        }
     }
 
     /// The heap's span metadata the reachability proof reads.
@@ -447,6 +459,7 @@ impl DwarfInfo {
             g_gopc: field(g, "runtime.g", "gopc")?,
             g_startpc: field(g, "runtime.g", "startpc")?,
             m_curg: field(m, "runtime.m", "curg")?,
+            test_name: runtime_structs.test_name().ok(),
         };
         Ok((layout, wait_consts))
     }

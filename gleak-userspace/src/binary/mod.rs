@@ -371,6 +371,17 @@ impl GoBinary {
         None
     }
 
+    /// Where goroutines of `t.Run` start (a link address): the closure the compiler
+    /// made of `go tRunner(t, f)` in `testing.(*T).Run` (`…Run.func1` before Go
+    /// 1.22, `…Run.gowrap1` after). `None` in a program that runs no tests.
+    pub fn test_runner_entry(&self) -> Option<u64> {
+        let pcln = self.pclntab()?;
+        pcln.functions()
+            .filter(|(name, _)| name.starts_with("testing.(*T).Run."))
+            .map(|(_, range)| range.entry)
+            .find(|&entry| self.started_function(entry).as_deref() == Some("testing.tRunner"))
+    }
+
     pub fn section(&self, name: &str) -> Option<&Section> {
         self.sections.iter().find(|s| s.name == name)
     }

@@ -86,6 +86,10 @@ enum Command {
         /// killed), leave the command running, untraced, instead of stopping it.
         #[arg(long)]
         leave_running: bool,
+        /// Also write a JUnit XML file of the test binary's tests: one testcase per
+        /// test gleak saw run, a failure for each whose goroutines fail the gate.
+        #[arg(long, value_name = "FILE")]
+        junit: Option<PathBuf>,
         #[command(flatten)]
         common: Common,
         /// The command and its arguments.
@@ -212,8 +216,12 @@ struct Common {
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
 enum FailOn {
+    /// Goroutines judged leaks (at the command's exit: the program's goroutines still alive).
     Leak,
+    /// Leaks, and goroutines still alive that may be.
     Suspect,
+    /// Leaks, and goroutines that outlived the test that created them (a test binary's).
+    Outlived,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -240,8 +248,9 @@ pub fn main() -> Result<i32> {
         let mut signals = Signals::install()?;
         match cli.command {
             Command::Attach { pid, common } => attach::attach(pid, common, &mut signals).await.map(|()| 0),
-            Command::Run { fail_on, leave_running, common, command } => {
-                run::run(fail_on, leave_running, common, command, &mut signals).await
+            Command::Run { fail_on, leave_running, junit, common, command } => {
+                let gate = run::GateOptions { fail_on, junit };
+                run::run(gate, leave_running, common, command, &mut signals).await
             }
             Command::Audit(args) => audit::audit(args, &mut signals).await.map(|()| 0),
         }

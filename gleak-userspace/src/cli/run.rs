@@ -2,7 +2,11 @@
 //! at its end. The order of the ending's steps is [`gleak::analysis::runflow`]'s; this file
 //! carries them out.
 
-use std::{ffi::OsString, time::Duration};
+use std::{
+    ffi::OsString,
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use anyhow::{Context, Result};
 use gleak::{
@@ -21,8 +25,15 @@ use super::{
     Common, FailOn,
 };
 
+/// How the gate judges and what it writes besides the report.
+pub struct GateOptions {
+    pub fail_on: FailOn,
+    /// `--junit FILE`.
+    pub junit: Option<PathBuf>,
+}
+
 pub async fn run(
-    fail_on: FailOn,
+    gate_options: GateOptions,
     leave_running: bool,
     common: Common,
     command: Vec<OsString>,
@@ -50,9 +61,10 @@ pub async fn run(
         say!("gleak: the command exec'd another program; judging what was traced, then waiting for it");
     }
 
-    let fail_on = match fail_on {
-        FailOn::Leak => Verdict::Leak,
-        FailOn::Suspect => Verdict::Suspect,
+    let (fail_on, fail_on_outlived) = match gate_options.fail_on {
+        FailOn::Leak => (Verdict::Leak, false),
+        FailOn::Suspect => (Verdict::Suspect, false),
+        FailOn::Outlived => (Verdict::Leak, true),
     };
     let mut ending = RunEnding::new(end, leave_running);
     let mut step = ending.start();
@@ -93,8 +105,11 @@ pub async fn run(
             }
             Step::Judge(how) => {
                 let mut report = report.take().context("internal error: judged before a report")?;
-                gate::decide(&mut report, fail_on, how);
+                gate::decide(&mut report, fail_on, fail_on_outlived, how);
                 common.write_final(&report)?;
+                if let Some(path) = &gate_options.junit {
+                    write_junit(&report, path)?;
+                }
                 code = report.gate.map_or(0, |g| g.exit_code);
                 Observed::Done
             }
@@ -128,4 +143,21 @@ async fn wait_stopped(pid: u32) {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     log::warn!("PID {pid} did not stop; reading its goroutines while it runs");
+}
+
+/// Writes `--junit FILE`; says so when the command ran no tests gleak could name.
+fn write_junit(report: &Report, path: &Path) -> Result<()> {
+    gleak::output::junit::write(report, path).with_context(|| format!("writing --junit {}", path.display()))?;
+    let tests = report.tests.iter().filter(|t| !t.is_outside_tests()).count();
+    if tests == 0 {
+        say!(
+            "gleak: wrote {} with no testcase: {} ran no Go test that gleak could name (a `go test -c` binary \
+             needs package testing's layout: DWARF, or Go 1.19 or 1.21–1.27)",
+            path.display(),
+            report.binary
+        );
+    } else {
+        say!("gleak: wrote {} ({tests} tests)", path.display());
+    }
+    Ok(())
 }

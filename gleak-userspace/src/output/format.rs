@@ -1,7 +1,52 @@
 //! Formatting shared by the report's printers (the table in `report`, the page
 //! in `html`): sizes, paths, labels, and how much of a site they show.
 
+use std::{io::Write as _, path::Path};
+
 use crate::output::report::SiteReport;
+
+/// Text for HTML or XML: markup characters escaped, and the control characters
+/// XML 1.0 forbids dropped (names and paths come from the target).
+pub(crate) fn escape_markup(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            '\t' | '\n' | '\r' => out.push(c),
+            c if c.is_control() => {}
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Writes `text` to `path` atomically: into a temporary file next to it, then
+/// renamed over it, so that a reader (a browser reloading, a CI job) never sees
+/// half of it.
+pub(crate) fn write_atomically(path: &Path, text: &str) -> std::io::Result<()> {
+    let Some(name) = path.file_name() else {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("{}: not a file name", path.display()),
+        ));
+    };
+    // Same directory, so the rename stays within one filesystem; the PID keeps
+    // two gleaks writing the same file from sharing a temporary one.
+    let mut tmp_name = name.to_os_string();
+    tmp_name.push(format!(".{}.tmp", std::process::id()));
+    let tmp = path.with_file_name(tmp_name);
+    let written = std::fs::File::create(&tmp)
+        .and_then(|mut f| f.write_all(text.as_bytes()))
+        .and_then(|()| std::fs::rename(&tmp, path));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
+}
 
 /// How many blocking places of a site a printer lists.
 pub(crate) const BLOCKED_AT_SHOWN: usize = 3;

@@ -11,18 +11,16 @@
 //! binary's path) comes from the target and is escaped: a Go binary can name a
 //! function `<script>` as far as gleak knows.
 
-use std::{
-    collections::BTreeMap,
-    fmt::Write as _,
-    io::{self, Write as _},
-    path::Path,
-};
+use std::{collections::BTreeMap, fmt::Write as _, io, path::Path};
 
 use crate::{
     analysis::verdict::{secs, Verdict},
     binary::symbolize::Frame,
     output::{
-        format::{bytes_in_words, short_path, site_label, truncate, BLOCKED_AT_SHOWN},
+        format::{
+            bytes_in_words, escape_markup as escape, short_path, site_label, truncate, write_atomically,
+            BLOCKED_AT_SHOWN,
+        },
         report::{Percentiles, Report, SiteReport},
     },
     runtime::debuginfo::FactSources,
@@ -48,21 +46,7 @@ pub const SERIES_COLORS: [[u8; 3]; 10] = [
 /// next to it, then renamed over it, so a browser reloading the page while
 /// gleak runs never shows half of it.
 pub fn write(report: &Report, path: &Path) -> io::Result<()> {
-    let Some(name) = path.file_name() else {
-        return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("{}: not a file name", path.display())));
-    };
-    // Same directory, so the rename stays within one filesystem; the PID keeps
-    // two gleaks writing the same page from sharing a temporary file.
-    let mut tmp_name = name.to_os_string();
-    tmp_name.push(format!(".{}.tmp", std::process::id()));
-    let tmp = path.with_file_name(tmp_name);
-    let written = std::fs::File::create(&tmp)
-        .and_then(|mut f| f.write_all(render(report).as_bytes()))
-        .and_then(|()| std::fs::rename(&tmp, path));
-    if written.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    written
+    write_atomically(path, &render(report))
 }
 
 /// The page of `report`: a complete HTML document.
@@ -687,22 +671,6 @@ fn frame_color(worst: Option<Verdict>, function: &str) -> String {
 // Text
 // ---------------------------------------------------------------------------
 
-/// `s` safe inside HTML text and quoted attribute values (and SVG, which is XML).
-fn escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
-}
-
 /// A duration for people; `-` for a value no clock gives (NaN, negative).
 fn seconds(s: f64) -> String {
     if s.is_finite() && s >= 0.0 {
@@ -740,121 +708,10 @@ fn finite_or_zero(v: f64) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::output::report::{BlockedAt, Gate, KernelCounters, PathReport, ProofReport, Rates, Totals, Trend};
-
-    fn frame(function: &str, file: &str, line: u32) -> Frame {
-        Frame { function: function.into(), file: file.into(), line }
-    }
-
-    fn report(sites: Vec<SiteReport>) -> Report {
-        let live = sites.iter().fold(0u64, |sum, s| sum.saturating_add(s.live));
-        Report {
-            pid: 4242,
-            ns_pid: None,
-            binary: "/srv/bin/orders".into(),
-            go_version: "go1.23.4".into(),
-            runtime_facts: FactSources::default(),
-            gaps: Vec::new(),
-            mode: "run",
-            elapsed_s: 12.5,
-            is_final: true,
-            target_exited: false,
-            totals: Totals { created: 900, exited: 600, live, preexisting: 2 },
-            lost_events: 0,
-            kernel: KernelCounters::default(),
-            reconciled_exits: 0,
-            reconciled_creations: 0,
-            sites,
-            proof: None,
-            gate: None,
-        }
-    }
-
-    /// A site at `function` (`file`:`line`) whose live count went through `series`.
-    fn site(verdict: Verdict, function: &str, file: &str, line: u32, series: Vec<u64>) -> SiteReport {
-        let live = series.last().copied().unwrap_or(0);
-        let created = live.saturating_add(10);
-        let go_frame = frame(function, file, line);
-        let root = frame("main.main", "/src/orders/main.go", 88);
-        SiteReport {
-            verdict,
-            verdict_reason: format!("{} for the test", verdict.as_str()),
-            function: function.into(),
-            file: file.into(),
-            line,
-            go_func: format!("{function}.func1"),
-            pc: "0x4a1000".into(),
-            live,
-            created,
-            exited: 10,
-            preexisting: 0,
-            adopted: 0,
-            trend: Trend {
-                window_s: 10.0,
-                live_start: series.first().copied().unwrap_or(0),
-                live_end: live,
-                live_per_s: 1.0,
-                live_series: series,
-            },
-            rates: Rates { created_per_s: 2.0, exited_per_s: 1.0 },
-            oldest_age_s: Some(9.0),
-            age_s: None,
-            blocked: live,
-            blocked_s: Some(Percentiles { p50: 4.0, p90: 8.0, p99: 9.0, max: 9.5 }),
-            top_wait_reason: Some("chan send".into()),
-            wait_reasons: BTreeMap::from([("chan send".into(), live), ("select".into(), 1)]),
-            goroutines: Vec::new(),
-            states: BTreeMap::new(),
-            stack_bytes: 8192,
-            lifetime_p50_ms: None,
-            stack: vec![go_frame.clone(), root.clone()],
-            paths: vec![PathReport { live, created, stack: vec![go_frame.clone(), root], locations: Vec::new() }],
-            blocked_at: vec![BlockedAt {
-                goroutines: live,
-                wait_reason: "chan send".into(),
-                at: frame(&format!("{function}.func1"), file, line + 1),
-                stack: Vec::new(),
-                locations: Vec::new(),
-            }],
-            wait_objects: None,
-            proven: 0,
-            parent_chain: Vec::new(),
-        }
-    }
-
-    fn leaky_report() -> Report {
-        let leak =
-            site(Verdict::Leak, "main.handleRequest", "/src/orders/handler.go", 42, (0..=25).map(|i| i * 2).collect());
-        let pool = site(Verdict::Stable, "main.startWorkers", "/src/orders/pool.go", 17, vec![8; 26]);
-        // Connections come and go; created through a deeper stack sharing main.main.
-        let busy = [3, 5, 2, 4, 6, 3, 1, 4, 5, 2, 3, 6, 4, 2, 5, 3, 4, 1, 3, 5, 2, 4, 6, 3, 5, 4];
-        let mut conns =
-            site(Verdict::Ok, "net/http.(*Server).Serve", "/usr/lib/go/src/net/http/server.go", 3285, busy.into());
-        conns.paths[0].stack = vec![
-            frame("net/http.(*Server).Serve", "/usr/lib/go/src/net/http/server.go", 3285),
-            frame("net/http.(*Server).ListenAndServe", "/usr/lib/go/src/net/http/server.go", 3210),
-            frame("main.main", "/src/orders/main.go", 88),
-        ];
-        let mut r = report(vec![leak, pool, conns]);
-        r.proof = Some(ProofReport {
-            candidates: 50,
-            proven: 50,
-            inconclusive: None,
-            heap_bytes: 4 << 20,
-            bytes_read: 1 << 20,
-            elapsed_ms: 3.2,
-        });
-        r.gate = Some(Gate {
-            fail_on: Verdict::Leak,
-            failed: true,
-            leaked_goroutines: 50,
-            command_status: Some(0),
-            exit_code: 1,
-            stopped_at_deadline: true,
-            interrupted: false,
-        });
-        r
-    }
+    use crate::output::{
+        report::ProofReport,
+        sample::{frame, leaky_report, report, site},
+    };
 
     /// Written for a look in a browser: `GLEAK_HTML_SAMPLE=/tmp/x.html cargo test -p gleak-userspace html`.
     fn save_sample(page: &str) {

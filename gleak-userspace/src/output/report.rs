@@ -55,7 +55,106 @@ pub struct Report {
     /// `gleak run` only: the CI gate's decision.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub gate: Option<Gate>,
+    /// A Go test binary's tests, each with the goroutines it left behind; absent
+    /// for other programs (and where gleak cannot read test names).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tests: Vec<TestReport>,
 }
+
+/// One test (`TestX`, `TestX/sub`) and the goroutines that descend from it, by
+/// `go` statement: created by its goroutine, or by theirs, any generations down.
+#[derive(Clone, Debug, Serialize, JsonSchema)]
+pub struct TestReport {
+    /// As `go test` names it, read from the target's `testing.T`. Goroutines no
+    /// test created are grouped as `TestMain`, `init` or `(outside tests)`.
+    pub name: String,
+    pub status: TestStatus,
+    /// How long it ran (until its goroutine returned, subtests included); absent
+    /// while it runs, and for the groups outside tests.
+    pub duration_s: Option<f64>,
+    /// Its goroutines alive now (a running test's own goroutine among them).
+    pub live: Vec<TestSite>,
+    /// Its goroutines that were alive when it ended and exited later.
+    pub outlived: Vec<TestSite>,
+}
+
+/// How a test left the goroutines it created.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum TestStatus {
+    /// Some of its goroutines are leaks (under `gleak run`: they count in the gate).
+    Leaked,
+    /// Still running.
+    Running,
+    /// Ended with goroutines still alive that exited later.
+    Outlived,
+    /// Every goroutine it created ended before it did.
+    Clean,
+}
+
+impl TestStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Leaked => "leaked",
+            Self::Running => "running",
+            Self::Outlived => "outlived",
+            Self::Clean => "clean",
+        }
+    }
+}
+
+/// A test's goroutines of one `go` statement.
+#[derive(Clone, Debug, Serialize, JsonSchema)]
+pub struct TestSite {
+    /// The site's `pc`, as in `sites`.
+    pub site_pc: String,
+    pub function: String,
+    pub file: String,
+    pub line: u32,
+    pub go_func: String,
+    pub goroutines: u64,
+    /// Live ones: they are leaks (their site's verdict, or under `gleak run` the gate's).
+    pub leaked: bool,
+    /// Outlived ones: the longest any lived past the test's end.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub longest_s: Option<f64>,
+}
+
+impl TestReport {
+    /// Marks the live goroutines of sites that `leaks` says are leaking, and the
+    /// status that follows.
+    pub fn settle(&mut self, leaks: impl Fn(&str) -> bool) {
+        for site in &mut self.live {
+            site.leaked = leaks(&site.site_pc);
+        }
+        let running = self.duration_s.is_none() && !self.is_outside_tests();
+        self.status = if self.live.iter().any(|s| s.leaked) {
+            TestStatus::Leaked
+        } else if running {
+            TestStatus::Running
+        } else if !self.outlived.is_empty() {
+            TestStatus::Outlived
+        } else {
+            TestStatus::Clean
+        };
+    }
+
+    /// A group of goroutines no test created, not a test.
+    pub fn is_outside_tests(&self) -> bool {
+        OUTSIDE_TESTS.contains(&self.name.as_str())
+    }
+
+    pub fn leaked_goroutines(&self) -> u64 {
+        self.live.iter().filter(|s| s.leaked).map(|s| s.goroutines).sum()
+    }
+
+    pub fn outlived_goroutines(&self) -> u64 {
+        self.outlived.iter().map(|s| s.goroutines).sum()
+    }
+}
+
+/// The names of the groups of goroutines no test created.
+pub const OUTSIDE_TESTS: [&str; 3] = ["TestMain", "init", "(outside tests)"];
 
 /// The reachability proof: marking the target's heap from its roots (data, bss,
 /// the stacks of goroutines that can run), twice.
@@ -119,6 +218,12 @@ pub struct Gate {
     pub stopped_at_deadline: bool,
     /// Stopped by Ctrl-C / SIGINT rather than the deadline.
     pub interrupted: bool,
+    /// `--fail-on outlived`: goroutines that outlived their test fail it too.
+    pub fail_on_outlived: bool,
+    /// Goroutines that outlived their test (a test binary's).
+    pub outlived_goroutines: u64,
+    /// The tests whose goroutines fail the gate, in the order they started.
+    pub failed_tests: Vec<String>,
 }
 
 #[derive(Clone, Copy, Debug, Default, Serialize, JsonSchema)]
@@ -508,13 +613,28 @@ impl Report {
                 write_frames(&mut out, &s.parent_chain);
             }
         }
+        self.render_tests(&mut out, &paint);
         if let Some(g) = &self.gate {
+            let outlived = if g.fail_on_outlived || g.outlived_goroutines > 0 {
+                format!(", {} outlived their test", g.outlived_goroutines)
+            } else {
+                String::new()
+            };
+            let blamed = match g.failed_tests.len() {
+                0 => String::new(),
+                n if n <= TESTS_NAMED => format!("; failed by {}", g.failed_tests.join(", ")),
+                n => format!(
+                    "; failed by {} and {} more tests",
+                    g.failed_tests[..TESTS_NAMED].join(", "),
+                    n - TESTS_NAMED
+                ),
+            };
             let _ = writeln!(
                 out,
-                "\n{}: {} leaked goroutines (fail on {}){}; exit code {}",
+                "\n{}: {} leaked goroutines{outlived} (fail on {}){}{blamed}; exit code {}",
                 if g.failed { paint("1;31", "LEAK GATE FAILED") } else { paint("32", "leak gate passed") },
                 g.leaked_goroutines,
-                g.fail_on.as_str(),
+                if g.fail_on_outlived { "outlived" } else { g.fail_on.as_str() },
                 if g.stopped_at_deadline {
                     ", command stopped at the deadline"
                 } else if g.interrupted {
@@ -526,6 +646,70 @@ impl Report {
             );
         }
         out
+    }
+}
+
+/// Tests named in the gate's line at most.
+const TESTS_NAMED: usize = 8;
+
+impl Report {
+    /// The tests that left goroutines behind: leaked, outlived, or still running
+    /// with goroutines of their own; one line per test and `go` statement.
+    fn render_tests(&self, out: &mut String, paint: &dyn Fn(&str, &str) -> String) {
+        let real = self.tests.iter().filter(|t| !t.is_outside_tests()).count();
+        let shown: Vec<&TestReport> =
+            self.tests.iter().filter(|t| matches!(t.status, TestStatus::Leaked | TestStatus::Outlived)).collect();
+        if self.tests.is_empty() {
+            return;
+        }
+        let count = |status| self.tests.iter().filter(|t| t.status == status).count();
+        let _ = writeln!(
+            out,
+            "\ntests: {real} seen · {} leaked · {} outlived their goroutines{}",
+            count(TestStatus::Leaked),
+            count(TestStatus::Outlived),
+            match count(TestStatus::Running) {
+                0 => String::new(),
+                n => format!(" · {n} running"),
+            }
+        );
+        for t in shown {
+            let status = format!("{:<8}", t.status.as_str().to_uppercase());
+            let status = if t.status == TestStatus::Leaked { paint("1;31", &status) } else { paint("33", &status) };
+            for s in t.live.iter().filter(|s| s.leaked) {
+                let blocked = self
+                    .sites
+                    .iter()
+                    .find(|site| site.pc == s.site_pc)
+                    .and_then(|site| site.blocked_at.first())
+                    .map(|b| format!(", blocked at {}:{} ({})", short_path(&b.at.file), b.at.line, b.wait_reason))
+                    .unwrap_or_default();
+                let _ = writeln!(
+                    out,
+                    "  {status} {}: {} goroutine{} of `go {}` at {}:{}{blocked}",
+                    t.name,
+                    s.goroutines,
+                    if s.goroutines == 1 { "" } else { "s" },
+                    s.go_func,
+                    short_path(&s.file),
+                    s.line
+                );
+            }
+            for s in &t.outlived {
+                let _ = writeln!(
+                    out,
+                    "  {} {}: {} goroutine{} of `go {}` at {}:{} outlived it, by up to {}",
+                    paint("33", "OUTLIVED"),
+                    t.name,
+                    s.goroutines,
+                    if s.goroutines == 1 { "" } else { "s" },
+                    s.go_func,
+                    short_path(&s.file),
+                    s.line,
+                    secs(s.longest_s.unwrap_or(0.0))
+                );
+            }
+        }
     }
 }
 

@@ -12,5 +12,6 @@ pub mod memory;
 pub mod netconn;
 pub mod snapshot;
 pub mod target;
+pub mod testname;
 pub mod unwind;
 pub mod waits;

@@ -71,6 +71,9 @@ pub struct ReleaseFacts {
     pub moduledata: ModuledataOffsets,
     /// The heap's span metadata (see [`HeapLayout`]); `None` where only the source was read.
     pub heap: Option<HeapLayout>,
+    /// Package testing's `T`, to name the test a goroutine descends from; `None`
+    /// where only the source was read and it did not settle the layout.
+    pub testing: Option<TestingOffsets>,
     /// `g.atomicstatus` values (without the `_Gscan` bit) of a g that is not a goroutine:
     /// `_Gdead`, and from 1.26 `_Gdeadextra` (extra-M gs parked for cgo callbacks).
     pub dead_statuses: Vec<u32>,
@@ -117,6 +120,14 @@ pub struct GOffsets {
     pub waiting: u32,
 }
 
+/// `testing.T`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TestingOffsets {
+    /// `T.common.name`: the test's full name (`TestX/sub`), a Go string.
+    pub name: u32,
+}
+
 /// `runtime.m`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -160,6 +171,7 @@ impl ReleaseFacts {
             m_curg: self.m.curg,
             blocked: Some(self.blocked_layout()),
             heap: self.heap,
+            test_name: self.testing.map(|t| t.name),
         }
     }
 
@@ -170,6 +182,7 @@ impl ReleaseFacts {
             g_sched_sp: self.g.sched + self.gobuf.sp,
             g_sched_pc: self.g.sched + self.gobuf.pc,
             g_sched_bp: self.g.sched + self.gobuf.bp,
+            g_sched_ctxt: self.g.sched + self.gobuf.ctxt,
             g_waiting: self.g.waiting,
             sudog: self.sudog,
             hchan: self.hchan,
@@ -255,7 +268,9 @@ impl ReleaseFacts {
             word_fits_g("g.parent_goid", Some(parent_goid))?;
         }
         let gobuf = &self.gobuf;
-        for (what, offset) in [("g.sched.sp", gobuf.sp), ("g.sched.pc", gobuf.pc), ("g.sched.bp", gobuf.bp)] {
+        for (what, offset) in
+            [("g.sched.sp", gobuf.sp), ("g.sched.pc", gobuf.pc), ("g.sched.ctxt", gobuf.ctxt), ("g.sched.bp", gobuf.bp)]
+        {
             word_fits_g(what, g.sched.checked_add(offset))?;
         }
         if let Some(heap) = &self.heap {

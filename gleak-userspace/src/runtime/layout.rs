@@ -27,6 +27,9 @@ pub struct RuntimeLayout {
     /// The heap's span metadata, for the reachability proof; `None` when no backend
     /// knows it (Go 1.20 without DWARF: its table entry is from source only).
     pub heap: Option<HeapLayout>,
+    /// `testing.T.common.name` (the test's full name, a Go string) relative to a
+    /// `*testing.T`; `None` when no backend knows package testing's layout.
+    pub test_name: Option<u32>,
 }
 
 /// Where the heap's spans are described: `runtime.mheap_.allspans`, each
@@ -73,6 +76,8 @@ pub struct BlockedLayout {
     /// `g.sched.bp`: the frame pointer a goroutine left when it switched to the
     /// system stack (`systemstack` saves it), where its frames go on.
     pub g_sched_bp: u32,
+    /// `g.sched.ctxt`: a new goroutine's closure until it first runs.
+    pub g_sched_ctxt: u32,
     /// `g.waiting`: the sudogs of a goroutine blocked in a channel operation.
     pub g_waiting: u32,
     pub sudog: SudogOffsets,
@@ -103,7 +108,8 @@ impl RuntimeLayout {
             flags,
             g_parent_goid: self.g_parent_goid.unwrap_or(0),
             g_sched_bp: self.blocked.map_or(0, |b| b.g_sched_bp),
-            _pad: 0,
+            g_sched_ctxt: self.blocked.map_or(0, |b| b.g_sched_ctxt),
+            test_runner_pc: 0,
         }
     }
 }
@@ -114,6 +120,8 @@ impl RuntimeLayout {
 pub struct GobufOffsets {
     pub sp: u32,
     pub pc: u32,
+    /// The closure context (`*funcval`) a new goroutine starts with.
+    pub ctxt: u32,
     pub bp: u32,
 }
 

@@ -5,7 +5,7 @@
 //! paths, the blocked goroutines' structures and the heap's are read as the DWARF
 //! backend reads them for the probes ([`RuntimeStructs`]): the same code, once.
 
-use super::{GOffsets, MOffsets, ModuledataOffsets, Origin, ReleaseFacts};
+use super::{GOffsets, MOffsets, ModuledataOffsets, Origin, ReleaseFacts, TestingOffsets};
 use crate::{
     binary::{
         dwarf::{DwarfInfo, RuntimeStructs},
@@ -82,6 +82,7 @@ fn read(binary: &GoBinary) -> Result<ReleaseFacts, String> {
         gobuf: GobufOffsets {
             sp: at("runtime.gobuf", &["sp"])?,
             pc: at("runtime.gobuf", &["pc"])?,
+            ctxt: at("runtime.gobuf", &["ctxt"])?,
             bp: at("runtime.gobuf", &["bp"])?,
         },
         sudog: blocked.sudog,
@@ -98,6 +99,7 @@ fn read(binary: &GoBinary) -> Result<ReleaseFacts, String> {
             gofunc: at("runtime.moduledata", &["gofunc"])?,
         },
         heap: Some(heap),
+        testing: Some(TestingOffsets { name: structs.test_name()? }),
         dead_statuses,
         leaked_status: status("_Gleaked").transpose()?,
         wait_reasons,

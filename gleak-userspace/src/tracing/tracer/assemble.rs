@@ -10,11 +10,12 @@ use hdrhistogram::Histogram;
 use crate::{
     analysis::aggregate::{Aggregator, LiveGoroutine, Sample, SiteKey, SiteStats},
     analysis::proof_state::{ProofState, Records},
-    analysis::verdict::{judge_site, SiteFacts},
+    analysis::test_blame::{Outlived, TestId},
+    analysis::verdict::{judge_site, SiteFacts, Verdict},
     binary::symbolize::Frame,
     output::report::{
         BlockedAt, GoroutineSample, KernelCounters, PathReport, Percentiles, ProofReport, Rates, Report, SiteReport,
-        Totals, Trend, WaitObjectReport, WaitSummary,
+        TestReport, TestSite, TestStatus, Totals, Trend, WaitObjectReport, WaitSummary, OUTSIDE_TESTS,
     },
     process::snapshot::GRecord,
     process::unwind::{BlockingStacks, StackId},
@@ -60,6 +61,7 @@ impl TracedTarget {
         });
 
         let (created, exited) = self.agg.totals();
+        let tests = if self.tests_traced { self.test_reports(&sites) } else { Vec::new() };
         Report {
             pid,
             ns_pid: self.target.ns_pid,
@@ -91,8 +93,101 @@ impl TracedTarget {
                 elapsed_ms: run.elapsed.as_secs_f64() * 1e3,
             }),
             gate: None,
+            tests,
         }
     }
+
+    /// Each test and the goroutines descending from it, alive now or outlived;
+    /// then the goroutines no test created, grouped by what created them.
+    fn test_reports(&self, sites: &[SiteReport]) -> Vec<TestReport> {
+        let bias = self.target.load_bias;
+        let by_pc: HashMap<&str, &SiteReport> = sites.iter().map(|s| (s.pc.as_str(), s)).collect();
+        let test_site = |key: SiteKey, goroutines: u64, longest_s: Option<f64>| -> Option<TestSite> {
+            let site = by_pc.get(format!("{:#x}", key.wrapping_sub(bias)).as_str())?;
+            Some(TestSite {
+                site_pc: site.pc.clone(),
+                function: site.function.clone(),
+                file: site.file.clone(),
+                line: site.line,
+                go_func: site.go_func.clone(),
+                goroutines,
+                leaked: false,
+                longest_s,
+            })
+        };
+        let mut live: BTreeMap<(TestId, SiteKey), u64> = BTreeMap::new();
+        for g in self.agg.live.values() {
+            *live.entry((g.test, g.site)).or_default() += 1;
+        }
+        let mut outlived: BTreeMap<(TestId, SiteKey), Outlived> = BTreeMap::new();
+        for (test, site, o) in self.agg.tests.outlived() {
+            outlived.insert((test, site), o);
+        }
+        let mut reports: Vec<TestReport> = self
+            .agg
+            .tests
+            .runs()
+            .map(|(id, run)| TestReport {
+                name: self.agg.tests.name(id),
+                status: TestStatus::Clean,
+                duration_s: run.ended_ns.map(|end| end.saturating_sub(run.started_ns) as f64 / 1e9),
+                live: live
+                    .range((id, 0)..=(id, SiteKey::MAX))
+                    .filter_map(|(&(_, k), &n)| test_site(k, n, None))
+                    .collect(),
+                outlived: outlived
+                    .range((id, 0)..=(id, SiteKey::MAX))
+                    .filter_map(|(&(_, k), o)| test_site(k, o.goroutines, Some(o.longest_ns as f64 / 1e9)))
+                    .collect(),
+            })
+            .collect();
+        // Outside tests: the program's own goroutines only, named by what created them.
+        let mut outside: BTreeMap<&'static str, Vec<TestSite>> = BTreeMap::new();
+        for (&(_, key), &n) in live.range((0, 0)..=(0, SiteKey::MAX)) {
+            let Some(site) = test_site(key, n, None) else { continue };
+            let Some(report) = by_pc.get(site.site_pc.as_str()) else { continue };
+            if !crate::analysis::gate::is_infrastructure(&report.function) {
+                outside.entry(outside_tests_group(report)).or_default().push(site);
+            }
+        }
+        for name in OUTSIDE_TESTS {
+            if let Some(live) = outside.remove(name) {
+                reports.push(TestReport {
+                    name: name.to_string(),
+                    status: TestStatus::Clean,
+                    duration_s: None,
+                    live,
+                    outlived: Vec::new(),
+                });
+            }
+        }
+        for report in &mut reports {
+            report.settle(|pc| by_pc.get(pc).is_some_and(|s| s.verdict == Verdict::Leak));
+        }
+        reports
+    }
+}
+
+/// Which group of [`OUTSIDE_TESTS`] a site no test created belongs to: `TestMain`
+/// or `init` when its creation path (or its creator's) runs through them.
+fn outside_tests_group(site: &SiteReport) -> &'static str {
+    let frames = || site.stack.iter().chain(site.paths.iter().flat_map(|p| &p.stack)).chain(&site.parent_chain);
+    if frames().any(|f| f.function.ends_with(".TestMain")) {
+        "TestMain"
+    } else if frames().any(|f| is_init_function(&f.function)) {
+        "init"
+    } else {
+        "(outside tests)"
+    }
+}
+
+/// A package initializer: `pkg.init`, `pkg.init.0`, a package-level closure
+/// (`pkg.init.func1`), or the runtime running them.
+fn is_init_function(function: &str) -> bool {
+    let after_package = function.rsplit('/').next().unwrap_or(function);
+    let mut parts = after_package.split('.');
+    parts.next();
+    parts.next() == Some("init") || function == "runtime.doInit" || function == "runtime.doInit1"
 }
 
 impl TracedTarget {

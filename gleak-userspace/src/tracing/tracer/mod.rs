@@ -16,6 +16,7 @@ use crate::{
     process::memory::ProcessMemory,
     process::snapshot::all_goroutines,
     process::target::Target,
+    process::testname::read_test_name,
     process::unwind::{BlockingStacks, StackId},
     runtime::debuginfo::RuntimeInfo,
     tracing::events::{EventSource, OrderedEvents},
@@ -48,6 +49,8 @@ pub struct TracedTarget {
     blocking_frames: HashMap<StackId, Vec<Location>>,
     /// What cannot be seen in this target (said in every report).
     gaps: Vec<String>,
+    /// A test binary whose tests' names can be read: reports blame goroutines on tests.
+    tests_traced: bool,
 }
 
 pub struct Tracer {
@@ -75,6 +78,7 @@ impl Tracer {
         let target = Target::from_pid(pid)?;
         let info = RuntimeInfo::load(&target.binary)?;
         let probes = if opts.probes { attach_probes(&mut self.probes, &target, &info, opts)? } else { Vec::new() };
+        let tests_traced = opts.probes && test_runner_pc(&target, &info).is_some();
         let mem = ProcessMemory::new(pid);
         let mut agg = Aggregator::default();
         let mut gaps = info.gaps.clone();
@@ -107,6 +111,7 @@ impl Tracer {
             proof: ProofState::new(opts.prove),
             exit_probe: opts.exit_probe,
             gaps,
+            tests_traced,
         };
         self.targets.insert(pid, traced);
         Ok(&self.targets[&pid])
@@ -232,7 +237,20 @@ fn attach_probes(
         )));
     }
     let flags = if opts.capture_stacks { CONFIG_CAPTURE_STACKS } else { 0 };
-    probes.attach(target, info.layout.target_config(flags), opts)
+    let mut config = info.layout.target_config(flags);
+    config.test_runner_pc = test_runner_pc(target, info).unwrap_or(0);
+    probes.attach(target, config, opts)
+}
+
+/// Where the goroutines of `t.Run` start in the target (a run-time address), when
+/// it runs Go tests whose names gleak can read: the test's closure (in
+/// `g.sched.ctxt`) and `testing.T.name` must both be known.
+fn test_runner_pc(target: &Target, info: &RuntimeInfo) -> Option<u64> {
+    let ctxt_known = info.layout.blocked.is_some_and(|b| b.g_sched_ctxt != 0);
+    if !ctxt_known || info.layout.test_name.is_none() {
+        return None;
+    }
+    target.binary.test_runner_entry().map(|entry| entry.wrapping_add(target.load_bias))
 }
 
 fn apply(events: &OrderedEvents, targets: &mut foldhash::HashMap<u32, TracedTarget>) -> usize {
@@ -243,8 +261,22 @@ fn apply(events: &OrderedEvents, targets: &mut foldhash::HashMap<u32, TracedTarg
     }
     for t in targets.values_mut() {
         t.agg.end_of_drain();
+        t.name_new_tests();
     }
     events.len()
+}
+
+impl TracedTarget {
+    /// Reads the names of the tests that started since the last drain, at once: a
+    /// test's `testing.T` may be freed soon after the test ends.
+    fn name_new_tests(&mut self) {
+        let Some(offset) = self.info.layout.test_name else { return };
+        for (id, t_addr) in self.agg.tests.take_unnamed() {
+            if let Some(name) = read_test_name(&self.mem, t_addr, offset) {
+                self.agg.tests.set_name(id, name);
+            }
+        }
+    }
 }
 
 /// CLOCK_MONOTONIC in ns: the clock of `bpf_ktime_get_ns` and of Go's `nanotime`.
