@@ -10,7 +10,7 @@ use std::{
 };
 
 use crate::{
-    analysis::reach::{self, Budget, Goroutine, HeapIndex, Marking, Roots, Span, StackMaps, WholeStacks},
+    analysis::reach::{self, Budget, Goroutine, HeapIndex, Marking, Retained, Roots, Span, StackMaps, WholeStacks},
     binary::GoBinary,
     process::memory::ReadMemory,
     process::snapshot::{all_goroutines, GRecord},
@@ -58,18 +58,23 @@ pub struct ProofOutcome {
     pub network_held: HashSet<u64>,
     /// Why no proof could be made (budget, unreadable memory, unknown layout).
     pub inconclusive: Option<String>,
+    /// By group (the `groups` of [`prove`]): the heap its unreachable goroutines
+    /// alone keep alive, as the last pass measured it.
+    pub retained: HashMap<u64, Retained>,
     pub heap_bytes: u64,
     pub bytes_read: u64,
     pub elapsed: Duration,
 }
 
-/// Runs the proof on the process behind `mem`.
+/// Runs the proof on the process behind `mem`; `groups` (goid → group, a leak
+/// site) says whose retained memory to measure.
 pub fn prove(
     mem: &dyn ReadMemory,
     binary: &GoBinary,
     info: &RuntimeInfo,
     bias: u64,
     budget: ProofBudget,
+    groups: &HashMap<u64, u64>,
 ) -> ProofOutcome {
     let started = Instant::now();
     let mut outcome = ProofOutcome::default();
@@ -78,7 +83,7 @@ pub fn prove(
         if pass > 0 {
             std::thread::sleep(PASS_GAP);
         }
-        match one_pass(mem, binary, info, bias, budget, &mut outcome) {
+        match one_pass(mem, binary, info, bias, budget, groups, &mut outcome) {
             Ok(found) => passes.push(found),
             Err(why) => {
                 outcome.inconclusive = Some(why);
@@ -104,6 +109,7 @@ fn one_pass(
     info: &RuntimeInfo,
     bias: u64,
     budget: ProofBudget,
+    groups: &HashMap<u64, u64>,
     outcome: &mut ProofOutcome,
 ) -> Result<HashMap<u64, (Vec<u64>, u64)>, String> {
     let layout = &info.layout;
@@ -141,6 +147,7 @@ fn one_pass(
         opaque: waits.sudogs.clone(),
         extra: specials,
         goroutines: Vec::with_capacity(goroutines.len()),
+        groups: groups.clone(),
     };
     for &(g_addr, r) in &goroutines {
         roots.opaque.insert(g_addr);
@@ -179,8 +186,9 @@ fn one_pass(
     outcome.bytes_read += stats.bytes_read;
     match marking {
         Marking::Inconclusive(why) => Err(why),
-        Marking::Done { unreachable, network_held } => {
+        Marking::Done { unreachable, network_held, retained } => {
             outcome.network_held.extend(network_held);
+            outcome.retained = retained;
             Ok(roots
                 .goroutines
                 .iter()

@@ -5,12 +5,12 @@
 //! reports only read it, so verdicts do not depend on how often reports are made.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, VecDeque},
     time::{Duration, Instant},
 };
 
 use crate::{
-    analysis::proof::ProofOutcome,
+    analysis::{proof::ProofOutcome, reach::Retained},
     process::snapshot::GRecord,
     process::unwind::Sched,
     process::waits::{WaitPlace, Waits},
@@ -57,7 +57,14 @@ pub struct ProofState {
     /// request.)
     network_held: HashMap<u64, Vec<u64>>,
     last_run: Option<ProofRun>,
+    /// What each group (leak site) retained at each conclusive run, oldest first,
+    /// with when (CLOCK_MONOTONIC ns): the last one is reported, the others give
+    /// its growth.
+    retained: VecDeque<(u64, HashMap<u64, Retained>)>,
 }
+
+/// Measurements of retained memory kept (a proof runs at most once per report).
+const RETAINED_HISTORY: usize = 64;
 
 impl ProofState {
     pub fn new(enabled: bool) -> Self {
@@ -74,6 +81,7 @@ impl ProofState {
         waits: &Waits,
         mut worth_proving: impl FnMut(u64) -> bool,
         prove: impl FnOnce() -> ProofOutcome,
+        now_ns: u64,
     ) {
         self.proven
             .retain(|goid, at| records.get(goid).copied().flatten().is_some_and(|r| waits.blocked_at(*goid, &r, at)));
@@ -99,6 +107,35 @@ impl ProofState {
         self.last_run_at = Some(Instant::now());
         let outcome = prove();
         self.settle(&outcome, records, waits);
+        if outcome.inconclusive.is_none() {
+            if self.retained.len() == RETAINED_HISTORY {
+                self.retained.pop_front();
+            }
+            self.retained.push_back((now_ns, outcome.retained));
+        }
+    }
+
+    /// What `group`'s proven goroutines retained at the last conclusive proof,
+    /// when, and its growth in bytes per second since the oldest measurement at
+    /// least `window_ns` old (or the oldest there is), if two measurements apart
+    /// in time have it.
+    pub fn retained(&self, group: u64, window_ns: u64) -> Option<(Retained, u64, Option<f64>)> {
+        let (last_ns, last) = self.retained.back()?;
+        let now = *last.get(&group)?;
+        let since = last_ns.saturating_sub(window_ns);
+        // The earliest in the window, else the latest before it.
+        let earlier = self
+            .retained
+            .iter()
+            .take(self.retained.len() - 1)
+            .find(|(t, _)| *t >= since)
+            .or_else(|| self.retained.iter().rev().nth(1));
+        let growth = earlier.and_then(|(t, by_group)| {
+            let dt = last_ns.saturating_sub(*t) as f64 / 1e9;
+            let before = by_group.get(&group).map_or(0, |r| r.bytes);
+            (dt > 0.0).then(|| (now.bytes as f64 - before as f64) / dt)
+        });
+        Some((now, *last_ns, growth))
     }
 
     /// Takes in what a proof found.
@@ -196,11 +233,40 @@ mod tests {
         state.enabled = false;
         let moved: Records = [(1, Some(blocked(1, 0xc000_7100))), (2, Some(blocked(2, 0xc000_6000)))].into();
         let rewaits = Waits { by_goid: [(1, vec![chan(0x10)]), (2, vec![chan(0x30)])].into(), ..Waits::default() };
-        state.refresh(&moved, &rewaits, |_| true, || panic!("the proof is off"));
+        state.refresh(&moved, &rewaits, |_| true, || panic!("the proof is off"), 0);
         assert!(!state.is_proven(1) && !state.is_proven(2));
         // A goroutine gone from the records loses what the network held of it.
-        state.refresh(&Records::new(), &rewaits, |_| true, || panic!("the proof is off"));
+        state.refresh(&Records::new(), &rewaits, |_| true, || panic!("the proof is off"), 0);
         assert!(!state.network_held(2, &waits));
+    }
+
+    /// Retained memory is the last conclusive proof's, and grows at the rate
+    /// between it and the earliest measurement in the window.
+    #[test]
+    fn retained_memory_and_its_growth() {
+        let mut state = ProofState::new(true);
+        let waits = Waits { by_goid: [(1, vec![chan(0x10)])].into(), ..Waits::default() };
+        let site = 0x40_2000;
+        let measured = |bytes: u64| ProofOutcome {
+            retained: [(site, Retained { goroutines: 1, bytes, objects: 1, ..Retained::default() })].into(),
+            ..ProofOutcome::default()
+        };
+        // Each run sees goroutine 1 at a new place, so the proof runs every time.
+        for (i, (t_s, bytes)) in [(0u64, 1_000_000u64), (10, 3_000_000), (20, 5_000_000)].into_iter().enumerate() {
+            let records: Records = [(1, Some(blocked(1, 0xc000_7000 - 0x100 * i as u64)))].into();
+            state.refresh(&records, &waits, |_| true, || measured(bytes), t_s * 1_000_000_000);
+        }
+        let (now, at, growth) = state.retained(site, 30_000_000_000).expect("measured");
+        assert_eq!((now.bytes, at), (5_000_000, 20_000_000_000));
+        assert_eq!(growth, Some(200_000.0), "4 MB over 20 s");
+        // A window of 10 s: from the measurement at 10 s.
+        assert_eq!(state.retained(site, 10_000_000_000).unwrap().2, Some(200_000.0));
+        assert_eq!(state.retained(0x99, 10_000_000_000), None, "a site never measured");
+        // An inconclusive run keeps the last measurement.
+        let records: Records = [(1, Some(blocked(1, 0xc000_6000)))].into();
+        let inconclusive = || ProofOutcome { inconclusive: Some("budget".into()), ..ProofOutcome::default() };
+        state.refresh(&records, &waits, |_| true, inconclusive, 30_000_000_000);
+        assert_eq!(state.retained(site, 10_000_000_000).unwrap().0.bytes, 5_000_000);
     }
 
     /// The proof runs again only for a blocked goroutine worth proving that is
@@ -220,14 +286,15 @@ mod tests {
                 runs += 1;
                 outcome.clone()
             },
+            0,
         );
         assert_eq!(runs, 1);
         assert!(state.is_proven(1) && !state.is_proven(3));
         // Nothing moved: 1 is proven, 3 unsettled and unmoved (retry not due).
-        state.refresh(&records, &waits, |_| true, || panic!("nothing new to prove"));
+        state.refresh(&records, &waits, |_| true, || panic!("nothing new to prove"), 0);
         // Goroutine 3 moved: the proof runs again, unless it is not worth proving.
         let moved: Records = [(1, Some(blocked(1, 0xc000_7000))), (3, Some(blocked(3, 0xc000_5100)))].into();
-        state.refresh(&moved, &waits, |goid| goid != 3, || panic!("3 is not worth proving"));
+        state.refresh(&moved, &waits, |goid| goid != 3, || panic!("3 is not worth proving"), 0);
         let mut reran = false;
         state.refresh(
             &moved,
@@ -237,6 +304,7 @@ mod tests {
                 reran = true;
                 ProofOutcome { inconclusive: Some("budget".into()), ..ProofOutcome::default() }
             },
+            0,
         );
         assert!(reran);
         assert!(!state.concluded(), "the last run was inconclusive");

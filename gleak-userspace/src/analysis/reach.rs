@@ -142,6 +142,23 @@ pub struct Roots {
     /// Extra conservative roots: finalizer and cleanup records, and the objects
     /// they will be called with.
     pub extra: Vec<(u64, u64)>,
+    /// Goroutines (by goid) whose retained memory is wanted, by group (a leak
+    /// site): what the unreachable ones among them alone keep alive (see [`Retained`]).
+    pub groups: HashMap<u64, u64>,
+}
+
+/// Heap memory that a group's unreachable goroutines keep alive and nothing able
+/// to run does: the objects reachable from their stacks and not from any root.
+/// An object several groups reach is counted once, as shared, in none of them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Retained {
+    /// The group's unreachable goroutines.
+    pub goroutines: u64,
+    pub bytes: u64,
+    pub objects: u64,
+    /// Of what the group reaches, what other groups reach too.
+    pub shared_bytes: u64,
+    pub shared_objects: u64,
 }
 
 /// Which parts of a goroutine's stack hold pointers, where that can be known
@@ -177,6 +194,8 @@ pub enum Marking {
         /// goids of blocked goroutines whose wait object a goroutine waiting on
         /// the network reaches from its stack (a connection's other goroutine).
         network_held: HashSet<u64>,
+        /// By group ([`Roots::groups`]): what its unreachable goroutines retain.
+        retained: HashMap<u64, Retained>,
     },
     /// The budget ran out (or the memory was unreadable); in words.
     Inconclusive(String),
@@ -240,10 +259,17 @@ pub fn mark(
         return (Marking::Inconclusive(why), stats);
     }
     stats.objects_marked = m.marked_count;
-    let unreachable =
+    let unreachable: HashSet<u64> =
         roots.goroutines.iter().enumerate().filter(|(i, _)| !woken.contains(i)).map(|(_, g)| g.goid).collect();
-    (Marking::Done { unreachable, network_held }, stats)
+    let retained = match m.retain(mem, budget, &mut stats, &woken) {
+        Ok(retained) => retained,
+        Err(why) => return (Marking::Inconclusive(why), stats),
+    };
+    (Marking::Done { unreachable, network_held, retained }, stats)
 }
+
+/// [`Marker::owners`]' mark of an object two groups reach.
+const SHARED: u64 = u64::MAX;
 
 struct Marker<'a> {
     heap: &'a HeapIndex,
@@ -259,6 +285,13 @@ struct Marker<'a> {
     /// list, a tree) one read per object would be one system call per object.
     span_cache: HashMap<usize, Vec<u8>>,
     cached_bytes: usize,
+    /// While retained memory is measured (after marking), the group whose
+    /// goroutines' stacks are being followed.
+    retaining: Option<u64>,
+    /// Objects no root reaches, by base address: the group that reached them
+    /// first, or [`SHARED`].
+    owners: HashMap<u64, u64>,
+    retained: HashMap<u64, Retained>,
 }
 
 /// Spans up to this size are read whole and kept.
@@ -285,6 +318,73 @@ impl<'a> Marker<'a> {
             live_stacks: Vec::new(),
             span_cache: HashMap::new(),
             cached_bytes: 0,
+            retaining: None,
+            owners: HashMap::new(),
+            retained: HashMap::new(),
+        }
+    }
+
+    /// After marking: what each group's unreachable goroutines retain, following
+    /// their stacks (their live frames, by the stack maps) through objects that no
+    /// root reached, group after group.
+    fn retain(
+        &mut self,
+        mem: &dyn ReadMemory,
+        budget: Budget,
+        stats: &mut PassStats,
+        woken: &HashSet<usize>,
+    ) -> Result<HashMap<u64, Retained>, String> {
+        let roots = self.roots;
+        let mut by_group: Vec<(u64, usize)> = roots
+            .goroutines
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| !woken.contains(i))
+            .filter_map(|(i, g)| roots.groups.get(&g.goid).map(|&group| (group, i)))
+            .collect();
+        by_group.sort_unstable();
+        for (group, i) in by_group {
+            self.retaining = Some(group);
+            self.retained.entry(group).or_default().goroutines += 1;
+            let g = &roots.goroutines[i];
+            let sp = if g.stack.contains(&g.sp) { g.sp } else { g.stack.start };
+            match self.stacks.pointer_ranges(mem, g) {
+                Some(ranges) => ranges.into_iter().for_each(|(addr, len)| self.push(addr, len)),
+                None => self.push(sp, g.stack.end.saturating_sub(sp)),
+            }
+            self.drain(mem, budget, stats)?;
+        }
+        self.retaining = None;
+        Ok(std::mem::take(&mut self.retained))
+    }
+
+    /// Retention's marking of the object at `base` (`size` bytes), reached by
+    /// `group`: whether to scan it.
+    fn retain_object(&mut self, group: u64, base: u64, size: u64) -> bool {
+        match self.owners.get(&base).copied() {
+            None => {
+                self.owners.insert(base, group);
+                let r = self.retained.entry(group).or_default();
+                r.bytes += size;
+                r.objects += 1;
+                true
+            }
+            Some(SHARED) => false,
+            Some(owner) if owner == group => false,
+            Some(owner) => {
+                // Reached from two groups: shared, and so is all it reaches: scanned
+                // again so that its descendants move too.
+                self.owners.insert(base, SHARED);
+                for g in [owner, group] {
+                    let r = self.retained.entry(g).or_default();
+                    r.shared_bytes += size;
+                    r.shared_objects += 1;
+                }
+                let first = self.retained.entry(owner).or_default();
+                first.bytes -= size;
+                first.objects -= 1;
+                true
+            }
         }
     }
 
@@ -353,6 +453,16 @@ impl<'a> Marker<'a> {
         let bits = &mut self.marks[span];
         let (slot, bit) = ((index / 64) as usize, 1u64 << (index % 64));
         if bits[slot] & bit != 0 {
+            return;
+        }
+        if let Some(group) = self.retaining {
+            let (base, size) = self.heap.object(span, index);
+            if self.retain_object(group, base, size)
+                && !self.heap.spans[span].noscan
+                && !self.roots.opaque.contains(&base)
+            {
+                self.push(base, size);
+            }
             return;
         }
         bits[slot] |= bit;
@@ -612,6 +722,47 @@ mod tests {
         }
     }
 
+    /// Retained memory, by group: what only a group's unreachable goroutines reach.
+    /// Goroutines 1 and 2 (group A) wait on channels 10 and 11 nothing else holds;
+    /// 1's stack holds object 2 → 3 (a chain of its own), 2's holds object 4, which
+    /// goroutine 3 (group B, waiting on 12) holds too, and object 5, which a global
+    /// holds. A: objects 2, 3 and the two channels; shared with B: 4; 5 is no one's.
+    #[test]
+    fn retained_memory_is_what_only_a_group_reaches() {
+        let mut mem = RecordedMemory::default();
+        mem.insert_words(DATA, &[obj(5)]);
+        let mut heap_words = vec![0u64; 32 * 64 / 8];
+        heap_words[(32 * 2) / 8] = obj(3);
+        mem.insert_words(HEAP, &heap_words);
+        mem.insert_words(STACKS, &[obj(2), obj(10), 0, 0, 0, 0, 0, 0]);
+        mem.insert_words(STACKS + 0x100, &[obj(4), obj(5), obj(11), 0, 0, 0, 0, 0]);
+        mem.insert_words(STACKS + 0x200, &[obj(4), obj(12), 0, 0, 0, 0, 0, 0]);
+        let (group_a, group_b) = (0x4000_1000, 0x4000_2000);
+        let roots = Roots {
+            data: vec![DATA..DATA + 8],
+            goroutines: vec![
+                blocked(1, STACKS, obj(10)),
+                blocked(2, STACKS + 0x100, obj(11)),
+                blocked(3, STACKS + 0x200, obj(12)),
+                runnable(4, STACKS + 0x300),
+            ],
+            groups: [(1, group_a), (2, group_a), (3, group_b), (4, group_b)].into(),
+            ..Roots::default()
+        };
+        mem.insert_words(STACKS + 0x300, &[0; 8]);
+        let (Marking::Done { unreachable, retained, .. }, _) = mark(&mem, &heap(), &roots, &WholeStacks, budget())
+        else {
+            panic!("inconclusive")
+        };
+        assert_eq!(unreachable, [1, 2, 3].into());
+        let a = retained[&group_a];
+        assert_eq!((a.goroutines, a.objects, a.bytes), (2, 4, 4 * 32), "objects 2, 3, 10, 11: {a:?}");
+        assert_eq!((a.shared_objects, a.shared_bytes), (1, 32), "{a:?}");
+        let b = retained[&group_b];
+        assert_eq!((b.goroutines, b.objects, b.bytes), (1, 1, 32), "its channel 12 only, not the runnable's: {b:?}");
+        assert_eq!((b.shared_objects, b.shared_bytes), (1, 32), "{b:?}");
+    }
+
     /// A global points to object 0, which points to 1 (a channel goroutine 1 waits
     /// on); object 2 (goroutine 2's channel) is referenced only by 3, which only 2's
     /// own stack references: 2 can never run, 1 can.
@@ -808,7 +959,7 @@ mod tests {
             ..Roots::default()
         };
         match mark(&mem, &heap(), &roots, &WholeStacks, budget()).0 {
-            Marking::Done { unreachable, network_held } => {
+            Marking::Done { unreachable, network_held, .. } => {
                 assert_eq!(unreachable, HashSet::from([5, 6]));
                 assert_eq!(network_held, HashSet::from([1]));
             }

@@ -46,6 +46,19 @@ impl InfoLabels {
     }
 }
 
+/// One site's numbers as exported (or the folded rest's).
+struct SiteRow {
+    site: String,
+    live: u64,
+    created: u64,
+    exited: u64,
+    stack_bytes: u64,
+    growth: f64,
+    verdict: Verdict,
+    /// What its proven goroutines retain, once measured.
+    retained: Option<u64>,
+}
+
 /// Every series gleak exports.
 #[derive(Clone)]
 pub struct Metrics {
@@ -53,6 +66,7 @@ pub struct Metrics {
     site_created: IntCounterVec,
     site_exited: IntCounterVec,
     site_stack_bytes: IntGaugeVec,
+    site_retained_bytes: IntGaugeVec,
     site_growth: GaugeVec,
     site_verdict: IntGaugeVec,
     process_goroutines: IntGaugeVec,
@@ -101,6 +115,14 @@ impl Metrics {
                 opts("site_stack_bytes", "Stack memory held by a site's live goroutines"),
                 SITE,
             )?,
+            site_retained_bytes: IntGaugeVec::new(
+                opts(
+                    "site_retained_bytes",
+                    "Memory a site's proven-leaked goroutines keep alive and nothing able to run does: heap \
+                     only their stacks reach, plus those stacks (absent until a proof measured it)",
+                ),
+                SITE,
+            )?,
             site_growth: GaugeVec::new(
                 opts(
                     "site_growth_goroutines_per_second",
@@ -136,6 +158,7 @@ impl Metrics {
         registry.register(Box::new(m.site_created.clone()))?;
         registry.register(Box::new(m.site_exited.clone()))?;
         registry.register(Box::new(m.site_stack_bytes.clone()))?;
+        registry.register(Box::new(m.site_retained_bytes.clone()))?;
         registry.register(Box::new(m.site_growth.clone()))?;
         registry.register(Box::new(m.site_verdict.clone()))?;
         registry.register(Box::new(m.process_goroutines.clone()))?;
@@ -168,36 +191,58 @@ impl Metrics {
             exported.info = Some(info);
         }
 
-        // (label, live, created, exited, stack bytes, growth, verdict), busiest first.
-        let mut rows: Vec<(String, u64, u64, u64, u64, f64, Verdict)> = Vec::new();
-        let mut other = (0u64, 0u64, 0u64, 0u64, 0f64);
+        // Busiest first; the rest folded into one row.
+        let mut rows: Vec<SiteRow> = Vec::new();
+        let mut other = SiteRow {
+            site: OTHER_SITE.into(),
+            live: 0,
+            created: 0,
+            exited: 0,
+            stack_bytes: 0,
+            growth: 0.0,
+            verdict: Verdict::Ok,
+            retained: None,
+        };
         for (i, s) in report.sites.iter().enumerate() {
             let growth = s.trend.live_per_s;
             if i < top {
-                let label =
+                let site =
                     if s.line == 0 { s.function.clone() } else { format!("{} ({}:{})", s.function, s.file, s.line) };
-                rows.push((label, s.live, s.created, s.exited, s.stack_bytes, growth, s.verdict));
+                rows.push(SiteRow {
+                    site,
+                    live: s.live,
+                    created: s.created,
+                    exited: s.exited,
+                    stack_bytes: s.stack_bytes,
+                    growth,
+                    verdict: s.verdict,
+                    retained: s.retained.map(|r| r.bytes),
+                });
             } else {
-                other = (
-                    other.0 + s.live,
-                    other.1 + s.created,
-                    other.2 + s.exited,
-                    other.3 + s.stack_bytes,
-                    other.4 + growth,
-                );
+                other.live += s.live;
+                other.created += s.created;
+                other.exited += s.exited;
+                other.stack_bytes += s.stack_bytes;
+                other.growth += growth;
             }
         }
         if report.sites.len() > top {
-            rows.push((OTHER_SITE.into(), other.0, other.1, other.2, other.3, other.4, Verdict::Ok));
+            rows.push(other);
         }
 
         let mut sites = HashSet::new();
         let mut verdicts = HashSet::new();
         let mut counted = HashMap::new();
-        for (site, live, created, exited, stack_bytes, growth, verdict) in rows {
+        for SiteRow { site, live, created, exited, stack_bytes, growth, verdict, retained } in rows {
             let l = [pid.as_str(), exe, site.as_str()];
             self.site_live.with_label_values(&l).set(live as i64);
             self.site_stack_bytes.with_label_values(&l).set(stack_bytes as i64);
+            match retained {
+                Some(bytes) => self.site_retained_bytes.with_label_values(&l).set(bytes as i64),
+                None => {
+                    let _ = self.site_retained_bytes.remove_label_values(&l);
+                }
+            }
             self.site_growth.with_label_values(&l).set(growth);
             // Counters only go up: add what happened since the last export (a site
             // that moved into the folded row starts again from what it has).
@@ -228,6 +273,7 @@ impl Metrics {
         let _ = self.site_created.remove_label_values(&l);
         let _ = self.site_exited.remove_label_values(&l);
         let _ = self.site_stack_bytes.remove_label_values(&l);
+        let _ = self.site_retained_bytes.remove_label_values(&l);
         let _ = self.site_growth.remove_label_values(&l);
     }
 

@@ -88,6 +88,7 @@ pub(crate) fn site(verdict: Verdict, function: &str, file: &str, line: u32, seri
         }],
         wait_objects: None,
         proven: 0,
+        retained: None,
         parent_chain: Vec::new(),
     }
 }

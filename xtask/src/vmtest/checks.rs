@@ -11,8 +11,8 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 use gleak_tests::{
-    blocked_line, fixture_source, go_command, marker_line, parse_json_lines, sites, verdict, GoToolchain, Value,
-    Variant,
+    blocked_line, fixture_source, fixtures_dir, go_command, marker_line, marker_line_in, parse_json_lines, sites,
+    verdict, GoToolchain, Value, Variant,
 };
 use object::{Object, ObjectSegment, ObjectSymbol};
 
@@ -63,21 +63,22 @@ impl Fixture {
         format!("\"$PID_{}\"", self.id)
     }
 
-    /// Builds it for `arch` without cgo, with its toolchain, under `out_dir`.
+    /// Builds it for `arch` without cgo, with its toolchain, under `out_dir`: a
+    /// program with `go build`, a test package (a directory of fixtures) with
+    /// `go test -c`.
     pub fn build(&self, out_dir: &Path, arch: GuestArch) -> Result<PathBuf> {
         let out = out_dir.join(&self.go.version).join(format!("{}{}", self.name, self.variant.suffix()));
         std::fs::create_dir_all(out.parent().unwrap())?;
-        let output = go_command(&self.go)
-            .env("CGO_ENABLED", "0")
-            .env("GOARCH", arch.goarch())
-            .arg("build")
-            .args(self.variant.go_build_flags())
-            .arg("-o")
-            .arg(&out)
-            .arg(fixture_source(self.name))
-            .stdin(Stdio::null())
-            .output()
-            .with_context(|| format!("running {}", self.go.go.display()))?;
+        let package = fixtures_dir().join(self.name);
+        let mut go = go_command(&self.go);
+        go.env("CGO_ENABLED", "0").env("GOARCH", arch.goarch());
+        if package.is_dir() {
+            go.args(["test", "-c", "-vet=off"]).args(self.variant.go_build_flags()).arg("-o").arg(&out);
+            go.current_dir(&package);
+        } else {
+            go.arg("build").args(self.variant.go_build_flags()).arg("-o").arg(&out).arg(fixture_source(self.name));
+        }
+        let output = go.stdin(Stdio::null()).output().with_context(|| format!("running {}", self.go.go.display()))?;
         if !output.status.success() {
             bail!("building {} with Go {}: {}", self.name, self.go.version, String::from_utf8_lossy(&output.stderr));
         }
@@ -173,7 +174,9 @@ impl Plan {
         let stuck = fixture("stuck", new, Variant::Plain, Some("ready stuck"));
         let gate_leaky = fixture("gate_leaky", old, Variant::Plain, None);
         let gate_clean = fixture("gate_clean", new, Variant::Plain, None);
-        let mut fixtures = vec![leaky_old, leaky_new, stuck, gate_leaky, gate_clean];
+        let tests_old = fixture("testblame", old, Variant::Plain, None);
+        let tests_new = fixture("testblame", new, Variant::Plain, None);
+        let mut fixtures = vec![leaky_old, leaky_new, stuck, gate_leaky, gate_clean, tests_old, tests_new];
         // Builds as shipped: where the arm64 port reads pclntab alone, and where it
         // relocates.
         if arch != GuestArch::X86_64 {
@@ -192,10 +195,15 @@ impl Plan {
             }));
         }
         if options.with_gleak {
-            let [leaky_old, leaky_new, stuck, gate_leaky, gate_clean, variants @ ..] = &fixtures[..] else {
+            let [leaky_old, leaky_new, stuck, gate_leaky, gate_clean, tests_old, tests_new, variants @ ..] =
+                &fixtures[..]
+            else {
                 unreachable!("the plan's fixtures are listed above")
             };
             checks.extend(gleak_checks(old, new, [leaky_old, leaky_new, stuck, gate_leaky, gate_clean]));
+            for tests in [tests_old, tests_new] {
+                checks.push(Check::new(&format!("tests-go{}", tests.go.version), RUN_S, gleak_run(tests), blamed));
+            }
             for variant in variants {
                 checks.push(Check::new(
                     &format!("attach-{}-go{}", variant.variant.suffix().trim_start_matches('-'), variant.go.version),
@@ -704,6 +712,47 @@ fn gate(out: &CheckOutput, leak: Option<&Site>) -> Outcome {
     let s = site.find(last)?;
     ensure(verdict(s) == "leak" && num(s, "live") == 10, || format!("{}: {}", site.at(), brief(s)))?;
     Ok(format!("exit 1, 10 leaked at {}", site.at()))
+}
+
+/// `gleak run` on the test binary of tests/fixtures/testblame: every leak blamed
+/// on exactly its test, at its `go` statement, and the test that outlives its
+/// goroutine said so (test_blame.rs).
+fn blamed(out: &CheckOutput) -> Outcome {
+    let reports = documents(out, 1)?;
+    let last = reports.last().unwrap();
+    let source = fixtures_dir().join("testblame/blame_test.go");
+    let want = [
+        ("TestParallelLeakA", "LEAK:A", 3),
+        ("TestParallelLeakB", "LEAK:B", 2),
+        ("TestSubtests/leaky", "LEAK:sub", 1),
+        ("TestFailsAndLeaks", "LEAK:fails", 1),
+    ];
+    let failed: Vec<&str> =
+        last["gate"]["failed_tests"].as_array().into_iter().flatten().filter_map(|t| t.as_str()).collect();
+    let mut want_failed: Vec<&str> = want.iter().map(|w| w.0).collect();
+    want_failed.sort_unstable();
+    let mut sorted = failed.clone();
+    sorted.sort_unstable();
+    ensure(sorted == want_failed, || format!("the gate blamed {failed:?}, want {want_failed:?}"))?;
+    let tests = last["tests"].as_array().cloned().unwrap_or_default();
+    let test = |name: &str| tests.iter().find(|t| t["name"] == name).cloned();
+    for (name, marker, goroutines) in want {
+        let t = test(name).ok_or_else(|| format!("no test {name} in the report"))?;
+        let line = u64::from(marker_line_in(&source, marker));
+        let leaked: Vec<(u64, u64)> = t["live"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|s| s["leaked"] == true)
+            .map(|s| (num(s, "line"), num(s, "goroutines")))
+            .collect();
+        ensure(leaked == [(line, goroutines)], || {
+            format!("{name}: leaked {leaked:?}, want {goroutines} at line {line}")
+        })?;
+    }
+    let outlives = test("TestOutlives").ok_or("no test TestOutlives in the report")?;
+    ensure(outlives["status"] == "outlived", || format!("TestOutlives is {}", outlives["status"]))?;
+    Ok(format!("exit 1, {} tests seen, the 4 leaking ones blamed exactly, 1 outlived", tests.len()))
 }
 
 /// `gleak audit`: a `verdict` or `final` finding of `leak` at the site (audit.rs).

@@ -14,8 +14,9 @@ use crate::{
     analysis::verdict::{judge_site, SiteFacts, Verdict},
     binary::symbolize::Frame,
     output::report::{
-        BlockedAt, GoroutineSample, KernelCounters, PathReport, Percentiles, ProofReport, Rates, Report, SiteReport,
-        TestReport, TestSite, TestStatus, Totals, Trend, WaitObjectReport, WaitSummary, OUTSIDE_TESTS,
+        BlockedAt, GoroutineSample, KernelCounters, PathReport, Percentiles, ProofReport, Rates, Report,
+        RetainedReport, SiteReport, TestReport, TestSite, TestStatus, Totals, Trend, WaitObjectReport, WaitSummary,
+        OUTSIDE_TESTS,
     },
     process::snapshot::GRecord,
     process::unwind::{BlockingStacks, StackId},
@@ -272,6 +273,18 @@ impl TracedTarget {
         let blocked_at = t.blocked_at(&a.blocking);
         let wait_objects = t.wait_summary(&a.objects, a.with_objects, waits);
         let stack = paths.first().map(|p| p.stack.clone()).unwrap_or_else(|| label.inlined.clone());
+        let retained =
+            t.proof.retained(key, TREND_WINDOW_NS).filter(|_| a.proven > 0).map(|(r, at, growth)| RetainedReport {
+                bytes: r.bytes + a.proven_stack_bytes,
+                heap_bytes: r.bytes,
+                objects: r.objects,
+                stack_bytes: a.proven_stack_bytes,
+                goroutines: a.proven,
+                shared_bytes: r.shared_bytes,
+                shared_objects: r.shared_objects,
+                bytes_per_s: growth,
+                measured_s_ago: now.saturating_sub(at) as f64 / 1e9,
+            });
 
         SiteReport {
             verdict,
@@ -312,6 +325,7 @@ impl TracedTarget {
             blocked_at,
             wait_objects,
             proven: a.proven,
+            retained,
             parent_chain: parent_chain(&t.agg, key, &t.labels),
         }
     }
@@ -486,8 +500,9 @@ struct LiveSummary {
     objects: HashMap<WaitObject, u64>,
     /// Blocked goroutines whose wait objects are known.
     with_objects: u64,
-    /// Live goroutines proven unable to run again.
+    /// Live goroutines proven unable to run again, and their stacks' bytes.
     proven: u64,
+    proven_stack_bytes: u64,
     /// Blocked goroutines whose wait objects a goroutine serving the network holds.
     network_held: u64,
     /// (creation time, 0 if before attach; goid) of the oldest few.
@@ -587,7 +602,10 @@ impl LiveSummary {
                         *a.objects.entry(*o).or_default() += 1;
                     }
                 }
-                a.proven += proof.is_proven(*goid) as u64;
+                if proof.is_proven(*goid) {
+                    a.proven += 1;
+                    a.proven_stack_bytes += rec.stack_bytes;
+                }
                 a.network_held += proof.network_held(*goid, waits) as u64;
                 if let Some(since) = blocked_since(g, rec) {
                     a.blocked_us.record((now.saturating_sub(since) / 1000).max(1)).ok();
@@ -633,6 +651,7 @@ impl Default for LiveSummary {
             objects: HashMap::new(),
             with_objects: 0,
             proven: 0,
+            proven_stack_bytes: 0,
             network_held: 0,
             oldest: Vec::new(),
         }

@@ -62,8 +62,10 @@ impl TracedTarget {
                 !PackageRole::of_function(&labels.get(g.site, startpc, bias, info, binary).at.function).is_runtime()
             })
         };
-        let prove = || proof::prove(mem, binary, info, bias, ProofBudget::default());
-        self.proof.refresh(records, waits, worth_proving, prove);
+        // Retained memory is measured per creation site.
+        let groups: HashMap<u64, u64> = agg.live.iter().map(|(&goid, g)| (goid, g.site)).collect();
+        let prove = || proof::prove(mem, binary, info, bias, ProofBudget::default(), &groups);
+        self.proof.refresh(records, waits, worth_proving, prove, monotonic_ns());
     }
 
     /// Symbolizes, once each, what a report shows: every site's `go` statement
