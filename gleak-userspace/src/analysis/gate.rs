@@ -5,7 +5,7 @@
 use nix::sys::signal::Signal;
 
 use crate::{
-    analysis::verdict::Verdict,
+    analysis::{known_leaks::KnownLeaks, verdict::Verdict},
     binary::symbolize::package_of,
     output::report::{Gate, Report, SiteReport},
     runtime::package_roles::PackageRole,
@@ -37,6 +37,12 @@ pub enum Ending {
 /// still running, live goroutines are expected (a server's workers): the tracing
 /// verdicts stand, so only sites that were leaking fail it.
 pub fn decide(report: &mut Report, fail_on: Verdict, ending: Ending) {
+    decide_with_known_leaks(report, fail_on, ending, &mut KnownLeaks::default());
+}
+
+/// [`decide`], not counting the leaks `known` covers (`--ignore`, `--baseline`):
+/// they stay in the report, marked `ignored`. An expired `--ignore` entry fails it.
+pub fn decide_with_known_leaks(report: &mut Report, fail_on: Verdict, ending: Ending, known: &mut KnownLeaks) {
     report.mode = "run";
     report.target_exited = matches!(ending, Ending::Exited { .. });
     let mut leaked = 0;
@@ -44,7 +50,7 @@ pub fn decide(report: &mut Report, fail_on: Verdict, ending: Ending) {
         if let (Ending::Exited { .. }, Some(hung)) = (ending, hung_test(site)) {
             (site.verdict, site.verdict_reason) = (Verdict::Leak, hung.reason);
             if site.verdict <= fail_on {
-                leaked += hung.goroutines;
+                leaked += known.gate(site, hung.goroutines);
             }
             continue;
         }
@@ -62,10 +68,12 @@ pub fn decide(report: &mut Report, fail_on: Verdict, ending: Ending) {
             }
         }
         if site.live > 0 && site.verdict <= fail_on {
-            leaked += site.live;
+            let live = site.live;
+            leaked += known.gate(site, live);
         }
     }
-    let failed = leaked > 0;
+    let failed = leaked > 0 || known.any_expired();
+    report.known_leaks = known.report();
     use crate::error::exit_code::{LEAK, OK};
     let (command_status, exit_code) = match ending {
         Ending::Exited { status, .. } | Ending::Exec { status } => (Some(status), if failed { LEAK } else { status }),

@@ -767,6 +767,7 @@ mod tests {
             sites,
             proof: None,
             gate: None,
+            known_leaks: None,
         }
     }
 
@@ -819,6 +820,8 @@ mod tests {
             wait_objects: None,
             proven: 0,
             parent_chain: Vec::new(),
+            fingerprint: format!("{function} | {function}.func1 | {function}.func1"),
+            ignored: None,
         }
     }
 

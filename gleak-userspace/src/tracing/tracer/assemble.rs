@@ -91,6 +91,7 @@ impl TracedTarget {
                 elapsed_ms: run.elapsed.as_secs_f64() * 1e3,
             }),
             gate: None,
+            known_leaks: None,
         }
     }
 }
@@ -177,6 +178,7 @@ impl TracedTarget {
         let blocked_at = t.blocked_at(&a.blocking);
         let wait_objects = t.wait_summary(&a.objects, a.with_objects, waits);
         let stack = paths.first().map(|p| p.stack.clone()).unwrap_or_else(|| label.inlined.clone());
+        let fingerprint = crate::analysis::known_leaks::fingerprint(&label.at.function, &label.go_func, &blocked_at);
 
         SiteReport {
             verdict,
@@ -218,6 +220,8 @@ impl TracedTarget {
             wait_objects,
             proven: a.proven,
             parent_chain: parent_chain(&t.agg, key, &t.labels),
+            fingerprint,
+            ignored: None,
         }
     }
 
