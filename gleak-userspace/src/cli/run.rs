@@ -7,6 +7,7 @@ use std::{ffi::OsString, time::Duration};
 use anyhow::{Context, Result};
 use gleak::{
     analysis::gate,
+    analysis::known_leaks::{self, Baseline, Date, IgnoreFile, KnownLeaks},
     analysis::runflow::{LoopEnd, Observed, RunEnding, Step},
     analysis::verdict::Verdict,
     output::report::Report,
@@ -18,17 +19,21 @@ use nix::sys::signal::Signal;
 use super::{
     attach::banner,
     session::{describe_status, exit_code, trace_loop, Launched, Signals},
-    Common, FailOn,
+    Common, FailOn, KnownLeakArgs,
 };
 
 pub async fn run(
     fail_on: FailOn,
     leave_running: bool,
+    known_leak_args: KnownLeakArgs,
     common: Common,
     command: Vec<OsString>,
     signals: &mut Signals,
 ) -> Result<i32> {
     let (program, args) = command.split_first().context("no command given")?;
+    // Before the command starts: a bad file is a usage error, not a failed run.
+    let today = Date::today();
+    let mut known_leaks = known_leak_args.load(today)?;
     let mut tracer = Tracer::new()?;
     let if_gleak_dies = if leave_running { IfGleakDies::Continue } else { IfGleakDies::Kill };
     let child = launch::spawn_stopped(program, args, if_gleak_dies)
@@ -93,8 +98,9 @@ pub async fn run(
             }
             Step::Judge(how) => {
                 let mut report = report.take().context("internal error: judged before a report")?;
-                gate::decide(&mut report, fail_on, how);
+                gate::decide_with_known_leaks(&mut report, fail_on, how, &mut known_leaks);
                 common.write_final(&report)?;
+                known_leak_args.finish(&report, &known_leaks, today)?;
                 code = report.gate.map_or(0, |g| g.exit_code);
                 Observed::Done
             }
@@ -128,4 +134,46 @@ async fn wait_stopped(pid: u32) {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     log::warn!("PID {pid} did not stop; reading its goroutines while it runs");
+}
+
+impl KnownLeakArgs {
+    /// The `--ignore` file and the `--baseline` report, checked.
+    fn load(&self, today: Date) -> Result<KnownLeaks> {
+        if let (Some(read), Some(written)) = (&self.ignore, &self.write_ignore) {
+            if read == written || std::fs::canonicalize(read).ok() == std::fs::canonicalize(written).ok() {
+                anyhow::bail!(
+                    "--write-ignore {} would overwrite the --ignore file: write to another file and merge",
+                    written.display()
+                );
+            }
+        }
+        let ignore = self
+            .ignore
+            .as_deref()
+            .map(|p| IgnoreFile::load(p, today))
+            .transpose()
+            .map_err(|e| anyhow::anyhow!("--ignore: {e}"))?;
+        let baseline =
+            self.baseline.as_deref().map(Baseline::load).transpose().map_err(|e| anyhow::anyhow!("--baseline: {e}"))?;
+        Ok(KnownLeaks::new(ignore, baseline))
+    }
+
+    /// After the gate: a warning per entry to act on, and the `--write-ignore` file.
+    fn finish(&self, report: &Report, known: &KnownLeaks, today: Date) -> Result<()> {
+        if let Some(k) = &report.known_leaks {
+            for line in known_leaks::warnings(k) {
+                say!("gleak: {line}");
+            }
+        }
+        let Some(path) = &self.write_ignore else { return Ok(()) };
+        let counted = known.counted();
+        std::fs::write(path, known_leaks::ignore_file_text(counted, today))
+            .with_context(|| format!("writing --write-ignore {}", path.display()))?;
+        say!(
+            "gleak: wrote {} leaking site(s) to {}: replace each reason with why the leak is known, then pass it to --ignore",
+            counted.len(),
+            path.display()
+        );
+        Ok(())
+    }
 }
