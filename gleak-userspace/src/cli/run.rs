@@ -140,7 +140,11 @@ impl KnownLeakArgs {
     /// The `--ignore` file and the `--baseline` report, checked.
     fn load(&self, today: Date) -> Result<KnownLeaks> {
         if let (Some(read), Some(written)) = (&self.ignore, &self.write_ignore) {
-            if read == written || std::fs::canonicalize(read).ok() == std::fs::canonicalize(written).ok() {
+            let same_file = match (std::fs::canonicalize(read), std::fs::canonicalize(written)) {
+                (Ok(a), Ok(b)) => a == b,
+                _ => read == written,
+            };
+            if same_file {
                 anyhow::bail!(
                     "--write-ignore {} would overwrite the --ignore file: write to another file and merge",
                     written.display()
@@ -169,8 +173,10 @@ impl KnownLeakArgs {
         let counted = known.counted();
         std::fs::write(path, known_leaks::ignore_file_text(counted, today))
             .with_context(|| format!("writing --write-ignore {}", path.display()))?;
+        let entries = counted.iter().map(|c| &c.fingerprint).collect::<std::collections::HashSet<_>>().len();
         say!(
-            "gleak: wrote {} leaking site(s) to {}: replace each reason with why the leak is known, then pass it to --ignore",
+            "gleak: wrote {entries} known-leak entries for {} leaking site(s) to {}: replace each reason with why the \
+             leak is known, then pass it to --ignore",
             counted.len(),
             path.display()
         );
