@@ -204,6 +204,26 @@ fn expired_entry_fails_the_gate() {
             file.display()
         );
         assert!(run.stderr.contains(&want), "{fx}: want on stderr: {want}\n{run}");
+
+        // Every leak covered, but an expired entry (matching nothing) still fails the gate.
+        let file = dir.write(
+            "stale.toml",
+            &format!(
+                "[[leak]]\nfingerprint = \"{NOTIFY_FP}\"\nreason = \"best effort\"\n\n\
+                 [[leak]]\nfingerprint = \"{REFRESH_FP}\"\nreason = \"lives with the process\"\n\n\
+                 [[leak]]\nfunction = \"main.legacy*\"\nreason = \"legacy poller\"\nexpires = 2021-06-30\n"
+            ),
+        );
+        let (run, r) = gate(fx, &["--ignore", arg(&file)], &[]);
+        assert_code(fx, &run, 1);
+        assert_site(fx, &r, REFRESH, 3, REFRESH_FP, Some(&format!("{}:5", file.display())), &run);
+        assert_site(fx, &r, NOTIFY, 2, NOTIFY_FP, Some(&format!("{}:1", file.display())), &run);
+        assert_gate(fx, &r, true, 0, &run);
+        let expired = &r["known_leaks"]["expired"];
+        assert_eq!(expired[0]["at"], format!("{}:9", file.display()), "{fx}: {expired}");
+        assert_eq!(expired[0]["sites"], 0, "{fx}: {expired}");
+        let want = format!("gleak: {}:9: known-leak entry expired on 2021-06-30", file.display());
+        assert!(run.stderr.contains(&want), "{fx}: want on stderr: {want}\n{run}");
     });
 }
 
