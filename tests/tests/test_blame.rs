@@ -357,3 +357,65 @@ fn go_test_exec_names_the_leaking_tests() {
         );
     });
 }
+
+/// The "done when": on the package, `go test -exec 'gleak run --junit
+/// FILE --'` names exactly the leaking tests; an ignore file with reasons (written
+/// by `--write-ignore`, reasons filled in) turns the gate green, and a new leak
+/// (another test joining the run) still fails it, alone.
+#[test]
+fn ignore_file_turns_go_test_green_without_hiding_a_new_leak() {
+    if !require_root() {
+        return;
+    }
+    let tc = blame_toolchains().pop().expect("a Go toolchain");
+    let pkg = fixtures_dir().join("testblame");
+    let dir = scratch("known").parent().unwrap().to_path_buf();
+    let (written, junit) = (dir.join("known.toml"), dir.join("junit.xml"));
+    let _serial = serial_guard();
+    let go_test = |gleak_args: &str, run: &str| {
+        let exec = format!("{} run {gleak_args} --", gleak_bin().display());
+        let out = go_command(&tc)
+            .args(["test", "-vet=off", "-count=1", "-exec", &exec, "-run", run, "."])
+            .current_dir(&pkg)
+            .output()
+            .expect("run go test");
+        let text = format!(
+            "{}\n--- stderr ---\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.code(), text)
+    };
+    let known_run = "TestParallel|TestClean|TestSubtests";
+
+    // Adoption: today's leaks written down.
+    let (code, text) = go_test(&format!("--write-ignore {}", written.display()), known_run);
+    assert_eq!(code, Some(1), "{tc}: the package leaks\n{text}");
+    let entries = std::fs::read_to_string(&written).expect("--write-ignore wrote the file");
+    let count = entries.lines().filter(|l| l.trim() == "[[leak]]").count();
+    assert_eq!(count, 3, "{tc}: one entry per leaking site\n{entries}");
+    let reasoned = entries.replace("TODO: why this leak is known", "known since the fixture was written");
+    std::fs::write(&written, reasoned).unwrap();
+
+    // Known leaks: green, and the JUnit file has no failure.
+    let args = format!("--ignore {} --junit {}", written.display(), junit.display());
+    let (code, text) = go_test(&args, known_run);
+    assert_eq!(code, Some(0), "{tc}: every leak is known\n{text}");
+    assert!(text.lines().any(|l| l.starts_with("ok ")), "{tc}: go test's ok line\n{text}");
+    let python = gleak_cache().join("venv/bin/python");
+    if python.exists() {
+        let (cases, failed) = read_junit(&python, &junit);
+        assert_eq!(cases.len(), 6, "{tc}: {cases:?}");
+        assert!(failed.is_empty(), "{tc}: {failed:?}");
+    }
+
+    // A new leak: TestFailsAndLeaks joins the run. Only it fails the gate.
+    let (code, text) = go_test(&args, &format!("{known_run}|TestFailsAndLeaks"));
+    assert_eq!(code, Some(1), "{tc}: a new leak\n{text}");
+    let gate = text.lines().find(|l| l.contains("LEAK GATE FAILED")).unwrap_or_else(|| panic!("{text}"));
+    assert!(gate.contains("1 leaked goroutines") && gate.ends_with("failed by TestFailsAndLeaks; exit code 1"), "{gate}");
+    if python.exists() {
+        let (_, failed) = read_junit(&python, &junit);
+        assert_eq!(failed, BTreeSet::from(["TestFailsAndLeaks".to_string()]), "{tc}");
+    }
+}

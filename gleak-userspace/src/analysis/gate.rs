@@ -7,7 +7,7 @@ use std::collections::HashSet;
 use nix::sys::signal::Signal;
 
 use crate::{
-    analysis::verdict::Verdict,
+    analysis::{known_leaks::KnownLeaks, verdict::Verdict},
     binary::symbolize::package_of,
     output::report::{Gate, Report, SiteReport, TestReport, TestStatus},
     runtime::package_roles::PackageRole,
@@ -41,6 +41,19 @@ pub enum Ending {
 /// leaks are blamed on the tests they descend from; with `fail_on_outlived`,
 /// goroutines that outlived their test fail it too.
 pub fn decide(report: &mut Report, fail_on: Verdict, fail_on_outlived: bool, ending: Ending) {
+    decide_with_known_leaks(report, fail_on, fail_on_outlived, ending, &mut KnownLeaks::default());
+}
+
+/// [`decide`], not counting the leaks `known` covers (`--ignore`, `--baseline`):
+/// they stay in the report, marked `ignored`, and blame no test. An expired
+/// `--ignore` entry fails it.
+pub fn decide_with_known_leaks(
+    report: &mut Report,
+    fail_on: Verdict,
+    fail_on_outlived: bool,
+    ending: Ending,
+    known: &mut KnownLeaks,
+) {
     report.mode = "run";
     report.target_exited = matches!(ending, Ending::Exited { .. });
     let mut leaked = 0;
@@ -50,8 +63,11 @@ pub fn decide(report: &mut Report, fail_on: Verdict, fail_on_outlived: bool, end
         if let (Ending::Exited { .. }, Some(hung)) = (ending, hung_test(site)) {
             (site.verdict, site.verdict_reason) = (Verdict::Leak, hung.reason);
             if site.verdict <= fail_on {
-                leaked += hung.goroutines;
-                counted.insert(site.pc.clone());
+                let counts = known.gate(site, hung.goroutines);
+                if counts > 0 {
+                    leaked += counts;
+                    counted.insert(site.pc.clone());
+                }
             }
             continue;
         }
@@ -69,8 +85,11 @@ pub fn decide(report: &mut Report, fail_on: Verdict, fail_on_outlived: bool, end
             }
         }
         if site.live > 0 && site.verdict <= fail_on {
-            leaked += site.live;
-            counted.insert(site.pc.clone());
+            let counts = known.gate(site, site.live);
+            if counts > 0 {
+                leaked += counts;
+                counted.insert(site.pc.clone());
+            }
         }
     }
     for test in &mut report.tests {
@@ -83,7 +102,8 @@ pub fn decide(report: &mut Report, fail_on: Verdict, fail_on_outlived: bool, end
         .filter(|t| t.status == TestStatus::Leaked || (fail_on_outlived && !t.outlived.is_empty()))
         .map(|t| t.name.clone())
         .collect();
-    let failed = leaked > 0 || (fail_on_outlived && outlived > 0);
+    let failed = leaked > 0 || (fail_on_outlived && outlived > 0) || known.any_expired();
+    report.known_leaks = known.report();
     use crate::error::exit_code::{LEAK, OK};
     let (command_status, exit_code) = match ending {
         Ending::Exited { status, .. } | Ending::Exec { status } => (Some(status), if failed { LEAK } else { status }),

@@ -1,13 +1,14 @@
 //! Analysis: per-site statistics from lifecycle events ([`aggregate`]), the
 //! proof that blocked goroutines can never run again ([`reach`], [`proof`]) and
 //! what it has settled between reports ([`proof_state`]), the verdict on each
-//! site ([`verdict`]), `gleak run`'s gate ([`gate`]) and how a `gleak run`
-//! session ends ([`runflow`]).
+//! site ([`verdict`]), `gleak run`'s gate ([`gate`]), the known leaks it does not
+//! count ([`known_leaks`]) and how a `gleak run` session ends ([`runflow`]).
 //!
 //! May use: [`crate::binary`], [`crate::runtime`], [`crate::process`]; no probes.
 
 pub mod aggregate;
 pub mod gate;
+pub mod known_leaks;
 pub mod proof;
 pub mod proof_state;
 pub mod reach;

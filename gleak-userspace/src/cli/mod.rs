@@ -32,12 +32,15 @@ EXAMPLES:
     gleak attach -p 4242 --html leaks.html  # also a page with charts and flame graphs
     gleak run -- ./server.test -test.run TestAPI   # CI gate: exit 1 if the tests leak goroutines
     gleak run --duration 60s -- ./server    # bound a command that does not end by itself
+    gleak run --ignore known-leaks.toml -- ./pkg.test   # CI gate minus the leaks known and explained
+    gleak run --write-ignore known-leaks.toml -- ./pkg.test   # adopt: list today's leaks, reasons to fill in
 
 EXIT CODES:
     0    no leak (gleak run: the command's own status when it did not leak); gleak attach
          ends with 0 on Ctrl-C, SIGTERM or SIGHUP, and when the target exits or is killed
     1    gleak run: a site reached --fail-on
-    2    bad usage, or an error of no class below
+    2    bad usage (an unreadable or invalid --ignore or --baseline file included), or an
+         error of no class below
     3    no such process, or it exited before gleak could attach
     4    not a Go program gleak can trace (not ELF x86_64/aarch64, not Go, Go < 1.19, no function table)
     5    not permitted: a capability is missing (CAP_SYS_ADMIN for uprobes on kernels 6.16+ and
@@ -90,6 +93,8 @@ enum Command {
         /// test gleak saw run, a failure for each whose goroutines fail the gate.
         #[arg(long, value_name = "FILE")]
         junit: Option<PathBuf>,
+        #[command(flatten)]
+        known_leaks: KnownLeakArgs,
         #[command(flatten)]
         common: Common,
         /// The command and its arguments.
@@ -214,6 +219,26 @@ struct Common {
     stdout_closed: Cell<bool>,
 }
 
+/// `gleak run`'s known leaks: leaks the gate does not count (they stay in the report).
+#[derive(Parser, Debug)]
+struct KnownLeakArgs {
+    /// Known leaks (TOML): `[[leak]]` entries, each with a `fingerprint` (as the
+    /// --json report prints it) or globs on `function`, `go_func`, `blocked_in`,
+    /// `file`, a `reason`, and optionally `expires = "YYYY-MM-DD"`, after which it
+    /// fails the gate. Leaks it matches are reported as ignored, not counted.
+    #[arg(long, value_name = "FILE")]
+    ignore: Option<PathBuf>,
+    /// An earlier `gleak run --json` report: fail only on leaks whose fingerprint
+    /// is not among its leaking sites.
+    #[arg(long, value_name = "REPORT.json")]
+    baseline: Option<PathBuf>,
+    /// Write an --ignore file for the leaks this run counts (one entry per
+    /// fingerprint, reason "TODO: why this leak is known" to replace), to adopt the
+    /// gate in a code base that already leaks.
+    #[arg(long, value_name = "FILE")]
+    write_ignore: Option<PathBuf>,
+}
+
 #[derive(Clone, Copy, Debug, ValueEnum)]
 enum FailOn {
     /// Goroutines judged leaks (at the command's exit: the program's goroutines still alive).
@@ -248,8 +273,8 @@ pub fn main() -> Result<i32> {
         let mut signals = Signals::install()?;
         match cli.command {
             Command::Attach { pid, common } => attach::attach(pid, common, &mut signals).await.map(|()| 0),
-            Command::Run { fail_on, leave_running, junit, common, command } => {
-                let gate = run::GateOptions { fail_on, junit };
+            Command::Run { fail_on, leave_running, junit, known_leaks, common, command } => {
+                let gate = run::GateOptions { fail_on, junit, known_leaks };
                 run::run(gate, leave_running, common, command, &mut signals).await
             }
             Command::Audit(args) => audit::audit(args, &mut signals).await.map(|()| 0),

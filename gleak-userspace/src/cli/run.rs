@@ -11,6 +11,7 @@ use std::{
 use anyhow::{Context, Result};
 use gleak::{
     analysis::gate,
+    analysis::known_leaks::{self, Baseline, Date, IgnoreFile, KnownLeaks},
     analysis::runflow::{LoopEnd, Observed, RunEnding, Step},
     analysis::verdict::Verdict,
     output::report::Report,
@@ -22,7 +23,7 @@ use nix::sys::signal::Signal;
 use super::{
     attach::banner,
     session::{describe_status, exit_code, trace_loop, Launched, Signals},
-    Common, FailOn,
+    Common, FailOn, KnownLeakArgs,
 };
 
 /// How the gate judges and what it writes besides the report.
@@ -30,6 +31,8 @@ pub struct GateOptions {
     pub fail_on: FailOn,
     /// `--junit FILE`.
     pub junit: Option<PathBuf>,
+    /// `--ignore`, `--baseline`, `--write-ignore`.
+    pub known_leaks: KnownLeakArgs,
 }
 
 pub async fn run(
@@ -40,6 +43,9 @@ pub async fn run(
     signals: &mut Signals,
 ) -> Result<i32> {
     let (program, args) = command.split_first().context("no command given")?;
+    // Before the command starts: a bad file is a usage error, not a failed run.
+    let today = Date::today();
+    let mut known_leaks = gate_options.known_leaks.load(today)?;
     let mut tracer = Tracer::new()?;
     let if_gleak_dies = if leave_running { IfGleakDies::Continue } else { IfGleakDies::Kill };
     let child = launch::spawn_stopped(program, args, if_gleak_dies)
@@ -105,8 +111,9 @@ pub async fn run(
             }
             Step::Judge(how) => {
                 let mut report = report.take().context("internal error: judged before a report")?;
-                gate::decide(&mut report, fail_on, fail_on_outlived, how);
+                gate::decide_with_known_leaks(&mut report, fail_on, fail_on_outlived, how, &mut known_leaks);
                 common.write_final(&report)?;
+                gate_options.known_leaks.finish(&report, &known_leaks, today)?;
                 if let Some(path) = &gate_options.junit {
                     write_junit(&report, path)?;
                 }
@@ -160,4 +167,52 @@ fn write_junit(report: &Report, path: &Path) -> Result<()> {
         say!("gleak: wrote {} ({tests} tests)", path.display());
     }
     Ok(())
+}
+
+impl KnownLeakArgs {
+    /// The `--ignore` file and the `--baseline` report, checked.
+    fn load(&self, today: Date) -> Result<KnownLeaks> {
+        if let (Some(read), Some(written)) = (&self.ignore, &self.write_ignore) {
+            let same_file = match (std::fs::canonicalize(read), std::fs::canonicalize(written)) {
+                (Ok(a), Ok(b)) => a == b,
+                _ => read == written,
+            };
+            if same_file {
+                anyhow::bail!(
+                    "--write-ignore {} would overwrite the --ignore file: write to another file and merge",
+                    written.display()
+                );
+            }
+        }
+        let ignore = self
+            .ignore
+            .as_deref()
+            .map(|p| IgnoreFile::load(p, today))
+            .transpose()
+            .map_err(|e| anyhow::anyhow!("--ignore: {e}"))?;
+        let baseline =
+            self.baseline.as_deref().map(Baseline::load).transpose().map_err(|e| anyhow::anyhow!("--baseline: {e}"))?;
+        Ok(KnownLeaks::new(ignore, baseline))
+    }
+
+    /// After the gate: a warning per entry to act on, and the `--write-ignore` file.
+    fn finish(&self, report: &Report, known: &KnownLeaks, today: Date) -> Result<()> {
+        if let Some(k) = &report.known_leaks {
+            for line in known_leaks::warnings(k) {
+                say!("gleak: {line}");
+            }
+        }
+        let Some(path) = &self.write_ignore else { return Ok(()) };
+        let counted = known.counted();
+        std::fs::write(path, known_leaks::ignore_file_text(counted, today))
+            .with_context(|| format!("writing --write-ignore {}", path.display()))?;
+        let entries = counted.iter().map(|c| &c.fingerprint).collect::<std::collections::HashSet<_>>().len();
+        say!(
+            "gleak: wrote {entries} known-leak entries for {} leaking site(s) to {}: replace each reason with why the \
+             leak is known, then pass it to --ignore",
+            counted.len(),
+            path.display()
+        );
+        Ok(())
+    }
 }

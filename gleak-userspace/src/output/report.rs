@@ -59,6 +59,50 @@ pub struct Report {
     /// for other programs (and where gleak cannot read test names).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tests: Vec<TestReport>,
+    /// `gleak run --ignore`/`--baseline` only: what the known leaks hid from the gate.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub known_leaks: Option<KnownLeaksReport>,
+}
+
+/// What `--ignore FILE` and `--baseline REPORT.json` did to the gate.
+#[derive(Clone, Debug, Default, Serialize, JsonSchema)]
+pub struct KnownLeaksReport {
+    /// The `--ignore` file.
+    pub ignore_file: Option<String>,
+    /// The `--baseline` report.
+    pub baseline: Option<String>,
+    /// Leaking sites the gate did not count (each marked `ignored`).
+    pub ignored_sites: u64,
+    pub ignored_goroutines: u64,
+    /// Entries that hid nothing this run (a warning, not a failure: the leak may be fixed).
+    pub unmatched: Vec<KnownLeakEntry>,
+    /// Entries past their `expires` date: they hide nothing and fail the gate.
+    pub expired: Vec<KnownLeakEntry>,
+    /// Entries whose reason is still `--write-ignore`'s placeholder (accepted, with a warning).
+    pub placeholders: Vec<KnownLeakEntry>,
+}
+
+/// One entry of an `--ignore` file.
+#[derive(Clone, Debug, Serialize, JsonSchema)]
+pub struct KnownLeakEntry {
+    /// `FILE:LINE` of the entry.
+    pub at: String,
+    /// What it matches, as written: `fingerprint = "…"`, or its patterns.
+    pub rule: String,
+    pub reason: String,
+    /// `YYYY-MM-DD`: the last day it hides leaks.
+    pub expires: Option<String>,
+    /// Leaking sites it matched this run (hid, unless expired).
+    pub sites: u64,
+}
+
+/// Why the gate did not count a leaking site: a known leak.
+#[derive(Clone, Debug, Serialize, JsonSchema)]
+pub struct Ignored {
+    /// `FILE:LINE` of the `--ignore` entry, or the `--baseline` report's path.
+    pub by: String,
+    #[schemars(length(min = 1))]
+    pub reason: String,
 }
 
 /// One test (`TestX`, `TestX/sub`) and the goroutines that descend from it, by
@@ -333,6 +377,13 @@ pub struct SiteReport {
     pub retained: Option<RetainedReport>,
     /// Where the creating goroutine was created, and so on up.
     pub parent_chain: Vec<Frame>,
+    /// `function | go_func | blocking functions` (no lines: stable across edits);
+    /// what `--ignore` entries and `--baseline` match.
+    #[schemars(length(min = 1))]
+    pub fingerprint: String,
+    /// `gleak run` only: a known leak the gate did not count, and why.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ignored: Option<Ignored>,
 }
 
 /// What a site's blocked goroutines wait on.
@@ -468,6 +519,7 @@ impl Report {
         row.wait_objects = None;
         row.proven = 0;
         row.parent_chain.clear();
+        row.fingerprint = crate::analysis::known_leaks::fingerprint(&row.function, &row.go_func, &[]);
         let at = self.sites.iter().position(|s| s.live < row.live).unwrap_or(self.sites.len());
         self.sites.insert(at, row);
     }
@@ -550,8 +602,9 @@ impl Report {
                 Some(r) => format!("{} ({})", r, s.wait_reasons.get(r).copied().unwrap_or(0)),
                 None => "-".to_string(),
             };
-            let verdict = format!("{:<8}", s.verdict.as_str());
+            let verdict = format!("{:<8}", if s.ignored.is_some() { "ignored" } else { s.verdict.as_str() });
             let verdict = match s.verdict {
+                _ if s.ignored.is_some() => paint("2", &verdict),
                 Verdict::Leak => paint("1;31", &verdict),
                 Verdict::Suspect => paint("33", &verdict),
                 Verdict::Stable => paint("36", &verdict),
@@ -582,8 +635,11 @@ impl Report {
         if self.sites.len() > top {
             let _ = writeln!(out, "… {} more sites (--top)", self.sites.len() - top);
         }
-        let explained =
-            self.sites.iter().filter(|s| matches!(s.verdict, Verdict::Leak | Verdict::Suspect)).take(stacks);
+        let explained = self
+            .sites
+            .iter()
+            .filter(|s| matches!(s.verdict, Verdict::Leak | Verdict::Suspect) && s.ignored.is_none())
+            .take(stacks);
         for s in explained {
             let _ = writeln!(
                 out,
@@ -677,7 +733,56 @@ impl Report {
                 g.exit_code
             );
         }
+        self.render_known_leaks(&mut out, &paint);
         out
+    }
+
+    /// Under `--ignore`/`--baseline`: the leaks not counted and why, the entries to
+    /// look at, and what still fails the gate.
+    fn render_known_leaks(&self, out: &mut String, paint: &dyn Fn(&str, &str) -> String) {
+        let Some(k) = &self.known_leaks else { return };
+        let from: Vec<String> = [("--ignore", &k.ignore_file), ("--baseline", &k.baseline)]
+            .iter()
+            .filter_map(|(flag, path)| path.as_ref().map(|p| format!("{flag} {p}")))
+            .collect();
+        let _ = writeln!(
+            out,
+            "known leaks ({}): {} sites, {} goroutines not counted",
+            from.join(", "),
+            k.ignored_sites,
+            k.ignored_goroutines
+        );
+        for s in self.sites.iter() {
+            if let Some(i) = &s.ignored {
+                let _ = writeln!(out, "  ignored: {} ({} live) by {}: {}", site_label(s), s.live, i.by, i.reason);
+            }
+        }
+        for e in &k.expired {
+            let _ = writeln!(
+                out,
+                "  {} {} ({}; reason: {}): expired on {}, hides nothing and fails the gate",
+                paint("1;31", "EXPIRED"),
+                e.at,
+                e.rule,
+                e.reason,
+                e.expires.as_deref().unwrap_or("?")
+            );
+        }
+        for e in &k.unmatched {
+            let _ = writeln!(out, "  unmatched: {} ({}; reason: {}): no leak matched it", e.at, e.rule, e.reason);
+        }
+        let Some(g) = &self.gate else { return };
+        for s in self.sites.iter().filter(|s| s.live > 0 && s.verdict <= g.fail_on && s.ignored.is_none()) {
+            let _ = writeln!(
+                out,
+                "  {}: {} running {}: {} goroutines [fingerprint {}]",
+                paint("1;31", "not known"),
+                site_label(s),
+                s.go_func,
+                s.live,
+                s.fingerprint
+            );
+        }
     }
 }
 

@@ -37,6 +37,7 @@ pub(crate) fn report(sites: Vec<SiteReport>) -> Report {
         proof: None,
         gate: None,
         tests: Vec::new(),
+        known_leaks: None,
     }
 }
 
@@ -90,6 +91,8 @@ pub(crate) fn site(verdict: Verdict, function: &str, file: &str, line: u32, seri
         proven: 0,
         retained: None,
         parent_chain: Vec::new(),
+        fingerprint: format!("{function} | {function}.func1 | {function}.func1"),
+        ignored: None,
     }
 }
 

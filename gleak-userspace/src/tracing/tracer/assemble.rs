@@ -95,6 +95,7 @@ impl TracedTarget {
             }),
             gate: None,
             tests,
+            known_leaks: None,
         }
     }
 
@@ -285,6 +286,7 @@ impl TracedTarget {
                 bytes_per_s: growth,
                 measured_s_ago: now.saturating_sub(at) as f64 / 1e9,
             });
+        let fingerprint = crate::analysis::known_leaks::fingerprint(&label.at.function, &label.go_func, &blocked_at);
 
         SiteReport {
             verdict,
@@ -327,6 +329,8 @@ impl TracedTarget {
             proven: a.proven,
             retained,
             parent_chain: parent_chain(&t.agg, key, &t.labels),
+            fingerprint,
+            ignored: None,
         }
     }
 
