@@ -25,12 +25,20 @@ const WORKLOAD: &str = "/vmtest/bench/workload";
 /// The guest's limit for the whole measurement.
 const TIMEOUT_S: u32 = 900;
 const ARCH: GuestArch = GuestArch::Aarch64;
+/// The workload prints nanoseconds per operation to 0.1 ns: each sample may
+/// overstate its operation by this much.
+const SAMPLE_ROUNDING_NS: f64 = 0.05;
 
 /// Drives the workload through two FIFOs. Each round: `spawn` and `chan`
 /// untraced, then gleak attached (default mode, as the overhead section runs it),
 /// its banner awaited, the same two timed, gleak ended with SIGTERM (a normal end:
 /// its last report) and that report printed. Lines: `sample MODE OP NS`,
 /// `gleak-exit RC`, `report JSON`.
+///
+/// Each round's gleak writes files of its own: the shell truncates a redirect's
+/// file in the forked child, and a poll that ran before that (one vCPU schedules
+/// them either way) found the last round's banner and timed the workload while
+/// the new gleak was still starting.
 const DRIVER: &str = r#"W=$1 N=$2 ROUNDS=$3 D=/tmp/bench
 mkdir -p $D && mkfifo $D/in $D/out || exit 1
 "$W" <$D/in >$D/out 2>$D/err &
@@ -42,16 +50,17 @@ ask() { echo "$2 $N" >&7; read -r ns <&8 || exit 1; echo "sample $1 $2 $ns"; }
 r=0
 while [ $r -lt $ROUNDS ]; do
   ask untraced spawn; ask untraced chan
-  /vmtest/gleak attach -p $WPID --json --interval 1h --no-proof >$D/g.out 2>$D/g.err &
+  G=$D/gleak-$r
+  /vmtest/gleak attach -p $WPID --json --interval 1h --no-proof >$G.out 2>$G.err &
   GPID=$!
   t=0
-  until grep -q 'tracing PID' $D/g.err; do
-    if ! kill -0 $GPID 2>/dev/null || [ $t -ge 1200 ]; then echo "gleak did not start: $(cat $D/g.err)"; exit 1; fi
+  until grep -q 'tracing PID' $G.err 2>/dev/null; do
+    if ! kill -0 $GPID 2>/dev/null || [ $t -ge 1200 ]; then echo "gleak did not start: $(cat $G.err)"; exit 1; fi
     sleep 0.1; t=$((t + 1))
   done
   ask traced spawn; ask traced chan
   kill -TERM $GPID; wait $GPID; echo "gleak-exit $?"
-  grep '^{' $D/g.out | tail -n 1 | sed 's/^/report /'
+  grep '^{' $G.out | tail -n 1 | sed 's/^/report /'
   r=$((r + 1))
 done
 kill $WPID"#;
@@ -81,11 +90,13 @@ struct Measured {
 
 impl Measured {
     /// Reads the driver's lines; every round must have traced for real: gleak
-    /// ended normally and saw at least the `spawn`'s goroutines created.
+    /// ended normally, was attached while its round's traced `spawn` and `chan`
+    /// ran, and saw at least the `spawn`'s goroutines created.
     fn parse(out: &CheckOutput, operations: u64, rounds: usize) -> Result<Measured> {
         ensure!(out.rc == 0, "the guest's driver exited {}: {}{}", out.rc, out.stdout.trim(), out.stderr.trim());
         let mut samples: BTreeMap<(String, String), Vec<f64>> = BTreeMap::new();
         let mut traced = Vec::new();
+        let mut attached_s = Vec::new();
         for line in out.stdout.lines() {
             let (word, rest) = line.split_once(' ').unwrap_or((line, ""));
             match word {
@@ -101,7 +112,9 @@ impl Measured {
                     let report: Value = serde_json::from_str(rest).context("gleak's last report is not JSON")?;
                     let created = report["totals"]["created"].as_u64().context("no totals.created in the report")?;
                     let lost = report["lost_events"].as_u64().context("no lost_events in the report")?;
+                    let elapsed = report["elapsed_s"].as_f64().context("no elapsed_s in the report")?;
                     traced.push((created, lost));
+                    attached_s.push(elapsed);
                 }
                 _ => {}
             }
@@ -113,6 +126,22 @@ impl Measured {
             }
         }
         ensure!(traced.len() == rounds, "{} reports from gleak, want {rounds}", traced.len());
+        let traced_ns = |op: &str| samples.get(&("traced".to_string(), op.to_string())).cloned().unwrap_or_default();
+        let timed_s = traced_ns("spawn")
+            .into_iter()
+            .zip(traced_ns("chan"))
+            .map(|(spawn, chan)| (spawn + chan - 2.0 * SAMPLE_ROUNDING_NS) * operations as f64 / 1e9);
+        for (round, (attached, timed)) in attached_s.iter().zip(timed_s).enumerate() {
+            // gleak's clock starts once its probes are in, before its banner; the
+            // samples were taken after the banner, on the same clock. Less time
+            // attached than they took: the driver did not wait for this gleak.
+            ensure!(
+                *attached >= timed,
+                "round {}: gleak was attached {attached:.3} s, less than the {timed:.3} s its traced spawn and chan \
+                 took: they ran before it had attached",
+                round + 1
+            );
+        }
         if let Some((created, _)) = traced.iter().find(|(created, _)| *created < operations) {
             bail!("gleak saw {created} goroutines created while {operations} were spawned: its probes did not fire");
         }
@@ -190,7 +219,7 @@ mod tests {
         CheckOutput { stdout: stdout.into(), ..CheckOutput::default() }
     }
 
-    const REPORT: &str = r#"report {"totals":{"created":101,"exited":100},"lost_events":0}"#;
+    const REPORT: &str = r#"report {"elapsed_s":1.0,"totals":{"created":101,"exited":100},"lost_events":0}"#;
 
     fn round(spawn: (f64, f64), chan: (f64, f64), report: &str) -> String {
         format!(
@@ -216,7 +245,7 @@ mod tests {
 
     #[test]
     fn a_round_gleak_did_not_trace_is_refused() {
-        let quiet = r#"report {"totals":{"created":1,"exited":0},"lost_events":0}"#;
+        let quiet = r#"report {"elapsed_s":1.0,"totals":{"created":1,"exited":0},"lost_events":0}"#;
         let stdout = [round((1.0, 2.0), (1.0, 1.0), REPORT), round((1.0, 2.0), (1.0, 1.0), quiet)].concat();
         let err = Measured::parse(&output(&stdout), 100, 2).unwrap_err().to_string();
         assert!(err.contains("did not fire"), "{err}");
@@ -228,5 +257,27 @@ mod tests {
         assert!(Measured::parse(&output(short), 100, 1).unwrap_err().to_string().contains("samples"));
         let dead = CheckOutput { rc: 137, ..output(&round((1.0, 2.0), (1.0, 1.0), REPORT)) };
         assert!(Measured::parse(&dead, 100, 1).is_err());
+        let untimed = REPORT.replace(r#""elapsed_s":1.0,"#, "");
+        let no_elapsed = round((1.0, 2.0), (1.0, 1.0), &untimed);
+        assert!(Measured::parse(&output(&no_elapsed), 100, 1).unwrap_err().to_string().contains("elapsed_s"));
+    }
+
+    /// Rounds 1 and 2 of a run whose driver found round 1's banner in round 2:
+    /// round 2's traced samples ran while its gleak was still starting (slowed
+    /// by it, on the one vCPU), which attached 0.27 s before the end of 1.22 s of them.
+    #[test]
+    fn a_round_timed_before_its_gleak_attached_is_refused() {
+        let attached =
+            r#"report {"elapsed_s":3.092708144,"totals":{"created":100002,"exited":100001},"lost_events":0}"#;
+        let late = r#"report {"elapsed_s":0.26808224,"totals":{"created":0,"exited":1},"lost_events":0}"#;
+        let stdout =
+            [round((3003.4, 25597.1), (3668.5, 3858.2), attached), round((2819.5, 6800.3), (3735.9, 5436.4), late)]
+                .concat();
+        let err = Measured::parse(&output(&stdout), 100_000, 2).unwrap_err().to_string();
+        assert!(err.contains("round 2: gleak was attached 0.268 s, less than the 1.224 s"), "{err}");
+        // Attached for exactly as long as the samples say: accepted, whatever their rounding.
+        let exact = r#"report {"elapsed_s":1.22367,"totals":{"created":100001,"exited":100000},"lost_events":0}"#;
+        let stdout = round((2819.5, 6800.3), (3735.9, 5436.4), exact);
+        assert!(Measured::parse(&output(&stdout), 100_000, 1).is_ok());
     }
 }
