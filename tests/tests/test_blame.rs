@@ -413,7 +413,10 @@ fn ignore_file_turns_go_test_green_without_hiding_a_new_leak() {
     let (code, text) = go_test(&args, &format!("{known_run}|TestFailsAndLeaks"));
     assert_eq!(code, Some(1), "{tc}: a new leak\n{text}");
     let gate = text.lines().find(|l| l.contains("LEAK GATE FAILED")).unwrap_or_else(|| panic!("{text}"));
-    assert!(gate.contains("1 leaked goroutines") && gate.ends_with("failed by TestFailsAndLeaks; exit code 1"), "{gate}");
+    assert!(
+        gate.contains("1 leaked goroutines") && gate.ends_with("failed by TestFailsAndLeaks; exit code 1"),
+        "{gate}"
+    );
     if python.exists() {
         let (_, failed) = read_junit(&python, &junit);
         assert_eq!(failed, BTreeSet::from(["TestFailsAndLeaks".to_string()]), "{tc}");
