@@ -422,3 +422,22 @@ fn ignore_file_turns_go_test_green_without_hiding_a_new_leak() {
         assert_eq!(failed, BTreeSet::from(["TestFailsAndLeaks".to_string()]), "{tc}");
     }
 }
+
+/// A goroutine `TestMain` leaks is blamed on `TestMain`, not on a test.
+#[test]
+fn a_leak_of_test_main_is_blamed_on_test_main() {
+    if !require_root() {
+        return;
+    }
+    for_each_of("a_leak_of_test_main_is_blamed_on_test_main", &blame_toolchains(), |tc| {
+        let fx = Fixture::go_test(tc, "testmain", "main_test.go");
+        let run = run_blamed(&fx.binary, &["--json"], &[], &[]);
+        assert_eq!(run.code(), Some(1), "{fx}\n{run}");
+        let report = final_report(&run);
+        let tests = tests_by_name(&report);
+        let main = tests.get("TestMain").unwrap_or_else(|| panic!("{fx}: no TestMain group: {:?}", tests.keys()));
+        assert_eq!(leaked_lines(main), [(u64::from(fx.marker_line("LEAK:testmain")), 1)], "{fx}\n{main}");
+        assert_eq!(tests["TestQuiet"]["status"], "clean", "{fx}");
+        assert_eq!(strings(&report["gate"]["failed_tests"]), BTreeSet::from(["TestMain".to_string()]), "{fx}");
+    });
+}
