@@ -216,3 +216,34 @@ fn a_hung_test_fails_the_gate_at_its_blocking_line() {
 fn minor_of(tc: &GoToolchain) -> u32 {
     tc.version.split('.').nth(1).and_then(|m| m.parse().ok()).unwrap_or(0)
 }
+
+/// Under `gleak run`, the goroutine calling exit is scanned from its stopped
+/// thread's stack pointer, with its stack maps: a goroutine blocked on a channel
+/// only a returned frame of main pointed to is proven (`gate_returned_frame`;
+/// scanning that goroutine's whole stack found the dead slot on Go 1.19). Go
+/// 1.19 and the newest, plain and stripped.
+#[test]
+fn a_channel_only_a_returned_frame_held_is_proven_at_exit() {
+    if !require_root() {
+        return;
+    }
+    let all = go_toolchains();
+    let mut toolchains: Vec<GoToolchain> = all.first().into_iter().chain(all.last()).cloned().collect();
+    toolchains.dedup();
+    for_each_of("a_channel_only_a_returned_frame_held_is_proven_at_exit", &toolchains, |tc| {
+        for fx in [
+            Fixture::build(tc, "gate_returned_frame"),
+            Fixture::build_variant(tc, "gate_returned_frame", Variant::Stripped),
+        ] {
+            let _serial = serial_guard();
+            let run = run_gleak_run(&["--json"], &fx.binary, &[]);
+            assert_eq!(run.code(), Some(1), "{fx}: a leak\n{run}");
+            let reports = json_reports(&run);
+            check_run_reports(&reports, &run);
+            let last = reports.last().expect("a report");
+            let s = site(&fx, last, "LEAK:returned_frame");
+            assert_eq!(verdict(s), "leak", "{fx}\n{s}");
+            assert_eq!((count(s, "live"), count(s, "proven")), (1, 1), "{fx}: proven\n{s}\n{}", last["proof"]);
+        }
+    });
+}

@@ -66,8 +66,14 @@ pub struct ProofOutcome {
     pub elapsed: Duration,
 }
 
+/// `(sp, pc)` of a stopped thread of the target by its thread id, if known (see
+/// [`crate::process::threads`]).
+pub type ThreadRegisters<'a> = &'a dyn Fn(u64) -> Option<(u64, u64)>;
+
 /// Runs the proof on the process behind `mem`; `groups` (goid → group, a leak
-/// site) says whose retained memory to measure.
+/// site) says whose retained memory to measure; `threads` where a running
+/// goroutine's stopped thread is, to scan its live frames only (the goroutine
+/// calling exit under `gleak run`, every running one of a frozen process).
 pub fn prove(
     mem: &dyn ReadMemory,
     binary: &GoBinary,
@@ -75,6 +81,7 @@ pub fn prove(
     bias: u64,
     budget: ProofBudget,
     groups: &HashMap<u64, u64>,
+    threads: ThreadRegisters,
 ) -> ProofOutcome {
     let started = Instant::now();
     let mut outcome = ProofOutcome::default();
@@ -83,7 +90,7 @@ pub fn prove(
         if pass > 0 {
             std::thread::sleep(PASS_GAP);
         }
-        match one_pass(mem, binary, info, bias, budget, groups, &mut outcome) {
+        match one_pass(mem, binary, info, bias, budget, (groups, threads), &mut outcome) {
             Ok(found) => passes.push(found),
             Err(why) => {
                 outcome.inconclusive = Some(why);
@@ -109,7 +116,7 @@ fn one_pass(
     info: &RuntimeInfo,
     bias: u64,
     budget: ProofBudget,
-    groups: &HashMap<u64, u64>,
+    (groups, threads): (&HashMap<u64, u64>, ThreadRegisters),
     outcome: &mut ProofOutcome,
 ) -> Result<HashMap<u64, (Vec<u64>, u64)>, String> {
     let layout = &info.layout;
@@ -152,9 +159,14 @@ fn one_pass(
     for &(g_addr, r) in &goroutines {
         roots.opaque.insert(g_addr);
         let lo = r.stack_hi.saturating_sub(r.stack_bytes);
+        // A running goroutine whose thread is stopped on its stack: from there.
+        let stopped = (r.status == gstatus::RUNNING)
+            .then(|| running_thread(mem, (binary, bias), layout, g_addr, threads))
+            .flatten()
+            .filter(|(sp, _)| (lo..r.stack_hi).contains(sp));
         let sp = match r.status {
             gstatus::SYSCALL => syscall_sps.get(&g_addr).copied().unwrap_or(lo),
-            gstatus::RUNNING => lo,
+            gstatus::RUNNING => stopped.map_or(lo, |(sp, _)| sp),
             _ => r.sched_sp,
         };
         let waits_on = if never_wakes(info, &r) {
@@ -168,7 +180,8 @@ fn one_pass(
             stack: lo..r.stack_hi,
             sp,
             pc: match r.status {
-                gstatus::SYSCALL | gstatus::RUNNING => 0,
+                gstatus::SYSCALL => 0,
+                gstatus::RUNNING => stopped.map_or(0, |(_, pc)| pc),
                 _ => r.sched_pc,
             },
             never_wakes: never_wakes(info, &r),
@@ -197,6 +210,32 @@ fn one_pass(
                 .collect())
         }
     }
+}
+
+/// `(sp, pc)` of the thread running the goroutine at `g_addr`, if it is stopped:
+/// `g.m.procid` names the thread.
+fn running_thread(
+    mem: &dyn ReadMemory,
+    (binary, bias): (&GoBinary, u64),
+    layout: &crate::runtime::layout::RuntimeLayout,
+    g_addr: u64,
+    threads: ThreadRegisters,
+) -> Option<(u64, u64)> {
+    let m = mem.read_u64(g_addr.checked_add(u64::from(layout.g_m))?).ok().filter(|&m| m != 0)?;
+    let tid = mem.read_u64(m.checked_add(u64::from(layout.m_procid?))?).ok().filter(|&t| t != 0)?;
+    let (sp, pc) = threads(tid)?;
+    // Stopped at a signal handler's first instruction (Go's `runtime.sigtramp`,
+    // on the signal stack): the goroutine's registers are in the kernel's frame.
+    let in_sigtramp = binary
+        .pclntab()
+        .and_then(|p| p.function_containing(pc.wrapping_sub(bias)))
+        .is_some_and(|(name, range)| name == "runtime.sigtramp" && range.entry == pc.wrapping_sub(bias));
+    if in_sigtramp {
+        let (sp_at, pc_at) = binary.arch.signal_frame_sp_pc();
+        let read = |off: u64| mem.read_u64(sp.checked_add(off)?).ok();
+        return Some((read(sp_at)?, read(pc_at)?));
+    }
+    Some((sp, pc))
 }
 
 fn never_wakes(info: &RuntimeInfo, r: &GRecord) -> bool {

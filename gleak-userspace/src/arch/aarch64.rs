@@ -54,6 +54,14 @@ impl Arch for Aarch64 {
         INSN as u8
     }
 
+    fn signal_frame_sp_pc(&self) -> (u64, u64) {
+        // rt_sigframe: siginfo (128), then the ucontext: uc_flags, uc_link,
+        // uc_stack, uc_sigmask and its padding to 1024 bits (168 bytes), then
+        // sigcontext aligned to 16 (+176): fault_address, regs[31], sp (+256), pc
+        // (+264). From the kernel's uapi headers; exercised on x86-64 only.
+        (128 + 176 + 256, 128 + 176 + 264)
+    }
+
     fn frame(&self, sp_delta: u64) -> Frame {
         // BL leaves the return address in LR; the prologue stores it at the new
         // sp (`MOVD.W R30, -size(RSP)`) and the caller's frame pointer just below

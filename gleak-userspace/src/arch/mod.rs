@@ -61,6 +61,12 @@ pub trait Arch: Send + Sync + std::fmt::Debug {
     /// The layout of a frame whose function's `pcsp` table says `sp_delta` at its pc.
     fn frame(&self, sp_delta: u64) -> Frame;
 
+    /// Where the kernel saved the interrupted `(sp, pc)` when it delivered a signal,
+    /// as offsets from the stack pointer at the handler's first instruction (which
+    /// points at the kernel's `rt_sigframe`): a thread stopped there was running
+    /// the goroutine those registers belong to.
+    fn signal_frame_sp_pc(&self) -> (u64, u64);
+
     /// Every return instruction, decoded linearly from the first byte (Go emits no
     /// data inside functions, so a linear sweep is exact).
     fn ret_offsets(&self, code: &[u8], func_addr: u64) -> Decoded<Vec<u64>>;

@@ -48,6 +48,13 @@ impl Arch for X86_64 {
         1
     }
 
+    fn signal_frame_sp_pc(&self) -> (u64, u64) {
+        // rt_sigframe: the restorer's address (8), then the ucontext: uc_flags,
+        // uc_link, uc_stack (40 bytes), then sigcontext: r8–r15, rdi, rsi, rbp,
+        // rbx, rdx, rax, rcx, rsp (+120), rip (+128).
+        (8 + 40 + 120, 8 + 40 + 128)
+    }
+
     fn frame(&self, sp_delta: u64) -> Frame {
         // The CALL pushed the return address just above the callee's frame;
         // arguments on the stack start right above it.

@@ -459,6 +459,7 @@ impl DwarfInfo {
             g_gopc: field(g, "runtime.g", "gopc")?,
             g_startpc: field(g, "runtime.g", "startpc")?,
             m_curg: field(m, "runtime.m", "curg")?,
+            m_procid: offset(m, "procid"),
             test_name: runtime_structs.test_name().ok(),
         };
         Ok((layout, wait_consts))

@@ -13,5 +13,6 @@ pub mod netconn;
 pub mod snapshot;
 pub mod target;
 pub mod testname;
+pub mod threads;
 pub mod unwind;
 pub mod waits;

@@ -113,6 +113,10 @@ impl RuntimeInfo {
         if layout.heap.is_none() {
             layout.heap = release.and_then(|facts| facts.heap);
         }
+        // Package testing's layout: in DWARF only where the program links it.
+        if layout.test_name.is_none() {
+            layout.test_name = release.and_then(|facts| facts.testing).map(|t| t.name);
+        }
         if layout.blocked.is_none() {
             gaps.push(format!(
                 "where blocked goroutines are stuck is not shown: neither DWARF nor gleak's tables (Go 1.{}–1.{}) \

@@ -169,6 +169,7 @@ impl ReleaseFacts {
             g_gopc: self.g.gopc,
             g_startpc: self.g.startpc,
             m_curg: self.m.curg,
+            m_procid: Some(self.m.procid),
             blocked: Some(self.blocked_layout()),
             heap: self.heap,
             test_name: self.testing.map(|t| t.name),

@@ -21,6 +21,8 @@ pub struct RuntimeLayout {
     pub g_gopc: u32,
     pub g_startpc: u32,
     pub m_curg: u32,
+    /// `m.procid`: the thread id of the M (to read a stopped thread's registers).
+    pub m_procid: Option<u32>,
     /// Where blocked goroutines are stuck and on what; `None` when no backend
     /// knows these structures (reports then lack blocking stacks and wait objects).
     pub blocked: Option<BlockedLayout>,

@@ -718,8 +718,17 @@ fn gate(out: &CheckOutput, leak: Option<&Site>) -> Outcome {
 /// on exactly its test, at its `go` statement, and the test that outlives its
 /// goroutine said so (test_blame.rs).
 fn blamed(out: &CheckOutput) -> Outcome {
-    let reports = documents(out, 1)?;
-    let last = reports.last().unwrap();
+    if out.rc != 1 {
+        return Err(format!("gleak exited {} (want 1): {}", out.rc, gleak_error(&out.stderr)));
+    }
+    // The test binary's own lines (`PASS`) share stdout with gleak's reports.
+    let reports: Vec<Value> = out
+        .stdout
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).map_err(|e| format!("a report is not JSON ({e}): {l}")))
+        .collect::<Result<_, _>>()?;
+    let last = reports.last().ok_or_else(|| format!("no report: {}", gleak_error(&out.stderr)))?;
     let source = fixtures_dir().join("testblame/blame_test.go");
     let want = [
         ("TestParallelLeakA", "LEAK:A", 3),

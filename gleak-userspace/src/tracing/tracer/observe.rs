@@ -13,6 +13,7 @@ use crate::{
     binary::symbolize::Frame,
     process::netconn,
     process::snapshot::{all_goroutines, read_records, GRecord},
+    process::threads,
     process::unwind::{Parked, Program, Sched},
     process::waits::{self, WaitKind, WaitObject, Waits},
     runtime::package_roles::PackageRole,
@@ -32,6 +33,9 @@ pub(super) struct Observation {
     /// CLOCK_MONOTONIC when read.
     pub at: u64,
 }
+
+/// How long a thread of a process held at its exit may take to stop.
+const THREAD_STOP_WAIT: std::time::Duration = std::time::Duration::from_millis(100);
 
 impl TracedTarget {
     /// Looks at the target now (see the module's docs).
@@ -64,7 +68,11 @@ impl TracedTarget {
         };
         // Retained memory is measured per creation site.
         let groups: HashMap<u64, u64> = agg.live.iter().map(|(&goid, g)| (goid, g.site)).collect();
-        let prove = || proof::prove(mem, binary, info, bias, ProofBudget::default(), &groups);
+        let pid = self.target.pid;
+        // Held at its exit (`gleak run`), every thread is stopping: wait for each.
+        let wait = if agg.exit_stop.is_some() { THREAD_STOP_WAIT } else { std::time::Duration::ZERO };
+        let threads = move |tid: u64| threads::stopped_thread_registers(pid, tid, wait);
+        let prove = || proof::prove(mem, binary, info, bias, ProofBudget::default(), &groups, &threads);
         self.proof.refresh(records, waits, worth_proving, prove, monotonic_ns());
     }
 
