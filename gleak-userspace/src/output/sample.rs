@@ -37,6 +37,7 @@ pub(crate) fn report(sites: Vec<SiteReport>) -> Report {
         proof: None,
         gate: None,
         tests: Vec::new(),
+        memory: None,
     }
 }
 

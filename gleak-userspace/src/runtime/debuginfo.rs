@@ -31,6 +31,9 @@ pub struct RuntimeInfo {
     pub semtable: std::result::Result<u64, String>,
     /// Where `runtime.mheap_` is (link address), or why that is unknown.
     pub mheap: std::result::Result<u64, String>,
+    /// Where GOMEMLIMIT as the runtime holds it is (link address of
+    /// `runtime.gcController.memoryLimit`), or why that is unknown.
+    pub go_memory_limit: std::result::Result<u64, String>,
     /// Which backend gave each fact, for the banner and the JSON report.
     pub sources: FactSources,
     /// Facts no backend had, in words for the report.
@@ -47,6 +50,8 @@ pub struct FactSources {
     pub goroutine_table: String,
     pub semaphore_table: String,
     pub heap: String,
+    /// Where `runtime.gcController.memoryLimit` (GOMEMLIMIT) was found.
+    pub memory_limit: String,
 }
 
 impl std::fmt::Display for FactSources {
@@ -112,6 +117,9 @@ impl RuntimeInfo {
         }
         if layout.heap.is_none() {
             layout.heap = release.and_then(|facts| facts.heap);
+        }
+        if layout.gc_memory_limit.is_none() {
+            layout.gc_memory_limit = release.and_then(|facts| facts.gc_controller).map(|c| c.memory_limit);
         }
         if layout.blocked.is_none() {
             gaps.push(format!(
@@ -195,7 +203,23 @@ impl RuntimeInfo {
         if let Err(why) = &mheap {
             sources.heap = format!("not found ({why})");
         }
-        Ok(Self { layout, wait_reasons, symbolizer, goroutine_table, semtable, mheap, sources, gaps })
+        let go_memory_limit = match (globals::gc_controller(binary), layout.gc_memory_limit) {
+            (Ok((addr, how)), Some(offset)) => {
+                sources.memory_limit = match how {
+                    FoundBy::Symbols => "from symbols".into(),
+                    FoundBy::MachineCode => "from runtime.gcinit's code".into(),
+                };
+                Ok(addr.wrapping_add(u64::from(offset)))
+            }
+            (Err(why), _) => Err(why),
+            (Ok(_), None) => {
+                Err("runtime.gcControllerState's layout is known neither from DWARF nor gleak's tables".into())
+            }
+        };
+        if let Err(why) = &go_memory_limit {
+            sources.memory_limit = format!("not found ({why})");
+        }
+        Ok(Self { layout, wait_reasons, symbolizer, goroutine_table, semtable, mheap, go_memory_limit, sources, gaps })
     }
 }
 
