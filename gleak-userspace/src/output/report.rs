@@ -57,7 +57,7 @@ pub struct Report {
     pub gate: Option<Gate>,
     /// A Go test binary's tests, each with the goroutines it left behind; absent
     /// for other programs (and where gleak cannot read test names).
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tests: Vec<TestReport>,
     /// The target's memory limit, its use, and when the leak sites' growth
     /// reaches the limit; null when the target's memory could not be read (it exited).
