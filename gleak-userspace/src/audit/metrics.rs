@@ -355,3 +355,64 @@ impl Drop for Server {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::output::{report::MemoryReport, sample};
+
+    fn exposition(registry: &Registry) -> String {
+        let mut out = Vec::new();
+        TextEncoder::new().encode(&registry.gather(), &mut out).expect("text exposition");
+        String::from_utf8(out).expect("UTF-8")
+    }
+
+    /// The value of the series `name{pid="4242",…}`, if exported.
+    fn value(text: &str, name: &str) -> Option<f64> {
+        text.lines()
+            .find(|l| l.starts_with(&format!("{name}{{")) && l.contains("pid=\"4242\""))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+    }
+
+    #[test]
+    fn memory_limit_gauges_follow_the_report() {
+        let registry = Registry::new();
+        let metrics = Metrics::new(&registry).expect("metrics register");
+        let mut report = sample::leaky_report();
+        report.memory = Some(MemoryReport {
+            limit_bytes: 512 << 20,
+            limit_source: "the cgroup's memory.max",
+            limit_cgroup: Some("/pod/ctr".into()),
+            current_bytes: 391 << 20,
+            current_source: "cgroup memory.current",
+            growth_bytes_per_s: 55_000.0,
+            window_s: 30.0,
+            time_to_limit_s: Some(2307.0),
+            note: String::new(),
+        });
+        let mut exported = Exported::default();
+        metrics.export(&report, 2, 10, &mut exported, InfoLabels::default());
+        let text = exposition(&registry);
+        assert_eq!(value(&text, "gleak_process_memory_limit_bytes"), Some((512u64 << 20) as f64), "{text}");
+        assert_eq!(value(&text, "gleak_process_memory_used_bytes"), Some((391u64 << 20) as f64), "{text}");
+        assert_eq!(value(&text, "gleak_process_memory_limit_reached_in_seconds"), Some(2307.0), "{text}");
+
+        // Not yet measurable: the time goes away, the limit and use stay.
+        if let Some(m) = report.memory.as_mut() {
+            m.time_to_limit_s = None;
+        }
+        metrics.export(&report, 2, 10, &mut exported, InfoLabels::default());
+        let text = exposition(&registry);
+        assert_eq!(value(&text, "gleak_process_memory_limit_reached_in_seconds"), None, "{text}");
+        assert!(value(&text, "gleak_process_memory_limit_bytes").is_some(), "{text}");
+
+        // Memory unknown (the target exited), then the process forgotten: nothing left.
+        report.memory = None;
+        metrics.export(&report, 2, 10, &mut exported, InfoLabels::default());
+        let text = exposition(&registry);
+        assert_eq!(value(&text, "gleak_process_memory_limit_bytes"), None, "{text}");
+        metrics.forget(report.pid, &report.binary, exported);
+        assert!(!exposition(&registry).contains("pid=\"4242\""), "{}", exposition(&registry));
+    }
+}
