@@ -7,6 +7,10 @@
 //! The cgroup's directory is found through gleak's own view: the target's
 //! cgroup path in `/proc/PID/cgroup` is relative to gleak's cgroup namespace,
 //! and `/proc/self/mountinfo` says where gleak sees that hierarchy mounted.
+//! When gleak runs in a container of its own, that view ends at its own cgroup:
+//! the target's mount of its hierarchy (`/proc/PID/mountinfo`, read through
+//! `/proc/PID/root`) shows the target's cgroup, or in a cgroup namespace of its
+//! own, its namespace's root (its container's).
 //! The limit that binds is the one of the cgroup or its ancestors that leaves
 //! the least room (a parent's limit counts its children's use too).
 
@@ -79,13 +83,21 @@ fn read_bounded(path: &Path, max: u64) -> Result<String, String> {
 /// memory hierarchy has one (or the memory controller is not in use).
 pub fn cgroup_limit(pid: u32) -> Result<Option<CgroupLimit>, String> {
     let proc_cgroup = read_bounded(Path::new(&format!("/proc/{pid}/cgroup")), MAX_PROC_FILE)?;
-    let mountinfo = read_bounded(Path::new("/proc/self/mountinfo"), MAX_PROC_FILE * 4)?;
     let Some((version, cgroup_path)) = memory_cgroup(&proc_cgroup)? else { return Ok(None) };
-    let mounts = parse_mountinfo(&mountinfo)?;
-    let Some(mount) = memory_mount(&mounts, version) else {
-        return Err(format!("no {version:?} memory cgroup hierarchy mounted where gleak can see it"));
+    let own_mounts = parse_mountinfo(&read_bounded(Path::new("/proc/self/mountinfo"), MAX_MOUNTINFO)?)?;
+    let dirs = match dirs_in_view(&own_mounts, Path::new("/"), version, &cgroup_path) {
+        Ok(dirs) => dirs,
+        Err(own) => {
+            // gleak in a container sees only its own cgroups: the target's mount
+            // of its hierarchy, through its root, shows the target's.
+            let target_root = PathBuf::from(format!("/proc/{pid}/root"));
+            let target_mounts =
+                parse_mountinfo(&read_bounded(Path::new(&format!("/proc/{pid}/mountinfo")), MAX_MOUNTINFO)?)?;
+            dirs_in_view(&target_mounts, &target_root, version, &cgroup_path)
+                .or_else(|_| namespace_root_dir(&target_mounts, &target_root, version, &cgroup_path))
+                .map_err(|theirs| format!("{own}; through the target's mounts: {theirs}"))?
+        }
     };
-    let dirs = cgroup_dirs(&mount.mount_point, &mount.root, &cgroup_path)?;
     let mut levels = Vec::with_capacity(dirs.len());
     for (dir, cgroup) in dirs {
         let limit = match read_bounded(&dir.join(version.limit_file()), MAX_NUMBER_FILE) {
@@ -99,6 +111,45 @@ pub fn cgroup_limit(pid: u32) -> Result<Option<CgroupLimit>, String> {
         levels.push(CgroupLimit { version, cgroup, limit_bytes: limit, usage_bytes: usage });
     }
     Ok(binding_level(levels))
+}
+
+/// The most of a `mountinfo` file gleak reads (hosts with many containers have thousands of mounts).
+const MAX_MOUNTINFO: u64 = 4 * MAX_PROC_FILE;
+
+/// The directories of `cgroup_path` and its ancestors in one mount namespace's
+/// view (`mounts`, seen under `root`): where its memory hierarchy is mounted,
+/// if the path lies under what that mount shows.
+pub fn dirs_in_view(
+    mounts: &[Mount],
+    root: &Path,
+    version: CgroupVersion,
+    cgroup_path: &str,
+) -> Result<Vec<(PathBuf, String)>, String> {
+    let mount = memory_mount(mounts, version)
+        .ok_or_else(|| format!("no {version:?} memory cgroup hierarchy mounted in {}", root.display()))?;
+    cgroup_dirs(&under(root, &mount.mount_point), &mount.root, cgroup_path)
+}
+
+/// A target in a cgroup namespace of its own, seen from gleak in another one
+/// (`/../../kubepods/…`): its mount shows its namespace's root cgroup, its
+/// container's (the target's own cgroup or an ancestor), the one level readable.
+pub fn namespace_root_dir(
+    mounts: &[Mount],
+    root: &Path,
+    version: CgroupVersion,
+    cgroup_path: &str,
+) -> Result<Vec<(PathBuf, String)>, String> {
+    let mount = memory_mount(mounts, version)
+        .ok_or_else(|| format!("no {version:?} memory cgroup hierarchy mounted in {}", root.display()))?;
+    if mount.root != "/" || !cgroup_path.starts_with("/..") {
+        return Err(format!("cgroup {cgroup_path:?} is not in a namespace of its own"));
+    }
+    Ok(vec![(under(root, &mount.mount_point), cgroup_path.to_string())])
+}
+
+/// `path` (absolute, in a mount namespace) as seen through `root`.
+fn under(root: &Path, path: &Path) -> PathBuf {
+    root.join(path.strip_prefix("/").unwrap_or(path))
 }
 
 /// Of the limited levels, leaf first, the one with the least room left (the
@@ -350,6 +401,40 @@ mod tests {
         assert!(cgroup_dirs(Path::new("/m"), "/", "/a/../../etc").unwrap_err().contains("relative"));
         let deep = "/a".repeat(MAX_CGROUP_DEPTH + 1);
         assert!(cgroup_dirs(Path::new("/m"), "/", &deep).unwrap_err().contains("nests"));
+    }
+
+    /// gleak on the host, in a container of its own (v1: its own cgroup mounted;
+    /// v2: a cgroup namespace of its own), and where nothing resolves.
+    #[test]
+    fn views_of_the_target_s_cgroup() {
+        let v2_host = parse_mountinfo("41 31 0:38 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw\n").unwrap();
+        let dirs = dirs_in_view(&v2_host, Path::new("/"), CgroupVersion::V2, "/kubepods/pod1/ctr").unwrap();
+        assert_eq!(dirs[0], (PathBuf::from("/sys/fs/cgroup/kubepods/pod1/ctr"), "/kubepods/pod1/ctr".into()));
+        assert_eq!(dirs.len(), 4);
+
+        // Docker on v1: gleak's container sees its own memory cgroup only; the
+        // target's mount (through /proc/PID/root) shows the target's.
+        let gleak_v1 =
+            parse_mountinfo("35 31 0:32 /docker/gleak /sys/fs/cgroup/memory ro - cgroup cgroup rw,memory\n").unwrap();
+        let target_v1 =
+            parse_mountinfo("35 31 0:32 /docker/svc /sys/fs/cgroup/memory ro - cgroup cgroup rw,memory\n").unwrap();
+        let own = dirs_in_view(&gleak_v1, Path::new("/"), CgroupVersion::V1, "/docker/svc").unwrap_err();
+        assert!(own.contains("not under"), "{own}");
+        let root = Path::new("/proc/77/root");
+        let dirs = dirs_in_view(&target_v1, root, CgroupVersion::V1, "/docker/svc").unwrap();
+        assert_eq!(dirs, [(PathBuf::from("/proc/77/root/sys/fs/cgroup/memory"), "/docker/svc".to_string())]);
+
+        // v2 with cgroup namespaces: the target's path is relative to gleak's
+        // namespace; its own mount shows its namespace's root, its container's.
+        let target_v2 = parse_mountinfo("50 40 0:38 / /sys/fs/cgroup ro - cgroup2 cgroup2 rw\n").unwrap();
+        let path = "/../../kubepods-pod2/ctr";
+        assert!(dirs_in_view(&v2_host, Path::new("/"), CgroupVersion::V2, path).unwrap_err().contains("relative"));
+        assert!(dirs_in_view(&target_v2, root, CgroupVersion::V2, path).is_err());
+        let dirs = namespace_root_dir(&target_v2, root, CgroupVersion::V2, path).unwrap();
+        assert_eq!(dirs, [(PathBuf::from("/proc/77/root/sys/fs/cgroup"), path.to_string())]);
+        // Not a namespace root: nothing to guess.
+        assert!(namespace_root_dir(&target_v2, root, CgroupVersion::V2, "/kubepods/x").is_err());
+        assert!(namespace_root_dir(&target_v1, root, CgroupVersion::V2, path).unwrap_err().contains("no V2"));
     }
 
     #[test]
