@@ -203,14 +203,19 @@ impl Drop for Sampler {
 }
 
 /// A leak inside a cgroup limited to 96 MiB: the predicted time to the limit is
-/// within 30% of the time the kernel took to kill the process for it.
+/// within 30% of the time the kernel took to kill the process for it. Go 1.19
+/// stripped, the newest plain.
 #[test]
 fn time_to_the_cgroup_limit_is_right_within_30_percent() {
     if !require_root() {
         return;
     }
-    let tc = newest();
-    let fx = Fixture::build(&tc, "stackleak");
+    for_each_of("time to the cgroup limit", &[oldest()], |tc| predict_the_oom_kill(tc, Variant::Stripped));
+    for_each_of("time to the cgroup limit", &[newest()], |tc| predict_the_oom_kill(tc, Variant::Plain));
+}
+
+fn predict_the_oom_kill(tc: &GoToolchain, variant: Variant) {
+    let fx = Fixture::build_variant(tc, "stackleak", variant);
     let limit = 96 * MIB;
     let _serial = serial_guard();
     let cgroup = TestCgroup::create(limit);
