@@ -489,8 +489,11 @@ mod tests {
         let rss = resident_bytes(std::process::id()).unwrap();
         let host = host_memory_bytes().unwrap();
         assert!(rss > 0 && rss < host, "RSS {rss}, host {host}");
-        if let Some(limit) = cgroup_limit(std::process::id()).unwrap() {
-            assert!(limit.limit_bytes > 0 && limit.usage_bytes > 0, "{limit:?}");
+        match cgroup_limit(std::process::id()) {
+            Ok(Some(limit)) => assert!(limit.limit_bytes > 0 && limit.usage_bytes > 0, "{limit:?}"),
+            Ok(None) => {}
+            // A sandbox listing a memory cgroup it does not mount: said, not a panic.
+            Err(e) => assert!(e.contains("memory cgroup hierarchy mounted"), "{e}"),
         }
     }
 
