@@ -171,7 +171,7 @@ fn stripped_binaries_get_the_same_sites() {
     }
 }
 
-/// `runtime.allgs`, `allglen`, `mheap_` and `semtable`, decoded from the
+/// `runtime.allgs`, `allglen`, `mheap_`, `semtable` and `gcController`, decoded from the
 /// functions that use them (ADRP+ADD, ADRP+LDR, LDP, STLR; through REGTMP or,
 /// in a PIE, any register), are where `go tool nm` says; in a stripped binary the
 /// decoder alone finds them.
@@ -187,6 +187,7 @@ fn globals_decoded_from_machine_code_are_where_nm_says() {
             assert_eq!(globals::from_allgadd(&binary), Ok(want.clone()), "{tc} {variant}");
             assert_eq!(globals::from_mallocinit(&binary), Ok(sym("runtime.mheap_")), "{tc} {variant}");
             assert_eq!(globals::from_semacquire1(&binary), Ok(sym("runtime.semtable")), "{tc} {variant}");
+            assert_eq!(globals::from_gcinit(&binary), Ok(sym("runtime.gcController")), "{tc} {variant}");
             if variant == Variant::Pie {
                 // The module data's first word points at the function table: in a
                 // PIE a relative relocation (R_AARCH64_RELATIVE) the loader fills.
@@ -205,6 +206,8 @@ fn globals_decoded_from_machine_code_are_where_nm_says() {
             assert_eq!(globals::goroutine_table(&stripped), Ok((want, FoundBy::MachineCode)), "{tc}");
             assert_eq!(globals::mheap(&stripped), Ok((sym("runtime.mheap_"), FoundBy::MachineCode)), "{tc}");
             assert_eq!(globals::semtable(&stripped), Ok((sym("runtime.semtable"), FoundBy::MachineCode)), "{tc}");
+            let gc_controller = Ok((sym("runtime.gcController"), FoundBy::MachineCode));
+            assert_eq!(globals::gc_controller(&stripped), gc_controller, "{tc}");
         }
     }
 }

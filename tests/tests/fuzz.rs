@@ -867,6 +867,7 @@ fn exercise(data: Vec<u8>, pcs: &[u64], buildinfo: Option<(usize, usize)>) -> u8
     let _ = globals::from_allgadd(&bin);
     let _ = globals::from_semacquire1(&bin);
     let _ = globals::from_mallocinit(&bin);
+    let _ = globals::from_gcinit(&bin);
     if let Some(t) = bin.pclntab() {
         for &pc in pcs {
             let _ = t.sp_delta(pc);

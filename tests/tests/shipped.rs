@@ -58,6 +58,15 @@ fn every_variant_reads_like_the_plain_build() {
             if let Some(sym) = bin.data_symbol("runtime.mheap_") {
                 assert_eq!(decoded, sym.addr, "{tc} {variant}: runtime.mallocinit's code vs the symbol");
             }
+            // GOMEMLIMIT as the runtime holds it: gcController.memoryLimit.
+            let memory_limit =
+                info.go_memory_limit.clone().unwrap_or_else(|e| panic!("{tc} {variant}: GOMEMLIMIT: {e}"));
+            let decoded = globals::from_gcinit(&bin).unwrap_or_else(|e| panic!("{tc} {variant}: {e}"));
+            let offset = info.layout.gc_memory_limit.expect("memoryLimit's offset");
+            assert_eq!(decoded + u64::from(offset), memory_limit, "{tc} {variant}: gcController.memoryLimit");
+            if let Some(sym) = bin.data_symbol("runtime.gcController") {
+                assert_eq!(decoded, sym.addr, "{tc} {variant}: runtime.gcinit's code vs the symbol");
+            }
             let sites: Vec<String> = plan(&bin, AttachOptions::default())
                 .unwrap_or_else(|e| panic!("{tc} {variant}: {e}"))
                 .into_iter()

@@ -1,6 +1,7 @@
 //! `gleak audit`'s Prometheus metrics (the `prometheus` crate, text exposition
 //! format), served on `--listen`. Per process and site: live goroutines, creations
-//! and exits, verdict, growth, stack memory; per process: goroutines and tier;
+//! and exits, verdict, growth, stack memory; per process: goroutines, tier, and
+//! its memory limit, use and the time until the leaks reach the limit;
 //! gleak's own health. Label cardinality is bounded: the `top` busiest sites of a
 //! process have their own series, the rest are folded into `site="other"`; a
 //! process's series go away with it.
@@ -72,6 +73,9 @@ pub struct Metrics {
     process_goroutines: IntGaugeVec,
     process_tier: IntGaugeVec,
     process_info: IntGaugeVec,
+    process_memory_limit: IntGaugeVec,
+    process_memory_used: IntGaugeVec,
+    process_memory_limit_seconds: GaugeVec,
     pub events: IntCounter,
     pub lost_events: IntCounter,
     pub scan_seconds: Histogram,
@@ -140,6 +144,27 @@ impl Metrics {
                 PROCESS,
             )?,
             process_info: IntGaugeVec::new(opts("process_info", "A Go process being audited (value 1)"), INFO)?,
+            process_memory_limit: IntGaugeVec::new(
+                opts(
+                    "process_memory_limit_bytes",
+                    "The memory limit that binds a process first: its cgroup's, GOMEMLIMIT, or the host's memory",
+                ),
+                PROCESS,
+            )?,
+            process_memory_used: IntGaugeVec::new(
+                opts(
+                    "process_memory_used_bytes",
+                    "A process's memory use as its limit counts it (cgroup usage, else resident set)",
+                ),
+                PROCESS,
+            )?,
+            process_memory_limit_seconds: GaugeVec::new(
+                opts(
+                    "process_memory_limit_reached_in_seconds",
+                    "When the leak sites' growth reaches the memory limit; absent until measurable",
+                ),
+                PROCESS,
+            )?,
             events: IntCounter::with_opts(opts("events_total", "Lifecycle events received from the probes"))?,
             lost_events: IntCounter::with_opts(opts("lost_events_total", "Events the kernel could not deliver"))?,
             scan_seconds: Histogram::with_opts(
@@ -164,6 +189,9 @@ impl Metrics {
         registry.register(Box::new(m.process_goroutines.clone()))?;
         registry.register(Box::new(m.process_tier.clone()))?;
         registry.register(Box::new(m.process_info.clone()))?;
+        registry.register(Box::new(m.process_memory_limit.clone()))?;
+        registry.register(Box::new(m.process_memory_used.clone()))?;
+        registry.register(Box::new(m.process_memory_limit_seconds.clone()))?;
         registry.register(Box::new(m.events.clone()))?;
         registry.register(Box::new(m.lost_events.clone()))?;
         registry.register(Box::new(m.scan_seconds.clone()))?;
@@ -190,6 +218,7 @@ impl Metrics {
             self.process_info.with_label_values(&info.values()).set(1);
             exported.info = Some(info);
         }
+        self.export_memory(report, &pid, exe);
 
         // Busiest first; the rest folded into one row.
         let mut rows: Vec<SiteRow> = Vec::new();
@@ -267,6 +296,30 @@ impl Metrics {
         exported.counted = counted;
     }
 
+    /// The process's memory limit, use and time to the limit; a series is
+    /// absent while its value is unknown (the time: until measurable).
+    fn export_memory(&self, report: &Report, pid: &str, exe: &str) {
+        let l = [pid, exe];
+        let memory = report.memory.as_ref();
+        let as_gauge = |bytes: u64| i64::try_from(bytes).unwrap_or(i64::MAX);
+        match memory {
+            Some(m) => {
+                self.process_memory_limit.with_label_values(&l).set(as_gauge(m.limit_bytes));
+                self.process_memory_used.with_label_values(&l).set(as_gauge(m.current_bytes));
+            }
+            None => {
+                let _ = self.process_memory_limit.remove_label_values(&l);
+                let _ = self.process_memory_used.remove_label_values(&l);
+            }
+        }
+        match memory.and_then(|m| m.time_to_limit_s) {
+            Some(s) => self.process_memory_limit_seconds.with_label_values(&l).set(s),
+            None => {
+                let _ = self.process_memory_limit_seconds.remove_label_values(&l);
+            }
+        }
+    }
+
     fn forget_site(&self, pid: &str, exe: &str, site: &str) {
         let l = [pid, exe, site];
         let _ = self.site_live.remove_label_values(&l);
@@ -291,6 +344,9 @@ impl Metrics {
         }
         let _ = self.process_goroutines.remove_label_values(&[pid.as_str(), exe]);
         let _ = self.process_tier.remove_label_values(&[pid.as_str(), exe]);
+        let _ = self.process_memory_limit.remove_label_values(&[pid.as_str(), exe]);
+        let _ = self.process_memory_used.remove_label_values(&[pid.as_str(), exe]);
+        let _ = self.process_memory_limit_seconds.remove_label_values(&[pid.as_str(), exe]);
     }
 
     pub fn error(&self, kind: &str) {
@@ -343,5 +399,66 @@ impl Drop for Server {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::output::{report::MemoryReport, sample};
+
+    fn exposition(registry: &Registry) -> String {
+        let mut out = Vec::new();
+        TextEncoder::new().encode(&registry.gather(), &mut out).expect("text exposition");
+        String::from_utf8(out).expect("UTF-8")
+    }
+
+    /// The value of the series `name{pid="4242",…}`, if exported.
+    fn value(text: &str, name: &str) -> Option<f64> {
+        text.lines()
+            .find(|l| l.starts_with(&format!("{name}{{")) && l.contains("pid=\"4242\""))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+    }
+
+    #[test]
+    fn memory_limit_gauges_follow_the_report() {
+        let registry = Registry::new();
+        let metrics = Metrics::new(&registry).expect("metrics register");
+        let mut report = sample::leaky_report();
+        report.memory = Some(MemoryReport {
+            limit_bytes: 512 << 20,
+            limit_source: "the cgroup's memory.max",
+            limit_cgroup: Some("/pod/ctr".into()),
+            current_bytes: 391 << 20,
+            current_source: "cgroup memory.current",
+            growth_bytes_per_s: 55_000.0,
+            window_s: 30.0,
+            time_to_limit_s: Some(2307.0),
+            note: String::new(),
+        });
+        let mut exported = Exported::default();
+        metrics.export(&report, 2, 10, &mut exported, InfoLabels::default());
+        let text = exposition(&registry);
+        assert_eq!(value(&text, "gleak_process_memory_limit_bytes"), Some((512u64 << 20) as f64), "{text}");
+        assert_eq!(value(&text, "gleak_process_memory_used_bytes"), Some((391u64 << 20) as f64), "{text}");
+        assert_eq!(value(&text, "gleak_process_memory_limit_reached_in_seconds"), Some(2307.0), "{text}");
+
+        // Not yet measurable: the time goes away, the limit and use stay.
+        if let Some(m) = report.memory.as_mut() {
+            m.time_to_limit_s = None;
+        }
+        metrics.export(&report, 2, 10, &mut exported, InfoLabels::default());
+        let text = exposition(&registry);
+        assert_eq!(value(&text, "gleak_process_memory_limit_reached_in_seconds"), None, "{text}");
+        assert!(value(&text, "gleak_process_memory_limit_bytes").is_some(), "{text}");
+
+        // Memory unknown (the target exited), then the process forgotten: nothing left.
+        report.memory = None;
+        metrics.export(&report, 2, 10, &mut exported, InfoLabels::default());
+        let text = exposition(&registry);
+        assert_eq!(value(&text, "gleak_process_memory_limit_bytes"), None, "{text}");
+        metrics.forget(report.pid, &report.binary, exported);
+        assert!(!exposition(&registry).contains("pid=\"4242\""), "{}", exposition(&registry));
     }
 }

@@ -46,6 +46,8 @@ pub const RUNTIME_STRUCTS: &[&str] = &[
     // A test's name, for blaming leaks on tests (in test binaries only).
     "testing.T",
     "testing.common",
+    // GOMEMLIMIT as the runtime holds it, for the time to the memory limit.
+    "runtime.gcControllerState",
 ];
 
 /// Structs Go wraps a single word in. Offsets are of the word, so a path ending
@@ -57,6 +59,9 @@ pub const WRAPPERS: &[(&str, &str)] = &[
     // sudog.elem / sudog.c from 1.26: `vu` is the source of truth, `vp` may be nil.
     ("runtime.maybeTraceablePtr", "vu"),
     ("runtime.maybeTraceableChan", "maybeTraceablePtr"),
+    // gcControllerState.memoryLimit (package renamed in 1.23).
+    ("runtime/internal/atomic.Int64", "value"),
+    ("internal/runtime/atomic.Int64", "value"),
 ];
 
 /// The layouts of [`RUNTIME_STRUCTS`] and [`WRAPPERS`] in one binary, and the one
@@ -174,6 +179,15 @@ impl RuntimeStructs {
         match self.member_type("testing.T", "common") {
             Some("testing.common") => self.offset32("testing.T", &["common", "name"]),
             other => Err(format!("testing.T.common is a {other:?}, not testing.common")),
+        }
+    }
+
+    /// `runtime.gcControllerState.memoryLimit`'s word, relative to the struct
+    /// (`runtime.gcController`): an `atomic.Int64` since Go 1.19.
+    pub fn gc_memory_limit(&self) -> std::result::Result<u32, String> {
+        match self.member_type("runtime.gcControllerState", "memoryLimit") {
+            Some(t) if t.ends_with("/atomic.Int64") => self.offset32("runtime.gcControllerState", &["memoryLimit"]),
+            other => Err(format!("runtime.gcControllerState.memoryLimit is a {other:?}, not an atomic.Int64")),
         }
     }
 
@@ -461,6 +475,7 @@ impl DwarfInfo {
             m_curg: field(m, "runtime.m", "curg")?,
             m_procid: offset(m, "procid"),
             test_name: runtime_structs.test_name().ok(),
+            gc_memory_limit: runtime_structs.gc_memory_limit().ok(),
         };
         Ok((layout, wait_consts))
     }

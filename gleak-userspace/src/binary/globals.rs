@@ -1,5 +1,6 @@
 //! Addresses of the runtime globals gleak reads from a live process
-//! (`runtime.allgs`, `runtime.allglen`), with or without a symbol table.
+//! (`runtime.allgs`, `runtime.allglen`, `runtime.semtable`, `runtime.mheap_`,
+//! `runtime.gcController`), with or without a symbol table.
 //!
 //! Without symbols they are read off the machine code of `runtime.allgadd`, the
 //! one function that appends to the goroutine table:
@@ -115,15 +116,46 @@ pub fn mheap(bin: &GoBinary) -> Result<(u64, FoundBy), String> {
 
 /// Decodes `runtime.mallocinit` (see [`mheap`]).
 pub fn from_mallocinit(bin: &GoBinary) -> Result<u64, String> {
-    let init = bin.function("runtime.(*mheap).init").ok_or("no function runtime.(*mheap).init")?;
-    let (sym, code) = bin.function_code("runtime.mallocinit").map_err(|e| e.to_string())?;
+    address_passed(bin, "runtime.mallocinit", "runtime.(*mheap).init")
+}
+
+/// Finds `runtime.gcController` (the GC pacer, which holds GOMEMLIMIT as
+/// `memoryLimit`): by the symbol when present (cross-checked with the machine
+/// code), else from `runtime.gcinit`, which passes `&gcController` to
+/// `runtime.(*gcControllerState).init` (Go 1.19–1.27 alike).
+pub fn gc_controller(bin: &GoBinary) -> Result<(u64, FoundBy), String> {
+    let decoded = from_gcinit(bin);
+    match (bin.data_symbol("runtime.gcController").map(|s| s.addr), decoded) {
+        (Some(sym), Ok(code)) if sym != code => {
+            log::warn!(
+                "{}: runtime.gcinit decodes to {code:#x}, the symbol says {sym:#x}; using the symbol",
+                bin.path.display()
+            );
+            Ok((sym, FoundBy::Symbols))
+        }
+        (Some(sym), _) => Ok((sym, FoundBy::Symbols)),
+        (None, Ok(code)) => Ok((code, FoundBy::MachineCode)),
+        (None, Err(why)) => Err(why),
+    }
+}
+
+/// Decodes `runtime.gcinit` (see [`gc_controller`]).
+pub fn from_gcinit(bin: &GoBinary) -> Result<u64, String> {
+    address_passed(bin, "runtime.gcinit", "runtime.(*gcControllerState).init")
+}
+
+/// The writable data whose address `caller` passes as the first argument of its
+/// call to `callee` (a method's receiver: a global).
+fn address_passed(bin: &GoBinary, caller: &str, callee: &str) -> Result<u64, String> {
+    let init = bin.function(callee).ok_or_else(|| format!("no function {callee}"))?;
+    let (sym, code) = bin.function_code(caller).map_err(|e| e.to_string())?;
     let addr = bin
         .arch
         .address_argument(code, sym.addr, init.addr)
-        .map_err(|at| format!("runtime.mallocinit+{at:#x} does not decode"))?
-        .ok_or("runtime.mallocinit passes no data address to runtime.(*mheap).init")?;
+        .map_err(|at| format!("{caller}+{at:#x} does not decode"))?
+        .ok_or_else(|| format!("{caller} passes no data address to {callee}"))?;
     if !bin.is_writable_data(addr) {
-        return Err(format!("runtime.mallocinit passes {addr:#x}, not writable data, to runtime.(*mheap).init"));
+        return Err(format!("{caller} passes {addr:#x}, not writable data, to {callee}"));
     }
     Ok(addr)
 }

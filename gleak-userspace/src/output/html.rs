@@ -171,6 +171,9 @@ fn write_header(out: &mut String, r: &Report) {
     for gap in &r.gaps {
         banner(out, "note", &format!("note: {gap}"));
     }
+    if let Some(m) = &r.memory {
+        banner(out, if m.time_to_limit_s.is_some() { "bad" } else { "note" }, &m.line());
+    }
     if let Some(p) = &r.proof {
         let text = match &p.inconclusive {
             Some(why) => format!("reachability proof inconclusive: {why}"),
@@ -765,17 +768,31 @@ mod tests {
         let mut r = leaky_report();
         r.binary = "/tmp/<img onerror=x>".into();
         r.gaps = vec!["<b>gap</b>".into()];
+        r.memory = Some(crate::output::report::MemoryReport {
+            limit_bytes: 96 << 20,
+            limit_source: "the cgroup's memory.max",
+            limit_cgroup: Some("/<svg onload=x>".into()),
+            current_bytes: 40 << 20,
+            current_source: "cgroup memory.current",
+            growth_bytes_per_s: 1e6,
+            window_s: 30.0,
+            time_to_limit_s: Some(58.0),
+            note: String::new(),
+        });
         r.sites[0].function = hostile.into();
         r.sites[0].file = "/src/\"quoted\"/<x>.go".into();
         r.sites[0].verdict_reason = "it's <i>bad</i> & growing".into();
         r.sites[0].wait_reasons.insert("<chan>".into(), 3);
         r.sites[0].paths[0].stack[0].function = hostile.into();
         let page = render(&r);
-        for raw in ["<script>", "</script>", "<img", "<b>gap", "<i>bad", "<chan>", "<x>.go", "\"quoted\""] {
+        for raw in
+            ["<script>", "</script>", "<img", "<b>gap", "<i>bad", "<chan>", "<x>.go", "\"quoted\"", "<svg onload"]
+        {
             assert!(!page.contains(raw), "{raw:?} unescaped:\n{page}");
         }
         assert!(page.contains("main.(*T).&lt;script&gt;alert(1)&lt;/script&gt;"), "{page}");
         assert!(page.contains("it&#39;s &lt;i&gt;bad&lt;/i&gt; &amp; growing"), "{page}");
+        assert!(page.contains("limit (memory.max of /&lt;svg onload=x&gt;) is reached in ~58 s"), "{page}");
     }
 
     #[test]

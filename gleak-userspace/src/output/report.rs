@@ -62,6 +62,9 @@ pub struct Report {
     /// `gleak run --ignore`/`--baseline` only: what the known leaks hid from the gate.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub known_leaks: Option<KnownLeaksReport>,
+    /// The target's memory limit, its use, and when the leak sites' growth
+    /// reaches the limit; null when the target's memory could not be read (it exited).
+    pub memory: Option<MemoryReport>,
 }
 
 /// What `--ignore FILE` and `--baseline REPORT.json` did to the gate.
@@ -120,6 +123,36 @@ pub struct TestReport {
     pub live: Vec<TestSite>,
     /// Its goroutines that were alive when it ended and exited later.
     pub outlived: Vec<TestSite>,
+}
+
+/// The target's memory limit and use, and at the leak sites' measured growth,
+/// when the limit is reached.
+#[derive(Clone, Debug, Serialize, JsonSchema)]
+pub struct MemoryReport {
+    /// The limit that binds first: the one leaving the least room.
+    pub limit_bytes: u64,
+    /// What sets it, in words.
+    #[schemars(extend("enum" = [
+        "the cgroup's memory.max", "the cgroup's memory.limit_in_bytes", "GOMEMLIMIT", "the host's memory"
+    ]))]
+    pub limit_source: &'static str,
+    /// For a cgroup's limit: that cgroup (the process's own or an ancestor), as
+    /// its hierarchy names it.
+    pub limit_cgroup: Option<String>,
+    /// The use the limit is compared with.
+    pub current_bytes: u64,
+    #[schemars(extend("enum" = ["cgroup memory.current", "cgroup memory.usage_in_bytes", "RSS"]))]
+    pub current_source: &'static str,
+    /// What the leak sites add per second: over the sites judged `leak`, their
+    /// live goroutines' growth times the bytes each holds.
+    pub growth_bytes_per_s: f64,
+    /// The trend window the growth is measured over.
+    pub window_s: f64,
+    /// Seconds until the limit is reached at that growth (0: reached); null when
+    /// not yet measurable (see `note`).
+    pub time_to_limit_s: Option<f64>,
+    /// Why the time is not yet measurable, or what the figure rests on.
+    pub note: String,
 }
 
 /// How a test left the goroutines it created.
@@ -455,6 +488,48 @@ pub struct BlockedAt {
     pub locations: Vec<(u64, Vec<Frame>)>,
 }
 
+impl MemoryReport {
+    /// One line: `memory: at +2.1 MiB/s, the cgroup's 512.0 MiB limit (memory.max
+    /// of /pod/ctr) is reached in ~38 min (now 391.0 MiB)`.
+    pub fn line(&self) -> String {
+        let limit = match (self.limit_source, &self.limit_cgroup) {
+            ("GOMEMLIMIT", _) => format!("the {} GOMEMLIMIT", bytes_in_words(self.limit_bytes)),
+            ("the host's memory", _) => format!("the host's {} of memory", bytes_in_words(self.limit_bytes)),
+            (source, cgroup) => format!(
+                "the cgroup's {} limit ({}{})",
+                bytes_in_words(self.limit_bytes),
+                source.trim_start_matches("the cgroup's "),
+                cgroup.as_ref().map(|c| format!(" of {c}")).unwrap_or_default()
+            ),
+        };
+        let now = format!("{} by {}", bytes_in_words(self.current_bytes), self.current_source);
+        match self.time_to_limit_s {
+            Some(s) if s <= 0.0 => format!("memory: {limit} is reached (now {now})"),
+            Some(s) => format!(
+                "memory: at +{}/s, {limit} is reached in ~{} (now {now})",
+                bytes_in_words(self.growth_bytes_per_s.max(0.0) as u64),
+                approx_duration(s)
+            ),
+            None => format!("memory: now {now}, {limit}; time to the limit {}", self.note),
+        }
+    }
+}
+
+/// A duration as a person says it: `~45 s`, `~38 min`, `~2.5 h`, `~3 days`.
+pub fn approx_duration(s: f64) -> String {
+    if !s.is_finite() || s >= 86400.0 * 365.0 {
+        "more than a year".into()
+    } else if s >= 2.0 * 86400.0 {
+        format!("{:.0} days", s / 86400.0)
+    } else if s >= 3600.0 {
+        format!("{:.1} h", s / 3600.0)
+    } else if s >= 60.0 {
+        format!("{:.0} min", s / 60.0)
+    } else {
+        format!("{:.0} s", s.max(1.0))
+    }
+}
+
 /// How the row folding the runtime's own goroutines is named.
 pub const RUNTIME_ROW: &str = "runtime";
 
@@ -572,6 +647,9 @@ impl Report {
         );
         for gap in &self.gaps {
             let _ = writeln!(out, "{}", paint("33", &format!("note: {gap}")));
+        }
+        if let Some(memory) = &self.memory {
+            let _ = writeln!(out, "{}", memory.line());
         }
         if self.sites.is_empty() {
             let _ = writeln!(out, "no goroutines");
@@ -945,6 +1023,42 @@ mod tests {
         let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/report.schema.json");
         let committed = std::fs::read_to_string(path).unwrap_or_default();
         assert!(committed == report_schema(), "{path} is stale: run `cargo xtask schema`");
+    }
+
+    #[test]
+    fn memory_lines() {
+        let mut m = MemoryReport {
+            limit_bytes: 512 << 20,
+            limit_source: "the cgroup's memory.max",
+            limit_cgroup: Some("/pod/ctr".into()),
+            current_bytes: 391 << 20,
+            current_source: "cgroup memory.current",
+            growth_bytes_per_s: 2.1 * (1 << 20) as f64,
+            window_s: 30.0,
+            time_to_limit_s: Some(38.0 * 60.0),
+            note: String::new(),
+        };
+        assert_eq!(
+            m.line(),
+            "memory: at +2.1 MiB/s, the cgroup's 512.0 MiB limit (memory.max of /pod/ctr) is reached in ~38 min \
+             (now 391.0 MiB by cgroup memory.current)"
+        );
+        m.time_to_limit_s = None;
+        m.note = "not yet measurable: no site is judged a leak".into();
+        assert_eq!(
+            m.line(),
+            "memory: now 391.0 MiB by cgroup memory.current, the cgroup's 512.0 MiB limit (memory.max of /pod/ctr); \
+             time to the limit not yet measurable: no site is judged a leak"
+        );
+        m.limit_source = "GOMEMLIMIT";
+        m.limit_bytes = 64 << 20;
+        assert!(m.line().contains("the 64.0 MiB GOMEMLIMIT"), "{}", m.line());
+        m.time_to_limit_s = Some(0.0);
+        assert!(m.line().contains("GOMEMLIMIT is reached (now"), "{}", m.line());
+        assert_eq!(approx_duration(44.6), "45 s");
+        assert_eq!(approx_duration(9000.0), "2.5 h");
+        assert_eq!(approx_duration(3.0 * 86400.0), "3 days");
+        assert_eq!(approx_duration(f64::INFINITY), "more than a year");
     }
 
     #[test]

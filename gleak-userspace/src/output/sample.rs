@@ -38,6 +38,7 @@ pub(crate) fn report(sites: Vec<SiteReport>) -> Report {
         gate: None,
         tests: Vec::new(),
         known_leaks: None,
+        memory: None,
     }
 }
 

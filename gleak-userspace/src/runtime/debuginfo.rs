@@ -31,6 +31,9 @@ pub struct RuntimeInfo {
     pub semtable: std::result::Result<u64, String>,
     /// Where `runtime.mheap_` is (link address), or why that is unknown.
     pub mheap: std::result::Result<u64, String>,
+    /// Where GOMEMLIMIT as the runtime holds it is (link address of
+    /// `runtime.gcController.memoryLimit`), or why that is unknown.
+    pub go_memory_limit: std::result::Result<u64, String>,
     /// Which backend gave each fact, for the banner and the JSON report.
     pub sources: FactSources,
     /// Facts no backend had, in words for the report.
@@ -47,6 +50,8 @@ pub struct FactSources {
     pub goroutine_table: String,
     pub semaphore_table: String,
     pub heap: String,
+    /// Where `runtime.gcController.memoryLimit` (GOMEMLIMIT) was found.
+    pub memory_limit: String,
 }
 
 impl std::fmt::Display for FactSources {
@@ -116,6 +121,9 @@ impl RuntimeInfo {
         // Package testing's layout: in DWARF only where the program links it.
         if layout.test_name.is_none() {
             layout.test_name = release.and_then(|facts| facts.testing).map(|t| t.name);
+        }
+        if layout.gc_memory_limit.is_none() {
+            layout.gc_memory_limit = release.and_then(|facts| facts.gc_controller).map(|c| c.memory_limit);
         }
         if layout.blocked.is_none() {
             gaps.push(format!(
@@ -199,7 +207,23 @@ impl RuntimeInfo {
         if let Err(why) = &mheap {
             sources.heap = format!("not found ({why})");
         }
-        Ok(Self { layout, wait_reasons, symbolizer, goroutine_table, semtable, mheap, sources, gaps })
+        let go_memory_limit = match (globals::gc_controller(binary), layout.gc_memory_limit) {
+            (Ok((addr, how)), Some(offset)) => {
+                sources.memory_limit = match how {
+                    FoundBy::Symbols => "from symbols".into(),
+                    FoundBy::MachineCode => "from runtime.gcinit's code".into(),
+                };
+                Ok(addr.wrapping_add(u64::from(offset)))
+            }
+            (Err(why), _) => Err(why),
+            (Ok(_), None) => {
+                Err("runtime.gcControllerState's layout is known neither from DWARF nor gleak's tables".into())
+            }
+        };
+        if let Err(why) = &go_memory_limit {
+            sources.memory_limit = format!("not found ({why})");
+        }
+        Ok(Self { layout, wait_reasons, symbolizer, goroutine_table, semtable, mheap, go_memory_limit, sources, gaps })
     }
 }
 

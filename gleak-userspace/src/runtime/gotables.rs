@@ -74,6 +74,9 @@ pub struct ReleaseFacts {
     /// Package testing's `T`, to name the test a goroutine descends from; `None`
     /// where only the source was read and it did not settle the layout.
     pub testing: Option<TestingOffsets>,
+    /// `runtime.gcControllerState`, to read GOMEMLIMIT as the runtime holds it;
+    /// `None` where only the source was read.
+    pub gc_controller: Option<GcControllerOffsets>,
     /// `g.atomicstatus` values (without the `_Gscan` bit) of a g that is not a goroutine:
     /// `_Gdead`, and from 1.26 `_Gdeadextra` (extra-M gs parked for cgo callbacks).
     pub dead_statuses: Vec<u32>,
@@ -128,6 +131,14 @@ pub struct TestingOffsets {
     pub name: u32,
 }
 
+/// `runtime.gcControllerState` (the global `runtime.gcController`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GcControllerOffsets {
+    /// `memoryLimit`, an `atomic.Int64`: the offset of its word.
+    pub memory_limit: u32,
+}
+
 /// `runtime.m`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -173,6 +184,7 @@ impl ReleaseFacts {
             blocked: Some(self.blocked_layout()),
             heap: self.heap,
             test_name: self.testing.map(|t| t.name),
+            gc_memory_limit: self.gc_controller.map(|c| c.memory_limit),
         }
     }
 

@@ -32,6 +32,10 @@ pub struct RuntimeLayout {
     /// `testing.T.common.name` (the test's full name, a Go string) relative to a
     /// `*testing.T`; `None` when no backend knows package testing's layout.
     pub test_name: Option<u32>,
+    /// `runtime.gcControllerState.memoryLimit` (GOMEMLIMIT as the runtime holds
+    /// it, an `atomic.Int64`: the offset of its word) relative to
+    /// `runtime.gcController`; `None` when no backend knows it.
+    pub gc_memory_limit: Option<u32>,
 }
 
 /// Where the heap's spans are described: `runtime.mheap_.allspans`, each

@@ -5,7 +5,7 @@
 //! paths, the blocked goroutines' structures and the heap's are read as the DWARF
 //! backend reads them for the probes ([`RuntimeStructs`]): the same code, once.
 
-use super::{GOffsets, MOffsets, ModuledataOffsets, Origin, ReleaseFacts, TestingOffsets};
+use super::{GOffsets, GcControllerOffsets, MOffsets, ModuledataOffsets, Origin, ReleaseFacts, TestingOffsets};
 use crate::{
     binary::{
         dwarf::{DwarfInfo, RuntimeStructs},
@@ -100,6 +100,7 @@ fn read(binary: &GoBinary) -> Result<ReleaseFacts, String> {
         },
         heap: Some(heap),
         testing: Some(TestingOffsets { name: structs.test_name()? }),
+        gc_controller: Some(GcControllerOffsets { memory_limit: structs.gc_memory_limit()? }),
         dead_statuses,
         leaked_status: status("_Gleaked").transpose()?,
         wait_reasons,

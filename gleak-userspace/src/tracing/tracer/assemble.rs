@@ -9,6 +9,7 @@ use hdrhistogram::Histogram;
 
 use crate::{
     analysis::aggregate::{Aggregator, LiveGoroutine, Sample, SiteKey, SiteStats},
+    analysis::memory_outlook,
     analysis::proof_state::{ProofState, Records},
     analysis::test_blame::{Outlived, TestId},
     analysis::verdict::{judge_site, SiteFacts, Verdict},
@@ -63,6 +64,7 @@ impl TracedTarget {
 
         let (created, exited) = self.agg.totals();
         let tests = if self.tests_traced { self.test_reports(&sites) } else { Vec::new() };
+        let memory = observed.memory.as_ref().and_then(|facts| memory_outlook::outlook(facts, &sites));
         Report {
             pid,
             ns_pid: self.target.ns_pid,
@@ -96,6 +98,7 @@ impl TracedTarget {
             gate: None,
             tests,
             known_leaks: None,
+            memory,
         }
     }
 
@@ -250,7 +253,7 @@ impl TracedTarget {
 
     /// One report row: the site's counts, trend, live goroutines, paths, verdict.
     fn site_report(&self, key: SiteKey, a: LiveSummary, observed: &Observation) -> SiteReport {
-        let Observation { records, waits, live_connections, at: now } = observed;
+        let Observation { records, waits, live_connections, at: now, .. } = observed;
         let (live_connections, now) = (*live_connections, *now);
         let t = self;
         let bias = t.target.load_bias;

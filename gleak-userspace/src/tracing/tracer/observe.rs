@@ -8,9 +8,11 @@
 use std::collections::HashMap;
 
 use crate::{
+    analysis::memory_outlook::MemoryFacts,
     analysis::proof::{self, ProofBudget},
     analysis::proof_state::Records,
     binary::symbolize::Frame,
+    process::memory_limit,
     process::netconn,
     process::snapshot::{all_goroutines, read_records, GRecord},
     process::threads,
@@ -32,6 +34,8 @@ pub(super) struct Observation {
     pub live_connections: Option<u64>,
     /// CLOCK_MONOTONIC when read.
     pub at: u64,
+    /// Its memory limit and use; `None` once it exited.
+    pub memory: Option<MemoryFacts>,
 }
 
 /// How long a thread of a process held at its exit may take to stop.
@@ -51,8 +55,38 @@ impl TracedTarget {
             waits
         };
         let live_connections = if target_exited { None } else { netconn::live_connections(pid).ok() };
+        let memory = (!target_exited).then(|| self.observe_memory(pid));
         self.symbolize(probes, &records);
-        Observation { records, waits, live_connections, at: now }
+        Observation { records, waits, live_connections, at: now, memory }
+    }
+
+    /// The target's memory limits and use: its cgroup's, GOMEMLIMIT from its
+    /// runtime, its resident set, the host's memory. What cannot be read is
+    /// unknown (said once in the log), never a guess.
+    fn observe_memory(&self, pid: u32) -> MemoryFacts {
+        let known = |what: &str, read: Result<Option<u64>, String>| match read {
+            Ok(value) => value,
+            Err(why) => {
+                log::debug!("PID {pid}: {what} unknown: {why}");
+                None
+            }
+        };
+        let cgroup = memory_limit::cgroup_limit(pid).unwrap_or_else(|why| {
+            log::debug!("PID {pid}: cgroup memory limit unknown: {why}");
+            None
+        });
+        let go_memory_limit = match &self.info.go_memory_limit {
+            Ok(addr) => {
+                known("GOMEMLIMIT", memory_limit::go_memory_limit(&self.mem, addr.wrapping_add(self.target.load_bias)))
+            }
+            Err(_) => None,
+        };
+        MemoryFacts {
+            cgroup,
+            go_memory_limit,
+            rss_bytes: known("RSS", memory_limit::resident_bytes(pid).map(Some)),
+            host_bytes: known("host memory", memory_limit::host_memory_bytes().map(Some)),
+        }
     }
 
     /// Lets the proof keep what still holds and run again if something new is
