@@ -394,3 +394,33 @@ fn unwinds_live_arm64_goroutines_under_qemu_user() {
         drop(target);
     }
 }
+
+/// A target built for another architecture than gleak's probes is refused before
+/// any probe is attached (uprobes reading the wrong registers would never fire,
+/// or fire with garbage), naming both architectures, with its exit code. The
+/// process is a real x86-64 Go program whose binary, as gleak read it, is
+/// swapped for the arm64 build of the same source (this host cannot run an
+/// arm64 process natively). Needs root: the probes are loaded for real.
+#[test]
+fn a_target_of_another_architecture_is_refused() {
+    if !gleak_tests::require_root() {
+        return;
+    }
+    let tc = toolchains().pop().expect("a Go toolchain");
+    let fx = gleak_tests::Fixture::build(&tc, "chan_send");
+    let mut p = fx.start();
+    let mut target = gleak::process::target::Target::from_pid(p.pid()).expect("the x86-64 target");
+    let (arm64, binary) = build(&tc, Variant::Plain);
+    target.binary = binary;
+    let mut probes = gleak::tracing::probes::Probes::load().expect("probes load");
+    let layout = gleak::runtime::debuginfo::RuntimeInfo::load(&target.binary).expect("arm64 runtime facts").layout;
+    let err = match probes.attach(&target, layout.target_config(0), AttachOptions::default()) {
+        Ok(_) => panic!("{}: probes attached for an arm64 binary", arm64.display()),
+        Err(e) => e,
+    };
+    let text = err.to_string();
+    assert!(matches!(err, gleak::error::Error::ForeignArch { .. }), "{text}");
+    assert!(text.contains("aarch64 program") && text.contains("built for x86_64"), "{text}");
+    assert_eq!(err.exit_code(), gleak::error::exit_code::NOT_TRACEABLE, "{text}");
+    p.assert_running("after the refusal");
+}
