@@ -887,6 +887,8 @@ mod tests {
             "run-leaky",
             "run-clean",
             "audit",
+            "tests-go1.19",
+            "tests-go1.27.3",
         ];
         let mut x86 = gleak_subset.to_vec();
         x86.extend(["caps-attach", "caps-run", "caps-audit", "caps-nonroot"]);
@@ -930,7 +932,8 @@ mod tests {
         let one_down = all_up.replace("up stuck_1_27_3", "down stuck_1_27_3: exec format error");
         assert!(judge(&out(one_down)).unwrap_err().contains("exec format error"));
         assert!(plan.fixtures[4].guest_path().ends_with("/vmtest/go1.27.3/gate_clean"));
-        assert_eq!(plan.fixtures[6].guest_path(), "/vmtest/go1.27.3/chan_send-pie");
+        assert_eq!(plan.fixtures[6].guest_path(), "/vmtest/go1.27.3/testblame");
+        assert_eq!(plan.fixtures[8].guest_path(), "/vmtest/go1.27.3/chan_send-pie");
     }
 
     #[test]
