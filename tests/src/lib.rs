@@ -1516,7 +1516,7 @@ mod tests {
         serde_json::json!({
             "verdict": "leak", "verdict_reason": "growing 10/s, blocked in chan send for 5s",
             "function": "main.f", "file": "/a/tests/fixtures/x.go", "line": 34,
-            "go_func": "main.f.func1", "pc": "0x4b5e9e",
+            "go_func": "main.f.func1", "pc": "0x4b5e9e", "fingerprint": "main.f | main.f.func1 | main.f.func1",
             "live": 2, "created": 3, "exited": 1, "preexisting": 0, "adopted": 0,
             "trend": {"window_s": 6.0, "live_start": 0, "live_end": 2, "live_per_s": 0.33, "live_series": [0, 1, 2, 2]},
             "rates": {"created_per_s": 0.5, "exited_per_s": 0.16},
@@ -1547,7 +1547,8 @@ mod tests {
             "runtime_facts": {"functions": ".gopclntab", "layout": "gleak's Go 1.26 table",
                               "wait_reasons": "gleak's Go 1.26 table", "lines": ".gopclntab",
                               "goroutine_table": "from runtime.allgadd's code",
-                              "semaphore_table": "from runtime.semacquire1's code", "heap": "from mallocinit's code"},
+                              "semaphore_table": "from runtime.semacquire1's code", "heap": "from mallocinit's code",
+                              "memory_limit": "gleak's Go 1.26 table"},
             "gaps": [], "ns_pid": null,
             "sites": [v2_site()],
             "some_future_field": {"ignored": true}
@@ -1556,7 +1557,8 @@ mod tests {
             r["gate"] = serde_json::json!({
                 "fail_on": "leak", "failed": true, "leaked_goroutines": 2,
                 "command_status": 0, "exit_code": 1, "stopped_at_deadline": false,
-                "interrupted": false
+                "interrupted": false, "fail_on_outlived": false, "outlived_goroutines": 0,
+                "failed_tests": []
             });
         }
         r

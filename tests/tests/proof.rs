@@ -106,6 +106,12 @@ fn leaks_before_attach_are_proven_at_the_first_report() {
         assert_eq!(count(s, "proven"), 0, "{fx}: the map keeps the channels reachable\n{s}");
         assert!(count(&s["trend"], "live_end") > count(&s["trend"], "live_start"), "{fx}: growing\n{s}");
         assert_blocked_at(&fx, s, "BLOCK:global_map", "chan receive");
+        // What holds them: the map, by the global's name, down to their channel.
+        let held = &s["held_by"];
+        assert_eq!(held["root"], "main.registry", "{fx}: what holds the channels\n{held}");
+        let wait_object = held["wait_object"].as_str().unwrap_or_default();
+        assert!(wait_object.starts_with("channel 0x"), "{fx}: {held}");
+        assert!(!held["hops"].as_array().is_none_or(Vec::is_empty), "{fx}: the map's objects\n{held}");
 
         // A retry loop on time.After that never ends: at least suspect, with a reason.
         let s = site(&fx, r, "SUSPECT:retry_loop");
@@ -245,5 +251,26 @@ fn a_channel_only_a_returned_frame_held_is_proven_at_exit() {
             assert_eq!(verdict(s), "leak", "{fx}\n{s}");
             assert_eq!((count(s, "live"), count(s, "proven")), (1, 1), "{fx}: proven\n{s}\n{}", last["proof"]);
         }
+    });
+}
+
+/// In a stripped binary, what holds a suspect's channels is named by section and
+/// offset (`.bss+0x…`: no symbol names), on Go 1.19 and the newest.
+#[test]
+fn a_stripped_global_holding_a_suspect_is_named_by_its_section() {
+    if !require_root() {
+        return;
+    }
+    let all = go_toolchains();
+    let mut toolchains: Vec<GoToolchain> = all.first().into_iter().chain(all.last()).cloned().collect();
+    toolchains.dedup();
+    for_each_of("a_stripped_global_holding_a_suspect_is_named_by_its_section", &toolchains, |tc| {
+        let fx = Fixture::build_variant(tc, "stuck", Variant::Stripped);
+        let _serial = serial_guard();
+        let proc = fx.start();
+        let reports = run_gleak_attach(proc.pid(), FIRST_REPORT);
+        let s = site(&fx, &reports[0], "LEAK:global_map");
+        let root = s["held_by"]["root"].as_str().unwrap_or_default();
+        assert!(root.starts_with(".bss+0x") || root.starts_with(".data+0x"), "{fx}: {}", s["held_by"]);
     });
 }

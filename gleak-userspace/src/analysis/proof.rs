@@ -10,7 +10,9 @@ use std::{
 };
 
 use crate::{
-    analysis::reach::{self, Budget, Goroutine, HeapIndex, Marking, Retained, Roots, Span, StackMaps, WholeStacks},
+    analysis::reach::{
+        self, Budget, Chain, Goroutine, HeapIndex, Marking, Retained, Roots, Span, StackMaps, WholeStacks,
+    },
     binary::GoBinary,
     process::memory::ReadMemory,
     process::snapshot::{all_goroutines, GRecord},
@@ -29,6 +31,8 @@ const SPECIAL_BYTES: u64 = 64;
 /// Objects in one span, at most (8-byte objects in a 64 KiB span, with room).
 const MAX_SPAN_OBJECTS: u64 = 1 << 16;
 const MAX_SPECIALS: usize = 1 << 22;
+/// Wait objects whose holders one proof explains at most.
+const MAX_EXPLAINED: usize = 64;
 /// Time between the two passes.
 const PASS_GAP: Duration = Duration::from_millis(100);
 
@@ -61,6 +65,9 @@ pub struct ProofOutcome {
     /// By group (the `groups` of [`prove`]): the heap its unreachable goroutines
     /// alone keep alive, as the last pass measured it.
     pub retained: HashMap<u64, Retained>,
+    /// By wait object of a blocked goroutine that marking reached: the shortest
+    /// chain of references from a root to it (what keeps a suspect alive).
+    pub held: HashMap<u64, Chain>,
     pub heap_bytes: u64,
     pub bytes_read: u64,
     pub elapsed: Duration,
@@ -202,6 +209,29 @@ fn one_pass(
         Marking::Done { unreachable, network_held, retained } => {
             outcome.network_held.extend(network_held);
             outcome.retained = retained;
+            // What holds the objects that blocked goroutines of the program's
+            // sites wait on, when marking reached them (a suspect's): once, on
+            // the last pass.
+            if outcome.held.is_empty() {
+                let mut targets: Vec<u64> = roots
+                    .goroutines
+                    .iter()
+                    .filter(|g| !unreachable.contains(&g.goid) && groups.contains_key(&g.goid))
+                    .flat_map(|g| g.waits_on.iter().copied())
+                    .collect();
+                targets.sort_unstable();
+                targets.dedup();
+                targets.truncate(MAX_EXPLAINED);
+                if !targets.is_empty() {
+                    let budget = Budget { bytes: budget.bytes, deadline };
+                    let program: Vec<std::ops::Range<u64>> = binary
+                        .program_variables()
+                        .into_iter()
+                        .map(|r| r.start.wrapping_add(bias)..r.end.wrapping_add(bias))
+                        .collect();
+                    outcome.held = reach::explain(mem, &heap, &roots, stack_maps.as_ref(), &targets, &program, budget);
+                }
+            }
             Ok(roots
                 .goroutines
                 .iter()

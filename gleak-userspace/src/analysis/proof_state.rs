@@ -10,7 +10,10 @@ use std::{
 };
 
 use crate::{
-    analysis::{proof::ProofOutcome, reach::Retained},
+    analysis::{
+        proof::ProofOutcome,
+        reach::{Chain, Retained},
+    },
     process::snapshot::GRecord,
     process::unwind::Sched,
     process::waits::{WaitPlace, Waits},
@@ -61,6 +64,8 @@ pub struct ProofState {
     /// with when (CLOCK_MONOTONIC ns): the last one is reported, the others give
     /// its growth.
     retained: VecDeque<(u64, HashMap<u64, Retained>)>,
+    /// By wait object: what held it at the last conclusive run.
+    held: HashMap<u64, Chain>,
 }
 
 /// Measurements of retained memory kept (a proof runs at most once per report).
@@ -112,7 +117,13 @@ impl ProofState {
                 self.retained.pop_front();
             }
             self.retained.push_back((now_ns, outcome.retained));
+            self.held = outcome.held;
         }
+    }
+
+    /// What held the wait object at `addr` at the last conclusive proof.
+    pub fn held(&self, addr: u64) -> Option<&Chain> {
+        self.held.get(&addr)
     }
 
     /// What `group`'s proven goroutines retained at the last conclusive proof,

@@ -97,6 +97,9 @@ pub struct GoBinary {
     pub has_dwarf: bool,
     /// `runtime.*` symbols (and `go:func.*`) of `.symtab`; empty when stripped.
     elf_symbols: HashMap<String, Symbol>,
+    /// Every sized data symbol of `.symtab` (a global variable), by address:
+    /// (address, size, name). Empty in a stripped binary.
+    variables: Vec<(u64, u64, String)>,
     segments: Vec<Segment>,
     sections: Vec<Section>,
     /// Relative relocations: address → addend (what the loader stores there).
@@ -176,13 +179,18 @@ impl GoBinary {
         }
 
         let mut elf_symbols = HashMap::new();
+        let mut variables = Vec::new();
         for sym in file.symbols() {
             if let Ok(name) = sym.name() {
                 if name.starts_with("runtime.") || name.starts_with("go:func.") || name == "go.func.*" {
                     elf_symbols.insert(name.to_string(), Symbol { addr: sym.address(), size: sym.size() });
                 }
+                if sym.kind() == object::SymbolKind::Data && sym.size() > 0 {
+                    variables.push((sym.address(), sym.size(), name.to_string()));
+                }
             }
         }
+        variables.sort_unstable();
         let segments = file
             .segments()
             .map(|s| {
@@ -216,6 +224,7 @@ impl GoBinary {
             externally_linked,
             has_dwarf,
             elf_symbols,
+            variables,
             segments,
             sections,
             relative_relocs,
@@ -407,6 +416,36 @@ impl GoBinary {
     /// A data symbol of `.symtab` (`runtime.allgs`); none in a stripped binary.
     pub fn data_symbol(&self, name: &str) -> Option<Symbol> {
         self.elf_symbols.get(name).copied()
+    }
+
+    /// The program's own variables (not the runtime's, nor its support packages'),
+    /// as link-address ranges from `.symtab`: none in a stripped binary.
+    pub fn program_variables(&self) -> Vec<std::ops::Range<u64>> {
+        use crate::runtime::package_roles::PackageRole;
+        self.variables
+            .iter()
+            .filter(|(addr, _, name)| {
+                self.is_writable_data(*addr)
+                    && !name.starts_with("type:")
+                    && !name.starts_with("go:")
+                    && !PackageRole::of_function(name).is_infrastructure()
+            })
+            .map(|&(addr, size, _)| addr..addr.saturating_add(size))
+            .collect()
+    }
+
+    /// The variable at link address `vaddr`: its `.symtab` name and the offset
+    /// into it, else the section and the offset into that (a stripped binary).
+    pub fn variable_at(&self, vaddr: u64) -> Option<String> {
+        // The last variable starting at or before it, if it spans it.
+        let at = self.variables.partition_point(|&(addr, _, _)| addr <= vaddr);
+        if let Some((addr, size, name)) = at.checked_sub(1).map(|i| &self.variables[i]) {
+            if vaddr - addr < *size {
+                return Some(if vaddr == *addr { name.clone() } else { format!("{name}+{:#x}", vaddr - addr) });
+            }
+        }
+        let section = self.variable_sections().find(|s| vaddr >= s.vaddr && vaddr - s.vaddr < s.size)?;
+        Some(format!("{}+{:#x}", section.name, vaddr - section.vaddr))
     }
 
     fn segment_of(&self, vaddr: u64) -> Option<&Segment> {

@@ -6,6 +6,7 @@
 //! roles; nothing reads the target here.
 
 pub(crate) mod format;
+pub(crate) use format::short_path;
 pub mod html;
 pub mod junit;
 pub mod pprof;

@@ -408,6 +408,10 @@ pub struct SiteReport {
     /// does: heap objects only their stacks reach, plus those stacks. Absent
     /// until a proof has proven some of them.
     pub retained: Option<RetainedReport>,
+    /// For blocked goroutines no proof settled (reachable: a suspect's), what
+    /// keeps the object most of them wait on reachable: the shortest chain of
+    /// references from a root. Absent when all are proven, or none was found.
+    pub held_by: Option<HeldBy>,
     /// Where the creating goroutine was created, and so on up.
     pub parent_chain: Vec<Frame>,
     /// `function | go_func | blocking functions` (no lines: stable across edits);
@@ -420,6 +424,33 @@ pub struct SiteReport {
 }
 
 /// What a site's blocked goroutines wait on.
+/// Why a blocked population is still reachable (see [`SiteReport::held_by`]).
+#[derive(Clone, Debug, Serialize, JsonSchema)]
+pub struct HeldBy {
+    /// What holds it: a global by its symbol (`main.registry`; in a stripped
+    /// binary its section and offset, `.bss+0x1a0`), a goroutine that can run
+    /// (`goroutine 7, created at main.go:20`), or a finalizer's record.
+    pub root: String,
+    /// The objects from the root to the wait object, each with the offset at
+    /// which it points to the next.
+    pub hops: Vec<HeldHop>,
+    /// The wait object: `channel 0xc000123000` (or the semaphore's address).
+    pub wait_object: String,
+    /// The site's goroutines waiting on it.
+    pub goroutines: u64,
+    /// The chain in one line: `main.registry → 0xc0001a0000 (208 B, at +0x10) → channel 0xc000123000`.
+    pub summary: String,
+}
+
+#[derive(Clone, Debug, Serialize, JsonSchema)]
+pub struct HeldHop {
+    #[schemars(regex(pattern = r"^0x[0-9a-f]+$"))]
+    pub object: String,
+    pub size: u64,
+    /// Where in it the pointer to the next lies.
+    pub offset: u64,
+}
+
 /// What a site's leaked goroutines cost in memory (see [`SiteReport::retained`]).
 #[derive(Clone, Copy, Debug, Serialize, JsonSchema)]
 pub struct RetainedReport {
@@ -731,6 +762,9 @@ impl Report {
             let _ = writeln!(out, "  why: {}", s.verdict_reason);
             if let Some(r) = &s.retained {
                 let _ = writeln!(out, "  memory: {}", describe_retained(r));
+            }
+            if let Some(h) = &s.held_by {
+                let _ = writeln!(out, "  held by: {} ({} goroutines wait on it)", h.summary, h.goroutines);
             }
             for b in s.blocked_at.iter().take(BLOCKED_AT_SHOWN) {
                 let _ = writeln!(

@@ -91,6 +91,7 @@ pub(crate) fn site(verdict: Verdict, function: &str, file: &str, line: u32, seri
         wait_objects: None,
         proven: 0,
         retained: None,
+        held_by: None,
         parent_chain: Vec::new(),
         fingerprint: format!("{function} | {function}.func1 | {function}.func1"),
         ignored: None,

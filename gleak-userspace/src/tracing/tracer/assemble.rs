@@ -11,13 +11,14 @@ use crate::{
     analysis::aggregate::{Aggregator, LiveGoroutine, Sample, SiteKey, SiteStats},
     analysis::memory_outlook,
     analysis::proof_state::{ProofState, Records},
+    analysis::reach::ChainRoot,
     analysis::test_blame::{Outlived, TestId},
     analysis::verdict::{judge_site, SiteFacts, Verdict},
     binary::symbolize::Frame,
     output::report::{
-        BlockedAt, GoroutineSample, KernelCounters, PathReport, Percentiles, ProofReport, Rates, Report,
-        RetainedReport, SiteReport, TestReport, TestSite, TestStatus, Totals, Trend, WaitObjectReport, WaitSummary,
-        OUTSIDE_TESTS,
+        BlockedAt, GoroutineSample, HeldBy, HeldHop, KernelCounters, PathReport, Percentiles, ProofReport, Rates,
+        Report, RetainedReport, SiteReport, TestReport, TestSite, TestStatus, Totals, Trend, WaitObjectReport,
+        WaitSummary, OUTSIDE_TESTS,
     },
     process::snapshot::GRecord,
     process::unwind::{BlockingStacks, StackId},
@@ -223,6 +224,49 @@ impl TracedTarget {
         Some(WaitSummary { goroutines, objects: objects.len() as u64, shared, most_on_one: most, summary, busiest })
     }
 
+    /// What holds the busiest of a site's wait objects that the last proof
+    /// explained, in words.
+    fn held_by(&self, objects: &HashMap<WaitObject, u64>) -> Option<HeldBy> {
+        let mut busiest: Vec<(&WaitObject, &u64)> = objects.iter().collect();
+        busiest.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+        let (object, chain, goroutines) =
+            busiest.into_iter().find_map(|(o, &n)| Some((o, self.proof.held(o.addr)?, n)))?;
+        let bias = self.target.load_bias;
+        let root = match chain.root {
+            ChainRoot::Global(addr) => self
+                .target
+                .binary
+                .variable_at(addr.wrapping_sub(bias))
+                .unwrap_or_else(|| format!("the global at {addr:#x}")),
+            ChainRoot::Stack { goid, .. } => match self.agg.live.get(&goid).and_then(|g| self.labels.peek(g.site)) {
+                Some(label) => format!(
+                    "goroutine {goid}, created at {}:{}",
+                    crate::output::short_path(&label.at.file),
+                    label.at.line
+                ),
+                None => format!("goroutine {goid}'s stack"),
+            },
+            ChainRoot::Special(_) => "a finalizer's or cleanup's record".into(),
+        };
+        let hops: Vec<HeldHop> = chain
+            .hops
+            .iter()
+            .map(|h| HeldHop { object: format!("{:#x}", h.object), size: h.size, offset: h.offset })
+            .collect();
+        let kind = match object.kind {
+            WaitKind::Channel => "channel",
+            WaitKind::Semaphore => "semaphore",
+            WaitKind::Cond => "sync.Cond",
+        };
+        let wait_object = format!("{kind} {:#x}", object.addr);
+        let mut summary = root.clone();
+        for h in &hops {
+            summary.push_str(&format!(" → {} ({} B, at +{:#x})", h.object, h.size, h.offset));
+        }
+        summary.push_str(&format!(" → {wait_object}"));
+        Some(HeldBy { root, hops, wait_object, goroutines, summary })
+    }
+
     /// A blocking stack symbolized (by [`TracedTarget::observe`]).
     fn blocking_stack(&self, id: StackId) -> &[Location] {
         self.blocking_frames.get(&id).map_or(&[], Vec::as_slice)
@@ -291,7 +335,9 @@ impl TracedTarget {
             });
         let fingerprint = crate::analysis::known_leaks::fingerprint(&label.at.function, &label.go_func, &blocked_at);
 
+        let held_by = (a.with_objects > a.proven).then(|| t.held_by(&a.objects)).flatten();
         SiteReport {
+            held_by,
             verdict,
             verdict_reason,
             function: label.at.function,
