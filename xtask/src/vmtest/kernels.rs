@@ -24,9 +24,19 @@ pub struct KernelSpec {
     /// Binary package names `<prefix><version…><flavour><Debian's arch>`; the newest version wins.
     pub name_prefix: &'static str,
     pub flavour: &'static str,
+    /// Where arm64's package comes from when not from `suite`.
+    pub arm64_suite: Option<&'static str>,
 }
 
 impl KernelSpec {
+    /// The suite whose index names the kernel for `arch`.
+    pub fn suite_for(&self, arch: GuestArch) -> &'static str {
+        match (arch, self.arm64_suite) {
+            (GuestArch::Aarch64, Some(suite)) => suite,
+            _ => self.suite,
+        }
+    }
+
     /// The end of the row's package names for `arch`: `-cloud-arm64`.
     fn name_suffix(&self, arch: GuestArch) -> String {
         format!("{}{}", self.flavour, arch.debian())
@@ -41,6 +51,9 @@ pub const MATRIX: &[KernelSpec] = &[
         suite: "bullseye-security",
         name_prefix: "linux-image-5.10.0-",
         flavour: "-cloud-",
+        // bullseye-security's index lists signed arm64 kernels its pool does not
+        // have (404 for every 5.10.0-4x, 2026-12-07): bullseye's last point release.
+        arm64_suite: Some("bullseye"),
     },
     KernelSpec {
         key: "6.1",
@@ -48,6 +61,7 @@ pub const MATRIX: &[KernelSpec] = &[
         suite: "bookworm-security",
         name_prefix: "linux-image-6.1.0-",
         flavour: "-cloud-",
+        arm64_suite: None,
     },
     KernelSpec {
         key: "6.12",
@@ -55,6 +69,7 @@ pub const MATRIX: &[KernelSpec] = &[
         suite: "trixie-security",
         name_prefix: "linux-image-6.12.",
         flavour: "-cloud-",
+        arm64_suite: None,
     },
     KernelSpec {
         key: "newest",
@@ -62,6 +77,7 @@ pub const MATRIX: &[KernelSpec] = &[
         suite: "trixie-backports",
         name_prefix: "linux-image-",
         flavour: "-cloud-",
+        arm64_suite: None,
     },
 ];
 
@@ -135,7 +151,8 @@ impl Archive {
     /// Picks the row's kernel: the newest matching package of its suite.
     pub fn resolve(&self, spec: &KernelSpec, arch: GuestArch) -> Result<KernelPackage> {
         let name_suffix = spec.name_suffix(arch);
-        let (mirror, packages) = self.index(spec.suite, arch.debian(), |name| {
+        let suite = spec.suite_for(arch);
+        let (mirror, packages) = self.index(suite, arch.debian(), |name| {
             name.starts_with("linux-image-") || name.starts_with("linux-binary-")
         })?;
         let matches = |p: &&PackageEntry| {
@@ -152,7 +169,7 @@ impl Archive {
                      pick another with --kernels",
                     spec.name_prefix,
                     name_suffix,
-                    spec.suite
+                    suite
                 )
                 },
             )?;

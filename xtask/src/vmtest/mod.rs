@@ -79,7 +79,7 @@ pub fn run(args: VmtestArgs) -> Result<()> {
     };
     let selected = select(&resolved, &wanted)?;
     if args.list {
-        print_list(&selected, &cache);
+        print_list(&selected, &cache, arch);
         return Ok(());
     }
     // Nothing to boot: say why before building anything.
@@ -181,14 +181,14 @@ fn select<'a>(
     Ok(resolved.iter().filter(|row| wanted.iter().any(|w| matches(w, row))).collect())
 }
 
-fn print_list(rows: &[&(&KernelSpec, Result<KernelPackage>)], cache: &Path) {
+fn print_list(rows: &[&(&KernelSpec, Result<KernelPackage>)], cache: &Path, arch: GuestArch) {
     for (spec, package) in rows {
         let what = match package {
             Ok(p) => format!(
                 "{} {} ({}){}",
                 p.image,
                 p.version,
-                spec.suite,
+                spec.suite_for(arch),
                 if p.is_cached(cache) { ", cached" } else { "" }
             ),
             Err(e) => format!("unavailable: {e:#}"),
