@@ -32,6 +32,7 @@ fn samples() -> Vec<ProfileSample> {
                 (0x4a2000, vec![frame("main.main", "/src/a.go", 20)]),
             ],
             count: 300,
+            held_bytes: 300 * 8192,
             labels: labels(&[("verdict", "leak"), ("wait_reason", "chan send"), ("created_by", "main.main")]),
         },
         ProfileSample {
@@ -40,6 +41,7 @@ fn samples() -> Vec<ProfileSample> {
                 (0x4a2000, vec![frame("main.main", "/src/a.go", 20)]),
             ],
             count: 2,
+            held_bytes: 2 * 4096,
             labels: labels(&[("verdict", "ok"), ("wait_reason", "select")]),
         },
     ]
@@ -114,17 +116,20 @@ fn go_tool_pprof_reads_goroutine_profile() {
     let raw = pprof(&tc, &["-raw"], &file.0);
     eprintln!("{tc}: go tool pprof -raw:\n{raw}");
     assert!(raw.contains("PeriodType: goroutine count"), "{raw}");
-    assert!(raw.contains("goroutine/count"), "{raw}");
-    // Sample lines look like "        300: 1 2 ".
-    let mut values: Vec<u64> = raw
+    assert!(raw.contains("goroutine/count") && raw.contains("held/bytes"), "{raw}");
+    // Sample lines look like "        300    2457600: 1 2 ": goroutines, bytes held.
+    let mut values: Vec<(u64, u64)> = raw
         .lines()
         .skip_while(|l| !l.starts_with("Samples:"))
         .take_while(|l| !l.starts_with("Locations"))
         .filter_map(|l| l.trim().split_once(':'))
-        .filter_map(|(v, _)| v.parse().ok())
+        .filter_map(|(v, _)| {
+            let mut n = v.split_whitespace().map(|x| x.parse::<u64>().ok());
+            Some((n.next()??, n.next()??))
+        })
         .collect();
     values.sort_unstable();
-    assert_eq!(values, [2, 300], "{raw}");
+    assert_eq!(values, [(2, 2 * 4096), (300, 300 * 8192)], "{raw}");
     for needle in [
         "main.leak",
         "main.main",
@@ -209,6 +214,9 @@ fn gleak_attach_writes_a_profile_pprof_reads() {
     assert_eq!(all, count(&last["totals"], "live"), "sites and totals disagree:\n{last}");
     assert!(live > 20 && all > live, "live={live} all={all}");
     assert!(top.contains(&format!("{all} total")), "want {all} total:\n{top}");
+    // The memory they hold, by the second sample type: the stacks at least.
+    let held = pprof(&tc, &["-top", "-nodecount=5", "-sample_index=held"], &profile.0);
+    assert!(held.contains("Type: held") && held.contains("B total"), "{held}");
     let focused = pprof(&tc, &["-top", "-nodecount=5", "-tagfocus=verdict=leak"], &profile.0);
     let leaked: u64 =
         last["sites"].as_array().unwrap().iter().filter(|s| s["verdict"] == "leak").map(|s| count(s, "live")).sum();

@@ -32,6 +32,9 @@ pub struct ProfileSample {
     pub locations: Vec<(u64, Vec<Frame>)>,
     /// Number of goroutines with this stack.
     pub count: u64,
+    /// The memory they hold: their share of what their site's goroutines hold
+    /// (their stacks, and the heap only they reach once a proof measured it).
+    pub held_bytes: u64,
     /// String labels, e.g. ("verdict","leak"), ("wait_reason","chan send"), ("created_by","main.handle").
     /// A label with an empty value is dropped by pprof's reader.
     pub labels: Vec<(String, String)>,
@@ -54,6 +57,8 @@ pub fn goroutine_samples(report: &Report) -> Vec<ProfileSample> {
                 ("wait_reason".to_string(), wait_reason.to_string()),
             ]
         };
+        let per_goroutine = crate::analysis::memory_outlook::bytes_held_per_goroutine(s);
+        let held = |count: u64| (count as f64 * per_goroutine).round() as u64;
         let mut left = s.live;
         for b in s.blocked_at.iter().filter(|b| !b.locations.is_empty()) {
             let count = b.goroutines.min(left);
@@ -61,6 +66,7 @@ pub fn goroutine_samples(report: &Report) -> Vec<ProfileSample> {
             samples.push(ProfileSample {
                 locations: b.locations.clone(),
                 count,
+                held_bytes: held(count),
                 labels: labels("waiting", &b.wait_reason),
             });
         }
@@ -71,6 +77,7 @@ pub fn goroutine_samples(report: &Report) -> Vec<ProfileSample> {
         let creation = |locations: Vec<(u64, Vec<Frame>)>, count: u64| ProfileSample {
             locations,
             count,
+            held_bytes: held(count),
             labels: labels("created", ""),
         };
         let paths: Vec<_> = s.paths.iter().filter(|p| p.live > 0 && !p.locations.is_empty()).collect();
@@ -197,12 +204,14 @@ impl Builder {
 /// The uncompressed `Profile` message.
 fn encode_profile(samples: &[ProfileSample], time_nanos: i64) -> Vec<u8> {
     let mut b = Builder::new();
-    let sample_type = vec![b.value_type("goroutine", "count")];
+    // Goroutines, and the memory they hold (`-sample_index=held`); goroutines by default.
+    let sample_type = vec![b.value_type("goroutine", "count"), b.value_type("held", "bytes")];
+    let default_sample_type = b.string("goroutine");
     let sample = samples
         .iter()
         .map(|s| proto::Sample {
             location_id: s.locations.iter().map(|(addr, frames)| b.location(*addr, frames)).collect(),
-            value: vec![i64::try_from(s.count).unwrap_or(i64::MAX)],
+            value: vec![i64::try_from(s.count).unwrap_or(i64::MAX), i64::try_from(s.held_bytes).unwrap_or(i64::MAX)],
             label: s
                 .labels
                 .iter()
@@ -212,6 +221,7 @@ fn encode_profile(samples: &[ProfileSample], time_nanos: i64) -> Vec<u8> {
         .collect();
     let period_type = Some(b.value_type("goroutine", "count"));
     let profile = proto::Profile {
+        default_sample_type,
         sample_type,
         sample,
         mapping: vec![proto::Mapping {
@@ -299,7 +309,7 @@ mod tests {
         let p = proto::Profile::decode(gunzip(gz).as_slice()).expect("a valid profile.proto message");
         let s = |i: i64| p.string_table[usize::try_from(i).unwrap()].clone();
         let vt = |v: &proto::ValueType| (s(v.r#type), s(v.unit));
-        assert_eq!(p.sample_type.len(), 1);
+        assert_eq!(p.sample_type.len(), 2);
         Decoded {
             samples: p
                 .sample
@@ -367,6 +377,7 @@ mod tests {
                     (0x402000, vec![frame("main.main", "/src/a.go", 20)]),
                 ],
                 count: 300,
+                held_bytes: 300 * 8192,
                 labels: labels(&[("verdict", "leak"), ("wait_reason", "chan send")]),
             },
             ProfileSample {
@@ -377,6 +388,7 @@ mod tests {
                     (0x402000, vec![frame("main.main", "/src/a.go", 20)]),
                 ],
                 count: 2,
+                held_bytes: 2 * 4096,
                 labels: labels(&[("verdict", "leak"), ("created_by", "main.main")]),
             },
         ]
@@ -449,14 +461,14 @@ mod tests {
 
         assert_eq!(p.samples.len(), 2);
         let (locs, values, labels0) = &p.samples[0];
-        assert_eq!(values, &[300]);
+        assert_eq!(values, &[300, 300 * 8192]);
         assert_eq!(locs.len(), 2);
         assert_eq!(loc(locs[0]), (0x401000, vec![("main.leak", "/src/a.go", 10)]));
         assert_eq!(loc(locs[1]), (0x402000, vec![("main.main", "/src/a.go", 20)]));
         assert_eq!(labels0, &labels(&[("verdict", "leak"), ("wait_reason", "chan send")]));
 
         let (locs, values, labels1) = &p.samples[1];
-        assert_eq!(values, &[2]);
+        assert_eq!(values, &[2, 2 * 4096]);
         assert_eq!(loc(locs[0]), (0x403000, vec![("main.helper", "/src/b.go", 5), ("main.worker", "/src/a.go", 31)]));
         assert_eq!(locs[1], p.samples[0].0[1], "shared location reused");
         assert_eq!(labels1, &labels(&[("verdict", "leak"), ("created_by", "main.main")]));
@@ -465,34 +477,55 @@ mod tests {
     #[test]
     fn same_address_different_frames_are_distinct_locations() {
         let samples = vec![
-            ProfileSample { locations: vec![(0x1000, vec![frame("main.a", "/x.go", 1)])], count: 1, labels: vec![] },
-            ProfileSample { locations: vec![(0x1000, vec![frame("main.b", "/x.go", 2)])], count: 1, labels: vec![] },
-            ProfileSample { locations: vec![(0x1000, vec![frame("main.a", "/x.go", 1)])], count: 4, labels: vec![] },
+            ProfileSample {
+                locations: vec![(0x1000, vec![frame("main.a", "/x.go", 1)])],
+                count: 1,
+                held_bytes: 0,
+                labels: vec![],
+            },
+            ProfileSample {
+                locations: vec![(0x1000, vec![frame("main.b", "/x.go", 2)])],
+                count: 1,
+                held_bytes: 0,
+                labels: vec![],
+            },
+            ProfileSample {
+                locations: vec![(0x1000, vec![frame("main.a", "/x.go", 1)])],
+                count: 4,
+                held_bytes: 0,
+                labels: vec![],
+            },
             // Same function name in another file is another function.
-            ProfileSample { locations: vec![(0x2000, vec![frame("main.a", "/y.go", 1)])], count: 1, labels: vec![] },
+            ProfileSample {
+                locations: vec![(0x2000, vec![frame("main.a", "/y.go", 1)])],
+                count: 1,
+                held_bytes: 0,
+                labels: vec![],
+            },
         ];
         let p = decode(&encode_goroutine_profile(&samples));
         assert_eq!(p.locations.len(), 3);
         assert_eq!(p.functions.len(), 3);
         let first: Vec<u64> = p.samples.iter().map(|s| s.0[0]).collect();
         assert_eq!(first, [1, 2, 1, 3]);
-        assert_eq!(p.samples[2].1, [4]);
+        assert_eq!(p.samples[2].1, [4, 0]);
     }
 
     #[test]
     fn empty_profile_and_edge_values() {
         let p = decode(&encode_goroutine_profile(&[]));
-        assert_eq!(p.strings, ["", "goroutine", "count"]);
+        assert_eq!(p.strings, ["", "goroutine", "count", "held", "bytes"]);
         assert!(p.samples.is_empty() && p.locations.is_empty() && p.functions.is_empty());
 
         // A location with no frames, address 0, and a huge count.
         let p = decode(&encode_goroutine_profile(&[ProfileSample {
             locations: vec![(0, vec![])],
             count: u64::MAX,
+            held_bytes: u64::MAX,
             labels: vec![],
         }]));
         assert_eq!(p.locations, [(1, 0, vec![])]);
-        assert_eq!(p.samples[0].1, [i64::MAX as u64]);
+        assert_eq!(p.samples[0].1, [i64::MAX as u64, i64::MAX as u64]);
     }
 
     #[test]
