@@ -101,7 +101,7 @@ pub fn bytes_held_per_goroutine(site: &SiteReport) -> f64 {
     }
     // What its proven goroutines retain (heap only they reach, and their stacks),
     // spread over them, once measured; else its stacks.
-    match site.retained {
+    match &site.retained {
         Some(r) if r.goroutines > 0 => {
             (r.bytes as f64 / r.goroutines as f64).max(site.stack_bytes as f64 / site.live as f64)
         }

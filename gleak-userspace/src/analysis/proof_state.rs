@@ -126,6 +126,18 @@ impl ProofState {
         self.held.get(&addr)
     }
 
+    /// What `group` retained at each conclusive proof of the last `window_ns`
+    /// (bytes, oldest first), for a chart.
+    pub fn retained_series(&self, group: u64, window_ns: u64) -> Vec<u64> {
+        let Some((last_ns, _)) = self.retained.back() else { return Vec::new() };
+        let since = last_ns.saturating_sub(window_ns);
+        self.retained
+            .iter()
+            .filter(|(t, _)| *t >= since)
+            .map(|(_, by_group)| by_group.get(&group).map_or(0, |r| r.bytes))
+            .collect()
+    }
+
     /// What `group`'s proven goroutines retained at the last conclusive proof,
     /// when, and its growth in bytes per second since the oldest measurement at
     /// least `window_ns` old (or the oldest there is), if two measurements apart

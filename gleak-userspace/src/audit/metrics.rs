@@ -245,7 +245,7 @@ impl Metrics {
                     stack_bytes: s.stack_bytes,
                     growth,
                     verdict: s.verdict,
-                    retained: s.retained.map(|r| r.bytes),
+                    retained: s.retained.as_ref().map(|r| r.bytes),
                 });
             } else {
                 other.live += s.live;

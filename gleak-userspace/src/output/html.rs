@@ -497,9 +497,46 @@ fn write_sites_table(out: &mut String, report: &Report, charted: &[usize]) {
         if s.proven > 0 {
             let _ = write!(out, "<div>{} proven unable to run again</div>", s.proven);
         }
+        if let Some(r) = &s.retained {
+            let _ = write!(
+                out,
+                "<div class=\"held\">memory: {} {}</div>",
+                escape(&crate::output::report::describe_retained(r)),
+                held_series(&r.heap_series)
+            );
+        }
+        if let Some(h) = &s.held_by {
+            let _ = write!(out, "<div>held by: <code>{}</code></div>", escape(&h.summary));
+        }
         out.push_str("</td></tr>\n");
     }
     out.push_str("</tbody>\n</table>\n");
+}
+
+/// Width and height of a site's retained-memory series.
+const HELD_W: f64 = 120.0;
+const HELD_H: f64 = 24.0;
+
+/// A site's retained heap at each proof of the trend window as a small line
+/// (inline SVG, scaled from 0 to its largest value); nothing for fewer than two.
+fn held_series(bytes: &[u64]) -> String {
+    if bytes.len() < 2 {
+        return String::new();
+    }
+    let max = bytes.iter().copied().max().unwrap_or(0).max(1) as f64;
+    let step = HELD_W / (bytes.len() - 1) as f64;
+    let points: Vec<String> = bytes
+        .iter()
+        .enumerate()
+        .map(|(i, &b)| format!("{:.1},{:.1}", i as f64 * step, HELD_H - b as f64 / max * (HELD_H - 2.0) - 1.0))
+        .collect();
+    format!(
+        "<svg class=\"held-series\" width=\"{HELD_W}\" height=\"{HELD_H}\" role=\"img\" \
+         aria-label=\"retained heap at each proof, up to {}\"><path fill=\"none\" stroke=\"#e15759\" \
+         stroke-width=\"1.5\" d=\"M{}\"/></svg>",
+        escape(&bytes_in_words(max as u64)),
+        points.join(" L")
+    )
 }
 
 /// Counts busiest first, then by name.
@@ -907,5 +944,35 @@ mod tests {
         assert_eq!(left, ["report.html"], "no temporary file left behind");
         assert!(write(&leaky_report(), &dir.join("missing/report.html")).is_err());
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn retained_memory_and_what_holds_a_suspect_are_on_the_page() {
+        let mut r = leaky_report();
+        r.sites[0].retained = Some(crate::output::report::RetainedReport {
+            bytes: 20 << 20,
+            heap_bytes: (20 << 20) - 40960,
+            objects: 40,
+            stack_bytes: 40960,
+            goroutines: 20,
+            shared_bytes: 0,
+            shared_objects: 0,
+            bytes_per_s: Some(1048576.0),
+            measured_s_ago: 1.0,
+            heap_series: vec![1 << 20, 10 << 20, 20 << 20],
+        });
+        r.sites[1].held_by = Some(crate::output::report::HeldBy {
+            root: "main.<registry>".into(),
+            hops: Vec::new(),
+            wait_object: "channel 0xc000123000".into(),
+            goroutines: 8,
+            summary: "main.<registry> → channel 0xc000123000".into(),
+        });
+        let page = render(&r);
+        assert!(page.contains("memory: holds 20.0 MiB"), "{page}");
+        assert_eq!(page.matches("class=\"held-series\"").count(), 1, "{page}");
+        assert!(page.contains("aria-label=\"retained heap at each proof, up to 20.0 MiB\""), "{page}");
+        assert!(page.contains("held by: <code>main.&lt;registry&gt; → channel 0xc000123000</code>"), "{page}");
+        assert_eq!(held_series(&[5]), "", "one point is no series");
     }
 }

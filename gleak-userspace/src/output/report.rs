@@ -452,7 +452,7 @@ pub struct HeldHop {
 }
 
 /// What a site's leaked goroutines cost in memory (see [`SiteReport::retained`]).
-#[derive(Clone, Copy, Debug, Serialize, JsonSchema)]
+#[derive(Clone, Debug, Serialize, JsonSchema)]
 pub struct RetainedReport {
     /// `heap_bytes + stack_bytes`.
     pub bytes: u64,
@@ -473,6 +473,8 @@ pub struct RetainedReport {
     pub bytes_per_s: Option<f64>,
     /// How long ago the proof measured it.
     pub measured_s_ago: f64,
+    /// `heap_bytes` at each proof over the trend window, oldest first.
+    pub heap_series: Vec<u64>,
 }
 
 #[derive(Clone, Debug, Serialize, JsonSchema)]
@@ -737,7 +739,7 @@ impl Report {
                 s.blocked_s.map(|b| secs(b.p50)).unwrap_or_else(|| "-".into()),
                 truncate(&wait, 22),
                 // What its proven goroutines retain, once measured; else its stacks.
-                bytes_in_column(s.retained.map_or(s.stack_bytes, |r| r.bytes.max(s.stack_bytes))),
+                bytes_in_column(s.retained.as_ref().map_or(s.stack_bytes, |r| r.bytes.max(s.stack_bytes))),
                 site_label(s)
             );
         }
@@ -900,7 +902,7 @@ impl Report {
 
 /// "holds 12.0 MiB (11.9 MiB of heap in 3000 objects only they reach, 96.0 KiB of
 /// stacks) in 12 proven goroutines, +1.2 MiB/s; 2.0 MiB more shared with other leak sites".
-pub(crate) fn describe_retained(r: &RetainedReport) -> String {
+pub fn describe_retained(r: &RetainedReport) -> String {
     let mut text = format!(
         "holds {} ({} of heap in {} objects only they reach, {} of stacks) in {} proven goroutine{}",
         bytes_in_words(r.bytes),

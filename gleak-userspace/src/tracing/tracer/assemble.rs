@@ -332,6 +332,7 @@ impl TracedTarget {
                 shared_objects: r.shared_objects,
                 bytes_per_s: growth,
                 measured_s_ago: now.saturating_sub(at) as f64 / 1e9,
+                heap_series: t.proof.retained_series(key, TREND_WINDOW_NS),
             });
         let fingerprint = crate::analysis::known_leaks::fingerprint(&label.at.function, &label.go_func, &blocked_at);
 
