@@ -308,22 +308,6 @@ fn test(unit_only: bool, all_kernels: bool, arm64_vm: bool) -> Result<()> {
     // keep the run short; the kernels between behave as the newest does, and
     // `--all-kernels` or `cargo xtask vmtest` boots them too.
     let kernels: Vec<String> = if all_kernels { Vec::new() } else { vec!["5.10".into(), "newest".into()] };
-    // The arm64 VM boots alongside the x86-64 ones: each guest is one emulated
-    // CPU, and the machine has two. Its output is kept and shown after theirs.
-    let arm64 = if arm64_vm {
-        step("the arm64 gleak on Debian 12's arm64 kernel in QEMU, alongside (cargo xtask vmtest --arch aarch64)");
-        let log = cache_dir().join("vm").join("arm64-in-test.log");
-        let out = std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
-        let child = std::process::Command::new(std::env::current_exe()?)
-            .args(["vmtest", "--arch", "aarch64"])
-            .stdout(out.try_clone()?)
-            .stderr(out)
-            .spawn()
-            .context("starting the arm64 vmtest")?;
-        Some((child, log))
-    } else {
-        None
-    };
     step(&format!(
         "the same gleak on other kernels in QEMU: {} (cargo xtask vmtest)",
         if all_kernels {
@@ -332,25 +316,24 @@ fn test(unit_only: bool, all_kernels: bool, arm64_vm: bool) -> Result<()> {
             "5.10 and the newest Debian ships; --all-kernels for 6.1 and 6.12 too"
         }
     ));
-    let x86 = vmtest::run(vmtest::VmtestArgs {
+    vmtest::run(vmtest::VmtestArgs {
         arch: vmtest::GuestArch::X86_64,
         without_gleak: false,
         kernels,
         list: false,
         accel: vmtest::AccelChoice::Auto,
         refresh: false,
-    });
-    // Either way, the arm64 run is waited for (it ends by itself) and shown.
-    if let Some((mut child, log)) = arm64 {
-        let status = child.wait().context("waiting for the arm64 vmtest")?;
-        step(&format!("the arm64 vmtest's output ({}):", log.display()));
-        print!("{}", std::fs::read_to_string(&log).unwrap_or_default());
-        x86?;
-        if !status.success() {
-            bail!("the arm64 vmtest failed ({status}): see above");
-        }
-    } else {
-        x86?;
+    })?;
+    if arm64_vm {
+        step("the arm64 gleak on Debian 12's arm64 kernel in QEMU (cargo xtask vmtest --arch aarch64)");
+        vmtest::run(vmtest::VmtestArgs {
+            arch: vmtest::GuestArch::Aarch64,
+            without_gleak: false,
+            kernels: Vec::new(),
+            list: false,
+            accel: vmtest::AccelChoice::Tcg,
+            refresh: false,
+        })?;
     }
     step(&format!("all checks passed in {:.0}s", started.elapsed().as_secs_f64()));
     Ok(())
