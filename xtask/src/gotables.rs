@@ -21,36 +21,6 @@ use gleak_tests::{gleak_cache, go_command, go_toolchains, GoToolchain};
 
 use crate::{root, step};
 
-/// Built by every toolchain. Any program links the runtime's structs; this one
-/// also uses a channel, `select` and a mutex, whose runtime parts the facts describe,
-/// and package testing's `T`, whose name gleak reads to blame leaks on tests.
-const PROBE_PROGRAM: &str = r#"// Built by `cargo xtask gotables`: gleak reads the Go runtime's struct layouts
-// and wait-reason names from this binary's DWARF and symbols. It is never run.
-package main
-
-import (
-	"fmt"
-	"sync"
-	"testing"
-)
-
-func main() {
-	var mu sync.Mutex
-	results := make(chan int)
-	go func() {
-		mu.Lock()
-		defer mu.Unlock()
-		results <- 42
-	}()
-	select {
-	case n := <-results:
-		fmt.Println(n)
-	}
-	var t testing.T
-	fmt.Println(t.Name())
-}
-"#;
-
 pub fn run() -> Result<()> {
     let dir = root().join("gleak-userspace/src/runtime/gotables");
     let toolchains = go_toolchains();
@@ -73,8 +43,9 @@ pub fn run() -> Result<()> {
 fn read_toolchains(toolchains: &[GoToolchain]) -> Result<BTreeMap<u32, ReleaseFacts>> {
     let work = gleak_cache().join("gotables");
     fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
-    let source = work.join("probe.go");
-    fs::write(&source, PROBE_PROGRAM).with_context(|| format!("writing {}", source.display()))?;
+    // The same program tests/gotables.rs reads the facts back from: a channel,
+    // `select`, a mutex and package testing's `T`, whose runtime parts the facts describe.
+    let source = gleak_tests::fixture_source("release_facts");
     let mut by_minor: BTreeMap<u32, ReleaseFacts> = BTreeMap::new();
     for tc in toolchains {
         let binary_path = build_probe(tc, &source, &work)?;
@@ -116,7 +87,7 @@ fn read_toolchains(toolchains: &[GoToolchain]) -> Result<BTreeMap<u32, ReleaseFa
 }
 
 /// Builds [`PROBE_PROGRAM`] with `tc` into `<work>/<version>/probe`, in GOPATH mode
-/// without network, with the toolchain's cache under `$GLEAK_CACHE`.
+/// Builds `source` (`tests/fixtures/release_facts.go`) with `tc` into `<work>/<version>/probe`, in GOPATH mode
 fn build_probe(tc: &GoToolchain, source: &Path, work: &Path) -> Result<PathBuf> {
     let out_dir = work.join(&tc.version);
     fs::create_dir_all(&out_dir).with_context(|| format!("creating {}", out_dir.display()))?;

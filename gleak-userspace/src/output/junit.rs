@@ -147,16 +147,7 @@ mod tests {
     };
 
     fn test_site(site: &SiteReport, goroutines: u64, leaked: bool, longest_s: Option<f64>) -> TestSite {
-        TestSite {
-            site_pc: site.pc.clone(),
-            function: site.function.clone(),
-            file: site.file.clone(),
-            line: site.line,
-            go_func: site.go_func.clone(),
-            goroutines,
-            leaked,
-            longest_s,
-        }
+        TestSite { leaked, ..TestSite::of(site, goroutines, longest_s) }
     }
 
     fn test(name: &str, status: TestStatus, live: Vec<TestSite>, outlived: Vec<TestSite>) -> TestReport {

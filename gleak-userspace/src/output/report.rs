@@ -197,6 +197,22 @@ pub struct TestSite {
     pub longest_s: Option<f64>,
 }
 
+impl TestSite {
+    /// `goroutines` of `site`'s, not yet judged leaked.
+    pub fn of(site: &SiteReport, goroutines: u64, longest_s: Option<f64>) -> Self {
+        Self {
+            site_pc: site.pc.clone(),
+            function: site.function.clone(),
+            file: site.file.clone(),
+            line: site.line,
+            go_func: site.go_func.clone(),
+            goroutines,
+            leaked: false,
+            longest_s,
+        }
+    }
+}
+
 impl TestReport {
     /// Marks the live goroutines of sites that `leaks` says are leaking, and the
     /// status that follows.

@@ -110,16 +110,7 @@ impl TracedTarget {
         let by_pc: HashMap<&str, &SiteReport> = sites.iter().map(|s| (s.pc.as_str(), s)).collect();
         let test_site = |key: SiteKey, goroutines: u64, longest_s: Option<f64>| -> Option<TestSite> {
             let site = by_pc.get(format!("{:#x}", key.wrapping_sub(bias)).as_str())?;
-            Some(TestSite {
-                site_pc: site.pc.clone(),
-                function: site.function.clone(),
-                file: site.file.clone(),
-                line: site.line,
-                go_func: site.go_func.clone(),
-                goroutines,
-                leaked: false,
-                longest_s,
-            })
+            Some(TestSite::of(site, goroutines, longest_s))
         };
         let mut live: BTreeMap<(TestId, SiteKey), u64> = BTreeMap::new();
         for g in self.agg.live.values() {
